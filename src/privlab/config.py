@@ -1,0 +1,170 @@
+r"""Scale profiles, device selection, seeding, and the project's folders.
+
+Every experiment in the book reads its size from a *scale profile*:
+
+========  =====================================================  ==========
+scale     meant for                                              budget
+========  =====================================================  ==========
+smoke     CI: nbval executes every chapter                       ~60 s/chapter, 2 CPU cores
+book      the rendered book (the default)                        ~5 min/chapter, 2 CPU cores
+paper     the published scale of the experiment being checked    a GPU is expected
+========  =====================================================  ==========
+
+The scale is chosen by an explicit argument or, failing that, by the
+``PRIVLAB_SCALE`` environment variable (``book`` when unset). Chapters never
+edit sizes in cells; they ask the profile:
+
+>>> s = get_scale("smoke")
+>>> s.pick(smoke=1_000, book=100_000, paper=50_000_000)
+1000
+>>> get_scale("paper").is_paper
+True
+
+Randomness is always explicit: :func:`make_rng` returns a fresh
+:class:`numpy.random.Generator`, :func:`make_torch_generator` a
+:class:`torch.Generator`; nothing here seeds a global state.
+
+Used in: every chapter.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCALES = ("smoke", "book", "paper")
+ENV_VAR = "PRIVLAB_SCALE"
+DEFAULT_SCALE = "book"
+
+#: The repository root when privlab is installed editable from a checkout.
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _project_dir(name: str, env: str) -> Path:
+    override = os.environ.get(env)
+    if override:
+        return Path(override)
+    return ROOT / name
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A scale profile: the name, and a way to choose a size per scale.
+
+    Args:
+        name: one of ``"smoke"``, ``"book"``, ``"paper"``.
+    """
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.name not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {self.name!r}")
+
+    @property
+    def is_smoke(self) -> bool:
+        return self.name == "smoke"
+
+    @property
+    def is_paper(self) -> bool:
+        return self.name == "paper"
+
+    def pick(self, *, smoke: Any, book: Any, paper: Any | None = None) -> Any:
+        """Return the value for this scale (``paper`` defaults to ``book``).
+
+        >>> Scale("book").pick(smoke=1, book=2)
+        2
+        >>> Scale("paper").pick(smoke=1, book=2)
+        2
+        """
+        values = {"smoke": smoke, "book": book, "paper": book if paper is None else paper}
+        return values[self.name]
+
+
+def get_scale(scale: str | Scale | None = None) -> Scale:
+    """Return the scale profile: the argument, else ``$PRIVLAB_SCALE``, else ``book``.
+
+    Raises:
+        ValueError: if the name is not one of ``smoke``, ``book``, ``paper``.
+
+    >>> get_scale("book").name
+    'book'
+    >>> get_scale("huge")
+    Traceback (most recent call last):
+    ...
+    ValueError: scale must be one of ('smoke', 'book', 'paper'), got 'huge'
+    """
+    if isinstance(scale, Scale):
+        return scale
+    if scale is None:
+        scale = os.environ.get(ENV_VAR, DEFAULT_SCALE).strip().lower() or DEFAULT_SCALE
+    return Scale(str(scale))
+
+
+def get_device(prefer: str | None = None):
+    """Return a :class:`torch.device`: CUDA when available, else CPU.
+
+    Args:
+        prefer: ``"cpu"`` or ``"cuda"`` to force one; ``None`` chooses.
+
+    Raises:
+        ValueError: if ``prefer="cuda"`` and no CUDA device is available,
+            or ``prefer`` names another device type.
+    """
+    import torch
+
+    if prefer is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if prefer not in ("cpu", "cuda"):
+        raise ValueError(f"prefer must be 'cpu', 'cuda' or None, got {prefer!r}")
+    if prefer == "cuda" and not torch.cuda.is_available():
+        raise ValueError("prefer='cuda' but torch.cuda.is_available() is False")
+    return torch.device(prefer)
+
+
+def make_rng(seed: int | None) -> np.random.Generator:
+    """Return a new NumPy generator (PCG64) seeded with ``seed``.
+
+    >>> make_rng(0).integers(0, 100, size=3).tolist() == make_rng(0).integers(0, 100, size=3).tolist()
+    True
+    """
+    return np.random.default_rng(seed)
+
+
+def make_torch_generator(seed: int, device: Any = "cpu"):
+    """Return a :class:`torch.Generator` on ``device`` seeded with ``seed``."""
+    import torch
+
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
+
+
+def spawn_seeds(seed: int, n: int) -> list[int]:
+    """Derive ``n`` independent integer seeds from one seed (NumPy SeedSequence).
+
+    >>> spawn_seeds(42, 3) == spawn_seeds(42, 3)
+    True
+    >>> len(set(spawn_seeds(42, 5)))
+    5
+    """
+    children = np.random.SeedSequence(seed).spawn(n)
+    return [int(c.generate_state(1)[0]) for c in children]
+
+
+def data_dir() -> Path:
+    """Folder for cached data (``$PRIVLAB_DATA`` or ``<repo>/data``), created on demand."""
+    d = _project_dir("data", "PRIVLAB_DATA")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def results_dir() -> Path:
+    """Folder for recorded runs with provenance (``data/results``), created on demand."""
+    d = data_dir() / "results"
+    d.mkdir(parents=True, exist_ok=True)
+    return d

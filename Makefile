@@ -10,7 +10,6 @@ STAMP  := $(VENV)/.installed
 NBDIR  := build/notebooks
 SCALE  ?= book
 
-export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
 .PHONY: book test lab notebooks venv clean help
@@ -30,6 +29,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 book: $(STAMP)
+	@# jupyter-cache keys on notebook content only: drop it when the scale changes
+	@mkdir -p book/_build
+	@if [ "$$(cat book/_build/.scale 2>/dev/null)" != "$(SCALE)" ]; then rm -rf book/_build/.jupyter_cache; fi
+	@echo $(SCALE) > book/_build/.scale
 	PRIVLAB_SCALE=$(SCALE) $(BIN)/jupyter-book build . --path-output book -W --keep-going --builder html
 	@echo "The book is at: $(CURDIR)/book/_build/html/index.html"
 

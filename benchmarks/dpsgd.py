@@ -1,0 +1,278 @@
+"""Per-step time and peak memory of DP-SGD implementations on the StreamRec MLP, measured in one run.
+
+The model is the StreamRec click predictor of COURSE.md: 40 -> 128 -> 64 -> 32 -> 1,
+each hidden block Linear-LayerNorm-ReLU-Dropout(0.1); binary cross-entropy; batch
+4096 (``--batch``); SGD. Every DP variant uses sigma = 1, C = 1.
+
+Rows: a non-private step (the baseline every ratio divides by), privlab's fast
+path, privlab's vmap, privlab's loop (on ``--loop-batch`` examples, its time
+scaled linearly to the full batch; its memory is *not* scaled), and Opacus 1.6's
+grad_sample modes hooks, ew (expanded weights), functorch and ghost (fast
+gradient clipping; the logits are squeezed to (B,) so its (B, 1) pitfall does
+not apply).
+
+Timing: ``--rounds`` rounds, each timing ``--steps`` consecutive steps of every
+method in turn (interleaved, so a busy shared machine slows all methods alike);
+reported: the median over rounds of the mean wall-clock step time, and the same
+for the process's CPU time (``time.process_time``), which on a machine shared
+with other work is the steadier measure of the work done (with several threads
+it is their sum, not a latency). On CUDA the device is synchronised around each
+timed block.
+
+Peak memory, one further step per method, honestly labelled:
+* CUDA: ``torch.cuda.max_memory_allocated`` during the step minus the memory
+  allocated when it began;
+* CPU: the same quantity for torch's CPU allocator, from the allocation and free
+  events of ``torch.profiler`` (``profile_memory=True``): the running sum of
+  bytes allocated minus freed since the step began, maximised over the step.
+  Not RSS: NumPy/Python allocations and allocator caching are not counted.
+In both cases the model, optimizer state and the input batch, allocated before
+the step, are excluded; gradients are released before each step.
+
+Benchmarks are not tests: this prints figures and never fails on a slow machine.
+
+Usage: python benchmarks/dpsgd.py [--device cpu|cuda|auto] [--batch 4096] [--threads 2] [--no-heap-trim]
+                                 [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def streamrec_mlp() -> nn.Module:
+    layers, width = [], 40
+    for hidden in (128, 64, 32):
+        layers += [nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.ReLU(), nn.Dropout(0.1)]
+        width = hidden
+    return nn.Sequential(*layers, nn.Linear(width, 1))
+
+
+def per_example_bce(logits, target):
+    return F.binary_cross_entropy_with_logits(logits.squeeze(1), target, reduction="none")
+
+
+# -- step factories: each returns a closure doing one full training step on (x, y) ---------------
+
+
+def nonprivate_step(model, args):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step(x, y):
+        opt.zero_grad(set_to_none=True)
+        F.binary_cross_entropy_with_logits(model(x).squeeze(1), y).backward()
+        opt.step()
+
+    return step, lambda: opt.zero_grad(set_to_none=True)
+
+
+def privlab_step(method):
+    def factory(model, args):
+        from privlab.dpsgd import DPOptimizer
+
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        dp = DPOptimizer(opt, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=float(args.batch),
+                         generator=torch.Generator(device=args.device).manual_seed(0), method=method)
+        return (lambda x, y: dp.step(model, per_example_bce, x, y)), lambda: opt.zero_grad(set_to_none=True)
+
+    return factory
+
+
+def opacus_step(mode):
+    def factory(model, args):
+        from opacus.grad_sample.utils import prepare_module
+        from opacus.optimizers import get_optimizer_class
+        from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+        extra = {"max_grad_norm": 1.0} if mode == "ghost" else {}
+        gsm = prepare_module(model, grad_sample_mode=mode, batch_first=True, loss_reduction="mean", **extra)
+        opt = get_optimizer_class("flat", False, mode)(
+            optimizer=torch.optim.SGD(gsm.parameters(), lr=0.01), noise_multiplier=1.0, max_grad_norm=1.0,
+            expected_batch_size=args.batch, loss_reduction="mean",
+            generator=torch.Generator(device=args.device).manual_seed(0))
+        if mode == "ghost":
+            criterion = DPLossFastGradientClipping(gsm, opt, nn.BCEWithLogitsLoss(), "mean")
+
+            def step(x, y):
+                opt.zero_grad(set_to_none=True)
+                criterion(gsm(x).squeeze(1), y).backward()  # the two backward passes happen here
+                opt.step()
+        else:
+            criterion = nn.BCEWithLogitsLoss()
+
+            def step(x, y):
+                opt.zero_grad(set_to_none=True)
+                criterion(gsm(x).squeeze(1), y).backward()
+                opt.step()
+
+        return step, lambda: opt.zero_grad(set_to_none=True)
+
+    return factory
+
+
+METHODS = {
+    "non-private": nonprivate_step,
+    "privlab fast": privlab_step("fast"),
+    "privlab vmap": privlab_step("vmap"),
+    "privlab loop": privlab_step("loop"),
+    "opacus hooks": opacus_step("hooks"),
+    "opacus ew": opacus_step("ew"),
+    "opacus functorch": opacus_step("functorch"),
+    "opacus ghost": opacus_step("ghost"),
+}
+
+
+# -- measurement ------------------------------------------------------------------------------
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step, x, y, steps, device) -> tuple[float, float]:
+    """Mean (wall-clock, process CPU) seconds per step over ``steps`` consecutive steps."""
+    sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        step(x, y)
+    sync(device)
+    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
+
+
+def cpu_step_peak_bytes(step, x, y) -> int:
+    """Peak of (bytes allocated - bytes freed) by torch's CPU allocator during one step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step(x, y)
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        if e.device_type() == torch.autograd.DeviceType.CPU:
+            live += e.nbytes()
+            peak = max(peak, live)
+    return peak
+
+
+def step_peak_bytes(step, release, x, y, device) -> int:
+    release()
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step(x, y)
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    return cpu_step_peak_bytes(step, x, y)
+
+
+def disable_heap_trimming() -> bool:
+    """glibc only: stop malloc returning freed heap memory to the OS between steps (``mallopt``).
+
+    With the default settings every step that needs more memory than the heap
+    kept re-faults those pages (minor page faults, counted as system time); a
+    caching allocator such as jemalloc or tcmalloc avoids this. Applies to all
+    methods alike.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_trim_threshold, 2**30)) and bool(libc.mallopt(m_mmap_threshold, 2**25))
+    except (OSError, AttributeError):
+        return False
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when available)")
+    parser.add_argument("--batch", type=int, default=4096, help="batch size (default 4096)")
+    parser.add_argument("--loop-batch", type=int, default=64, help="batch for the per-example loop (scaled up)")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (median reported)")
+    parser.add_argument("--steps", type=int, default=2, help="steps timed per method per round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per method first")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), help=f"subset of {list(METHODS)}")
+    parser.add_argument("--no-heap-trim", action="store_true",
+                        help="glibc mallopt: keep freed heap memory mapped (as jemalloc/tcmalloc do)")
+    parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    args = parser.parse_args(argv)
+    heap = "glibc default"
+    if args.no_heap_trim:
+        heap = "heap trimming off (mallopt)" if disable_heap_trimming() else "mallopt unavailable: default"
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")  # Opacus's notices about secure RNG and hooks
+    gen = torch.Generator().manual_seed(0)
+    x_full = torch.randn(args.batch, 40, generator=gen).to(device)
+    y_full = torch.randint(0, 2, (args.batch,), generator=gen).float().to(device)
+
+    runs, failed = {}, {}
+    for name in args.methods:
+        torch.manual_seed(0)
+        model = streamrec_mlp().to(device).train()
+        n = args.loop_batch if name == "privlab loop" else args.batch
+        x, y = x_full[:n], y_full[:n]
+        try:
+            step, release = METHODS[name](model, args)
+            for _ in range(args.warmup):
+                step(x, y)
+            runs[name] = dict(step=step, release=release, x=x, y=y, batch=n, times=[])
+        except Exception as exc:  # an Opacus mode refusing this model is a result too
+            failed[name] = f"{type(exc).__name__}: {exc}"[:160]
+    for _ in range(args.rounds):
+        for r in runs.values():
+            r["times"].append(time_steps(r["step"], r["x"], r["y"], args.steps, device))
+    results = {}
+    for name, r in runs.items():
+        scale = 1e3 * args.batch / r["batch"]  # milliseconds; the loop's time scales linearly with the batch
+        results[name] = dict(batch=r["batch"], ms_per_step=scale * statistics.median(t[0] for t in r["times"]),
+                             cpu_ms_per_step=scale * statistics.median(t[1] for t in r["times"]),
+                             peak_mb=step_peak_bytes(r["step"], r["release"], r["x"], r["y"], device) / 2**20)
+    base = results.get("non-private")
+    print(f"DP-SGD step on the StreamRec MLP, batch {args.batch}, device {device}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), {platform.processor() or platform.machine()}")
+    print(f"memory: {'torch.cuda.max_memory_allocated' if device.type == 'cuda' else 'torch.profiler CPU allocator events'}"
+          f", peak during the step above what was live at its start; malloc: {heap}")
+    print("time: median over rounds of wall-clock ms/step, and of process CPU ms/step (robust to other load "
+          "on a shared machine; with several threads it sums them)")
+    print(f"{'method':18s} {'batch':>6s} {'wall ms':>9s} {'x wall':>7s} {'CPU ms':>9s} {'x CPU':>7s} "
+          f"{'peak MB':>9s} {'x mem':>7s}")
+    nan = float("nan")
+    for name, r in results.items():
+        tr = r["ms_per_step"] / base["ms_per_step"] if base else nan
+        cr = r["cpu_ms_per_step"] / base["cpu_ms_per_step"] if base else nan
+        mr = r["peak_mb"] / base["peak_mb"] if base and base["peak_mb"] else nan
+        note = f"  (time scaled from batch {r['batch']}; memory at batch {r['batch']})" if r["batch"] != args.batch else ""
+        print(f"{name:18s} {r['batch']:6d} {r['ms_per_step']:9.2f} {tr:7.2f} {r['cpu_ms_per_step']:9.2f} {cr:7.2f} "
+              f"{r['peak_mb']:9.2f} {mr:7.2f}{note}")
+        r.update(time_ratio=tr, cpu_time_ratio=cr, memory_ratio=mr)
+    for name, why in failed.items():
+        print(f"{name:18s} failed: {why}")
+    out = dict(device=str(device), batch=args.batch, threads=torch.get_num_threads(), torch=torch.__version__, malloc=heap,
+               rounds=args.rounds, steps=args.steps, results=results, failed=failed)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+    return out
+
+
+if __name__ == "__main__":
+    main()

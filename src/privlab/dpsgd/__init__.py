@@ -1,0 +1,64 @@
+r"""DP-SGD from scratch, made fast: per-sample gradients, clipping, noise, Poisson sampling, training.
+
+One step of DP-SGD (Abadi et al. 2016, arXiv:1607.00133, Algorithm 1), each
+line a named piece of this package:
+
+.. math::
+    \tilde g = \frac{1}{qN}\Bigl(\sum_{i \in S} \min\bigl(1, \tfrac{C}{\|g_i\|}\bigr) g_i
+    + \mathcal{N}(0, \sigma^2 C^2 I)\Bigr), \qquad S \sim \mathrm{Poisson}(q)
+
+=============================  ==================================================
+per-sample gradients           :func:`per_sample_grads` (``"loop"``, ``"vmap"``);
+                               the ``"fast"`` path never forms them
+                               (:mod:`privlab.dpsgd.fast`)
+clip and sum (the kernel)      :func:`clipped_grad_sum`, :func:`clip_factors`,
+                               :func:`per_example_grad_norms`
+noise, scale, optimizer step   :class:`DPOptimizer`
+Poisson sampling / shuffling   :class:`PoissonSampler`, :class:`ShuffleSampler`
+training loop                  :func:`train`, :class:`DPSGDConfig`, :class:`TrainResult`
+choosing C                     :func:`profile_grad_norms`, :func:`summarize_grad_norms`
+=============================  ==================================================
+
+Used in: chapters 5, 6, 7, 10, 11, 12.
+"""
+
+from .clipping import (
+    METHODS,
+    ClippedSum,
+    clip_factors,
+    clipped_grad_sum,
+    clipped_grad_sum_with_stats,
+    per_example_grad_norms,
+)
+from .optimizer import DPOptimizer, StepStats
+from .per_sample import per_example_losses, per_sample_grads
+from .profile import GradNormProfile, profile_grad_norms, summarize_grad_norms
+from .rules import covered_types, register_rule
+from .sampling import PoissonAccountingWarning, PoissonSampler, ShuffleSampler, uniform_subset
+from .train import DPSGDConfig, TrainResult, epsilon_spent, train
+
+__all__ = [
+    "METHODS",
+    "ClippedSum",
+    "DPOptimizer",
+    "DPSGDConfig",
+    "GradNormProfile",
+    "PoissonAccountingWarning",
+    "PoissonSampler",
+    "ShuffleSampler",
+    "StepStats",
+    "TrainResult",
+    "clip_factors",
+    "clipped_grad_sum",
+    "clipped_grad_sum_with_stats",
+    "covered_types",
+    "epsilon_spent",
+    "per_example_grad_norms",
+    "per_example_losses",
+    "per_sample_grads",
+    "profile_grad_norms",
+    "register_rule",
+    "summarize_grad_norms",
+    "train",
+    "uniform_subset",
+]

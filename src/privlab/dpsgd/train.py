@@ -1,0 +1,342 @@
+r"""The DP-SGD training loop every chapter uses, on CPU and CUDA alike.
+
+Per epoch, :math:`T = \mathrm{round}(1/q)` steps of
+
+.. math::
+    S_t \sim \mathrm{Poisson}(q), \qquad
+    \theta_{t+1} = \mathrm{opt}\Bigl(\theta_t,\;
+    \tfrac{1}{qN}\bigl(\textstyle\sum_{i \in S_t} \mathrm{clip}_C(g_i) + \mathcal{N}(0, \sigma^2 C^2 I)\bigr)\Bigr),
+
+after which the loop records the mean training loss, the privacy spent so far,
+:math:`\varepsilon(\sigma, q, \text{steps}, \delta)` from
+:func:`privlab.accounting.epsilon`, the wall-clock time and an optional
+evaluation.
+
+Engineering, as the house style asks:
+
+* the data moves to the model's device once, if it fits (on CUDA: under half
+  the free memory; otherwise it stays in pinned host memory and each batch is
+  copied asynchronously);
+* no host synchronisation inside a step: losses are summed as device tensors
+  and read once per epoch, batches are indexed with host-drawn indices, the
+  noise is drawn on the device;
+* deterministic given ``generator``: it seeds the sampler, the noise generator
+  and, inside ``torch.random.fork_rng`` (so the caller's global state is left
+  untouched), the dropout masks;
+* ``compile=True`` runs the model through ``torch.compile(dynamic=True)``
+  (batch sizes vary under Poisson sampling);
+* a tqdm bar per run, off with ``progress=False``.
+
+With ``noise_multiplier=0`` and ``max_grad_norm=None`` the same loop trains
+non-privately (plain SGD/Adam on the batch mean), so chapters compare like
+with like. Shuffled batches (``sampler="shuffle"``) train, warn, and report the
+Poisson epsilon flagged ``accounting_valid=False`` (Chua et al. 2024,
+arXiv:2403.17673). Variants of the step (for audits) come in through
+``dp_optimizer_cls``, a subclass of :class:`privlab.dpsgd.DPOptimizer`.
+
+Reference: Abadi et al. 2016 (arXiv:1607.00133), Algorithm 1.
+
+Used in: chapters 5, 6, 7, 10, 11, 12.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .._validate import check_delta, check_int, check_nonnegative, check_positive, check_probability
+from .clipping import METHODS
+from .optimizer import DPOptimizer
+from .per_sample import as_input_tuple, batch_size_of
+from .sampling import PoissonSampler, ShuffleSampler
+
+__all__ = ["DPSGDConfig", "TrainResult", "train"]
+
+SAMPLERS = ("poisson", "shuffle")
+ACCOUNTANTS = ("pld", "rdp", None)
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DPSGDConfig:
+    r"""Everything a DP-SGD run needs besides model, data and randomness (validated on creation).
+
+    Args:
+        noise_multiplier: :math:`\sigma \ge 0`; noise std on the clipped sum is :math:`\sigma C`.
+        max_grad_norm: :math:`C > 0`; ``None`` (with :math:`\sigma = 0`) trains non-privately.
+        epochs: passes over the data; an epoch is :math:`\mathrm{round}(1/q)` steps.
+        sample_rate: Poisson rate :math:`q`; give this or ``batch_size`` (then :math:`q = b/N`).
+        batch_size: expected batch size :math:`b = qN`.
+        lr: learning rate for the named optimizers.
+        optimizer: ``"sgd"``, ``"adam"`` or a factory ``params -> torch.optim.Optimizer``.
+        delta: :math:`\delta`; default :math:`\min(10^{-5}, 1/N)`.
+        method: per-sample gradient method, ``"fast"``, ``"vmap"`` or ``"loop"``.
+        sampler: ``"poisson"`` or ``"shuffle"`` (warns; accounting flagged invalid).
+        accountant: ``"pld"``, ``"rdp"`` or ``None`` (skip accounting, epsilon NaN).
+        compile: run the model through ``torch.compile``.
+        progress: show a tqdm bar.
+        device: ``"cpu"``, ``"cuda"``, ... or ``None`` for the model's current device.
+        record_grad_norms: keep every unclipped per-example norm (for profiling).
+
+    Raises:
+        ValueError: naming the bad value.
+
+    >>> DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0, batch_size=64).private
+    True
+    >>> DPSGDConfig(noise_multiplier=1.0, max_grad_norm=-1.0, batch_size=64)
+    Traceback (most recent call last):
+    ...
+    ValueError: max_grad_norm must be a finite number > 0, got -1.0
+    """
+
+    noise_multiplier: float
+    max_grad_norm: float | None
+    epochs: int = 1
+    sample_rate: float | None = None
+    batch_size: int | None = None
+    lr: float = 0.1
+    optimizer: str | Callable = "sgd"
+    delta: float | None = None
+    method: str = "fast"
+    sampler: str = "poisson"
+    accountant: str | None = "pld"
+    compile: bool = False
+    progress: bool = True
+    device: str | None = None
+    record_grad_norms: bool = False
+
+    def __post_init__(self) -> None:
+        check_nonnegative("noise_multiplier", self.noise_multiplier)
+        if self.max_grad_norm is not None:
+            check_positive("max_grad_norm", self.max_grad_norm)
+        elif self.noise_multiplier > 0:
+            raise ValueError(f"noise_multiplier = {self.noise_multiplier} needs a max_grad_norm, got None")
+        if (self.sample_rate is None) == (self.batch_size is None):
+            raise ValueError(
+                f"give exactly one of sample_rate and batch_size, got {self.sample_rate!r} and {self.batch_size!r}"
+            )
+        if self.sample_rate is not None:
+            check_probability("sample_rate", self.sample_rate)
+        else:
+            check_int("batch_size", self.batch_size, minimum=1)
+        check_int("epochs", self.epochs, minimum=1)
+        check_positive("lr", self.lr)
+        if not (callable(self.optimizer) or self.optimizer in OPTIMIZERS):
+            raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)} or a factory, got {self.optimizer!r}")
+        if self.delta is not None:
+            check_delta(self.delta)
+        for name, value, allowed in [("method", self.method, METHODS), ("sampler", self.sampler, SAMPLERS),
+                                     ("accountant", self.accountant, ACCOUNTANTS)]:
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+    @property
+    def private(self) -> bool:
+        """``False`` for the non-private baseline (``max_grad_norm=None``)."""
+        return self.max_grad_norm is not None
+
+    def sample_rate_for(self, n: int) -> float:
+        """:math:`q` for a dataset of size :math:`N` (``batch_size / N`` when given a batch size)."""
+        q = self.sample_rate if self.sample_rate is not None else self.batch_size / n
+        return check_probability("sample_rate (batch_size / N)", q)
+
+    def delta_for(self, n: int) -> float:
+        r""":math:`\delta`, by default :math:`\min(10^{-5}, 1/N)`."""
+        return self.delta if self.delta is not None else min(1e-5, 1.0 / n)
+
+    def make_optimizer(self, params) -> torch.optim.Optimizer:
+        if callable(self.optimizer):
+            return self.optimizer(params)
+        return OPTIMIZERS[self.optimizer](params, lr=self.lr)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Per-epoch history of a run; ``epsilon`` is the privacy spent by the end."""
+
+    config: DPSGDConfig
+    losses: tuple[float, ...]  # mean per-example training loss over each epoch's batches
+    epsilons: tuple[float, ...]  # cumulative epsilon after each epoch (inf if not private)
+    epoch_seconds: tuple[float, ...]  # wall-clock training time per epoch (accounting excluded)
+    evals: tuple = ()  # eval_fn(model) after each epoch
+    steps: int = 0
+    sample_rate: float = 0.0
+    delta: float = 0.0
+    accounting_valid: bool = True  # False for shuffled batches: the Poisson epsilon does not apply
+    grad_norms: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def epsilon(self) -> float:
+        return self.epsilons[-1] if self.epsilons else math.nan
+
+    def history(self) -> list[dict]:
+        """One record per epoch (for ``pandas.DataFrame``)."""
+        rows = []
+        for k, (loss, eps, sec) in enumerate(zip(self.losses, self.epsilons, self.epoch_seconds)):
+            row = {"epoch": k + 1, "loss": loss, "epsilon": eps, "seconds": sec}
+            if self.evals:
+                row["eval"] = self.evals[k]
+            rows.append(row)
+        return rows
+
+
+@functools.lru_cache(maxsize=4096)
+def _epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str) -> float:
+    from privlab.accounting import epsilon  # imported lazily: accounting is a sibling package
+
+    return float(epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps,
+                         delta=delta, accountant=accountant))
+
+
+def epsilon_spent(config: DPSGDConfig, *, sample_rate: float, steps: int, delta: float) -> float:
+    """Epsilon after ``steps`` steps: inf without noise, NaN with ``accountant=None``."""
+    if config.noise_multiplier == 0 or not config.private:
+        return math.inf
+    if config.accountant is None:
+        return math.nan
+    return _epsilon(float(config.noise_multiplier), float(sample_rate), int(steps), float(delta), config.accountant)
+
+
+def _place(t: Tensor, device: torch.device) -> Tensor:
+    """Move data to ``device`` once if it fits; else keep it in pinned host memory."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        free, _ = torch.cuda.mem_get_info(device)
+        if t.numel() * t.element_size() > 0.5 * free:
+            return t.pin_memory()
+    return t.to(device)
+
+
+def _gather(t: Tensor, idx: Tensor, device: torch.device) -> Tensor:
+    """Rows ``idx`` of ``t`` on ``device``, without a host synchronisation."""
+    if t.device == device:
+        if device.type != "cpu":
+            idx = idx.pin_memory().to(device, non_blocking=True)
+        return t.index_select(0, idx)
+    return t.index_select(0, idx).pin_memory().to(device, non_blocking=True)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def train(
+    model: nn.Module,
+    X,
+    y,
+    *,
+    loss_fn,
+    config: DPSGDConfig,
+    generator: torch.Generator,
+    eval_fn: Callable[[nn.Module], object] | None = None,
+    dp_optimizer_cls: type[DPOptimizer] = DPOptimizer,
+) -> TrainResult:
+    r"""Train ``model`` with DP-SGD (or without DP, per ``config``) and record the run.
+
+    Args:
+        model: the network, trained in place; moved to ``config.device`` if given.
+        X: inputs, a tensor ``(N, ...)`` or a tuple of them (the model's positional inputs).
+        y: targets ``(N, ...)`` or ``None``.
+        loss_fn: per-example loss ``loss_fn(outputs, targets) -> (B, ...)``
+            (all but the batch dimension is summed per example).
+        config: a :class:`DPSGDConfig`.
+        generator: ``torch.Generator``, the run's only source of randomness.
+        eval_fn: called as ``eval_fn(model)`` after each epoch, in eval mode
+            under ``torch.no_grad``; its results land in ``TrainResult.evals``.
+        dp_optimizer_cls: the step implementation, :class:`DPOptimizer` or a subclass.
+
+    Returns:
+        :class:`TrainResult`.
+
+    Raises:
+        ValueError: bad config, generator or data shapes.
+
+    Reference: Abadi et al. 2016 (arXiv:1607.00133), Algorithm 1.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> X, y = torch.randn(40, 3, generator=g), torch.randn(40, generator=g)
+    >>> mse = lambda out, t: (out.squeeze(1) - t) ** 2
+    >>> cfg = DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0, batch_size=8, epochs=2,
+    ...                   accountant=None, progress=False)
+    >>> result = train(nn.Linear(3, 1), X, y, loss_fn=mse, config=cfg, generator=torch.Generator().manual_seed(1))
+    >>> result.steps, len(result.losses), result.accounting_valid   # 2 epochs of round(1 / q) = 5 steps
+    (10, 2, True)
+
+    Used in: chapters 5, 6, 7, 10, 11, 12.
+    """
+    if not isinstance(config, DPSGDConfig):
+        raise ValueError(f"config must be a DPSGDConfig, got {type(config).__name__}")
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator, got {generator!r}")
+    xs = as_input_tuple(X)
+    n = batch_size_of(xs)
+    if n == 0:
+        raise ValueError("X must contain at least one example, got N = 0")
+    if y is not None and (y.ndim == 0 or y.shape[0] != n):
+        raise ValueError(f"y must have leading dimension N = {n}, got shape {tuple(y.shape)}")
+    device = torch.device(config.device) if config.device is not None else _model_device(model)
+    model.to(device)
+    q, delta = config.sample_rate_for(n), config.delta_for(n)
+    seeds = torch.randint(0, 2**62, (3,), generator=generator, device=generator.device).tolist()
+    noise_gen = torch.Generator(device=device).manual_seed(seeds[1])
+    if config.sampler == "poisson":
+        sampler = PoissonSampler(n, sample_rate=q, generator=torch.Generator().manual_seed(seeds[0]))
+    else:
+        sampler = ShuffleSampler(n, batch_size=max(1, round(q * n)), generator=torch.Generator().manual_seed(seeds[0]))
+    xs_dev = tuple(_place(x, device) for x in xs)
+    y_dev = None if y is None else _place(y, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    dp = dp_optimizer_cls(
+        config.make_optimizer(params),
+        noise_multiplier=config.noise_multiplier,
+        max_grad_norm=config.max_grad_norm,
+        expected_batch_size=sampler.expected_batch_size,
+        generator=noise_gen,
+        method=config.method,
+        record_norms=config.record_grad_norms,
+    )
+    net = torch.compile(model, dynamic=True) if config.compile else model
+    losses, epsilons, seconds, evals, norms = [], [], [], [], []
+    steps = 0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seeds[2])  # dropout masks; scoped by fork_rng, the caller's state is restored
+        bar = tqdm(range(config.epochs), disable=not config.progress, unit="epoch",
+                   desc="DP-SGD" if config.private else "SGD")
+        for _ in bar:
+            start = time.perf_counter()
+            model.train()
+            loss_sum, count = torch.zeros((), device=device, dtype=torch.float64), 0
+            for idx in sampler:
+                xb = tuple(_gather(x, idx, device) for x in xs_dev)
+                yb = None if y_dev is None else _gather(y_dev, idx, device)
+                stats = dp.step(net, loss_fn, xb if len(xb) > 1 else xb[0], yb)
+                loss_sum = loss_sum + stats.loss_sum
+                count += idx.numel()
+                steps += 1
+                if config.record_grad_norms and stats.norms is not None:
+                    norms.append(stats.norms.detach())
+            losses.append(loss_sum.item() / count if count else math.nan)  # the epoch's one host sync
+            seconds.append(time.perf_counter() - start)
+            epsilons.append(epsilon_spent(config, sample_rate=q, steps=steps, delta=delta))
+            if eval_fn is not None:
+                model.eval()
+                with torch.no_grad():
+                    evals.append(eval_fn(model))
+                model.train()
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", eps=f"{epsilons[-1]:.3g}")
+    grad_norms = torch.cat(norms).cpu().numpy() if norms else (np.empty(0) if config.record_grad_norms else None)
+    return TrainResult(
+        config=config, losses=tuple(losses), epsilons=tuple(epsilons), epoch_seconds=tuple(seconds),
+        evals=tuple(evals), steps=steps, sample_rate=q, delta=delta,
+        accounting_valid=config.sampler == "poisson", grad_norms=grad_norms,
+    )

@@ -1,0 +1,189 @@
+"""The fast path on layers it has no rule for, and on the cases where a layer-local answer would be wrong.
+
+Each model is checked against the loop and vmap: the fast path must fall back
+(to vmap for those layers only), never return a silently wrong clipped sum.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from privlab.dpsgd import clipped_grad_sum, fast, per_example_grad_norms
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def modes(monkeypatch):
+    """Record, per module name, which path ('fast', 'local', 'global', 'unused') each module took."""
+    seen = {}
+    original = fast._mode
+
+    def spy(site, batch):
+        seen[site.name] = mode = original(site, batch)  # "" is the root module
+        return mode
+
+    monkeypatch.setattr(fast, "_mode", spy)
+    return seen
+
+
+def check_fast_matches(model, loss_fn, inputs, targets, rtol=1e-5):
+    model = model.double()
+    inputs = tuple(x.double() if x.is_floating_point() else x for x in inputs)
+    norms = {m: per_example_grad_norms(model, loss_fn, inputs, targets, method=m) for m in ("loop", "vmap", "fast")}
+    torch.testing.assert_close(norms["vmap"], norms["loop"], rtol=rtol, atol=1e-12)
+    torch.testing.assert_close(norms["fast"], norms["loop"], rtol=rtol, atol=1e-12)
+    c = float(norms["loop"].median())
+    sums = {m: clipped_grad_sum(model, loss_fn, inputs, targets, max_grad_norm=c, method=m) for m in ("loop", "fast")}
+    for a, b in zip(sums["fast"], sums["loop"]):
+        assert (a - b).norm() <= rtol * b.norm() + 1e-12
+
+
+def mse(out, t):
+    return (out - t) ** 2
+
+
+class Affine(nn.Module):
+    """A custom module with parameters: no rule covers it."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(d))
+        self.b = nn.Parameter(torch.randn(d))
+
+    def forward(self, x):
+        return x * self.w + torch.sin(self.b)
+
+
+def test_conv1d_falls_back_locally(modes):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(15, 2))
+    check_fast_matches(model, mse, (torch.randn(7, 2, 5),), torch.randn(7, 2, dtype=torch.float64))
+    assert modes == {"0": "local", "3": "fast"}
+
+
+def test_custom_module_with_parameter_falls_back(modes):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(4, 5), Affine(5), nn.Tanh(), nn.Linear(5, 1))
+    check_fast_matches(model, mse, (torch.randn(9, 4),), torch.randn(9, 1, dtype=torch.float64))
+    assert modes == {"0": "fast", "1": "local", "3": "fast"}
+
+
+class RootParam(nn.Module):
+    """Parameters owned by the root module, used directly in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+        self.temperature = nn.Parameter(torch.tensor([1.5, 0.5]))
+
+    def forward(self, x):
+        return self.fc(x) * self.temperature
+
+
+def test_root_parameters_fall_back(modes):
+    torch.manual_seed(2)
+    check_fast_matches(RootParam(), mse, (torch.randn(5, 3),), torch.randn(5, 2, dtype=torch.float64))
+    assert modes == {"": "local", "fc": "fast"}
+
+
+class Reused(nn.Module):
+    """The same Linear called twice: its per-example gradient is a sum of two terms."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.fc(torch.tanh(self.fc(x)))))
+
+
+def test_module_called_twice_falls_back_globally(modes):
+    torch.manual_seed(3)
+    check_fast_matches(Reused(), mse, (torch.randn(6, 4),), torch.randn(6, 1, dtype=torch.float64))
+    assert modes == {"fc": "global", "out": "fast"}
+
+
+class Tied(nn.Module):
+    """Embedding and output layer share one weight."""
+
+    def __init__(self, vocab=7, dim=3):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.out = nn.Linear(dim, vocab, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, ids):
+        return self.out(self.emb(ids).mean(1))
+
+
+def test_tied_weights_fall_back_globally(modes):
+    torch.manual_seed(4)
+    ids = torch.randint(0, 7, (5, 3))
+    loss = lambda o, t: F.cross_entropy(o, t, reduction="none")
+    check_fast_matches(Tied(), loss, (ids,), torch.randint(0, 7, (5,)))
+    assert modes == {"emb": "global", "out": "global"}
+
+
+def test_inplace_activation_after_linear(modes):
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(inplace=True), nn.Linear(6, 6), nn.LeakyReLU(0.1, inplace=True),
+                          nn.Linear(6, 1))
+    check_fast_matches(model, mse, (torch.randn(8, 4),), torch.randn(8, 1, dtype=torch.float64))
+    assert modes == {"0": "fast", "2": "fast", "4": "fast"}
+
+
+@pytest.mark.parametrize("d_in,d_out,steps", [(8, 8, 3), (2, 3, 6)])  # ghost norm, then materialised
+def test_linear_on_sequences(d_in, d_out, steps):
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(d_in, d_out), nn.LayerNorm(d_out), nn.GELU(), nn.Linear(d_out, 2))
+    check_fast_matches(model, mse, (torch.randn(5, steps, d_in),), torch.randn(5, steps, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("steps", [1, 5, 300])  # single id, ghost form, long-sequence path
+def test_embedding_sequences_with_repeats_and_padding(steps):
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Embedding(6, 3, padding_idx=2), nn.Flatten(), nn.Linear(3 * steps, 1))
+    ids = torch.randint(0, 6, (4, steps))  # repeats within an example are certain for steps > 6
+    check_fast_matches(model, mse, (ids,), torch.randn(4, 1, dtype=torch.float64))
+
+
+def test_norm_layers():
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Conv1d(2, 4, 1), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(12, 5), nn.RMSNorm(5),
+                          nn.Linear(5, 1))
+    check_fast_matches(model, mse, (torch.randn(6, 2, 3),), torch.randn(6, 1, dtype=torch.float64))
+
+
+def test_layer_norm_over_two_dims():
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.LayerNorm((3, 4)), nn.Flatten(), nn.Linear(12, 1))
+    check_fast_matches(model, mse, (torch.randn(5, 3, 4),), torch.randn(5, 1, dtype=torch.float64))
+
+
+def test_unused_module_gets_zero_gradient():
+    class Partly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.Linear(3, 1), nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.used(x)
+
+    model = Partly().double()
+    x, y = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 1, dtype=torch.float64)
+    fast = clipped_grad_sum(model, mse, x, y, max_grad_norm=1.0)
+    loop = clipped_grad_sum(model, mse, x, y, max_grad_norm=1.0, method="loop")
+    for a, b in zip(fast, loop):
+        torch.testing.assert_close(a, b)
+    assert torch.count_nonzero(fast[2]) == 0

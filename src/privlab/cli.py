@@ -8,6 +8,10 @@ privlab ...
 scale: smoke
 ...
 0
+>>> main(["epsilon", "--noise-multiplier", "1", "--sample-rate", "0.01", "--steps", "10000",
+...       "--delta", "1e-5", "--accountant", "rdp"])
+rdp: epsilon = 6.71274 (delta = 1e-05)
+0
 """
 
 from __future__ import annotations
@@ -36,6 +40,46 @@ def _chapters(args: argparse.Namespace) -> int:
     return book_main(["--notebooks", str(args.notebooks)] if args.notebooks else ["--list"])
 
 
+def _epsilon(args: argparse.Namespace) -> int:
+    from privlab.accounting import epsilon
+
+    for name in args.accountant:
+        eps = epsilon(noise_multiplier=args.noise_multiplier, sample_rate=args.sample_rate,
+                      steps=args.steps, delta=args.delta, accountant=name)
+        print(f"{name}: epsilon = {eps:.6g} (delta = {args.delta:g})")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from privlab.accounting import calibrate_noise
+
+    for name in args.accountant:
+        sigma = calibrate_noise(target_epsilon=args.target_epsilon, delta=args.delta,
+                                sample_rate=args.sample_rate, steps=args.steps, accountant=name)
+        print(f"{name}: noise_multiplier = {sigma:.6g} for epsilon <= {args.target_epsilon:g}")
+    return 0
+
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    """The DP-SGD run both accounting commands describe."""
+    p.add_argument("--sample-rate", type=float, required=True, help="Poisson sampling rate q = batch / N")
+    p.add_argument("--steps", type=int, required=True, help="number of training steps")
+    p.add_argument("--delta", type=float, required=True, help="target delta")
+    p.add_argument("--accountant", nargs="+", default=["pld"],
+                   choices=["pld", "rdp", "zcdp", "basic", "advanced"], help="one or more accountants")
+
+
+def _add_accounting(sub) -> None:
+    p = sub.add_parser("epsilon", help="epsilon of a DP-SGD run (Poisson-sampled Gaussian steps)")
+    p.add_argument("--noise-multiplier", type=float, required=True, help="sigma: noise std / clip norm")
+    _run_arguments(p)
+    p.set_defaults(func=_epsilon)
+    p = sub.add_parser("calibrate", help="smallest noise multiplier meeting a target epsilon")
+    p.add_argument("--target-epsilon", type=float, required=True)
+    _run_arguments(p)
+    p.set_defaults(func=_calibrate)
+
+
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="print versions, the scale profile and the device")
     p.add_argument("--scale", choices=["smoke", "book", "paper"], default=None,
@@ -50,7 +94,7 @@ def _add_chapters(sub) -> None:
 
 
 #: Each entry adds one subcommand to the parser.
-COMMANDS: list[Callable] = [_add_info, _add_chapters]
+COMMANDS: list[Callable] = [_add_info, _add_chapters, _add_accounting]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ValueError as err:  # bad input: a clear message naming the value, not a traceback
+        parser.exit(2, f"privlab {args.command}: error: {err}\n")
 
 
 if __name__ == "__main__":

@@ -6,5 +6,6 @@
 """
 
 from privlab.datasets.real import load_cps1988, load_movielens
+from privlab.datasets.streamrec import StreamRecConfig, StreamRecData, generate_streamrec
 
-__all__ = ["load_cps1988", "load_movielens"]
+__all__ = ["load_cps1988", "load_movielens", "generate_streamrec", "StreamRecConfig", "StreamRecData"]

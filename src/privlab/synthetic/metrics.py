@@ -1,0 +1,155 @@
+r"""The fidelity and privacy metrics of :func:`privlab.synthetic.evaluate`, one function each.
+
+Fidelity of one column: the Kolmogorov-Smirnov statistic
+:math:`\sup_x |F(x) - G(x)|` for a numeric column, the total variation distance
+:math:`\tfrac12 \sum_v |p_v - q_v|` for a categorical one (both 0 for the same
+distribution, at most 1).
+
+Associations between columns, on one scale in :math:`[-1, 1]` or :math:`[0, 1]`:
+Pearson's :math:`r` for two numeric columns; the correlation ratio
+:math:`\eta = \sqrt{\sum_g n_g(\bar y_g - \bar y)^2 / \sum_i (y_i - \bar y)^2}`
+for numeric :math:`y` against categorical :math:`g`; Cramér's :math:`V` for two
+categorical columns, bias-corrected by default (Bergsma 2013, J. Korean Stat.
+Soc. 42: 323-328), which is about 0 for independent columns instead of
+:math:`O(1/\sqrt n)`. A constant column has association 0 with everything.
+
+Distances between records (:func:`nearest_distances`) are Euclidean on the
+encoded features of :func:`privlab.synthetic.evaluate` and found with
+scikit-learn's :class:`~sklearn.neighbors.NearestNeighbors`.
+
+>>> ks_statistic([1, 2, 3], [1, 2, 3])
+0.0
+>>> total_variation(["a", "a", "b"], ["a", "b", "b"])
+0.3333333333333333
+>>> round(cramers_v(["a", "b"] * 50, ["x", "y"] * 50), 6)
+1.0
+
+Used in: chapter 9.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+__all__ = [
+    "ks_statistic", "total_variation", "cramers_v", "correlation_ratio", "pearson",
+    "association_matrix", "correlation_distance", "nearest_distances", "nndr",
+]  # fmt: skip
+
+
+def ks_statistic(a, b) -> float:
+    r"""Two-sample Kolmogorov-Smirnov statistic :math:`\sup_x |F_a(x) - F_b(x)|` (scipy)."""
+    return float(stats.ks_2samp(np.asarray(a, dtype=float), np.asarray(b, dtype=float)).statistic)
+
+
+def total_variation(a, b) -> float:
+    r"""Total variation distance :math:`\tfrac12\sum_v |p_v - q_v|` of two samples' value frequencies."""
+    p = pd.Series(np.asarray(a, dtype=object)).value_counts(normalize=True)
+    q = pd.Series(np.asarray(b, dtype=object)).value_counts(normalize=True)
+    return float(0.5 * p.subtract(q, fill_value=0.0).abs().sum())
+
+
+def pearson(x, y) -> float:
+    """Pearson's r; 0 when either column is constant."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.std() == 0 or y.std() == 0:
+        return 0.0
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def correlation_ratio(categories, values) -> float:
+    r"""Correlation ratio :math:`\eta` of numeric ``values`` on ``categories`` (0 if ``values`` is constant)."""
+    y = np.asarray(values, dtype=float)
+    codes = pd.factorize(pd.Series(np.asarray(categories, dtype=object)))[0]
+    total = float(((y - y.mean()) ** 2).sum())
+    if total == 0:
+        return 0.0
+    n_g = np.bincount(codes)
+    mean_g = np.bincount(codes, weights=y) / n_g
+    between = float((n_g * (mean_g - y.mean()) ** 2).sum())
+    return float(np.sqrt(min(between / total, 1.0)))
+
+
+def cramers_v(x, y, *, bias_corrected: bool = True) -> float:
+    r"""Cramér's :math:`V = \sqrt{\phi^2 / \min(r-1, k-1)}`, :math:`\phi^2 = \chi^2/n`.
+
+    With ``bias_corrected`` (Bergsma 2013): :math:`\tilde\phi^2 = \max(0, \phi^2 - (k-1)(r-1)/(n-1))`,
+    :math:`\tilde r = r - (r-1)^2/(n-1)`, :math:`\tilde k = k - (k-1)^2/(n-1)` and
+    :math:`V = \sqrt{\tilde\phi^2 / \min(\tilde r - 1, \tilde k - 1)}`. 0 when a column is constant.
+    """
+    table = pd.crosstab(pd.Series(np.asarray(x, dtype=object)), pd.Series(np.asarray(y, dtype=object))).to_numpy()
+    n, (r, k) = table.sum(), table.shape
+    if r < 2 or k < 2:
+        return 0.0
+    expected = np.outer(table.sum(1), table.sum(0)) / n
+    phi2 = float(((table - expected) ** 2 / expected).sum() / n)
+    if bias_corrected:
+        phi2 = max(0.0, phi2 - (k - 1) * (r - 1) / (n - 1))
+        r, k = r - (r - 1) ** 2 / (n - 1), k - (k - 1) ** 2 / (n - 1)
+    denom = min(r - 1, k - 1)
+    return float(np.sqrt(min(phi2 / denom, 1.0))) if denom > 0 else 0.0
+
+
+def association_matrix(df: pd.DataFrame, numeric: list, *, bias_corrected: bool = True) -> pd.DataFrame:
+    """The mixed-type association matrix of ``df`` (1 on the diagonal), columns in ``df``'s order.
+
+    Args:
+        df: the table.
+        numeric: the names of its numeric columns; the others are categorical.
+        bias_corrected: for Cramér's V.
+
+    >>> df = pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0], "y": [2.0, 4.0, 6.0, 8.0]})
+    >>> association_matrix(df, ["x", "y"]).to_numpy().tolist()
+    [[1.0, 1.0], [1.0, 1.0]]
+    """
+    cols = list(df.columns)
+    a = np.eye(len(cols))
+    for i in range(len(cols)):
+        for j in range(i + 1, len(cols)):
+            ci, cj = cols[i], cols[j]
+            ni, nj = ci in numeric, cj in numeric
+            if ni and nj:
+                v = pearson(df[ci], df[cj])
+            elif ni:
+                v = correlation_ratio(df[cj], df[ci])
+            elif nj:
+                v = correlation_ratio(df[ci], df[cj])
+            else:
+                v = cramers_v(df[ci], df[cj], bias_corrected=bias_corrected)
+            a[i, j] = a[j, i] = v
+    return pd.DataFrame(a, index=cols, columns=cols)
+
+
+def correlation_distance(a, b) -> tuple[float, float]:
+    r"""``(Frobenius, mean absolute)`` distance of two association matrices.
+
+    Frobenius :math:`\lVert A - B\rVert_F` over the whole (symmetric) matrix, so
+    each pair counts twice; the mean absolute difference is over the pairs
+    :math:`i < j` only.
+    """
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    iu = np.triu_indices(d.shape[0], k=1)
+    return float(np.linalg.norm(d)), float(np.abs(d[iu]).mean()) if iu[0].size else 0.0
+
+
+def nearest_distances(reference: np.ndarray, queries: np.ndarray, k: int = 1) -> np.ndarray:
+    """Euclidean distances from each query row to its ``k`` nearest reference rows, shape ``(m, k)``."""
+    from sklearn.neighbors import NearestNeighbors
+
+    nn = NearestNeighbors(n_neighbors=k, algorithm="auto").fit(reference)
+    dist, _ = nn.kneighbors(queries)
+    return dist
+
+
+def nndr(reference: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    r"""Nearest-neighbour distance ratio :math:`d_1/d_2` of each query to ``reference``.
+
+    :math:`d_1, d_2` are the distances to the first and second nearest reference
+    rows. Near 0: the query sits on one reference record, far from all others
+    (a sign of memorisation); near 1: it is about as close to two of them. We set
+    :math:`0/0 = 1` (a query on two identical records is equally near both).
+    """
+    d = nearest_distances(reference, queries, k=2)
+    return np.divide(d[:, 0], d[:, 1], out=np.ones(len(d)), where=d[:, 1] > 0)

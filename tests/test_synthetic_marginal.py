@@ -1,0 +1,249 @@
+"""The DP marginal synthesizer: its accounting, its noise, its marginals at huge epsilon, bad input.
+
+Statistical tolerances are 6 standard errors of the quantity tested, with seeded generators.
+Oracles: privlab.accounting's zCDP accountant and dp_accounting's RDP accountant.
+"""
+
+from __future__ import annotations
+
+import math
+
+import dp_accounting
+import numpy as np
+import pandas as pd
+import pytest
+from dp_accounting import rdp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.sparse.csgraph import minimum_spanning_tree
+
+from privlab.accounting import GaussianEvent, ZcdpAccountant
+from privlab.datasets import load_cps1988
+from privlab.synthetic import (
+    CategoricalDomain,
+    MarginalSynthesizer,
+    NumericDomain,
+    cps1988_domain,
+    epsilon_from_rho,
+    rho_from_epsilon,
+)
+from privlab.synthetic.domain import dp_numeric_domain
+from privlab.synthetic.marginal import fit_table_to_margins, project_to_simplex
+
+Z = 6.0
+DELTA = 1e-6
+
+
+@pytest.fixture(scope="module")
+def cps():
+    return load_cps1988().sample(3000, random_state=0).reset_index(drop=True)
+
+
+def fitted(df, epsilon, seed=0, **kw):
+    kw.setdefault("domain", cps1988_domain())
+    return MarginalSynthesizer(epsilon=epsilon, delta=DELTA, **kw).fit(df, rng=seed)
+
+
+# ----------------------------------------------------------------------------- accounting
+
+
+@pytest.mark.parametrize(("epsilon", "public"), [(0.1, True), (1.0, True), (10.0, True), (1.0, False), (10.0, False)])
+def test_recorded_noise_accounts_for_the_claimed_epsilon(cps, epsilon, public):
+    m = fitted(cps, epsilon, domain=cps1988_domain() if public else None)
+    rep = m.privacy_report()
+    ms = rep.measurements
+    # recompute rho from what was recorded: 1/(2 sigma^2) per Gaussian, eps0^2/8 per selection
+    rho = sum(1 / (2 * x.sigma**2) for x in ms if x.sigma is not None)
+    rho += sum(x.epsilon**2 / 8 for x in ms if x.epsilon is not None)
+    assert rho == pytest.approx(rep.rho_total, rel=1e-12)
+    eps = rho + 2 * math.sqrt(rho * math.log(1 / DELTA))
+    assert eps <= epsilon and eps >= 0.99 * epsilon
+    assert rep.epsilon <= epsilon and rep.within_budget
+    d = cps.shape[1]
+    assert sum(x.step == "one_way" for x in ms) == d
+    assert sum(x.step == "select" for x in ms) == d - 1 == sum(x.step == "two_way" for x in ms)
+    assert sum(x.step == "domain" for x in ms) == (0 if public else 3)
+    # MST's split: equal thirds after the domain share
+    third = (rep.rho_budget * (1 if public else 0.9)) / 3
+    for step in ("one_way", "select", "two_way"):
+        assert rep.rho_by_step[step] == pytest.approx(third, rel=1e-9)
+
+
+def test_accounting_agrees_with_two_oracles(cps):
+    rep = fitted(cps, 1.0).privacy_report()
+    ours = ZcdpAccountant()
+    oracle = rdp.RdpAccountant()
+    for x in rep.measurements:
+        if x.sigma is not None:
+            ours.compose(GaussianEvent(x.sigma))
+            oracle.compose(dp_accounting.GaussianDpEvent(x.sigma))
+        else:  # an eps0-bounded-range mechanism is (eps0^2/8)-zCDP, the zCDP of a Gaussian with sigma 2/eps0
+            ours.compose(GaussianEvent(2 / x.epsilon))
+            oracle.compose(dp_accounting.ZCDpEvent(x.epsilon**2 / 8))
+    assert ours.get_epsilon(DELTA) == pytest.approx(rep.epsilon, rel=1e-9)
+    # dp_accounting converts RDP more tightly: never above our classic conversion, not far below
+    assert 0.7 * rep.epsilon <= oracle.get_epsilon(DELTA) <= rep.epsilon
+
+
+def test_rho_epsilon_conversions_invert_each_other():
+    for eps in (1e-3, 0.5, 1.0, 10.0, 100.0):
+        for delta in (1e-12, 1e-6, 0.1):
+            rho = rho_from_epsilon(epsilon=eps, delta=delta)
+            assert epsilon_from_rho(rho=rho, delta=delta) == pytest.approx(eps, rel=1e-9)
+
+
+def test_noise_has_the_claimed_standard_deviation(cps):
+    """Residuals of the noisy 1-way and 2-way counts over many fits are N(0, sigma^2), sigma from epsilon."""
+    eps, d = 1.0, cps.shape[1]
+    rho = rho_from_epsilon(epsilon=eps, delta=DELTA)
+    sigma_1, sigma_2 = math.sqrt(3 * d / (2 * rho)), math.sqrt(3 * (d - 1) / (2 * rho))
+    z1, z2 = [], []
+    for seed in range(60):
+        m = fitted(cps, eps, seed=seed)
+        for col, y in m.noisy_one_way_.items():
+            true = np.bincount(m._encode(cps[col], m.domain_[col], col), minlength=y.size)
+            z1.append((y - true) / sigma_1)
+        for (a, b), y in m.noisy_two_way_.items():
+            ca = m._encode(cps[a], m.domain_[a], a)
+            cb = m._encode(cps[b], m.domain_[b], b)
+            true = np.bincount(ca * y.shape[1] + cb, minlength=y.size).reshape(y.shape)
+            z2.append(((y - true) / sigma_2).ravel())
+    for z in (np.concatenate(z1), np.concatenate(z2)):
+        n = z.size
+        assert abs(z.mean()) < Z / math.sqrt(n)
+        assert abs(z.var() - 1) < Z * math.sqrt(2 / n)
+
+
+# ----------------------------------------------------------------------------- fidelity at huge epsilon
+
+
+def test_huge_epsilon_reproduces_one_and_two_way_marginals(cps):
+    m = fitted(cps, 1e6)
+    codes = {c: m._encode(cps[c], m.domain_[c], c) for c in cps.columns}
+    for c, p in m.marginals_.items():
+        np.testing.assert_allclose(p, np.bincount(codes[c], minlength=p.size) / len(cps), atol=1e-5)
+    for (a, b), t in m.tables_.items():
+        true = np.bincount(codes[a] * t.shape[1] + codes[b], minlength=t.size).reshape(t.shape) / len(cps)
+        np.testing.assert_allclose(t, true, atol=1e-5)
+    # the selected tree is the maximum spanning tree of the scores (selection is near-deterministic)
+    cols = list(cps.columns)
+    w = np.zeros((len(cols), len(cols)))
+    top = max(m.selection_scores_.values())
+    for (a, b), s in m.selection_scores_.items():
+        w[cols.index(a), cols.index(b)] = top + 1 - s
+    best = {frozenset((cols[i], cols[j])) for i, j in zip(*minimum_spanning_tree(w).nonzero())}
+    assert {frozenset(e) for e in m.tree_} == best
+    # sampled records: 1-way and tree-edge 2-way frequencies within 6 standard errors
+    n = 20_000
+    syn = m.sample(n, rng=1)
+    for c, p in m.marginals_.items():
+        f = np.bincount(m._encode(syn[c], m.domain_[c], c), minlength=p.size) / n
+        assert np.all(np.abs(f - p) <= Z * np.sqrt(p * (1 - p) / n) + 1e-12)
+    for (a, b), t in m.tables_.items():
+        sa, sb = m._encode(syn[a], m.domain_[a], a), m._encode(syn[b], m.domain_[b], b)
+        f = np.bincount(sa * t.shape[1] + sb, minlength=t.size).reshape(t.shape) / n
+        assert np.all(np.abs(f - t) <= Z * np.sqrt(t * (1 - t) / n) + 1e-12)
+
+
+def test_sample_keeps_columns_dtypes_and_ranges(cps):
+    m = fitted(cps, 1.0)
+    syn = m.sample(500, rng=3)
+    assert list(syn.columns) == list(cps.columns)
+    assert syn.dtypes.equals(cps.dtypes)
+    assert syn["education"].between(0, 18).all() and syn["wage"].between(50, 20_000).all()
+    pd.testing.assert_frame_equal(syn, m.sample(500, rng=3))
+    assert not syn.equals(m.sample(500, rng=4))
+
+
+def test_fit_is_reproducible_given_its_generator(cps):
+    a, b = fitted(cps, 1.0, seed=7), fitted(cps, 1.0, seed=7)
+    assert a.tree_ == b.tree_
+    for c in a.marginals_:
+        np.testing.assert_array_equal(a.marginals_[c], b.marginals_[c])
+
+
+def test_single_column_and_bool_columns():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"flag": rng.random(400) < 0.3})
+    m = MarginalSynthesizer(epsilon=1e6, delta=DELTA).fit(df, rng=0)
+    assert m.tree_ == [] and m.privacy_report().rho_by_step.keys() == {"one_way"}
+    p = m.sample(10_000, rng=1)["flag"].mean()
+    assert abs(p - df["flag"].mean()) < Z * math.sqrt(0.25 / 10_000)
+
+
+def test_dp_range_estimate_covers_the_data_at_large_epsilon():
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 101, 5000)
+    dom, _ = dp_numeric_domain(x, sigma=0.01, rng=rng, bins=200, integer=True)
+    assert dom.integer and dom.edges[0] == -0.5 and dom.edges[-1] == 127.5 and dom.size == 128
+    y = rng.lognormal(6, 1, 5000)
+    dom, _ = dp_numeric_domain(y, sigma=0.01, rng=rng, bins=16, integer=False)
+    assert dom.edges[0] <= y.min() and dom.edges[-1] >= y.max() and dom.size == 16
+    assert np.allclose(np.diff(np.log(dom.edges)), np.log(dom.edges[1] / dom.edges[0]))  # log-spaced
+
+
+def test_domain_helpers():
+    d = NumericDomain.integers(-6, 64, max_bins=16)
+    vals = d.decode(d.encode(np.arange(-6, 65)), np.random.default_rng(0))
+    assert np.array_equal(d.encode(vals), d.encode(np.arange(-6, 65)))
+    assert NumericDomain.log(1, 1000, 50, integer=True).integer
+    np.testing.assert_allclose(project_to_simplex(np.array([5.0, -2.0, 1.0, 0.5]), 4.0).sum(), 4.0)
+    t = fit_table_to_margins(np.ones((3, 2)), np.array([1.0, 2.0, 3.0]), np.array([4.0, 2.0]), 200)
+    np.testing.assert_allclose(t.sum(1), [1, 2, 3])
+    np.testing.assert_allclose(t.sum(0), [4, 2])
+
+
+# ----------------------------------------------------------------------------- bad input
+
+bad_numbers = st.one_of(st.floats(max_value=0.0), st.just(float("nan")), st.just(float("inf")),
+                        st.just(-float("inf")), st.text(max_size=3), st.none())
+
+
+@settings(max_examples=40, deadline=None)
+@given(bad_numbers)
+def test_invalid_epsilon_is_refused(epsilon):
+    with pytest.raises(ValueError, match="epsilon"):
+        MarginalSynthesizer(epsilon=epsilon, delta=DELTA)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0), st.just(float("nan"))))
+def test_invalid_delta_is_refused(delta):
+    with pytest.raises(ValueError, match="delta"):
+        MarginalSynthesizer(epsilon=1.0, delta=delta)
+
+
+def test_bad_frames_and_values_are_refused(cps):
+    syn = MarginalSynthesizer(epsilon=1.0, delta=DELTA, domain=cps1988_domain())
+    with pytest.raises(ValueError, match="at least one row"):
+        syn.fit(cps.iloc[:0], rng=0)
+    with pytest.raises(ValueError, match="DataFrame"):
+        syn.fit(cps.to_numpy(), rng=0)
+    with pytest.raises(ValueError, match="entirely NaN"):
+        syn.fit(cps.assign(wage=np.nan), rng=0)
+    with pytest.raises(ValueError, match="missing"):
+        syn.fit(cps.assign(wage=cps["wage"].where(cps.index > 0)), rng=0)
+    unseen = cps.astype({"region": object})
+    unseen.loc[0, "region"] = "pacific"
+    with pytest.raises(ValueError, match="'pacific' outside its public domain"):
+        syn.fit(unseen, rng=0)
+    with pytest.raises(ValueError, match="no public domain"):
+        MarginalSynthesizer(epsilon=1.0, delta=DELTA).fit(cps.astype({"region": object}), rng=0)
+    with pytest.raises(ValueError, match="not in the data"):
+        MarginalSynthesizer(epsilon=1.0, delta=DELTA, domain={"age": (0, 99)}).fit(cps, rng=0)
+    with pytest.raises(ValueError, match="fit"):
+        syn.sample(3)
+    with pytest.raises(ValueError, match="fit"):
+        MarginalSynthesizer(epsilon=1.0, delta=DELTA).privacy_report()
+    with pytest.raises(ValueError, match="n must be"):
+        fitted(cps, 1.0).sample(0)
+    with pytest.raises(ValueError, match="split"):
+        MarginalSynthesizer(epsilon=1.0, delta=DELTA, split=(1, 0, 1))
+    with pytest.raises(ValueError, match="distinct"):
+        CategoricalDomain(("a", "a"))
+
+
+def test_too_little_data_for_dp_range_estimation_is_a_clear_error():
+    df = pd.DataFrame({"x": np.arange(5, dtype=float)})
+    with pytest.raises(ValueError, match="pass public bounds"):
+        MarginalSynthesizer(epsilon=0.1, delta=DELTA).fit(df, rng=0)

@@ -1,0 +1,267 @@
+r"""A privacy pipeline: a configuration that validates itself, and an audit trail in the budget ledger.
+
+**The configuration** (:class:`PrivacyConfig`) is checked when it is made:
+
+* the total budget :math:`\varepsilon_{\mathrm{tot}} > 0` and :math:`\delta \in (0, 1)`;
+* the DP-SGD target and any DP synthetic-data release fit in the budget under
+  basic composition, :math:`\varepsilon_{\mathrm{DP\text{-}SGD}} + \varepsilon_{\mathrm{synth}} \le \varepsilon_{\mathrm{tot}}`
+  (a ``ValueError`` names the excess);
+* federated settings are complete (clients, rounds, local epochs :math:`\ge 1`),
+  secure aggregation only with federated learning;
+* synthetic data without DP warns :class:`NoFormalGuaranteeWarning` (a generator
+  memorises; no formal guarantee, chapter 9); federated learning without DP warns
+  :class:`CommunicationPrivacyOnlyWarning` (raw data stay local, but the model
+  and the updates are not private, chapter 8); secure aggregation is noted as
+  communication privacy (the server sees only the sum, Bonawitz et al. 2017),
+  never as output privacy.
+
+**The audit trail** (:class:`PrivacyPipeline`): every computation on the data
+is spent through a :class:`privlab.budget.PrivacyOdometer` backed by a
+:class:`privlab.budget.Ledger`, with the timestamp, techniques, epsilon spent
+and remaining, the accounting method and the model quality in the record, so
+:func:`summarize_ledger` answers "what did this data pay, and where" from the
+ledger file alone.
+
+Reference: Dwork and Roth 2014, *The Algorithmic Foundations of Differential
+Privacy*, Theorem 3.16 (basic composition); Bonawitz et al. 2017 (CCS), secure aggregation.
+
+Used in: chapters 11, 12.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+
+from privlab._validate import check_delta, check_epsilon, check_int
+from privlab.budget import Ledger, LedgerRecord, PrivacyOdometer
+
+__all__ = [
+    "CommunicationPrivacyOnlyWarning", "LedgerSummary", "NoFormalGuaranteeWarning", "PrivacyConfig",
+    "PrivacyConfigWarning", "PrivacyPipeline", "summarize_ledger",
+]
+
+
+class PrivacyConfigWarning(UserWarning):
+    """A configuration that runs but does not give the protection its name suggests."""
+
+
+class NoFormalGuaranteeWarning(PrivacyConfigWarning):
+    """Synthetic data from a generator trained without DP: no formal privacy guarantee."""
+
+
+class CommunicationPrivacyOnlyWarning(PrivacyConfigWarning):
+    """Federated learning without DP: communication privacy only, the model can still leak."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivacyConfig:
+    r"""A pipeline's privacy plan, validated on creation.
+
+    Args:
+        total_epsilon: :math:`\varepsilon_{\mathrm{tot}} > 0`, the data set's whole budget.
+        delta: :math:`\delta \in (0, 1)`.
+        dpsgd_target_epsilon: target :math:`\varepsilon` of DP-SGD training, or ``None`` (no DP training).
+        dpsgd_accountant: the accountant of the DP-SGD target (``"pld"`` or ``"rdp"``).
+        federated: training is federated.
+        n_clients, local_epochs, rounds: the federated schedule (required, :math:`\ge 1`, when federated).
+        client_level_dp: DP-FedAvg with client-level clipping and noise (counts as DP).
+        secure_aggregation: the server sees only the sum of the updates.
+        synthetic_data: the pipeline releases synthetic data.
+        synthetic_dp_epsilon: the generator's DP :math:`\varepsilon`, or ``None`` (trained without DP).
+
+    Raises:
+        ValueError: naming the bad value, e.g. a DP-SGD target over the total budget.
+
+    >>> import warnings
+    >>> cfg = PrivacyConfig(total_epsilon=3, delta=1e-6, dpsgd_target_epsilon=2, federated=True,
+    ...                     n_clients=15, local_epochs=3, rounds=50, secure_aggregation=True)
+    >>> cfg.reserve_epsilon
+    1.0
+    >>> PrivacyConfig(total_epsilon=3, delta=1e-6, dpsgd_target_epsilon=4)
+    Traceback (most recent call last):
+    ...
+    ValueError: dpsgd_target_epsilon = 4 exceeds total_epsilon = 3 (with synthetic_dp_epsilon = 0, basic composition) by 1
+
+    Used in: chapters 11, 12.
+    """
+
+    total_epsilon: float
+    delta: float
+    dpsgd_target_epsilon: float | None = None
+    dpsgd_accountant: str = "pld"
+    federated: bool = False
+    n_clients: int | None = None
+    local_epochs: int | None = None
+    rounds: int | None = None
+    client_level_dp: bool = False
+    secure_aggregation: bool = False
+    synthetic_data: bool = False
+    synthetic_dp_epsilon: float | None = None
+    notes: tuple[str, ...] = field(default=(), init=False)
+
+    def __post_init__(self) -> None:
+        check_epsilon(self.total_epsilon, name="total_epsilon")
+        check_delta(self.delta)
+        if self.dpsgd_target_epsilon is not None:
+            check_epsilon(self.dpsgd_target_epsilon, name="dpsgd_target_epsilon")
+        if self.dpsgd_accountant not in ("pld", "rdp"):
+            raise ValueError(f"dpsgd_accountant must be 'pld' or 'rdp', got {self.dpsgd_accountant!r}")
+        if self.synthetic_dp_epsilon is not None:
+            check_epsilon(self.synthetic_dp_epsilon, name="synthetic_dp_epsilon")
+            if not self.synthetic_data:
+                raise ValueError("synthetic_dp_epsilon is set but synthetic_data=False")
+        planned = (self.dpsgd_target_epsilon or 0.0) + (self.synthetic_dp_epsilon or 0.0)
+        if planned > self.total_epsilon * (1 + 1e-12):
+            raise ValueError(
+                f"dpsgd_target_epsilon = {self.dpsgd_target_epsilon:g} exceeds total_epsilon = {self.total_epsilon:g} "
+                f"(with synthetic_dp_epsilon = {self.synthetic_dp_epsilon or 0:g}, basic composition) by "
+                f"{planned - self.total_epsilon:g}")
+        notes = []
+        if self.federated:
+            for name in ("n_clients", "local_epochs", "rounds"):
+                if getattr(self, name) is None:
+                    raise ValueError(f"{name} is required for federated learning, got None")
+                check_int(name, getattr(self, name))
+            if not self.dp_training:
+                warnings.warn("federated learning without DP gives communication privacy only: raw data stay on "
+                              "the clients, but the updates and the final model can leak training records",
+                              CommunicationPrivacyOnlyWarning, stacklevel=3)
+                notes.append("federated without DP: communication privacy only, no formal guarantee")
+        else:
+            for name in ("n_clients", "local_epochs", "rounds"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} = {getattr(self, name)!r} given but federated=False")
+            if self.client_level_dp:
+                raise ValueError("client_level_dp=True needs federated=True")
+        if self.secure_aggregation:
+            if not self.federated:
+                raise ValueError("secure_aggregation=True needs federated=True")
+            notes.append("secure aggregation: communication privacy (the server sees only the sum of the "
+                         "updates), not output privacy; it spends no epsilon")
+        if self.synthetic_data and self.synthetic_dp_epsilon is None:
+            warnings.warn("synthetic data from a generator trained without DP gives no formal privacy guarantee",
+                          NoFormalGuaranteeWarning, stacklevel=3)
+            notes.append("synthetic data without DP: no formal guarantee")
+        object.__setattr__(self, "notes", tuple(notes))
+
+    @property
+    def dp_training(self) -> bool:
+        """Training is DP: a DP-SGD target, or client-level DP in federated learning."""
+        return self.dpsgd_target_epsilon is not None or self.client_level_dp
+
+    @property
+    def reserve_epsilon(self) -> float:
+        """The budget left after the planned DP-SGD and synthetic-data spending (basic composition)."""
+        return self.total_epsilon - (self.dpsgd_target_epsilon or 0.0) - (self.synthetic_dp_epsilon or 0.0)
+
+    def techniques(self) -> list[str]:
+        """The privacy techniques the plan uses, in words."""
+        out = []
+        if self.dpsgd_target_epsilon is not None:
+            out.append("DP-SGD")
+        if self.federated:
+            out.append("federated learning" + (" (client-level DP)" if self.client_level_dp else ""))
+        if self.secure_aggregation:
+            out.append("secure aggregation")
+        if self.synthetic_data:
+            out.append("DP synthetic data" if self.synthetic_dp_epsilon is not None else "synthetic data (no DP)")
+        return out
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["notes"] = list(self.notes)
+        return d
+
+
+class PrivacyPipeline:
+    r"""Run a plan's computations through an odometer and write each one to the ledger.
+
+    Args:
+        config: a :class:`PrivacyConfig`.
+        dataset: the data set's name (every record carries it).
+        ledger: a :class:`privlab.budget.Ledger` or a path; existing records are replayed.
+
+    Used in: chapters 11, 12.
+    """
+
+    def __init__(self, config: PrivacyConfig, *, dataset: str, ledger: Ledger | str | os.PathLike) -> None:
+        if not isinstance(config, PrivacyConfig):
+            raise ValueError(f"config must be a PrivacyConfig, got {type(config).__name__}")
+        if not isinstance(dataset, str) or not dataset:
+            raise ValueError(f"dataset must be a non-empty string, got {dataset!r}")
+        self.config, self.dataset = config, dataset
+        self.odometer = PrivacyOdometer(total_epsilon=config.total_epsilon, total_delta=config.delta,
+                                        composition="basic", ledger=ledger)
+
+    def record(self, step: str, *, epsilon: float, delta: float = 0.0, techniques: Sequence[str],
+               accounting: str, quality: dict | None = None, details: dict | None = None) -> LedgerRecord:
+        """Spend ``epsilon`` (refused if over budget) and append the step's audit record.
+
+        Args:
+            step: what was computed.
+            epsilon, delta: what the step spent (as computed by ``accounting``).
+            techniques: e.g. ``["DP-SGD", "federated learning", "secure aggregation"]``.
+            accounting: how the step's epsilon was computed (``"pld"``, ``"rdp"``, ``"laplace"``, ...).
+            quality: model or release quality (e.g. ``{"auc": 0.81}``).
+            details: anything else worth keeping (sigma, steps, ...), JSON-serialisable.
+
+        Raises:
+            privlab.budget.BudgetExceededError: over the total budget (nothing is recorded).
+        """
+        meta = {"dataset": self.dataset, "techniques": list(techniques), "accounting_method": accounting,
+                "model_quality": dict(quality or {}), "total_epsilon": self.config.total_epsilon,
+                "total_delta": self.config.delta, "notes": list(self.config.notes), "details": dict(details or {})}
+        return self.odometer.spend(step, epsilon=epsilon, delta=delta, mechanism=", ".join(techniques),
+                                   metadata=meta)
+
+
+@dataclass(frozen=True)
+class LedgerSummary:
+    """What each data set paid, and where: ``table`` has one row per computation."""
+
+    table: pd.DataFrame
+    by_dataset: dict
+
+    def __str__(self) -> str:
+        lines = []
+        for name, d in self.by_dataset.items():
+            lines.append(f"{name}: spent epsilon {d['spent_epsilon']:.4g} of {d['total_epsilon']:g} "
+                         f"(remaining {d['remaining_epsilon']:.4g}), delta {d['spent_delta']:.3g}, "
+                         f"in {d['computations']} computations")
+        return "\n".join(lines)
+
+
+def summarize_ledger(path: str | os.PathLike) -> LedgerSummary:
+    """Answer "what did this data pay, and where" from a ledger file alone.
+
+    Returns:
+        :class:`LedgerSummary`: per computation (timestamp, data set, step, techniques,
+        epsilon, delta, accounting method, spent and remaining epsilon, quality) and per
+        data set (total, spent, remaining, number of computations; epsilon summed by basic composition).
+
+    Used in: chapters 11, 12.
+    """
+    rows = []
+    for r in Ledger(path).records():
+        m = r.metadata
+        rows.append({"timestamp": r.timestamp, "dataset": m.get("dataset", ""), "step": r.query,
+                     "techniques": ", ".join(m.get("techniques", [])), "epsilon": r.epsilon, "delta": r.delta,
+                     "accounting_method": m.get("accounting_method", r.accounting),
+                     "spent_epsilon": r.spent_epsilon, "remaining_epsilon": r.remaining_epsilon,
+                     "total_epsilon": m.get("total_epsilon", math.nan),
+                     **{f"quality_{k}": v for k, v in m.get("model_quality", {}).items()}})
+    table = pd.DataFrame(rows)
+    by = {}
+    for name, g in (table.groupby("dataset", sort=False) if len(table) else []):
+        total = float(g["total_epsilon"].iloc[-1])
+        spent = math.fsum(g["epsilon"])
+        by[name] = {"total_epsilon": total, "spent_epsilon": spent, "remaining_epsilon": max(0.0, total - spent),
+                    "spent_delta": math.fsum(g["delta"]), "computations": len(g),
+                    "epsilon_by_technique": g.groupby("techniques", sort=False)["epsilon"].sum().to_dict()}
+    return LedgerSummary(table=table, by_dataset=by)

@@ -1,0 +1,100 @@
+"""The MediCore pipeline: a configuration that validates itself, and a ledger that answers the regulator."""
+
+import math
+import warnings
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from privlab.budget import BudgetExceededError
+from privlab.pipeline import (
+    CommunicationPrivacyOnlyWarning,
+    NoFormalGuaranteeWarning,
+    PrivacyConfig,
+    PrivacyConfigWarning,
+    PrivacyPipeline,
+    summarize_ledger,
+)
+
+MEDICORE = dict(total_epsilon=3.0, delta=1e-6, dpsgd_target_epsilon=2.0, federated=True, n_clients=15,
+                local_epochs=3, rounds=50, secure_aggregation=True)
+
+
+def test_medicore_validates_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrivacyConfigWarning)
+        cfg = PrivacyConfig(**MEDICORE)
+    assert cfg.reserve_epsilon == pytest.approx(1.0)
+    assert cfg.techniques() == ["DP-SGD", "federated learning", "secure aggregation"]
+    assert any("communication privacy" in n and "not output privacy" in n for n in cfg.notes)
+
+
+def test_over_budget_dpsgd_target_refused():
+    with pytest.raises(ValueError, match=r"dpsgd_target_epsilon = 3.5 exceeds total_epsilon = 3"):
+        PrivacyConfig(**{**MEDICORE, "dpsgd_target_epsilon": 3.5})
+    with pytest.raises(ValueError, match="exceeds total_epsilon"):
+        PrivacyConfig(**{**MEDICORE, "synthetic_data": True, "synthetic_dp_epsilon": 1.5})
+
+
+def test_warnings_fire_where_they_should():
+    with pytest.warns(CommunicationPrivacyOnlyWarning):
+        cfg = PrivacyConfig(**{**MEDICORE, "dpsgd_target_epsilon": None})
+    assert any("communication privacy only" in n for n in cfg.notes)
+    with pytest.warns(NoFormalGuaranteeWarning):
+        PrivacyConfig(total_epsilon=1.0, delta=1e-6, synthetic_data=True)
+    with warnings.catch_warnings():  # client-level DP or a DP generator: no warning
+        warnings.simplefilter("error", PrivacyConfigWarning)
+        PrivacyConfig(**{**MEDICORE, "dpsgd_target_epsilon": None, "client_level_dp": True})
+        PrivacyConfig(total_epsilon=1.0, delta=1e-6, synthetic_data=True, synthetic_dp_epsilon=0.5)
+
+
+@pytest.mark.parametrize("bad", [
+    {"delta": 0.0}, {"delta": 1.0}, {"total_epsilon": 0.0}, {"total_epsilon": -1.0}, {"rounds": None},
+    {"n_clients": 0}, {"federated": False}, {"dpsgd_accountant": "basic"},
+])
+def test_invalid_configs(bad):
+    with pytest.raises(ValueError):
+        PrivacyConfig(**{**MEDICORE, **bad})
+
+
+@settings(max_examples=30, deadline=None)
+@given(total=st.floats(0.1, 20), frac=st.floats(0.0, 2.0))
+def test_target_within_budget_property(total, frac):
+    target = total * frac
+    if target <= 0:
+        return
+    if target <= total:
+        assert PrivacyConfig(total_epsilon=total, delta=1e-6, dpsgd_target_epsilon=target).reserve_epsilon >= -1e-9
+    elif target > total * (1 + 1e-9):
+        with pytest.raises(ValueError, match="exceeds total_epsilon"):
+            PrivacyConfig(total_epsilon=total, delta=1e-6, dpsgd_target_epsilon=target)
+
+
+def test_ledger_answers_the_regulator(tmp_path):
+    path = tmp_path / "medicore.jsonl"
+    cfg = PrivacyConfig(**MEDICORE)
+    pipe = PrivacyPipeline(cfg, dataset="medicore-ehr", ledger=path)
+    pipe.record("cohort counts", epsilon=0.5, techniques=["Laplace"], accounting="laplace",
+                quality={"mean_abs_error": 2.1})
+    pipe.record("federated DP-SGD model", epsilon=2.0, delta=1e-7,
+                techniques=["DP-SGD", "federated learning", "secure aggregation"], accounting="pld",
+                quality={"auc": 0.81}, details={"clients": 15, "rounds": 50, "local_epochs": 3})
+    with pytest.raises(BudgetExceededError):
+        pipe.record("extra query", epsilon=0.6, techniques=["Laplace"], accounting="laplace")
+    # a fresh process reads only the ledger file
+    summary = summarize_ledger(path)
+    d = summary.by_dataset["medicore-ehr"]
+    assert d["spent_epsilon"] == pytest.approx(2.5) and d["remaining_epsilon"] == pytest.approx(0.5)
+    assert d["total_epsilon"] == 3.0 and d["computations"] == 2
+    assert d["epsilon_by_technique"]["DP-SGD, federated learning, secure aggregation"] == pytest.approx(2.0)
+    t = summary.table
+    assert list(t["step"]) == ["cohort counts", "federated DP-SGD model"]
+    assert list(t["accounting_method"]) == ["laplace", "pld"]
+    assert t["quality_auc"].iloc[1] == pytest.approx(0.81)
+    assert t["remaining_epsilon"].iloc[-1] == pytest.approx(0.5)
+    assert all(isinstance(ts, str) and "T" in ts for ts in t["timestamp"])
+    assert "spent epsilon 2.5 of 3" in str(summary)
+    # the odometer replays the ledger: a reopened pipeline knows what was spent
+    again = PrivacyPipeline(cfg, dataset="medicore-ehr", ledger=path)
+    assert math.isclose(again.odometer.spent_epsilon, 2.5)

@@ -1,0 +1,417 @@
+r"""The privacy-cliff reproduction: a 66-run DP-SGD sweep, every run trained at once.
+
+The published experiment (COURSE.md, chapter 6): 500 points in 10 dimensions
+from 5 Gaussian clusters (std 1.5), standardised, 80/20 split; an MLP
+10-64-5 (1,029 parameters) trained 20 epochs with SGD (lr 0.1, batch 64),
+:math:`\delta = 10^{-5}`; :math:`\sigma \in \{0.01, 0.1, 0.5, 1, 2, 5, 10\}`,
+:math:`C \in \{0.1, 1, 10\}`, seeds 42, 123, 456: 63 DP runs and 3 non-private
+baselines. Two modes:
+
+* ``"published"``: shuffled fixed-size batches (7 per epoch, the last of 16)
+  and the *simplified* RDP bound of :func:`simplified_rdp_epsilon`;
+* ``"corrected"``: true Poisson sampling (:class:`privlab.dpsgd.PoissonSampler`,
+  6 steps per epoch) and the PLD accountant (:func:`privlab.accounting.epsilon`).
+
+**The batched engine.** The :math:`R` runs share nothing but the data, so their
+parameters are stacked, :math:`W_1 \in \mathbb{R}^{R\times H\times d}`,
+:math:`W_2 \in \mathbb{R}^{R\times K\times H}` (torch's ``(out, in)`` layout),
+and one step of all runs is a handful of batched matrix products. For a Linear
+layer :math:`a \mapsto Wa + b` the per-example gradient is :math:`g_i a_i^\top`
+(and :math:`g_i` for the bias), so with :math:`g^{(2)}_i = \mathrm{softmax}(z_i) - e_{y_i}`
+and :math:`g^{(1)}_i = (W_2^\top g^{(2)}_i) \odot \mathbf{1}[W_1 x_i + b_1 > 0]`,
+
+.. math::
+    \|\nabla\ell_i\|^2 = (\|x_i\|^2 + 1)\,\|g^{(1)}_i\|^2 + (\|h_i\|^2 + 1)\,\|g^{(2)}_i\|^2, \qquad
+    \bar g_{W_1} = \sum_i c_i\, g^{(1)}_i x_i^\top, \quad c_i = \frac{C}{\max(\|\nabla\ell_i\|, C)},
+
+and DP-SGD adds :math:`\mathcal{N}(0, \sigma^2C^2I)`, divides by the expected
+batch size and steps. No autograd, no per-example gradient is materialised.
+Runs with the same seed share their initialisation, their batches and their
+standard-normal noise draws (derived exactly as :func:`privlab.dpsgd.train`
+derives them), so each run equals ``privlab.dpsgd.train`` on the same seed
+(the tests check it to 1e-5).
+
+References: Abadi et al. 2016 (arXiv:1607.00133); Mironov, Talwar, Zhang 2019
+(arXiv:1908.10530); Chua et al. 2024 (arXiv:2403.17673).
+
+Used in: chapter 6.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._validate import check_delta, check_int, check_nonnegative, check_positive, check_probability
+from ..dpsgd import DPSGDConfig, PoissonSampler, ShuffleSampler, train
+from ..models import MLP
+
+__all__ = ["CliffConfig", "CliffData", "SweepResult", "cliff_data", "cps1988_task", "cliffs",
+           "init_params", "reference_run", "run_sweep", "simplified_rdp_epsilon", "summarize", "validate"]
+
+#: Opacus's default RDP orders, used by the simplified bound.
+ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
+MODES = ("published", "corrected")
+
+
+@dataclass(frozen=True)
+class CliffData:
+    """A classification task as float tensors: ``X_train (N, d)``, ``y_train (N,)`` int64, and the test split."""
+
+    X_train: Tensor
+    y_train: Tensor
+    X_test: Tensor
+    y_test: Tensor
+    n_classes: int
+    name: str = "blobs"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CliffConfig:
+    r"""The sweep: grid, training hyperparameters, sampling and accounting mode (validated on creation).
+
+    ``sigmas`` may contain 0 (clipping only, :math:`\varepsilon = \infty`), for
+    the clipping-versus-noise decomposition. ``dtype`` ``torch.float64`` makes
+    the equivalence tests insensitive to summation order.
+    """
+
+    sigmas: tuple[float, ...] = (0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
+    clip_norms: tuple[float, ...] = (0.1, 1.0, 10.0)
+    seeds: tuple[int, ...] = (42, 123, 456)
+    epochs: int = 20
+    lr: float = 0.1
+    batch_size: int = 64
+    hidden: int = 64
+    delta: float = 1e-5
+    mode: str = "published"
+    baselines: bool = True
+    dtype: torch.dtype = torch.float32
+
+    def __post_init__(self) -> None:
+        for s in self.sigmas:
+            check_nonnegative("sigma", s)
+        for c in self.clip_norms:
+            check_positive("max_grad_norm", c)
+        for name in ("epochs", "batch_size", "hidden"):
+            check_int(name, getattr(self, name), minimum=1)
+        check_positive("lr", self.lr)
+        check_delta(self.delta)
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds!r}")
+
+    @property
+    def sampler(self) -> str:
+        return "shuffle" if self.mode == "published" else "poisson"
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Per-run records (``seed, sigma, C, private, accuracy, epsilon, ...``) and the sweep's wall-clock time."""
+
+    records: tuple[dict, ...]
+    seconds: float
+    config: CliffConfig
+    task: str
+    params: tuple | None = field(default=None, repr=False)  # final (W1, b1, W2, b2), stacked over runs
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(list(self.records))
+
+    def write_json(self, path) -> Path:
+        """Write ``results.json`` (non-finite epsilons as ``null``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cfg = {k: (str(v) if k == "dtype" else v) for k, v in asdict(self.config).items()}
+        runs = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+                for r in self.records]
+        path.write_text(json.dumps({"task": self.task, "config": cfg, "seconds": self.seconds, "runs": runs},
+                                   indent=1))
+        return path
+
+
+def cliff_data(*, n_samples: int = 500, n_features: int = 10, n_clusters: int = 5, cluster_std: float = 1.5,
+               test_fraction: float = 0.2, seed: int = 42) -> CliffData:
+    """The published data: ``sklearn.datasets.make_blobs``, standardised, 80/20 split (all seeded by ``seed``).
+
+    >>> d = cliff_data()
+    >>> tuple(d.X_train.shape), tuple(d.X_test.shape), d.n_classes
+    ((400, 10), (100, 10), 5)
+    """
+    from sklearn.datasets import make_blobs
+    from sklearn.model_selection import train_test_split
+
+    X, y = make_blobs(n_samples=check_int("n_samples", n_samples, minimum=2), n_features=n_features,
+                      centers=n_clusters, cluster_std=check_positive("cluster_std", cluster_std), random_state=seed)
+    X = (X - X.mean(0)) / X.std(0)
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=check_probability("test_fraction", test_fraction),
+                                          random_state=seed)
+    t = lambda a, dt: torch.as_tensor(np.ascontiguousarray(a), dtype=dt)  # noqa: E731
+    return CliffData(t(Xtr, torch.float32), t(ytr, torch.int64), t(Xte, torch.float32), t(yte, torch.int64),
+                     n_clusters, "blobs")
+
+
+def cps1988_task(*, seed: int = 0, test_fraction: float = 0.2, max_rows: int | None = None) -> CliffData:
+    """CPS1988: predict a wage above the training median from education, experience and the categoricals.
+
+    Numeric columns standardised with training statistics, categoricals one-hot (12 features).
+    """
+    from privlab.datasets import load_cps1988
+
+    df = load_cps1988()
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(df))
+    if max_rows is not None:
+        perm = perm[: check_int("max_rows", max_rows, minimum=10)]
+    n_test = int(round(len(perm) * check_probability("test_fraction", test_fraction)))
+    test, tr = perm[:n_test], perm[n_test:]
+    num = df[["education", "experience"]].to_numpy(float)
+    mu, sd = num[tr].mean(0), num[tr].std(0)
+    cats = [np.eye(len(df[c].cat.categories))[df[c].cat.codes.to_numpy()]
+            for c in ("ethnicity", "smsa", "region", "parttime")]
+    X = np.hstack([(num - mu) / sd, *cats]).astype(np.float32)
+    y = (df["wage"].to_numpy() > np.median(df["wage"].to_numpy()[tr])).astype(np.int64)
+    return CliffData(torch.from_numpy(X[tr]), torch.from_numpy(y[tr]), torch.from_numpy(X[test]),
+                     torch.from_numpy(y[test]), 2, "cps1988")
+
+
+def simplified_rdp_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float,
+                           orders=ORDERS) -> float:
+    r"""The simplified RDP bound we infer for the published accounting (not a valid DP bound in general).
+
+    .. math::
+        \varepsilon = \min_\alpha \Bigl( T\,\frac{q^2 \alpha}{2\sigma^2} + \frac{\ln(1/\delta)}{\alpha - 1} \Bigr)
+
+    The Gaussian's RDP :math:`\alpha/(2\sigma^2)` scaled by :math:`q^2`: the
+    leading small-:math:`q` term of the subsampled Gaussian's RDP, without the
+    Mironov-Talwar-Zhang series (arXiv:1908.10530), and the classic conversion
+    of Mironov 2017. It is close to the exact RDP only for small :math:`q` and
+    large :math:`\sigma`; for small :math:`\sigma` it understates the cost badly.
+
+    >>> round(simplified_rdp_epsilon(noise_multiplier=10, sample_rate=0.16, steps=140, delta=1e-5), 3)
+    0.926
+    """
+    s = check_positive("noise_multiplier", noise_multiplier)
+    q = check_probability("sample_rate", sample_rate)
+    k = check_int("steps", steps)
+    a = np.asarray(orders, dtype=float)
+    return float(np.min(k * q * q * a / (2 * s * s) + math.log(1 / check_delta(delta)) / (a - 1)))
+
+
+def init_params(seed: int, d: int, hidden: int, k: int, *, dtype=torch.float32):
+    """torch's default Linear initialisation, :math:`U(\\pm 1/\\sqrt{\\text{fan-in}})`, from ``Generator(seed)``.
+
+    Returns ``([W1 (H, d), b1 (H,), W2 (K, H), b2 (K,)], generator)``; the generator
+    (advanced past the initialisation) is the run's training generator.
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    out = []
+    for fan_in, shape in ((d, (hidden, d)), (d, (hidden,)), (hidden, (k, hidden)), (hidden, (k,))):
+        out.append(((torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) / math.sqrt(fan_in)).to(dtype))
+    return out, g
+
+
+def _streams(g: torch.Generator, n: int, cfg: CliffConfig):
+    """The sampler and noise generator ``privlab.dpsgd.train`` derives from ``g`` (same order, same seeds)."""
+    seeds = torch.randint(0, 2**62, (3,), generator=g).tolist()
+    q = cfg.batch_size / n
+    sg = torch.Generator().manual_seed(seeds[0])
+    if cfg.sampler == "poisson":
+        sampler = PoissonSampler(n, sample_rate=q, generator=sg)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sampler = ShuffleSampler(n, batch_size=max(1, round(q * n)), generator=sg)
+    return sampler, torch.Generator().manual_seed(seeds[1])
+
+
+def _grid(cfg: CliffConfig) -> list[tuple[int, float, float | None]]:
+    runs = [(seed, s, c) for c in cfg.clip_norms for s in cfg.sigmas for seed in cfg.seeds]
+    return runs + ([(seed, 0.0, None) for seed in cfg.seeds] if cfg.baselines else [])
+
+
+#: Below this sigma the PLD grid explodes (epsilon in the hundreds or more); the corrected mode
+#: then reports privlab's RDP bound (Mironov-Talwar-Zhang, a valid upper bound) instead.
+PLD_MIN_SIGMA = 0.5
+
+
+def _epsilon(cfg: CliffConfig, sigma: float, q: float, steps: int) -> tuple[float, str]:
+    if sigma == 0:
+        return math.inf, "none"
+    if cfg.mode == "published":
+        return simplified_rdp_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=cfg.delta), "simplified"
+    from privlab.accounting import epsilon
+
+    name = "pld" if sigma >= PLD_MIN_SIGMA else "rdp"
+    return float(epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=cfg.delta, accountant=name)), name
+
+
+def run_sweep(data: CliffData, config: CliffConfig | None = None, *, keep_params: bool = False) -> SweepResult:
+    r"""Train every run of the grid at once (baselines included) and return per-run test accuracy and epsilon.
+
+    Each run is DP-SGD as in :func:`privlab.dpsgd.train` with
+    ``DPSGDConfig(noise_multiplier=sigma, max_grad_norm=C, batch_size=b, epochs, lr, sampler)``
+    (baselines: ``max_grad_norm=None``, the batch-mean gradient), from
+    :func:`init_params` ``(seed)``.
+
+    Args:
+        data: the task.
+        config: the grid and hyperparameters (default: the published sweep).
+        keep_params: also return the final stacked parameters (run order = ``records`` order).
+
+    Returns:
+        :class:`SweepResult` with one record per run.
+    """
+    cfg = config or CliffConfig()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the matrices are tiny: one thread is fastest, and safe on a shared machine
+    try:
+        return _run_sweep(data, cfg, keep_params)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_sweep(data: CliffData, cfg: CliffConfig, keep_params: bool) -> SweepResult:
+    start = time.perf_counter()
+    dt = cfg.dtype
+    X, y = data.X_train.to(dt), data.y_train
+    n, d = X.shape
+    K, H = data.n_classes, cfg.hidden
+    runs = _grid(cfg)
+    R = len(runs)
+    seed_pos = {s: i for i, s in enumerate(cfg.seeds)}
+    run_seed = torch.tensor([seed_pos[s] for s, _, _ in runs])
+    private = torch.tensor([c is not None for _, _, c in runs])
+    C = torch.tensor([1.0 if c is None else c for _, _, c in runs], dtype=dt)
+    std = torch.tensor([s * (1.0 if c is None else c) for _, s, c in runs], dtype=dt)
+    # per-seed initialisation and streams, shared by every run with that seed
+    inits, samplers, noise_gens = [], [], []
+    for s in cfg.seeds:
+        p, g = init_params(s, d, H, K, dtype=dt)
+        sampler, ng = _streams(g, n, cfg)
+        inits.append(p)
+        samplers.append(sampler)
+        noise_gens.append(ng)
+    W1, b1, W2, b2 = (torch.stack([inits[i][j] for i in run_seed.tolist()]) for j in range(4))
+    sizes = [H * d, H, K * H, K]
+    any_noise = [any(std[r] > 0 for r in range(R) if run_seed[r] == i) for i in range(len(cfg.seeds))]
+    expected = float(samplers[0].expected_batch_size)
+    onehot_all = torch.nn.functional.one_hot(y, K).to(dt)
+    xsq_all = (X * X).sum(1)
+    steps = 0
+    for _ in range(cfg.epochs):
+        for batches in zip(*[iter(sm) for sm in samplers]):
+            B = max(b.numel() for b in batches)
+            idx = torch.zeros(len(batches), B, dtype=torch.int64)
+            mask = torch.zeros(len(batches), B, dtype=dt)
+            for i, b in enumerate(batches):
+                idx[i, : b.numel()] = b
+                mask[i, : b.numel()] = 1
+            idx, mask = idx[run_seed], mask[run_seed]  # (R, B)
+            xb, oh, xsq = X[idx], onehot_all[idx], xsq_all[idx]
+            pre = torch.baddbmm(b1.unsqueeze(1), xb, W1.transpose(1, 2))  # (R, B, H)
+            h = pre.clamp_min(0)
+            z = torch.baddbmm(b2.unsqueeze(1), h, W2.transpose(1, 2))  # (R, B, K)
+            g2 = torch.softmax(z, -1) - oh
+            g1 = torch.bmm(g2, W2) * (pre > 0)
+            norms = ((xsq + 1) * (g1 * g1).sum(-1) + ((h * h).sum(-1) + 1) * (g2 * g2).sum(-1)).sqrt()
+            c = torch.where(private[:, None], C[:, None] / torch.maximum(norms, C[:, None]), 1.0) * mask
+            cg1, cg2 = g1 * c.unsqueeze(-1), g2 * c.unsqueeze(-1)
+            grads = [torch.bmm(cg1.transpose(1, 2), xb), cg1.sum(1), torch.bmm(cg2.transpose(1, 2), h), cg2.sum(1)]
+            noise = [torch.randn(sum(sizes), generator=ng, dtype=dt) if any_noise[i] else torch.zeros(sum(sizes), dtype=dt)
+                     for i, ng in enumerate(noise_gens)]
+            zs = torch.split(torch.stack(noise)[run_seed] * std[:, None], sizes, dim=1)
+            den = torch.where(private, torch.tensor(expected, dtype=dt), mask.sum(1).clamp_min(1))[:, None]
+            for p, gsum, zz in zip((W1, b1, W2, b2), grads, zs):
+                upd = (gsum + zz.view_as(gsum)) / den.view(-1, *([1] * (gsum.ndim - 1)))
+                p.add_(upd, alpha=-cfg.lr)
+            steps += 1
+    with torch.no_grad():
+        Xt = data.X_test.to(dt).expand(R, *data.X_test.shape)
+        zt = torch.baddbmm(b2.unsqueeze(1), torch.baddbmm(b1.unsqueeze(1), Xt, W1.transpose(1, 2)).clamp_min(0),
+                           W2.transpose(1, 2))
+        acc = (zt.argmax(-1) == data.y_test).to(torch.float64).mean(1).tolist()
+    q = cfg.batch_size / n
+    eps_cache = {s: _epsilon(cfg, s, q, steps) for s in set(cfg.sigmas)}
+    records = tuple(
+        {"task": data.name, "mode": cfg.mode, "seed": seed, "sigma": float(s), "C": c, "private": c is not None,
+         "accuracy": float(a), "epsilon": eps_cache[s][0] if c is not None else math.inf,
+         "accountant": eps_cache[s][1] if c is not None else "none", "steps": steps,
+         "sample_rate": q, "delta": cfg.delta}
+        for (seed, s, c), a in zip(runs, acc))
+    params = (W1, b1, W2, b2) if keep_params else None
+    return SweepResult(records, time.perf_counter() - start, cfg, data.name, params)
+
+
+def reference_run(data: CliffData, config: CliffConfig, *, seed: int, sigma: float, max_grad_norm: float | None):
+    """One run through :func:`privlab.dpsgd.train` (``method="fast"``): ``(test accuracy, model)``.
+
+    The same initialisation (:func:`init_params`), batches and noise as the batched engine.
+    """
+    d = data.X_train.shape[1]
+    params, g = init_params(seed, d, config.hidden, data.n_classes, dtype=config.dtype)
+    model = MLP(d, config.hidden, data.n_classes).to(config.dtype)
+    with torch.no_grad():
+        for p, v in zip(model.parameters(), params, strict=True):
+            p.copy_(v)
+    dcfg = DPSGDConfig(noise_multiplier=sigma if max_grad_norm is not None else 0.0, max_grad_norm=max_grad_norm,
+                       epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, sampler=config.sampler,
+                       accountant=None, progress=False, method="fast")
+    ce = torch.nn.CrossEntropyLoss(reduction="none")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train(model, data.X_train.to(config.dtype), data.y_train, loss_fn=ce, config=dcfg, generator=g)
+    with torch.no_grad():
+        acc = (model(data.X_test.to(config.dtype)).argmax(-1) == data.y_test).double().mean().item()
+    return acc, model
+
+
+def summarize(result_or_records):
+    """Mean, std and count of accuracy per ``(C, sigma)``, with epsilon and accuracy relative to the baseline."""
+    import pandas as pd
+
+    recs = result_or_records.records if isinstance(result_or_records, SweepResult) else result_or_records
+    df = pd.DataFrame(list(recs))
+    base = df[~df.private]["accuracy"].mean()
+    dp = df[df.private]
+    out = dp.groupby(["C", "sigma"]).agg(accuracy=("accuracy", "mean"), std=("accuracy", "std"),
+                                         runs=("accuracy", "size"), epsilon=("epsilon", "first")).reset_index()
+    out["relative"] = out["accuracy"] / base
+    return out
+
+
+def cliffs(records, *, fraction: float = 0.5) -> list[tuple[float, float]]:
+    """The published cliff rule: configurations ``(C, sigma)`` whose mean accuracy is below ``fraction`` x baseline."""
+    table = summarize(records)
+    return [(r.C, r.sigma) for r in table.itertuples() if r.relative < fraction]
+
+
+def validate(result: SweepResult) -> dict[str, bool]:
+    """The published validation script's checks on a sweep (each ``True`` when it passes)."""
+    cfg, recs = result.config, result.records
+    dp = [r for r in recs if r["private"]]
+    base = [r["accuracy"] for r in recs if not r["private"]]
+    noisy = sorted({r["sigma"] for r in dp if r["sigma"] > 0})
+    eps = [next(r["epsilon"] for r in dp if r["sigma"] == s) for s in noisy]
+    table = summarize(result)
+    lo, hi = min(noisy), max(noisy)
+    return {
+        "dp_run_count": len(dp) == len(cfg.sigmas) * len(cfg.clip_norms) * len(cfg.seeds),
+        "baseline_run_count": len(base) == (len(cfg.seeds) if cfg.baselines else 0),
+        "accuracies_in_unit_interval": all(0.0 <= r["accuracy"] <= 1.0 for r in recs),
+        "epsilon_decreasing_in_sigma": all(a > b for a, b in zip(eps, eps[1:])),
+        "baseline_at_least_0.5": bool(base) and float(np.mean(base)) >= 0.5,
+        "tradeoff_direction": float(table[table.sigma == lo].accuracy.mean())
+        >= float(table[table.sigma == hi].accuracy.mean()),
+    }

@@ -1,0 +1,103 @@
+"""The batched privacy-cliff sweep equals privlab.dpsgd.train run by run; run counts; determinism."""
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from privlab.experiments.privacy_cliff import (
+    CliffConfig,
+    cliff_data,
+    cliffs,
+    reference_run,
+    run_sweep,
+    simplified_rdp_epsilon,
+    summarize,
+    validate,
+)
+
+DATA = cliff_data()
+
+
+def _run_params(result, i):
+    return [p[i] for p in result.params]
+
+
+@pytest.mark.parametrize("mode", ["published", "corrected"])
+def test_batched_runs_equal_privlab_train(mode, dtype=torch.float64, tol=1e-10):
+    cfg = CliffConfig(mode=mode, dtype=dtype, epochs=2, sigmas=(0.0, 1.0, 10.0), clip_norms=(0.1, 10.0),
+                      seeds=(42, 123))
+    result = run_sweep(DATA, cfg, keep_params=True)
+    picks = [0, 9, len(result.records) - 1]  # clip-only (C=0.1), noisy (C=10, sigma=10), a baseline
+    for i in picks:
+        rec = result.records[i]
+        acc, model = reference_run(DATA, cfg, seed=rec["seed"], sigma=rec["sigma"], max_grad_norm=rec["C"])
+        for ours, ref in zip(_run_params(result, i), model.parameters(), strict=True):
+            np.testing.assert_allclose(ours.numpy(), ref.detach().numpy(), rtol=tol, atol=tol)
+        assert acc == pytest.approx(rec["accuracy"])
+
+
+def test_full_length_run_equal_in_float32():
+    cfg = CliffConfig(sigmas=(1.0,), clip_norms=(1.0,), seeds=(456,), baselines=False)
+    result = run_sweep(DATA, cfg, keep_params=True)
+    acc, model = reference_run(DATA, cfg, seed=456, sigma=1.0, max_grad_norm=1.0)
+    for ours, ref in zip(_run_params(result, 0), model.parameters(), strict=True):
+        np.testing.assert_allclose(ours.numpy(), ref.detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_published_sweep_counts_checks_and_determinism(tmp_path):
+    cfg = CliffConfig(epochs=2)
+    a, b = run_sweep(DATA, cfg), run_sweep(DATA, cfg)
+    assert len(a.records) == 66 and sum(r["private"] for r in a.records) == 63
+    assert [r["accuracy"] for r in a.records] == [r["accuracy"] for r in b.records]
+    checks = validate(a)
+    for name in ("dp_run_count", "baseline_run_count", "accuracies_in_unit_interval", "epsilon_decreasing_in_sigma"):
+        assert checks[name], name
+    assert a.records[0]["steps"] == 2 * 7  # 400 examples, shuffled batches of 64: 7 per epoch
+    assert len(summarize(a)) == 21
+    assert isinstance(cliffs(a.records), list)
+    data = json.loads(a.write_json(tmp_path / "results.json").read_text())
+    assert len(data["runs"]) == 66 and data["runs"][-1]["epsilon"] is None
+
+
+def test_corrected_mode_uses_poisson_steps_and_tight_accounting():
+    cfg = CliffConfig(mode="corrected", epochs=1, sigmas=(1.0, 0.1), clip_norms=(1.0,), seeds=(42,), baselines=False)
+    recs = run_sweep(DATA, cfg).records
+    assert recs[0]["steps"] == 6 and recs[0]["accountant"] == "pld" and recs[1]["accountant"] == "rdp"
+    from privlab.accounting import epsilon
+
+    assert recs[0]["epsilon"] == pytest.approx(
+        epsilon(noise_multiplier=1.0, sample_rate=0.16, steps=6, delta=1e-5, accountant="pld"))
+
+
+def test_simplified_bound_formula_and_looseness():
+    # closed form at one order
+    val = simplified_rdp_epsilon(noise_multiplier=2.0, sample_rate=0.1, steps=10, delta=1e-5, orders=(5.0,))
+    assert val == pytest.approx(10 * 0.01 * 5 / 8 + math.log(1e5) / 4)
+    from privlab.accounting import epsilon
+
+    # at small sigma the simplified bound is far below the real RDP bound
+    assert simplified_rdp_epsilon(noise_multiplier=0.5, sample_rate=0.16, steps=120, delta=1e-5) < epsilon(
+        noise_multiplier=0.5, sample_rate=0.16, steps=120, delta=1e-5, accountant="rdp")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from(["lr", "batch_size", "epochs", "delta", "mode"]),
+       st.sampled_from([0, -1.0, float("nan"), "x"]))
+def test_invalid_config_raises(field, value):
+    if field == "delta" and value == 0:
+        value = -1.0
+    if field == "mode":
+        value = "poisson"
+    try:
+        ok = dataclasses.replace(CliffConfig(), **{field: value})
+    except ValueError:
+        return
+    except TypeError:
+        return
+    pytest.fail(f"accepted {field}={value!r}: {ok}")

@@ -14,13 +14,6 @@ from torch import nn
 from privlab.dpsgd import clipped_grad_sum, fast, per_example_grad_norms
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def modes(monkeypatch):

@@ -23,14 +23,6 @@ from privlab.dpsgd.rules import scale_rows
 METHODS = ("loop", "vmap", "fast")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: intra-op threads only add contention on a shared machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def assert_rel_close(actual, expected, rtol=1e-5):
     assert len(actual) == len(expected)

@@ -27,13 +27,6 @@ from privlab.dpsgd import (
 train_module = importlib.import_module("privlab.dpsgd.train")  # the module, not the function it exports
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def ce(out, t):
     return F.cross_entropy(out, t, reduction="none")

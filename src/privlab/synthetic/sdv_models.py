@@ -32,7 +32,7 @@ thread (see ``threads``): CTGAN about 2.3 s and TVAE about 0.6 s per epoch on
 10,000 CPS1988 rows, so a book-scale CTGAN on the 14,000-row training half takes
 about a minute. Two speed fixes matter: ctgan's preprocessing runs
 ``joblib.Parallel`` with worker processes (about 20 s of start-up on 2 cores;
-we switch joblib to threads), and torch's and BLAS's 2 threads on a loaded
+we run it sequentially: threads would race on numpy's global generator), and torch's and BLAS's 2 threads on a loaded
 2-core machine ran 2 to 8 times slower than 1 thread (TVAE, 1 epoch on all
 rows: 50 s against 16 s).
 
@@ -208,9 +208,10 @@ class SdvSynthesizer:
         self.synthesizer_ = self._make(sdv_metadata(train))
         start = time.perf_counter()
         # ctgan's DataTransformer runs joblib.Parallel(n_jobs=-1) with worker *processes* that re-import
-        # torch and sklearn: 20 s of overhead on 2 cores; threads do the same work without it
+        # torch and sklearn: 20 s of overhead on 2 cores; run it in-process and sequentially (threads
+        # would race on numpy's global generator and make fits irreproducible)
         with _scoped_global_seed(self.seed, self.device.type == "cuda"), _scoped_threads(self.threads), \
-                warnings.catch_warnings(), joblib.parallel_config(backend="threading"):
+                warnings.catch_warnings(), joblib.parallel_config(backend="sequential"):
             warnings.simplefilter("ignore", FutureWarning)  # rdt's Series.replace on categoricals
             self.synthesizer_.fit({_TABLE: train})
         self.fit_seconds_ = time.perf_counter() - start
@@ -228,7 +229,7 @@ class SdvSynthesizer:
         n = check_int("n", n)
         gen = self._sample_rng if rng is None else as_rng(rng, None)
         self.synthesizer_._set_random_state(int(gen.integers(2**31 - 1)))
-        with warnings.catch_warnings(), joblib.parallel_config(backend="threading"), _scoped_threads(self.threads):
+        with warnings.catch_warnings(), joblib.parallel_config(backend="sequential"), _scoped_threads(self.threads):
             warnings.simplefilter("ignore", FutureWarning)
             out = self.synthesizer_.sample(n)[_TABLE]
         out.columns = self.columns_

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from privlab import __version__
 from privlab.config import get_scale
@@ -93,8 +93,39 @@ def _add_chapters(sub) -> None:
     p.set_defaults(func=_chapters)
 
 
+def _streamrec(args: argparse.Namespace) -> int:
+    from privlab.experiments.streamrec import run_sweep
+    from privlab.experiments.streamrec_report import (
+        aggregate_table,
+        save_figures,
+        write_results,
+    )
+
+    results = run_sweep(args.scale, epsilons=args.epsilons, seed=args.seed, studies=not args.no_studies,
+                        progress=not args.no_progress, device=args.device)
+    path = write_results(results, args.out)
+    figures = save_figures(results, args.out)
+    print(aggregate_table(results["runs"]).round(4).to_string())
+    print(f"wrote {path} and {len(figures)} figures")
+    return 0
+
+
+def _add_streamrec(sub) -> None:
+    p = sub.add_parser("streamrec", help="the DP StreamRec sweep (chapter 12): results.json and figures")
+    p.add_argument("--scale", choices=["smoke", "book", "paper"], default=None,
+                   help="scale profile (default: $PRIVLAB_SCALE or 'book')")
+    p.add_argument("--epsilons", nargs="+", type=float, default=[1.0, 3.0, 8.0, float("inf")],
+                   help="target epsilons; 'inf' trains the non-private baseline (default: 1 3 8 inf)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder for results.json and the PNGs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and the runs (default 0)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--no-studies", action="store_true", help="skip the batch-size, clip-norm and seed studies")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_streamrec)
+
+
 #: Each entry adds one subcommand to the parser.
-COMMANDS: list[Callable] = [_add_info, _add_chapters, _add_accounting]
+COMMANDS: list[Callable] = [_add_info, _add_chapters, _add_accounting, _add_streamrec]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,110 @@
+"""The StreamRec experiment: CLI end to end at smoke scale, and its helpers (threshold, convergence epoch)."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from privlab.cli import main
+from privlab.experiments.provenance import to_jsonable
+from privlab.experiments.streamrec import (
+    accounting_study,
+    calibrate_sigma,
+    convergence_epoch,
+    streamrec_profile,
+    threshold_table,
+)  # fmt: skip
+
+
+def test_cli_smoke_writes_results_and_figures(tmp_path, capsys):
+    rc = main(["streamrec", "--scale", "smoke", "--epsilons", "3", "inf", "--out", str(tmp_path),
+               "--no-studies", "--no-progress"])  # fmt: skip
+    assert rc == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert {"configuration", "machine", "versions", "commit", "runs", "threshold", "timing"} <= set(res)
+    assert res["configuration"]["scale"] == "smoke" and res["configuration"]["epsilons"] == [3.0, "inf"]
+    assert {"platform", "cpu_count", "cuda_device"} <= set(res["machine"])
+    assert res["versions"]["torch"] and res["versions"]["privlab"]
+    assert len(res["runs"]) == 2
+    dp, base = res["runs"]
+    for r in res["runs"]:
+        assert set(r["metrics"]) == {"accuracy", "auc", "f1", "recall@20", "ndcg@20"}
+        assert {"power_users", "casual", "new_users", "eu_market", "us_market", "jp_market"} == set(r["segments"])
+        assert r["wall_seconds"] > 0 and 1 <= r["convergence_epoch"] <= r["epochs"]
+        assert len(r["losses"]) == r["epochs"] and r["final_loss"] == r["losses"][-1]
+        assert 0 <= r["metrics"]["recall@20"] <= 1
+    assert dp["epsilon_target"] == 3.0 and dp["sigma"] > 0
+    assert dp["epsilon_pld"] <= 3.0 * (1 + 1e-3) and dp["epsilon_rdp"] >= dp["epsilon_pld"]
+    gn = dp["grad_norms"]
+    assert gn["p95"] >= gn["median"] > 0 and 0 <= gn["fraction_clipped"] <= 1
+    assert base["epsilon_target"] == "inf" and base["sigma"] == 0 and base["grad_norms"] is None
+    assert len(res["threshold"]) == 7  # overall + 3 segments + 3 markets
+    assert {p.name for p in tmp_path.glob("*.png")} == {"utility_vs_epsilon.png", "segment_recall.png",
+                                                         "loss_curves.png"}  # fmt: skip
+
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["streamrec", "--help"])
+    assert exc.value.code == 0
+    assert "--epsilons" in capsys.readouterr().out
+
+
+def test_cli_bad_epsilon_exits_2(tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["streamrec", "--scale", "smoke", "--epsilons", "-1", "--out", str(tmp_path), "--no-progress"])
+    assert exc.value.code == 2
+
+
+def test_threshold_table_logic():
+    rec = pd.DataFrame({"1": [0.17, 0.10, 0.30], "8": [0.19, 0.09, 0.31], "inf": [0.2, 0.1, 0.3]},
+                       index=["overall", "new_users", "casual"])  # fmt: skip
+    t = threshold_table(rec)
+    np.testing.assert_allclose(t["threshold"], [0.18, 0.09, 0.27])
+    assert t["1_pass"].tolist() == [False, True, True]
+    assert t["8_pass"].tolist() == [True, True, True]  # exactly at 90% passes
+    np.testing.assert_allclose(t["1_ratio"], [0.85, 1.0, 1.0])
+    with pytest.raises(ValueError, match="baseline"):
+        threshold_table(rec.drop(columns="inf"))
+
+
+def test_convergence_epoch():
+    assert convergence_epoch([0.5]) == 1
+    assert convergence_epoch([1.0, 0.7, 0.6, 0.601, 0.6]) == 3
+    assert convergence_epoch([0.6, 0.9, 0.6]) == 3  # leaving the band resets it
+    assert convergence_epoch([1.0, 0.55, 0.5], rel_tol=0.2) == 2
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.floats(0.01, 10), min_size=1, max_size=20))
+def test_convergence_epoch_is_in_range_and_band_holds(losses):
+    k = convergence_epoch(losses)
+    assert 1 <= k <= len(losses)
+    assert all(abs(x - losses[-1]) <= 0.01 * losses[-1] for x in losses[k - 1:])
+
+
+@pytest.mark.parametrize("bad", [[], [1.0, math.nan], [math.inf]])
+def test_convergence_epoch_rejects_bad_losses(bad):
+    with pytest.raises(ValueError):
+        convergence_epoch(bad)
+
+
+def test_calibrate_sigma_and_accounting_study():
+    q, steps, delta = 4096 / 5e7, 183_105, 1e-7
+    cal = calibrate_sigma(1.0, sample_rate=q, steps=steps, delta=delta)
+    assert cal["epsilon_pld"] <= 1.0 + 1e-3 and cal["epsilon_rdp"] > cal["epsilon_pld"]
+    assert calibrate_sigma(math.inf, sample_rate=q, steps=steps, delta=delta)["sigma"] == 0.0
+    acc = accounting_study(sigma=cal["sigma"], sample_rate=q, steps=steps, delta=delta)
+    assert acc["pld"] <= acc["rdp"] <= acc["basic"]
+
+
+def test_profiles_and_json():
+    p = streamrec_profile("paper")
+    assert (p.batch_size, p.epochs, p.max_grad_norm, p.lr, p.delta) == (4096, 15, 1.0, 5e-4, 1e-7)
+    assert streamrec_profile("smoke").delta_for(1000) == 1e-3
+    assert to_jsonable({"a": np.float32(1.5), "b": float("inf"), "c": np.arange(2)}) == {"a": 1.5, "b": "inf",
+                                                                                       "c": [0, 1]}  # fmt: skip

@@ -194,3 +194,12 @@ def test_pld_is_far_tighter_than_rdp_for_streamrec():
 def test_dpsgd_event_shape():
     assert dpsgd_event(noise_multiplier=1.0, sample_rate=0.1, steps=5) == SelfComposedEvent(
         PoissonSampledEvent(0.1, GaussianEvent(1.0)), 5)
+
+
+def test_pld_with_vanishing_noise_is_a_clear_error_not_a_memory_error():
+    import pytest
+
+    from privlab.accounting import epsilon
+
+    with pytest.raises(ValueError, match="noise_multiplier=1e-09"):
+        epsilon(noise_multiplier=1e-9, sample_rate=0.01, steps=100, delta=1e-5, accountant="pld")

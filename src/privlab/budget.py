@@ -39,10 +39,16 @@ from __future__ import annotations
 import json
 import math
 import os
+
 import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+try:  # POSIX advisory locks; elsewhere appends are still single O_APPEND writes
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 from privlab._validate import check_delta, check_epsilon, check_nonnegative
 from privlab.accounting import (
@@ -151,6 +157,10 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            # an exclusive lock makes "check the last byte, then append" one step for every appender:
+            # without it, another process's write in flight can look like a torn line
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 line = b"\n" + line  # a crash left a torn line: do not glue this record onto it
@@ -159,7 +169,7 @@ class Ledger:
                 raise OSError(f"short write to {self.path}: {written} of {len(line)} bytes")
             os.fsync(fd)
         finally:
-            os.close(fd)
+            os.close(fd)  # closing releases the lock
 
     def records(self) -> list[LedgerRecord]:
         """All complete records, in order; torn lines (from a crash) are skipped with a warning."""

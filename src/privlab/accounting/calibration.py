@@ -25,6 +25,7 @@ from typing import Callable
 
 from privlab._validate import check_delta, check_epsilon, check_int, check_positive, check_probability
 
+from .pld_pairs import PldGridTooLargeError
 from .base import Accountant
 from .composition import AdvancedCompositionAccountant, BasicCompositionAccountant
 from .events import dpsgd_event
@@ -97,7 +98,11 @@ def epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: f
     q, k, d = _check_run(sample_rate, steps, delta, accountant)
     acc = make_accountant(accountant)
     acc.compose(dpsgd_event(noise_multiplier=sigma, sample_rate=q, steps=k))
-    return acc.get_epsilon(d)
+    try:
+        return acc.get_epsilon(d)
+    except PldGridTooLargeError as err:
+        raise ValueError(f"noise_multiplier={noise_multiplier!r} is too small for the PLD accountant ({err}); "
+                         f"its epsilon is astronomically large: use accountant='rdp'") from err
 
 
 def calibrate(fn: Callable[[float], float], *, target: float, initial: float = 1.0, rel_tol: float = 1e-3,
@@ -217,6 +222,9 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
 
     def fn(sigma: float) -> float:
         acc = make_accountant(accountant)
-        return acc.compose(dpsgd_event(noise_multiplier=sigma, sample_rate=q, steps=k)).get_epsilon(d)
+        try:
+            return acc.compose(dpsgd_event(noise_multiplier=sigma, sample_rate=q, steps=k)).get_epsilon(d)
+        except PldGridTooLargeError:  # noise far too small for a PLD grid: epsilon is beyond any target
+            return math.inf
 
     return calibrate(fn, target=eps, initial=_initial_noise(eps, q, k, d))

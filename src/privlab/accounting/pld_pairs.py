@@ -207,8 +207,18 @@ def loss_moments(pair, lo: float, hi: float) -> tuple[float, float]:
     return float(mean), float((mass * (mid - mean) ** 2).sum() / total)
 
 
+_MAX_BULK_POINTS = 1 << 24  # 16M grid points (128 MiB of float64) for one step's bulk
+
+
+class PldGridTooLargeError(ValueError):
+    """The privacy loss spans too many grid steps for a discretised PLD (noise far too small)."""
+
+
 def _grid_indices(i_lo: int, i_a: int, i_b: int, i_hi: int, growth: float) -> np.ndarray:
     """All integers in [i_a, i_b]; outside, gaps that grow geometrically out to i_lo and i_hi."""
+    if i_b - i_a > _MAX_BULK_POINTS:
+        raise PldGridTooLargeError(
+            f"the bulk of the privacy loss needs {i_b - i_a:,} grid points (limit {_MAX_BULK_POINTS:,})")
     def side(start: int, stop: int, sign: int) -> list:
         out, pos, gap = [], start, 1
         while sign * (stop - pos) > 0:

@@ -1,0 +1,257 @@
+r"""DP-FedAvg: differential privacy for a client (client level) or for a record (sample level).
+
+**Client level** (McMahan, Ramage, Talwar, Zhang 2018, *Learning Differentially
+Private Recurrent Language Models*, arXiv:1710.06963, Algorithm 1 with the fixed
+denominator): each round every client joins independently with probability
+:math:`q` (Poisson sampling), its update is clipped to norm :math:`C`, and the
+server adds Gaussian noise to the sum before dividing by the *expected* number of
+clients :math:`qK`:
+
+.. math::
+    \Delta_t = \frac{1}{qK}\Bigl(\sum_{k \in S_t} \Delta_k \min\Bigl(1, \frac{C}{\|\Delta_k\|}\Bigr)
+    + \mathcal N(0, \sigma^2 C^2 I)\Bigr).
+
+Adding or removing one client moves the clipped sum by at most :math:`C`, so a
+round is the Poisson-subsampled Gaussian mechanism with noise multiplier
+:math:`\sigma` and rate :math:`q`; :math:`T` rounds compose, and the cumulative
+:math:`\varepsilon` after round :math:`t` is
+``privlab.accounting.epsilon(noise_multiplier=sigma, sample_rate=q, steps=t, delta=delta)``
+-- reported every round, never reset.
+
+**Sample level** (DP-SGD inside every client, Abadi et al. 2016,
+arXiv:1607.00133): each local step samples the client's records with probability
+:math:`q_\ell`, clips each example's gradient to :math:`C`, adds
+:math:`\mathcal N(0, \sigma^2 C^2 I)` and divides by :math:`q_\ell n_k`. A record
+is touched only by its own client's DP-SGD, so after :math:`t` rounds of
+:math:`s` local steps its guarantee is that of :math:`s t` DP-SGD steps (assuming,
+conservatively, that its client joined every round).
+
+Used in: chapter 8.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from functools import partial
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.func import functional_call, grad, vmap
+
+from .._validate import check_delta, check_int, check_positive, check_probability
+from .fedavg import FedAvg, NoPrivacy
+from .local import LOSSES, client_rng
+
+__all__ = ["ClientLevelDP", "SampleLevelDP", "clip_updates", "epsilon_per_round"]
+
+ACCOUNTANTS = ("pld", "rdp")
+
+
+def _epsilon(**kwargs) -> float:
+    from ..accounting import epsilon
+
+    return float(epsilon(**kwargs))
+
+
+def epsilon_per_round(*, noise_multiplier: float, sample_rate: float, rounds: int, delta: float,
+                      steps_per_round: int = 1, accountant: str = "pld") -> np.ndarray:  # fmt: skip
+    r"""Cumulative :math:`\varepsilon` after rounds :math:`1, \dots, T` (composition over rounds).
+
+    Args:
+        noise_multiplier: :math:`\sigma`. sample_rate: :math:`q` per step.
+        rounds: :math:`T`. delta: :math:`\delta`.
+        steps_per_round: mechanism invocations per round (1 at client level;
+            the local DP-SGD steps at sample level).
+        accountant: ``"pld"`` or ``"rdp"`` (:func:`privlab.accounting.epsilon`).
+
+    Returns:
+        ``(T,)`` array, non-decreasing.
+
+    Used in: chapter 8.
+    """
+    rounds, s = check_int("rounds", rounds), check_int("steps_per_round", steps_per_round)
+    return np.array([
+        _epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=s * t, delta=delta,
+                 accountant=accountant) for t in range(1, rounds + 1)
+    ])  # fmt: skip
+
+
+def clip_updates(deltas: Tensor, *, clip_norm: float) -> Tensor:
+    r"""Clip each row to L2 norm :math:`C`: :math:`\Delta_k \cdot C / \max(\|\Delta_k\|, C)`.
+
+    >>> clip_updates(torch.tensor([[3.0, 4.0], [0.3, 0.4]]), clip_norm=1.0).tolist()
+    [[0.6000000238418579, 0.800000011920929], [0.30000001192092896, 0.4000000059604645]]
+    """
+    c = check_positive("clip_norm", clip_norm)
+    norms = deltas.norm(dim=1, keepdim=True)
+    return deltas * (c / norms.clamp_min(c))
+
+
+def _check_common(obj) -> None:
+    check_positive("clip_norm", obj.clip_norm)
+    check_positive("noise_multiplier", obj.noise_multiplier)
+    check_delta(obj.delta)
+    if obj.accountant not in ACCOUNTANTS:
+        raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {obj.accountant!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientLevelDP(NoPrivacy):
+    r"""Client-level DP-FedAvg: Poisson client sampling, clip to :math:`C`, noise :math:`\sigma C` on the sum.
+
+    The client sampling rate is :math:`q = m / K` with :math:`m` the algorithm's
+    ``clients_per_round`` (all clients, :math:`q = 1`, when ``None``). Updates
+    are weighted uniformly: sample-count weights would let one large client
+    exceed the sensitivity :math:`C`.
+
+    Args:
+        clip_norm: :math:`C`. noise_multiplier: :math:`\sigma`. delta: :math:`\delta`.
+        accountant: ``"pld"`` (default) or ``"rdp"``.
+
+    Reference: McMahan et al. 2018, arXiv:1710.06963, Algorithm 1.
+    """
+
+    clip_norm: float = 1.0
+    noise_multiplier: float = 1.0
+    delta: float = 1e-5
+    accountant: str = "pld"
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+
+    @staticmethod
+    def sample_rate(num_clients: int, algo: FedAvg) -> float:
+        m = num_clients if algo.clients_per_round is None else algo.clients_per_round
+        if m > num_clients:
+            raise ValueError(f"clients_per_round must be <= num_clients = {num_clients}, got {m}")
+        return m / num_clients
+
+    def select(self, num_clients: int, algo: FedAvg, rng: np.random.Generator) -> np.ndarray:
+        q = self.sample_rate(num_clients, algo)
+        return np.arange(num_clients) if q == 1.0 else np.flatnonzero(rng.random(num_clients) < q)
+
+    def client_vectors(self, deltas: Tensor, sizes: np.ndarray) -> Tensor:
+        return clip_updates(deltas, clip_norm=self.clip_norm)
+
+    def finish(self, total: Tensor, num_clients: int, algo: FedAvg, rng: np.random.Generator) -> Tensor:
+        noise = torch.as_tensor(rng.standard_normal(total.shape[-1]), dtype=total.dtype, device=total.device)
+        expected = self.sample_rate(num_clients, algo) * num_clients
+        return (total + self.noise_multiplier * self.clip_norm * noise) / expected
+
+    def epsilon(self, rounds: int, num_clients: int, algo: FedAvg) -> float:
+        return _epsilon(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate(num_clients, algo),
+                        steps=rounds, delta=self.delta, accountant=self.accountant)  # fmt: skip
+
+
+def _dp_draws(clients, sel, spec, rule, base_seed: int, round_index: int):
+    """Each client's Poisson masks ``(s, n_k)`` and noise ``(s, P)``, from its own generator."""
+    draws = []
+    for k in sel:
+        g = client_rng(base_seed, round_index, int(k))
+        masks = g.random((rule.local_steps, int(clients.sizes[k]))) < rule.sample_rate
+        draws.append((masks, g.standard_normal((rule.local_steps, spec.size))))
+    return draws
+
+
+def _dp_step(flat_sum: Tensor, noise: Tensor, theta_flat: Tensor, anchor: Tensor, n_k: Tensor, rule, algo):
+    """Noise, scale by the expected batch :math:`q_\\ell n_k`, FedProx pull, SGD step (flat tensors)."""
+    noisy = (flat_sum + rule.noise_multiplier * rule.clip_norm * noise) / (rule.sample_rate * n_k)
+    return theta_flat - algo.local_lr * (noisy + algo.mu * (theta_flat - anchor))
+
+
+def dp_train_loop(model, spec, params, clients, sel, algo, base_seed, round_index, *, rule) -> Tensor:
+    """Client-by-client DP-SGD, through :func:`privlab.dpsgd.clipped_grad_sum`."""
+    from ..dpsgd import clipped_grad_sum
+
+    local = copy.deepcopy(model)
+    out = []
+    for k, (masks, noise) in zip(sel, _dp_draws(clients, sel, spec, rule, base_seed, round_index)):
+        x, y = clients.client(int(k))
+        theta = params.clone()
+        for s in range(rule.local_steps):
+            with torch.no_grad():
+                for name, value in spec.unflatten(theta).items():
+                    local.get_parameter(name).copy_(value)
+            idx = torch.as_tensor(np.flatnonzero(masks[s]), device=x.device)
+            summed = clipped_grad_sum(local, LOSSES[algo.loss], x[idx], y[idx], max_grad_norm=rule.clip_norm,
+                                      method=rule.kernel)  # fmt: skip
+            flat = torch.cat([g.reshape(-1) for g in summed])
+            theta = _dp_step(flat, torch.as_tensor(noise[s], dtype=theta.dtype), theta, params,
+                             torch.tensor(float(len(y))), rule, algo)  # fmt: skip
+        out.append(theta)
+    return torch.stack(out) if out else params.new_zeros((0, spec.size))
+
+
+def dp_train_vmap(model, spec, params, clients, sel, algo, base_seed, round_index, *, rule) -> Tensor:
+    """All clients' DP-SGD at once: per-example gradients by a nested ``vmap`` over clients and examples."""
+    m, dev = len(sel), clients.x.device
+    if m == 0:
+        return params.new_zeros((0, spec.size))
+    idx = torch.as_tensor(sel, device=dev)
+    x, y, n_k = clients.x[idx], clients.y[idx], torch.as_tensor(clients.sizes[sel], dtype=params.dtype, device=dev)
+    draws = _dp_draws(clients, sel, spec, rule, base_seed, round_index)
+    masks = np.zeros((m, rule.local_steps, x.shape[1]), dtype=np.float32)
+    for i, (mk, _) in enumerate(draws):
+        masks[i, :, : mk.shape[1]] = mk
+    masks = torch.from_numpy(masks).to(dev)
+    noise = torch.as_tensor(np.stack([nz for _, nz in draws]), dtype=params.dtype, device=dev)
+    loss_fn = LOSSES[algo.loss]
+
+    def example_loss(p, xi, yi):
+        return loss_fn(functional_call(model, p, (xi[None],)), yi[None]).sum()
+
+    per_example = vmap(vmap(grad(example_loss), in_dims=(None, 0, 0)), in_dims=(0, 0, 0))
+    theta = params.expand(m, -1).clone()
+    for s in range(rule.local_steps):
+        g = spec.flatten(per_example(spec.unflatten(theta), x, y))  # (m, N, P)
+        factors = masks[:, s] * (rule.clip_norm / g.norm(dim=-1).clamp_min(rule.clip_norm))  # (m, N)
+        flat_sum = torch.einsum("mn,mnp->mp", factors, g)
+        theta = _dp_step(flat_sum, noise[:, s], theta, params, n_k[:, None], rule, algo)
+    return theta
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleLevelDP(NoPrivacy):
+    r"""Sample-level DP-FedAvg: DP-SGD with Poisson sampling inside every client.
+
+    Args:
+        clip_norm: per-example :math:`C`. noise_multiplier: :math:`\sigma`.
+        sample_rate: the local Poisson rate :math:`q_\ell`. local_steps: :math:`s` per round.
+        delta: :math:`\delta`. accountant: ``"pld"`` or ``"rdp"``.
+        kernel: the :func:`privlab.dpsgd.clipped_grad_sum` method the ``"loop"`` trainer uses.
+
+    The algorithm's ``local_epochs`` and ``batch_size`` are not used (DP-SGD draws
+    its own batches); ``local_lr`` and ``mu`` are.
+
+    Reference: Abadi et al. 2016, arXiv:1607.00133, Algorithm 1, run by each client.
+    """
+
+    clip_norm: float = 1.0
+    noise_multiplier: float = 1.0
+    sample_rate: float = 0.1
+    local_steps: int = 10
+    delta: float = 1e-5
+    accountant: str = "pld"
+    kernel: str = "vmap"
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+        check_probability("sample_rate", self.sample_rate)
+        check_int("local_steps", self.local_steps)
+        if self.kernel not in ("loop", "vmap", "fast"):
+            raise ValueError(f"kernel must be 'loop', 'vmap' or 'fast', got {self.kernel!r}")
+
+    METHODS: ClassVar[tuple[str, ...]] = ("auto", "vmap", "loop")  # per-example gradients: no bmm path
+
+    def trainer(self, method: str):
+        if method not in self.METHODS:
+            raise ValueError(f"method must be one of {self.METHODS}, got {method!r}")
+        return partial({"auto": dp_train_vmap, "vmap": dp_train_vmap, "loop": dp_train_loop}[method], rule=self)
+
+    def epsilon(self, rounds: int, num_clients: int, algo: FedAvg) -> float:
+        return _epsilon(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
+                        steps=self.local_steps * rounds, delta=self.delta, accountant=self.accountant)  # fmt: skip
+

@@ -73,12 +73,10 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .optimizer import DPOptimizer
-from .per_sample import as_input_tuple, batch_size_of
-from .sampling import PoissonSampler, ShuffleSampler
-from .train import DPSGDConfig, TrainResult, _gather, _place, epsilon_spent
+from .sampling import local_slice  # noqa: F401  (re-exported: part of this module's API)
+from .train import DPSGDConfig, TrainResult, train
 
 __all__ = ["DistributedDPOptimizer", "init_distributed", "local_slice", "main", "train_distributed"]
 
@@ -88,17 +86,6 @@ def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def local_slice(idx: Tensor, *, rank: int, world_size: int) -> Tensor:
-    """This rank's contiguous part of the global batch ``idx`` (parts differ in size by at most one).
-
-    >>> local_slice(torch.arange(5), rank=1, world_size=2)
-    tensor([3, 4])
-    """
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size = {world_size}), got {rank}")
-    return torch.tensor_split(idx, world_size)[rank]
 
 
 class DistributedDPOptimizer(DPOptimizer):
@@ -184,73 +171,16 @@ def train_distributed(
         raise ValueError(f"config must be a DPSGDConfig, got {type(config).__name__}")
     if config.record_grad_norms:
         raise ValueError("record_grad_norms=True is not supported in distributed training; profile with train()")
-    if not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator, got {generator!r}")
     rank, world = _world()
-    xs = as_input_tuple(X)
-    n = batch_size_of(xs)
-    if n == 0:
-        raise ValueError("X must contain at least one example, got N = 0")
-    if y is not None and (y.ndim == 0 or y.shape[0] != n):
-        raise ValueError(f"y must have leading dimension N = {n}, got shape {tuple(y.shape)}")
-    device = torch.device(config.device) if config.device is not None else next(model.parameters()).device
-    model.to(device)
-    if world > 1:  # DDP's construction-time broadcast: every replica starts from rank 0's parameters
-        for t in list(model.parameters()) + list(model.buffers()):
-            dist.broadcast(t.data, src=0)
-    q, delta = config.sample_rate_for(n), config.delta_for(n)
-    seeds = torch.randint(0, 2**62, (3,), generator=generator, device=generator.device).tolist()
-    noise_gen = torch.Generator(device=device).manual_seed(seeds[1])  # identical on all ranks
-    if config.sampler == "poisson":
-        sampler = PoissonSampler(n, sample_rate=q, generator=torch.Generator().manual_seed(seeds[0]))
-    else:
-        sampler = ShuffleSampler(n, batch_size=max(1, round(q * n)), generator=torch.Generator().manual_seed(seeds[0]))
-    xs_dev = tuple(_place(x, device) for x in xs)
-    y_dev = None if y is None else _place(y, device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    dp = DistributedDPOptimizer(
-        config.make_optimizer(params), noise_multiplier=config.noise_multiplier,
-        max_grad_norm=config.max_grad_norm, expected_batch_size=sampler.expected_batch_size,
-        generator=noise_gen, method=config.method,
-    )
-    if not dp.private and world > 1:
-        raise ValueError("non-private distributed training is plain DDP; use torch's DistributedDataParallel")
-    net = torch.compile(model, dynamic=True) if config.compile else model
-    losses, epsilons, seconds, evals = [], [], [], []
-    steps = 0
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seeds[2] + rank)  # dropout masks, per rank (see the module docstring)
-        bar = tqdm(range(config.epochs), disable=not config.progress or rank != 0, unit="epoch",
-                   desc=f"DP-SGD x{world}")
-        for _ in bar:
-            start = time.perf_counter()
-            model.train()
-            totals = torch.zeros(2, device=device, dtype=torch.float64)  # (loss sum, count) on this rank
-            for idx in sampler:
-                local = local_slice(idx, rank=rank, world_size=world)
-                xb = tuple(_gather(x, local, device) for x in xs_dev)
-                yb = None if y_dev is None else _gather(y_dev, local, device)
-                stats = dp.step(net, loss_fn, xb if len(xb) > 1 else xb[0], yb)
-                totals[0] += stats.loss_sum.to(torch.float64)
-                totals[1] += local.numel()
-                steps += 1
-            if world > 1:
-                dist.all_reduce(totals, op=dist.ReduceOp.SUM)
-            loss_sum, count = totals.tolist()  # the epoch's one host sync
-            losses.append(loss_sum / count if count else math.nan)
-            seconds.append(time.perf_counter() - start)
-            epsilons.append(epsilon_spent(config, sample_rate=q, steps=steps, delta=delta))
-            if eval_fn is not None:
-                model.eval()
-                with torch.no_grad():
-                    evals.append(eval_fn(model))
-                model.train()
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", eps=f"{epsilons[-1]:.3g}")
-    return TrainResult(
-        config=config, losses=tuple(losses), epsilons=tuple(epsilons), epoch_seconds=tuple(seconds),
-        evals=tuple(evals), steps=steps, sample_rate=q, delta=delta,
-        accounting_valid=config.sampler == "poisson",
-    )
+    if world > 1:
+        if not config.private:
+            raise ValueError("non-private distributed training is plain DDP; use torch's DistributedDataParallel")
+        device = torch.device(config.device) if config.device is not None else next(model.parameters()).device
+        model.to(device)
+        for t in list(model.parameters()) + list(model.buffers()):  # DDP's construction-time broadcast:
+            dist.broadcast(t.data, src=0)  # every replica starts from rank 0's parameters
+    return train(model, X, y, loss_fn=loss_fn, config=config, generator=generator, eval_fn=eval_fn,
+                 dp_optimizer_cls=DistributedDPOptimizer, shard=(rank, world))
 
 
 # -- command line: torchrun --nproc_per_node=N -m privlab.dpsgd.distributed ... --------------------

@@ -213,3 +213,14 @@ class ShuffleSampler:
         perm = torch.from_numpy(self.rng.permutation(self.n).astype(np.int64, copy=False))
         for k in range(len(self)):
             yield perm[k * self.batch_size : (k + 1) * self.batch_size].sort().values
+
+
+def local_slice(idx: Tensor, *, rank: int, world_size: int) -> Tensor:
+    """This rank's contiguous part of the global batch ``idx`` (parts differ in size by at most one).
+
+    >>> local_slice(torch.arange(5), rank=1, world_size=2)
+    tensor([3, 4])
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size = {world_size}), got {rank}")
+    return torch.tensor_split(idx, world_size)[rank]

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -56,7 +57,7 @@ from .._validate import check_delta, check_int, check_nonnegative, check_positiv
 from .clipping import METHODS
 from .optimizer import DPOptimizer
 from .per_sample import as_input_tuple, batch_size_of
-from .sampling import PoissonSampler, ShuffleSampler
+from .sampling import PoissonSampler, ShuffleSampler, local_slice
 
 __all__ = ["DPSGDConfig", "TrainResult", "train"]
 
@@ -240,6 +241,7 @@ def train(
     generator: torch.Generator,
     eval_fn: Callable[[nn.Module], object] | None = None,
     dp_optimizer_cls: type[DPOptimizer] = DPOptimizer,
+    shard: tuple[int, int] = (0, 1),
 ) -> TrainResult:
     r"""Train ``model`` with DP-SGD (or without DP, per ``config``) and record the run.
 
@@ -254,6 +256,9 @@ def train(
         eval_fn: called as ``eval_fn(model)`` after each epoch, in eval mode
             under ``torch.no_grad``; its results land in ``TrainResult.evals``.
         dp_optimizer_cls: the step implementation, :class:`DPOptimizer` or a subclass.
+        shard: ``(rank, world_size)`` when several processes share each global batch (set by
+            :func:`privlab.dpsgd.distributed.train_distributed`): every rank draws the same global
+            batch and steps on its :func:`local_slice`; the epoch loss is summed over ranks.
 
     Returns:
         :class:`TrainResult`.
@@ -278,6 +283,7 @@ def train(
         raise ValueError(f"config must be a DPSGDConfig, got {type(config).__name__}")
     if not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got {generator!r}")
+    rank, world = shard
     xs = as_input_tuple(X)
     n = batch_size_of(xs)
     if n == 0:
@@ -288,7 +294,7 @@ def train(
     model.to(device)
     q, delta = config.sample_rate_for(n), config.delta_for(n)
     seeds = torch.randint(0, 2**62, (3,), generator=generator, device=generator.device).tolist()
-    noise_gen = torch.Generator(device=device).manual_seed(seeds[1])
+    noise_gen = torch.Generator(device=device).manual_seed(seeds[1])  # identical on every rank
     if config.sampler == "poisson":
         sampler = PoissonSampler(n, sample_rate=q, generator=torch.Generator().manual_seed(seeds[0]))
     else:
@@ -309,23 +315,29 @@ def train(
     losses, epsilons, seconds, evals, norms = [], [], [], [], []
     steps = 0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seeds[2])  # dropout masks; scoped by fork_rng, the caller's state is restored
-        bar = tqdm(range(config.epochs), disable=not config.progress, unit="epoch",
-                   desc="DP-SGD" if config.private else "SGD")
+        # dropout masks (per rank); scoped by fork_rng, the caller's state is restored
+        torch.manual_seed(seeds[2] + rank)
+        bar = tqdm(range(config.epochs), disable=not config.progress or rank != 0, unit="epoch",
+                   desc=("DP-SGD" if config.private else "SGD") + (f" x{world}" if world > 1 else ""))
         for _ in bar:
             start = time.perf_counter()
             model.train()
-            loss_sum, count = torch.zeros((), device=device, dtype=torch.float64), 0
+            totals = torch.zeros(2, device=device, dtype=torch.float64)  # (loss sum, count) on this rank
             for idx in sampler:
+                if world > 1:
+                    idx = local_slice(idx, rank=rank, world_size=world)
                 xb = tuple(_gather(x, idx, device) for x in xs_dev)
                 yb = None if y_dev is None else _gather(y_dev, idx, device)
                 stats = dp.step(net, loss_fn, xb if len(xb) > 1 else xb[0], yb)
-                loss_sum = loss_sum + stats.loss_sum
-                count += idx.numel()
+                totals[0] += stats.loss_sum.to(torch.float64)
+                totals[1] += idx.numel()
                 steps += 1
                 if config.record_grad_norms and stats.norms is not None:
                     norms.append(stats.norms.detach())
-            losses.append(loss_sum.item() / count if count else math.nan)  # the epoch's one host sync
+            if world > 1:
+                dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+            loss_sum, count = totals.tolist()  # the epoch's one host sync
+            losses.append(loss_sum / count if count else math.nan)
             seconds.append(time.perf_counter() - start)
             epsilons.append(epsilon_spent(config, sample_rate=q, steps=steps, delta=delta))
             if eval_fn is not None:

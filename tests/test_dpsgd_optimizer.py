@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from privlab.audit import NoClipOptimizer, NoNoiseOptimizer, WrongNoiseScaleOptimizer  # the planted bugs
 from privlab.dpsgd import DPOptimizer, DPSGDConfig, clip_factors, clipped_grad_sum
 
 
@@ -70,42 +71,21 @@ def test_generator_on_another_device_is_refused():
         dp.add_noise([torch.zeros(3)])
 
 
-class NoNoise(DPOptimizer):
-    """A planted bug (chapter 11): the noise step forgets to add noise."""
-
-    def add_noise(self, grads):
-        return grads
-
-
-class NoClipping(DPOptimizer):
-    """A planted bug: every clip factor is 1."""
-
-    def clip_factors(self, norms):
-        return torch.ones_like(norms)
-
-
-class NoiseOverBatch(DPOptimizer):
-    """A planted bug: noise std C / (qN) instead of sigma * C."""
-
-    def noise_std(self):
-        return self.max_grad_norm / self.expected_batch_size
-
-
 def test_named_steps_can_be_overridden():
     torch.manual_seed(1)
     model = nn.Linear(3, 1).double()
     x, y = 10 * torch.randn(6, 3, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
     # no clipping: the kernel sees factors of one, so the "clipped" sum is the plain gradient sum
-    summed = NoClipping(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=0.0, max_grad_norm=1e-3,
+    summed = NoClipOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=0.0, max_grad_norm=1e-3,
                         expected_batch_size=6.0).clipped_sum(model, mse, x, y).grads
     plain = torch.autograd.grad(mse(model(x), y).sum(), list(model.parameters()))
     for a, b in zip(summed, plain):
         torch.testing.assert_close(a, b)
     zeros = [torch.zeros(5, dtype=torch.float64)]
     assert not torch.equal(make_dp(model).add_noise(zeros)[0], zeros[0])
-    assert torch.equal(NoNoise(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=1.0, max_grad_norm=1.0,
+    assert torch.equal(NoNoiseOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=1.0, max_grad_norm=1.0,
                                expected_batch_size=6.0, generator=torch.Generator()).add_noise(zeros)[0], zeros[0])
-    bug = NoiseOverBatch(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=2.0, max_grad_norm=1.0,
+    bug = WrongNoiseScaleOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=2.0, max_grad_norm=1.0,
                          expected_batch_size=100.0, generator=torch.Generator())
     assert bug.noise_std() == pytest.approx(0.01)
 

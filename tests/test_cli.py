@@ -36,3 +36,77 @@ def test_bad_input_is_a_clear_error_not_a_traceback():
                          capture_output=True, text=True)
     assert res.returncode == 2
     assert "sample_rate" in res.stderr and "1.5" in res.stderr and "Traceback" not in res.stderr
+
+
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+from privlab.accounting import epsilon as accounting_epsilon  # noqa: E402
+
+
+@pytest.mark.parametrize("command", ["info", "epsilon", "calibrate", "streamrec", "cliff", "chapters"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: privlab " + command)
+    if command != "chapters":
+        assert "--json" in out
+
+
+def test_epsilon_json_from_batch_shape_equals_the_library(capsys):
+    # B = 256 of N = 25,600 for 100 epochs: q = 0.01, T = 10,000 steps
+    assert main(["epsilon", "--noise-multiplier", "1.1", "--batch-size", "256", "--dataset-size", "25600",
+                 "--epochs", "100", "--accountant", "pld", "rdp", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["sample_rate"] == 0.01 and doc["steps"] == 10_000 and doc["delta"] == 1e-5
+    for name in ("pld", "rdp"):
+        assert doc["epsilon"][name] == accounting_epsilon(noise_multiplier=1.1, sample_rate=0.01, steps=10_000,
+                                                          delta=1e-5, accountant=name)
+    assert doc["epsilon"]["pld"] < doc["epsilon"]["rdp"]
+
+
+def test_calibrate_json_meets_its_target(capsys):
+    assert main(["calibrate", "--target-epsilon", "2", "--sample-rate", "0.01", "--steps", "1000", "--json"]) == 0
+    sigma = json.loads(capsys.readouterr().out)["noise_multiplier"]["pld"]
+    eps = accounting_epsilon(noise_multiplier=sigma, sample_rate=0.01, steps=1000, delta=1e-5)
+    assert 1.95 < eps <= 2.0 + 1e-9
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["epsilon", "--noise-multiplier", "1", "--steps", "10"], "--sample-rate and --steps go together"),
+    (["epsilon", "--noise-multiplier", "1", "--sample-rate", "0.1", "--steps", "10", "--epochs", "2"], "either"),
+    (["calibrate", "--target-epsilon", "1", "--batch-size", "500", "--dataset-size", "100", "--epochs", "1"],
+     "batch_size must be in (0, dataset_size=100], got 500"),
+    (["calibrate", "--target-epsilon", "-1", "--sample-rate", "0.1", "--steps", "10"], "-1"),
+    (["cliff", "--sigmas", "-1"], "got -1"),
+    (["cliff", "--epochs", "0"], "epochs"),
+])
+def test_bad_arguments_exit_2_with_one_line(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_cliff_json_runs_the_sweep_and_writes_results(tmp_path, capsys):
+    assert main(["cliff", "--sigmas", "0.5", "10", "--clip-norms", "1", "--seeds", "42", "--epochs", "3",
+                 "--out", str(tmp_path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["runs"] == 3  # two DP runs and one baseline
+    assert [row["sigma"] for row in doc["summary"]] == [0.5, 10.0]
+    eps = [row["epsilon"] for row in doc["summary"]]
+    assert eps[0] > eps[1] > 0
+    assert all(doc["checks"][k] for k in ("dp_run_count", "baseline_run_count", "epsilon_decreasing_in_sigma"))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["runs"]) == 3
+
+
+def test_cliff_text_output(capsys):
+    assert main(["cliff", "--mode", "corrected", "--sigmas", "1", "--clip-norms", "1", "--seeds", "42",
+                 "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "runs on blobs (corrected mode)" in out and "checks:" in out

@@ -1,7 +1,9 @@
 """The ``privlab`` command line: ``privlab --help`` lists the subcommands.
 
 Subcommands are registered in :data:`COMMANDS`, one small function each, so a new chapter's
-experiment adds one entry rather than another branch.
+experiment adds one entry rather than another branch. Every subcommand takes ``--json`` to
+print one JSON document instead of text; bad arguments end with a one-line error and exit
+status 2.
 
 >>> main(["info", "--scale", "smoke"])  # doctest: +ELLIPSIS
 privlab ...
@@ -12,11 +14,17 @@ scale: smoke
 ...       "--delta", "1e-5", "--accountant", "rdp"])
 rdp: epsilon = 6.71274 (delta = 1e-05)
 0
+>>> main(["epsilon", "--noise-multiplier", "1", "--batch-size", "256", "--dataset-size", "25600",
+...       "--epochs", "100", "--accountant", "rdp", "--json"])
+{"command": "epsilon", "sample_rate": 0.01, "steps": 10000, "delta": 1e-05, "noise_multiplier": 1.0, "epsilon": {"rdp": 6.712739...}}
+0
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import platform
 import sys
 from collections.abc import Callable
@@ -24,14 +32,36 @@ from collections.abc import Callable
 from privlab import __version__
 from privlab.config import get_scale
 
+ACCOUNTANTS = ["pld", "rdp", "zcdp", "basic", "advanced"]
+
+
+def _print_json(obj) -> None:
+    from privlab.experiments.provenance import to_jsonable
+
+    print(json.dumps(to_jsonable(obj), allow_nan=False))
+
+
+# --- info, chapters -------------------------------------------------------------------------------
+
 
 def _info(args: argparse.Namespace) -> int:
     import torch
 
-    print(f"privlab {__version__} (python {platform.python_version()}, torch {torch.__version__})")
-    print(f"scale: {get_scale(args.scale).name}")
-    print(f"cuda available: {torch.cuda.is_available()}")
+    facts = {"privlab": __version__, "python": platform.python_version(), "torch": torch.__version__,
+             "scale": get_scale(args.scale).name, "cuda_available": torch.cuda.is_available()}
+    if args.json:
+        _print_json(facts)
+        return 0
+    print(f"privlab {__version__} (python {facts['python']}, torch {facts['torch']})")
+    print(f"scale: {facts['scale']}")
+    print(f"cuda available: {facts['cuda_available']}")
     return 0
+
+
+def _add_info(sub) -> None:
+    p = _parser(sub, "info", "print versions, the scale profile and the device")
+    _scale_argument(p)
+    p.set_defaults(func=_info)
 
 
 def _chapters(args: argparse.Namespace) -> int:
@@ -40,12 +70,50 @@ def _chapters(args: argparse.Namespace) -> int:
     return book_main(["--notebooks", str(args.notebooks)] if args.notebooks else ["--list"])
 
 
+def _add_chapters(sub) -> None:
+    p = sub.add_parser("chapters", help="list the book's chapters or convert them to notebooks")
+    p.add_argument("--notebooks", metavar="DIR", default=None, help="write .ipynb files into DIR")
+    p.set_defaults(func=_chapters)
+
+
+# --- accounting -----------------------------------------------------------------------------------
+
+
+def _run_shape(args: argparse.Namespace) -> tuple[float, int]:
+    """``(sample_rate, steps)`` from either ``--sample-rate/--steps`` or ``--batch-size/--dataset-size/--epochs``.
+
+    q = B / N and T = ceil(E N / B), the convention of Opacus and of chapter 4.
+    """
+    direct = args.sample_rate is not None or args.steps is not None
+    shape = [args.batch_size, args.dataset_size, args.epochs]
+    if direct and any(v is not None for v in shape):
+        raise ValueError("give either --sample-rate and --steps, or --batch-size, --dataset-size and --epochs")
+    if direct:
+        if args.sample_rate is None or args.steps is None:
+            raise ValueError(f"--sample-rate and --steps go together, got sample_rate={args.sample_rate}, "
+                             f"steps={args.steps}")
+        return args.sample_rate, args.steps
+    if any(v is None for v in shape):
+        raise ValueError("the run needs --sample-rate and --steps, or --batch-size, --dataset-size and --epochs")
+    b, n, e = shape
+    if not 0 < b <= n:
+        raise ValueError(f"batch_size must be in (0, dataset_size={n}], got {b}")
+    if e <= 0:
+        raise ValueError(f"epochs must be positive, got {e}")
+    return b / n, math.ceil(e * n / b)
+
+
 def _epsilon(args: argparse.Namespace) -> int:
     from privlab.accounting import epsilon
 
-    for name in args.accountant:
-        eps = epsilon(noise_multiplier=args.noise_multiplier, sample_rate=args.sample_rate,
-                      steps=args.steps, delta=args.delta, accountant=name)
+    q, steps = _run_shape(args)
+    out = {name: epsilon(noise_multiplier=args.noise_multiplier, sample_rate=q, steps=steps, delta=args.delta,
+                         accountant=name) for name in args.accountant}
+    if args.json:
+        _print_json({"command": "epsilon", "sample_rate": q, "steps": steps, "delta": args.delta,
+                     "noise_multiplier": args.noise_multiplier, "epsilon": out})
+        return 0
+    for name, eps in out.items():
         print(f"{name}: epsilon = {eps:.6g} (delta = {args.delta:g})")
     return 0
 
@@ -53,67 +121,68 @@ def _epsilon(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from privlab.accounting import calibrate_noise
 
-    for name in args.accountant:
-        sigma = calibrate_noise(target_epsilon=args.target_epsilon, delta=args.delta,
-                                sample_rate=args.sample_rate, steps=args.steps, accountant=name)
+    q, steps = _run_shape(args)
+    out = {name: calibrate_noise(target_epsilon=args.target_epsilon, delta=args.delta, sample_rate=q, steps=steps,
+                                 accountant=name) for name in args.accountant}
+    if args.json:
+        _print_json({"command": "calibrate", "sample_rate": q, "steps": steps, "delta": args.delta,
+                     "target_epsilon": args.target_epsilon, "noise_multiplier": out})
+        return 0
+    for name, sigma in out.items():
         print(f"{name}: noise_multiplier = {sigma:.6g} for epsilon <= {args.target_epsilon:g}")
     return 0
 
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     """The DP-SGD run both accounting commands describe."""
-    p.add_argument("--sample-rate", type=float, required=True, help="Poisson sampling rate q = batch / N")
-    p.add_argument("--steps", type=int, required=True, help="number of training steps")
-    p.add_argument("--delta", type=float, required=True, help="target delta")
-    p.add_argument("--accountant", nargs="+", default=["pld"],
-                   choices=["pld", "rdp", "zcdp", "basic", "advanced"], help="one or more accountants")
+    g = p.add_argument_group("the run: give q and T, or B, N and epochs")
+    g.add_argument("--sample-rate", type=float, default=None, help="Poisson sampling rate q = B / N")
+    g.add_argument("--steps", type=int, default=None, help="number of training steps T")
+    g.add_argument("--batch-size", type=int, default=None, help="expected batch size B")
+    g.add_argument("--dataset-size", type=int, default=None, help="number of training examples N")
+    g.add_argument("--epochs", type=float, default=None, help="epochs E (T = ceil(E N / B))")
+    p.add_argument("--delta", type=float, default=1e-5, help="target delta (default 1e-5; use < 1/N)")
+    p.add_argument("--accountant", nargs="+", default=["pld"], choices=ACCOUNTANTS,
+                   help="one or more accountants (default: pld)")
 
 
 def _add_accounting(sub) -> None:
-    p = sub.add_parser("epsilon", help="epsilon of a DP-SGD run (Poisson-sampled Gaussian steps)")
+    p = _parser(sub, "epsilon", "epsilon of a DP-SGD run (Poisson-sampled Gaussian steps)",
+                "example: privlab epsilon --noise-multiplier 1.1 --batch-size 256 --dataset-size 60000 --epochs 60")
     p.add_argument("--noise-multiplier", type=float, required=True, help="sigma: noise std / clip norm")
     _run_arguments(p)
     p.set_defaults(func=_epsilon)
-    p = sub.add_parser("calibrate", help="smallest noise multiplier meeting a target epsilon")
+    p = _parser(sub, "calibrate", "smallest noise multiplier meeting a target epsilon",
+                "example: privlab calibrate --target-epsilon 3 --batch-size 256 --dataset-size 60000 --epochs 60")
     p.add_argument("--target-epsilon", type=float, required=True)
     _run_arguments(p)
     p.set_defaults(func=_calibrate)
 
 
-def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="print versions, the scale profile and the device")
-    p.add_argument("--scale", choices=["smoke", "book", "paper"], default=None,
-                   help="scale profile (default: $PRIVLAB_SCALE or 'book')")
-    p.set_defaults(func=_info)
-
-
-def _add_chapters(sub) -> None:
-    p = sub.add_parser("chapters", help="list the book's chapters or convert them to notebooks")
-    p.add_argument("--notebooks", metavar="DIR", default=None, help="write .ipynb files into DIR")
-    p.set_defaults(func=_chapters)
+# --- experiments ----------------------------------------------------------------------------------
 
 
 def _streamrec(args: argparse.Namespace) -> int:
     from privlab.experiments.streamrec import run_sweep
-    from privlab.experiments.streamrec_report import (
-        aggregate_table,
-        save_figures,
-        write_results,
-    )
+    from privlab.experiments.streamrec_report import aggregate_table, save_figures, write_results
 
     results = run_sweep(args.scale, epsilons=args.epsilons, seed=args.seed, studies=not args.no_studies,
-                        progress=not args.no_progress, device=args.device)
+                        progress=not (args.no_progress or args.json), device=args.device)
     path = write_results(results, args.out)
     figures = save_figures(results, args.out)
+    if args.json:
+        _print_json({"command": "streamrec", "results": str(path), "figures": [str(f) for f in figures],
+                     "runs": aggregate_table(results["runs"]).reset_index().to_dict("records")})
+        return 0
     print(aggregate_table(results["runs"]).round(4).to_string())
     print(f"wrote {path} and {len(figures)} figures")
     return 0
 
 
 def _add_streamrec(sub) -> None:
-    p = sub.add_parser("streamrec", help="the DP StreamRec sweep (chapter 12): results.json and figures")
-    p.add_argument("--scale", choices=["smoke", "book", "paper"], default=None,
-                   help="scale profile (default: $PRIVLAB_SCALE or 'book')")
+    p = _parser(sub, "streamrec", "the DP StreamRec sweep (chapter 12): results.json and figures",
+                "example: privlab streamrec --scale smoke --epsilons 1 8 inf --out runs/streamrec")
+    _scale_argument(p)
     p.add_argument("--epsilons", nargs="+", type=float, default=[1.0, 3.0, 8.0, float("inf")],
                    help="target epsilons; 'inf' trains the non-private baseline (default: 1 3 8 inf)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for results.json and the PNGs")
@@ -124,8 +193,66 @@ def _add_streamrec(sub) -> None:
     p.set_defaults(func=_streamrec)
 
 
+def _cliff(args: argparse.Namespace) -> int:
+    from privlab.experiments import privacy_cliff as pc
+
+    data = pc.cliff_data() if args.task == "blobs" else pc.cps1988_task(seed=0)
+    kwargs = {} if args.sigmas is None else {"sigmas": tuple(args.sigmas)}
+    if args.clip_norms is not None:
+        kwargs["clip_norms"] = tuple(args.clip_norms)
+    if args.seeds is not None:
+        kwargs["seeds"] = tuple(args.seeds)
+    config = pc.CliffConfig(mode=args.mode, epochs=args.epochs, **kwargs)
+    result = pc.run_sweep(data, config)
+    table = pc.summarize(result)
+    checks = pc.validate(result)
+    found = pc.cliffs(result.records)
+    path = result.write_json(f"{args.out}/results.json") if args.out else None
+    if args.json:
+        _print_json({"command": "cliff", "task": result.task, "mode": args.mode, "runs": len(result.records),
+                     "seconds": result.seconds, "summary": table.to_dict("records"), "checks": checks,
+                     "cliffs": [{"C": c, "sigma": s} for c, s in found], "results": str(path) if path else None})
+        return 0
+    print(f"{len(result.records)} runs on {result.task} ({args.mode} mode) in {result.seconds:.2f} s")
+    print(table.round(4).to_string(index=False))
+    print("checks: " + ", ".join(f"{k}={'pass' if v else 'FAIL'}" for k, v in checks.items()))
+    print(f"configurations below 50% of the baseline (the published cliff rule): {found or 'none'}")
+    if path:
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_cliff(sub) -> None:
+    p = _parser(sub, "cliff", "the privacy-cliff reproduction sweep (chapter 6): 66 DP-SGD runs at once",
+                "example: privlab cliff --mode corrected --task cps1988 --json")
+    p.add_argument("--mode", choices=["published", "corrected"], default="published",
+                   help="published: shuffled batches + simplified RDP; corrected: Poisson + PLD (default published)")
+    p.add_argument("--task", choices=["blobs", "cps1988"], default="blobs",
+                   help="the published synthetic blobs, or real CPS1988 wages (default blobs)")
+    p.add_argument("--sigmas", nargs="+", type=float, default=None, help="noise multipliers (default: published grid)")
+    p.add_argument("--clip-norms", nargs="+", type=float, default=None, help="clip norms C (default: 0.1 1 10)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: 42 123 456)")
+    p.add_argument("--epochs", type=int, default=20, help="epochs per run (default 20)")
+    p.add_argument("--out", default=None, metavar="DIR", help="also write DIR/results.json")
+    p.set_defaults(func=_cliff)
+
+
+# --- the parser -----------------------------------------------------------------------------------
+
+
+def _parser(sub, name: str, help: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=help, epilog=epilog)
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    return p
+
+
+def _scale_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scale", choices=["smoke", "book", "paper"], default=None,
+                   help="scale profile (default: $PRIVLAB_SCALE or 'book')")
+
+
 #: Each entry adds one subcommand to the parser.
-COMMANDS: list[Callable] = [_add_info, _add_chapters, _add_accounting, _add_streamrec]
+COMMANDS: list[Callable] = [_add_info, _add_chapters, _add_accounting, _add_streamrec, _add_cliff]
 
 
 def build_parser() -> argparse.ArgumentParser:

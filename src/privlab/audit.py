@@ -33,9 +33,11 @@ the log-likelihood ratio of the *claimed* algorithm, with
 **One run** (Steinke, Nasr, Jagielski 2023, arXiv:2305.08846). :math:`m`
 canaries, each included independently with probability 1/2, in *one* training
 run; guess "in" for the :math:`k_+` highest scores and "out" for the
-:math:`k_-` lowest; :math:`v` correct of :math:`r = k_+ + k_-` guesses. Their
-Theorem 5.2 / Proposition 5.7 bound the tail of :math:`v` under
-:math:`(\varepsilon, \delta)`-DP; :func:`one_run_epsilon_lower_bound` inverts it.
+:math:`k_-` lowest; :math:`v` correct of :math:`r = k_+ + k_-` guesses. Their main
+result for :math:`(\varepsilon, \delta)`-DP bounds the tail of :math:`v`; the
+p-value is their Appendix D algorithm (``p_value_DP_audit``, arXiv:2305.08846v1
+pp. 45-46), which :func:`one_run_p_value` reproduces line for line, and
+:func:`one_run_epsilon_lower_bound` inverts it as their ``get_eps_audit`` does.
 
 Planted bugs (:data:`PLANTED_BUGS`): noise off, clipping off, noise std
 :math:`C/(qN)` instead of :math:`\sigma C`, and shuffled batches accounted as
@@ -298,8 +300,9 @@ def audit_dpsgd(
 def one_run_p_value(*, m: int, r: int, v: int, epsilon: float, delta: float) -> float:
     r"""Upper bound on :math:`\Pr[\text{at least } v \text{ of } r \text{ guesses correct}]` under :math:`(\varepsilon, \delta)`-DP.
 
-    With :math:`p = e^\varepsilon / (1 + e^\varepsilon)` (Steinke, Nasr, Jagielski 2023,
-    arXiv:2305.08846, Theorem 5.2 and Proposition 5.7, their Algorithm in Appendix D):
+    With :math:`p = e^\varepsilon / (1 + e^\varepsilon)`, the bound of Steinke, Nasr, Jagielski 2023
+    (arXiv:2305.08846v1) for :math:`(\varepsilon, \delta)`-DP as their Appendix D computes it
+    (``p_value_DP_audit``, pp. 45-46; the approximate-DP tail bound of their Section 5, Corollary 5.4):
 
     .. math::
         \Pr[W \ge v] \le \Pr[\mathrm{Bin}(r, p) \ge v]
@@ -329,10 +332,13 @@ def one_run_p_value(*, m: int, r: int, v: int, epsilon: float, delta: float) -> 
 def one_run_epsilon_lower_bound(*, m: int, r: int, v: int, delta: float, beta: float = 0.05) -> float:
     r"""The largest :math:`\varepsilon` that :func:`one_run_p_value` rejects at level ``beta`` (bisection).
 
-    Holds with probability :math:`\ge 1 - \beta` (Steinke, Nasr, Jagielski 2023, arXiv:2305.08846).
+    Holds with probability :math:`\ge 1 - \beta` (Steinke, Nasr, Jagielski 2023, arXiv:2305.08846v1,
+    Appendix D, ``get_eps_audit``; bisection to 40 steps instead of their 30).
 
     >>> round(one_run_epsilon_lower_bound(m=1000, r=100, v=100, delta=0.0), 2)   # all 100 guesses right
     3.49
+    >>> round(one_run_epsilon_lower_bound(m=1000, r=100, v=75, delta=1e-4), 3)   # their Appendix D example
+    0.673
 
     Used in: chapter 11.
     """

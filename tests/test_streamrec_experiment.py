@@ -108,3 +108,62 @@ def test_profiles_and_json():
     assert streamrec_profile("smoke").delta_for(1000) == 1e-3
     assert to_jsonable({"a": np.float32(1.5), "b": float("inf"), "c": np.arange(2)}) == {"a": 1.5, "b": "inf",
                                                                                        "c": [0, 1]}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_streamrec():
+    from privlab.config import make_rng
+    from privlab.datasets.streamrec import StreamRecConfig, generate_streamrec
+
+    cfg = StreamRecConfig.for_scale("smoke", n_interactions=4_000, n_users=300, n_items=100, n_eval_users=50)
+    return generate_streamrec("smoke", rng=make_rng(0), config=cfg, progress=False)
+
+
+def test_clip_study_reports_each_runs_own_fraction_clipped(tiny_streamrec):
+    from privlab.experiments.streamrec import clip_study, torch_threads
+    from privlab.experiments.streamrec_report import clip_table
+
+    prof = streamrec_profile("smoke", clip_norms=(0.01, 1.0, 1e4), batch_size=512, epochs=1)
+    with torch_threads(1):
+        runs = clip_study(tiny_streamrec, profile=prof, seed=0, progress=False)
+    assert [r["max_grad_norm"] for r in runs] == [0.01, 1.0, 1e4]
+    table = clip_table(runs, baseline_recall=0.5)
+    for (_, row), r in zip(table.iterrows(), runs):
+        gn = r["grad_norms"]
+        # each row: the fraction of its own run's norms above its own C
+        assert row["fraction clipped"] == gn["fraction_clipped"] == gn["fraction_clipped_at"][str(r["max_grad_norm"])]
+        assert row["median norm"] == gn["median"]
+    frac = table["fraction clipped"].to_numpy()
+    assert frac[0] == 1.0 and frac[2] == 0.0  # C far below / far above every norm
+    # not one run's profile copied to every row: each run saw its own norms
+    assert len(set(table["median norm"])) == 3
+    # the runs differ: each row trained with its own C
+    assert len({r["metrics"]["auc"] for r in runs}) == 3
+
+
+def test_clip_study_reuses_the_matching_sweep_run(tiny_streamrec):
+    from privlab.experiments.streamrec import clip_study
+
+    prof = streamrec_profile("smoke", clip_norms=(1.0,), epochs=1, study_epochs=None)
+    sentinel = {"epsilon_target": prof.study_epsilon, "epochs": 1, "batch_size": prof.batch_size, "seed": 0,
+                "max_grad_norm": 1.0}  # fmt: skip
+    assert clip_study(tiny_streamrec, profile=prof, seed=0, reuse=sentinel, progress=False)[0] is sentinel
+    # a different epoch count (the book profile's shorter clip study) must not reuse the sweep's run
+    prof2 = streamrec_profile("smoke", clip_norms=(1.0,), epochs=2, study_epochs=1, batch_size=512)
+    sweep_like = {**sentinel, "epochs": 2, "batch_size": 512}
+    (rec,) = clip_study(tiny_streamrec, profile=prof2, seed=0, reuse=sweep_like, progress=False)
+    assert rec is not sweep_like and rec["epochs"] == 1
+
+
+def test_torch_threads_restores():
+    import torch
+
+    from privlab.experiments.streamrec import torch_threads
+
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError), torch_threads(1):
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"), torch_threads(0):
+        pass

@@ -167,7 +167,8 @@ def _streamrec(args: argparse.Namespace) -> int:
     from privlab.experiments.streamrec_report import aggregate_table, save_figures, write_results
 
     results = run_sweep(args.scale, epsilons=args.epsilons, seed=args.seed, studies=not args.no_studies,
-                        progress=not (args.no_progress or args.json), device=args.device)
+                        progress=not (args.no_progress or args.json), device=args.device,
+                        threads=args.threads)
     path = write_results(results, args.out)
     figures = save_figures(results, args.out)
     if args.json:
@@ -188,6 +189,8 @@ def _add_streamrec(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for results.json and the PNGs")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and the runs (default 0)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads per run (default 1: fastest for batch-4096 steps on a shared CPU)")
     p.add_argument("--no-studies", action="store_true", help="skip the batch-size, clip-norm and seed studies")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_streamrec)

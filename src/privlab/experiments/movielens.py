@@ -160,11 +160,20 @@ class MovieLensRecommender(nn.Module):
 
 def run_movielens(data: MovieLensData, *, epsilons: Sequence[float] = (1, 3, 8, math.inf), epochs: int = 3,
                   batch_size: int = 1024, lr: float = 2e-3, max_grad_norm: float = 1.0, seed: int = 0,
-                  progress: bool = False) -> list[dict]:  # fmt: skip
+                  progress: bool = False, threads: int | None = 1) -> list[dict]:  # fmt: skip
     """Train one model per epsilon (PLD-calibrated sigma, delta = 1/N) and evaluate; one record each.
 
     Records: ``epsilon_target, sigma, epsilon_rdp, delta, steps, metrics, segments, final_loss, wall_seconds``.
+    ``threads``: torch intra-op threads while it runs (see :func:`privlab.experiments.streamrec.torch_threads`).
     """
+    from .streamrec import torch_threads
+
+    with torch_threads(threads):
+        return _run_movielens(data, epsilons=epsilons, epochs=epochs, batch_size=batch_size, lr=lr,
+                              max_grad_norm=max_grad_norm, seed=seed, progress=progress)  # fmt: skip
+
+
+def _run_movielens(data, *, epsilons, epochs, batch_size, lr, max_grad_norm, seed, progress) -> list[dict]:
     from privlab.dpsgd import DPSGDConfig, train
     from privlab.metrics import evaluate
 

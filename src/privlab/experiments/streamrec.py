@@ -9,17 +9,28 @@ accountant, :math:`\sigma = \min\{\sigma : \varepsilon_{\mathrm{PLD}}(\sigma, q,
 with :math:`q = b/N`, :math:`T = \mathrm{epochs}\cdot\mathrm{round}(1/q)`; the
 RDP epsilon of the same :math:`\sigma` is reported beside it.
 
-**Scale profiles** (:func:`streamrec_profile`). The paper profile is the
-published configuration on 50 million rows. The CPU profiles keep the
-published :math:`C`, Adam and the model, but shrink what must shrink to meet
-their time budgets (smoke: the whole chapter in about 60 s, book: the sweep in
-about 5 minutes on 2 CPU cores): fewer rows, fewer epochs, a smaller batch at
-smoke scale (its 16,000 training rows would give 4 steps an epoch at 4096),
-:math:`\delta = 1/N`, and lr :math:`2\cdot10^{-3}`, because a run of a few
-hundred steps at :math:`5\cdot10^{-4}` stops far from convergence. The batch
-study compares the profile's small and large batch (512 vs 4096 where the
-data allow it); the clip-norm study runs :math:`C \in \{0.1, 0.5, 1, 2, 5\}`
-(0.1 tests the published "C = 0.1 lost 60%"), only 0.1, 1, 5 at smoke scale.
+**Scale profiles** (:func:`streamrec_profile`). The paper *and book* profiles
+run the published configuration (batch 4096, 15 epochs, :math:`C = 1`, Adam
+lr :math:`5\cdot10^{-4}`); paper on 50 million rows with :math:`\delta = 10^{-7}`,
+book on 200,000 interactions with :math:`\delta = 1/N`. The smoke profile
+(the whole chapter in about 60 s) shrinks what must shrink: 20,000
+interactions, a batch of 1024 (its 16,000 training rows would give 4 steps an
+epoch at 4096), 2 epochs and lr :math:`2\cdot10^{-3}`, because a hundred Adam
+steps at :math:`5\cdot10^{-4}` stop far from convergence. The batch study
+compares 512 with 4096 (256 with 1024 at smoke scale) and the clip-norm
+study :math:`C \in \{0.1, 0.5, 1, 2, 5\}` (0.1 tests the published "C = 0.1
+lost 60%"; only 0.1, 1, 5 at smoke scale), both at :math:`\varepsilon = 3`
+for ``study_epochs`` epochs (5 at book scale, to fit its time budget; else the
+sweep's). Their rows compare with each other, not with the sweep; the batch
+study's large-batch run is the clip study's :math:`C = 1` run, which is the
+sweep's own run where ``study_epochs`` equals the sweep's epochs. The seed
+replicates repeat the sweep's :math:`\varepsilon = 3` run with other seeds.
+
+**Threads.** The model is small (16,065 parameters): torch's intra-op threads
+gain little on its matrix products and, on shared cores, spin against other
+processes (a batch-4096 step measured 10 times slower with 2 threads than with
+1 on a loaded 2-core machine), so :func:`run_sweep` uses one thread by default
+and restores torch's setting afterwards (:func:`torch_threads`).
 
 **Per run** (:func:`run_one`): every metric of :func:`privlab.metrics.evaluate`
 overall and per segment and market, the loss per epoch and the final loss, the
@@ -38,7 +49,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -54,8 +66,8 @@ from privlab._validate import (
 from privlab.config import Scale, get_scale, make_rng, make_torch_generator, spawn_seeds
 
 __all__ = [
-    "METRICS", "StreamRecProfile", "accounting_study", "calibrate_sigma", "convergence_epoch",
-    "run_one", "run_sweep", "streamrec_profile", "threshold_table",
+    "METRICS", "StreamRecProfile", "accounting_study", "calibrate_sigma", "clip_study", "convergence_epoch",
+    "run_one", "run_sweep", "streamrec_profile", "threshold_table", "torch_threads",
 ]  # fmt: skip
 
 METRICS = ("accuracy", "auc", "f1", "recall@20", "ndcg@20")
@@ -80,6 +92,7 @@ class StreamRecProfile:
     delta: float | None = None  # None: 1/N
     seed_replicates: int = 2  # extra seeds of the epsilon-3 run, for the seed variation
     study_epsilon: float = 3.0
+    study_epochs: int | None = None  # epochs of the batch and clip studies; None: the sweep's epochs
 
     def delta_for(self, n: int) -> float:
         """The profile's delta, or :math:`1/N`."""
@@ -92,6 +105,9 @@ def streamrec_profile(scale: str | Scale | None = None, **overrides) -> StreamRe
     >>> p = streamrec_profile("paper")
     >>> (p.n_interactions, p.batch_size, p.epochs, p.lr, p.delta)
     (50000000, 4096, 15, 0.0005, 1e-07)
+    >>> b = streamrec_profile("book")
+    >>> (b.batch_size, b.epochs, b.lr, b.max_grad_norm, b.study_epochs)
+    (4096, 15, 0.0005, 1.0, 5)
     >>> streamrec_profile("smoke").batch_size
     1024
     """
@@ -104,8 +120,9 @@ def streamrec_profile(scale: str | Scale | None = None, **overrides) -> StreamRe
         n_eval_users=s.pick(smoke=300, book=2_000, paper=50_000),
         batch_size=s.pick(smoke=1024, book=4096, paper=4096),
         small_batch_size=s.pick(smoke=256, book=512, paper=512),
-        epochs=s.pick(smoke=2, book=3, paper=15),
-        lr=s.pick(smoke=2e-3, book=2e-3, paper=5e-4),
+        epochs=s.pick(smoke=2, book=15, paper=15),
+        lr=s.pick(smoke=2e-3, book=5e-4, paper=5e-4),
+        study_epochs=s.pick(smoke=None, book=5, paper=None),
         delta=s.pick(smoke=None, book=None, paper=1e-7),
         seed_replicates=s.pick(smoke=2, book=2, paper=0),
         clip_norms=s.pick(smoke=(0.1, 1.0, 5.0), book=(0.1, 0.5, 1.0, 2.0, 5.0), paper=(0.1, 0.5, 1.0, 2.0, 5.0)),
@@ -265,16 +282,72 @@ def _model(seed: int):
         return StreamRecClickPredictor()
 
 
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads and restore the previous number (``None``: leave it).
+
+    >>> before = torch.get_num_threads()
+    >>> with torch_threads(1):
+    ...     torch.get_num_threads()
+    1
+    >>> torch.get_num_threads() == before
+    True
+    """
+    if n is None:
+        yield
+        return
+    n = check_int("threads", n, minimum=1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def clip_study(data, *, profile: StreamRecProfile, seed: int, reuse: dict | None = None, progress: bool = True,
+               device=None) -> list[dict]:  # fmt: skip
+    """One run per :math:`C` in ``profile.clip_norms`` at ``profile.study_epsilon``, for ``profile.study_epochs`` epochs.
+
+    Each record carries the gradient-norm profile of *its own* run, so its
+    ``grad_norms["fraction_clipped"]`` is the fraction of per-example norms
+    above its own :math:`C`. ``reuse`` (a :func:`run_one` record of the sweep)
+    stands in for the row of its :math:`C` when the study's configuration
+    (epsilon, epochs, batch size, seed) is the record's.
+    """
+    epochs = profile.study_epochs if profile.study_epochs is not None else profile.epochs
+    prof = replace(profile, epochs=epochs)
+    out = []
+    for c in profile.clip_norms:
+        same = reuse is not None and (reuse["epsilon_target"], reuse["epochs"], reuse["batch_size"],
+                                      reuse["seed"], reuse["max_grad_norm"]) == (
+            profile.study_epsilon, epochs, profile.batch_size, seed, c)  # fmt: skip
+        out.append(reuse if same else run_one(data, epsilon=profile.study_epsilon, profile=prof, seed=seed,
+                                              max_grad_norm=c, progress=progress, device=device))  # fmt: skip
+    return out
+
+
 def run_sweep(scale: str | Scale | None = None, *, epsilons: Sequence[float] = (1, 3, 8, math.inf),
               seed: int = 0, studies: bool = True, progress: bool = True, device=None,
-              profile: StreamRecProfile | None = None) -> dict:  # fmt: skip
+              profile: StreamRecProfile | None = None, threads: int | None = 1) -> dict:  # fmt: skip
     """The epsilon sweep and (optionally) the studies; returns the results dict :func:`write_results` writes.
+
+    ``threads``: torch intra-op threads while it runs (1 by default, see the module docstring;
+    ``None`` leaves torch's setting).
 
     Keys: ``configuration``, ``data``, ``runs`` (one record per epsilon), ``studies``
     (``batch_size``, ``clip_norm``, ``accounting``, ``seed_replicates``), ``threshold``
     (a list of rows of :func:`threshold_table`, if ``inf`` is swept), ``timing``,
     ``machine``, ``versions``, ``commit``.
     """
+    with torch_threads(threads):
+        out = _run_sweep(scale, epsilons=epsilons, seed=seed, studies=studies, progress=progress, device=device,
+                         profile=profile)  # fmt: skip
+    out["configuration"]["torch_threads"] = threads if threads is not None else torch.get_num_threads()
+    return out
+
+
+def _run_sweep(scale, *, epsilons, seed, studies, progress, device, profile) -> dict:
     from privlab.datasets.streamrec import StreamRecConfig, generate_streamrec
 
     from .provenance import git_commit, library_versions, machine_info
@@ -299,16 +372,22 @@ def run_sweep(scale: str | Scale | None = None, *, epsilons: Sequence[float] = (
         t2 = time.perf_counter()
         e_s = prof.study_epsilon
         base = next((r for r in runs if r["epsilon_target"] == e_s), None) or run_one(data, epsilon=e_s, **kw)
-        small = run_one(data, epsilon=e_s, batch_size=prof.small_batch_size, **kw)
-        clip = [base if c == prof.max_grad_norm else run_one(data, epsilon=e_s, max_grad_norm=c, **kw)
-                for c in prof.clip_norms]  # fmt: skip
+        clip = clip_study(data, reuse=base, **kw)
+        large = next((r for r in clip if r["max_grad_norm"] == prof.max_grad_norm), None)
+        s_prof = replace(prof, epochs=prof.study_epochs or prof.epochs)
+        if large is None:
+            large = base if s_prof.epochs == prof.epochs else run_one(data, epsilon=e_s, **{**kw, "profile": s_prof})
+        small = run_one(data, epsilon=e_s, batch_size=prof.small_batch_size, **{**kw, "profile": s_prof})
         reps = [run_one(data, epsilon=e_s, profile=prof, seed=s, progress=progress, device=device)
                 for s in spawn_seeds(seed, prof.seed_replicates)] if prof.seed_replicates else []  # fmt: skip
         acc = [{"epsilon_target": e, "sigma": r["sigma"], "sample_rate": q, "steps": steps, "delta": delta,
                 **accounting_study(sigma=r["sigma"], sample_rate=q, steps=steps, delta=delta)}
                for e, r in zip(eps_list, runs) if not math.isinf(e)]  # fmt: skip
-        out["studies"] = {"batch_size": [small, base], "clip_norm": clip, "seed_replicates": [base, *reps],
-                          "accounting": acc, "seconds": time.perf_counter() - t2}  # fmt: skip
+        out["studies"] = {"batch_size": [small, large], "clip_norm": clip, "seed_replicates": [base, *reps],
+                          "accounting": acc, "seconds": time.perf_counter() - t2,
+                          "seconds_by_study": {"batch_size": small["wall_seconds"],
+                                               "clip_norm": sum(r["wall_seconds"] for r in clip if r is not base),
+                                               "seed_replicates": sum(r["wall_seconds"] for r in reps)}}  # fmt: skip
     if math.inf in eps_list:
         rec = pd.DataFrame({_label(r["epsilon_target"]): {"overall": r["metrics"]["recall@20"],
                             **{g: v["recall@20"] for g, v in r["segments"].items()}} for r in runs})  # fmt: skip

@@ -15,7 +15,7 @@ import pandas as pd
 from .provenance import write_json
 from .streamrec import METRICS, _label, threshold_table
 
-__all__ = ["aggregate_table", "degradation_table", "save_figures", "segment_recall", "write_results"]
+__all__ = ["aggregate_table", "clip_table", "degradation_table", "save_figures", "segment_recall", "write_results"]
 
 
 def aggregate_table(runs: list[dict]) -> pd.DataFrame:
@@ -48,6 +48,29 @@ def segment_recall(runs: list[dict], *, metric: str = "recall@20") -> pd.DataFra
         cols[_label(r["epsilon_target"])] = {"overall": r["metrics"][metric],
                                              **{g: v[metric] for g, v in r["segments"].items()}}  # fmt: skip
     return pd.DataFrame(cols)
+
+
+def clip_table(clip_runs: list[dict], *, baseline_recall: float) -> pd.DataFrame:
+    r"""The clip-norm study, one row per :math:`C`, each row read from its own run.
+
+    Columns: ``C``, ``epochs``, ``sigma``, ``recall@20``, ``auc``, ``median norm`` and
+    ``fraction clipped`` (the run's own per-example norms, the fraction above the run's own :math:`C`),
+    ``loss vs non-private`` (:math:`1 - \mathrm{Recall@20} / \mathrm{baseline}`).
+
+    >>> runs = [{"max_grad_norm": c, "epochs": 1, "sigma": 1.0, "metrics": {"recall@20": r, "auc": 0.7},
+    ...          "grad_norms": {"median": 2.0, "fraction_clipped": f}} for c, r, f in [(0.1, 0.1, 0.99), (5.0, 0.2, 0.2)]]
+    >>> clip_table(runs, baseline_recall=0.25)["fraction clipped"].tolist()
+    [0.99, 0.2]
+    """
+    rows = []
+    for r in clip_runs:
+        gn = r.get("grad_norms") or {}
+        rows.append({"C": r["max_grad_norm"], "epochs": r["epochs"], "sigma": r["sigma"],
+                     "recall@20": r["metrics"]["recall@20"], "auc": r["metrics"]["auc"],
+                     "median norm": gn.get("median", float("nan")),
+                     "fraction clipped": gn.get("fraction_clipped", float("nan")),
+                     "loss vs non-private": 1 - r["metrics"]["recall@20"] / baseline_recall})  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def write_results(results: dict, out_dir) -> Path:

@@ -106,3 +106,43 @@ def test_launcher_stops_everything_on_timeout(private_tmp):
     with pytest.raises(TimeoutError):
         run_localhost(TINY, num_supernodes=3, timeout=0.5, work_dir=private_tmp)
     assert _processes_with_env(f"FLWR_HOME={private_tmp / 'flwr_home'}") == []
+
+
+#: SecAgg+ quantises n_k * theta_k to 2**22 levels on [-8, 8]: a step of 16 / 2**22 ~ 3.8e-6 per round.
+SECAGG_TOLERANCE = 2e-5
+
+
+def test_secagg_plus_over_real_processes_equals_privlab(private_tmp):
+    """Flower's SecAgg+ (masks, Shamir shares, quantisation) on three supernodes: the sum is FedAvg's."""
+    run = run_localhost(TINY, num_supernodes=3, timeout=480, work_dir=private_tmp, secagg=True)
+    assert run.history["secagg"].startswith("SecAgg+")
+    diff = _max_diff(privlab_twin(run.history["config"]), run.state)
+    assert 0 <= diff < SECAGG_TOLERANCE
+    assert _processes_with_env(f"FLWR_HOME={private_tmp / 'flwr_home'}") == []
+
+
+def test_flower_dp_wrapper_adds_calibrated_noise_and_privlab_accounts_for_it(private_tmp):
+    """Flower's DifferentialPrivacyServerSideFixedClipping, one round, clip norm C above every update norm.
+
+    The global model is then the uniform average of the local updates plus N(0, (sigma C / K)^2) per
+    parameter, so (Flower - clean) / (sigma C / K) is standard normal over the P parameters; the
+    cumulative epsilon in the run's history is privlab's accountant's for q = 1.
+    """
+    from privlab.accounting import epsilon
+    from privlab.config import make_rng
+    from privlab.federated import simulate
+    from privlab.federated.dp import ClientLevelDP
+
+    sigma, clip, k = 0.01, 100.0, 3
+    cfg = {**TINY, "num-rounds": 1, "dp-noise-multiplier": sigma, "dp-clip-norm": clip, "dp-delta": 1e-5}
+    run = run_localhost(cfg, num_supernodes=k, timeout=480, work_dir=private_tmp)
+    assert run.history["epsilon"] == [epsilon(noise_multiplier=sigma, sample_rate=1.0, steps=1, delta=1e-5)]
+
+    exp = experiment({**cfg})
+    clean = simulate(exp.model, exp.data, exp.algorithm, rng=make_rng(0),  # noise 1e-12 * C: negligible
+                     privacy=ClientLevelDP(clip_norm=clip, noise_multiplier=1e-12, accountant="rdp")).state_dict()
+    z = torch.cat([(torch.as_tensor(run.state[n]).double() - clean[n].double()).flatten() for n in clean])
+    z = z / (sigma * clip / k)
+    p = z.numel()
+    assert abs(float(z.mean())) < 5 / p**0.5  # mean 0 within 5 standard errors
+    assert abs(float(z.std()) - 1) < 5 / (2 * p) ** 0.5  # std 1 within 5 standard errors of a std

@@ -1,7 +1,8 @@
 # privlab: two commands do all the set-up.
 #   make book   install everything into .venv and build the HTML book (book scale)
-#   make test   install everything into .venv and run every test (smoke scale)
+#   make test   install everything into .venv and run every test (smoke scale), then check-book
 #   make lab    JupyterLab with jupytext: the .md chapters open as notebooks
+#   make check-book  build the book at smoke scale and check every page in headless Chromium
 
 PYTHON ?= python3
 VENV   := .venv
@@ -12,12 +13,15 @@ SCALE  ?= book
 
 export PYTHONHASHSEED := 0
 
-.PHONY: book test lab notebooks venv clean help
+.PHONY: book test lab notebooks venv clean help browser-deps check-book mathjax
 
 help:
 	@echo "make book   install into $(VENV) and build the HTML book (PRIVLAB_SCALE=$(SCALE))"
-	@echo "make test   install into $(VENV) and run unit tests, doctests and nbval (smoke scale)"
+	@echo "make test   install into $(VENV); unit tests, doctests, nbval, assignments (smoke scale), then check-book"
 	@echo "make lab    JupyterLab with jupytext"
+	@echo "make check-book  build the book (smoke scale) and check every page in headless Chromium"
+	@echo "make browser-deps  apt-get install Debian's chromium and chromium-driver (for check-book)"
+	@echo "make mathjax  re-vendor MathJax $(MATHJAX_VERSION) into $(MATHJAX_DIR) from the npm registry"
 	@echo "make clean  remove build outputs (keeps $(VENV) and cached data)"
 
 venv: $(STAMP)
@@ -41,12 +45,53 @@ book: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/python -m privlab.book --notebooks $(NBDIR)
 
+# `make test` = the pytest suite, then the rendered book in a real browser (check-book).
 test: notebooks
-	PRIVLAB_SCALE=smoke $(BIN)/python -m pytest tests src/privlab $(NBDIR) \
+	PRIVLAB_SCALE=smoke $(BIN)/python -m pytest tests src/privlab $(NBDIR) --ignore=tests/browser \
 	    --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -q
+	$(MAKE) check-book
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --ServerApp.contents_manager_class=jupytext.TextFileContentsManager
+
+# Debian's chromium and its chromedriver, for the browser check (sudo only when not root).
+BROWSER_PKGS := chromium chromium-driver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+browser-deps:
+	@if [ "$$(dpkg-query -W -f='$${db:Status-Status}\n' $(BROWSER_PKGS) 2>/dev/null | grep -c '^installed$$')" = 2 ]; then \
+	    echo "$(BROWSER_PKGS): already installed"; \
+	else \
+	    $(SUDO) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(BROWSER_PKGS); \
+	fi
+
+# MathJax served with the book (no CDN: the book reads offline and CI reaches no CDN). The copy
+# under book/_static/mathjax is committed; `make mathjax` re-vendors it from the npm registry.
+MATHJAX_VERSION := 3.2.2
+MATHJAX_DIR     := book/_static/mathjax
+MATHJAX_TMP     := build/mathjax
+
+mathjax:
+	rm -rf $(MATHJAX_DIR) $(MATHJAX_TMP)
+	$(MAKE) $(MATHJAX_DIR)/tex-mml-chtml.js
+
+$(MATHJAX_DIR)/tex-mml-chtml.js:
+	rm -rf $(MATHJAX_TMP) && mkdir -p $(MATHJAX_TMP) $(MATHJAX_DIR)/output/chtml/fonts $(MATHJAX_DIR)/input/tex
+	cd $(MATHJAX_TMP) && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null
+	tar -xzf $(MATHJAX_TMP)/mathjax-$(MATHJAX_VERSION).tgz -C $(MATHJAX_TMP)
+	cp $(MATHJAX_TMP)/package/LICENSE $(MATHJAX_DIR)/LICENSE
+	cp -r $(MATHJAX_TMP)/package/es5/output/chtml/fonts/woff-v2 $(MATHJAX_DIR)/output/chtml/fonts/
+	cp -r $(MATHJAX_TMP)/package/es5/input/tex/extensions $(MATHJAX_DIR)/input/tex/
+	cp $(MATHJAX_TMP)/package/es5/tex-mml-chtml.js $(MATHJAX_DIR)/tex-mml-chtml.js
+	rm -rf $(MATHJAX_TMP)
+
+# The rendered book in a real browser: build at smoke scale (same cache rules as `make book`),
+# then open every page in headless Chromium (tests/browser). Screenshots: book/_build/screenshots/.
+check-book: browser-deps $(MATHJAX_DIR)/tex-mml-chtml.js
+	$(MAKE) book SCALE=smoke
+	PRIVLAB_REQUIRE_BROWSER=1 PRIVLAB_BOOK_HTML=$(CURDIR)/book/_build/html \
+	    $(BIN)/python -m pytest tests/browser -q -rfEs
 
 clean:
 	rm -rf _build book/_build build

@@ -52,6 +52,24 @@ def test_vectorised_equals_client_by_client_loop(skewed, algo):
     assert float((fast.params - ParamSpec(model).flat_from_model(model)).abs().max()) > 1e-2
 
 
+@pytest.mark.parametrize("arch", ["relu-deep-ce", "tanh-bce", "relu-nobias-bce"])
+def test_bmm_hand_backward_and_autograd_fallback_equal_the_loop(skewed, arch):
+    """The bmm path's analytic ReLU backward (deep, CE, no bias) and its autograd fallback (Tanh) = the loop."""
+    d, g = skewed.num_features, make_torch_generator(3)
+    nn = torch.nn
+    if arch == "relu-deep-ce":
+        model, loss = make_model(d, (8, 6), 3, generator=g), "ce"
+    elif arch == "tanh-bce":
+        model, loss = nn.Sequential(nn.Linear(d, 8), nn.Tanh(), nn.Linear(8, 1)), "bce"
+    else:
+        model, loss = nn.Sequential(nn.Linear(d, 8, bias=False), nn.ReLU(), nn.Linear(8, 1, bias=False)), "bce"
+    algo = FedProx(rounds=2, local_epochs=2, batch_size=5, local_lr=0.2, mu=0.3, loss=loss)
+    slow = simulate(model, skewed, algo, rng=make_rng(2), method="loop")
+    fast = simulate(model, skewed, algo, rng=make_rng(2), method="bmm")
+    torch.testing.assert_close(fast.params, slow.params, rtol=0, atol=1e-5)
+    assert float((fast.params - ParamSpec(model).flat_from_model(model)).abs().max()) > 1e-2
+
+
 def test_vmap_handles_models_bmm_does_not():
     """A model with LayerNorm and a Tanh head: vmap = loop, and bmm refuses rather than guessing."""
     data = hospital_sites(rng=make_rng(1), num_features=4)

@@ -56,13 +56,22 @@ import torch
 from scipy.stats import binom
 
 from privlab._validate import check_delta, check_int, check_positive, check_probability
-from privlab.audit_mechanisms import epsilon_lower_bound
+from privlab.audit_mechanisms import choose_threshold, epsilon_lower_bound
 from privlab.dpsgd import DPOptimizer
 
 __all__ = [
-    "DPSGDAuditResult", "NoClipOptimizer", "NoNoiseOptimizer", "OneRunAuditResult", "PLANTED_BUGS",
-    "WrongNoiseScaleOptimizer", "audit_dpsgd", "canary_scores", "one_run_audit_dpsgd",
-    "one_run_epsilon_lower_bound", "one_run_p_value",
+    "PLANTED_BUGS",
+    "DPSGDAuditResult",
+    "NoClipOptimizer",
+    "NoNoiseOptimizer",
+    "OneRunAuditResult",
+    "WrongNoiseScaleOptimizer",
+    "audit_dpsgd",
+    "audit_result",
+    "canary_scores",
+    "one_run_audit_dpsgd",
+    "one_run_epsilon_lower_bound",
+    "one_run_p_value",
 ]
 
 
@@ -281,19 +290,26 @@ def audit_dpsgd(
                              batch_size=b)
 
     # pilot: choose the threshold (and so the set) before the main runs are seen
-    p_in, p_out = scores(True, n_pilot), scores(False, n_pilot)
-    cand = np.unique(np.concatenate([p_in, p_out]))
-    tp_p = n_pilot - np.searchsorted(np.sort(p_in), cand, side="left")
-    fp_p = n_pilot - np.searchsorted(np.sort(p_out), cand, side="left")
-    pilot_bounds = epsilon_lower_bound(tp_p, fp_p, n_pilot, n_pilot, delta=delta, alpha=alpha)
-    threshold = float(cand[int(np.argmax(pilot_bounds))])
-    s_in, s_out = scores(True, n_runs), scores(False, n_runs)
+    threshold = choose_threshold(scores(True, n_pilot), scores(False, n_pilot), delta=delta, alpha=alpha,
+                                 midpoints=False)
+    return audit_result(scores(True, n_runs), scores(False, n_runs), threshold, epsilon_accountant=eps_claim,
+                        alpha=alpha, noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, sampler=sampler,
+                        optimizer=dp_optimizer_cls.__name__)
+
+
+def audit_result(s_in: np.ndarray, s_out: np.ndarray, threshold: float, *, epsilon_accountant: float,
+                 alpha: float, delta: float, **run) -> DPSGDAuditResult:  # fmt: skip
+    """Score the main runs against a pilot-chosen threshold: counts, the lower bound, the verdict.
+
+    ``run`` holds the descriptive fields of :class:`DPSGDAuditResult` (noise multiplier,
+    sample rate, steps, sampler, optimizer).
+    """
+    n_runs = s_in.size
     tp, fp = int(np.sum(s_in >= threshold)), int(np.sum(s_out >= threshold))
-    lower = float(epsilon_lower_bound(tp, fp, n_runs, n_runs, delta=delta, alpha=alpha))
+    lower = float(epsilon_lower_bound(tp, fp, n_runs, s_out.size, delta=delta, alpha=alpha))
     return DPSGDAuditResult(
-        epsilon_lower=lower, epsilon_accountant=eps_claim, caught=lower > eps_claim, tp=tp, fp=fp, n_runs=n_runs,
-        threshold=threshold, noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, sampler=sampler,
-        optimizer=dp_optimizer_cls.__name__, alpha=alpha)
+        epsilon_lower=lower, epsilon_accountant=epsilon_accountant, caught=lower > epsilon_accountant, tp=tp, fp=fp,
+        n_runs=n_runs, threshold=threshold, delta=delta, alpha=alpha, **run)
 
 
 # ----- one run: Steinke, Nasr, Jagielski 2023 ---------------------------------------------------

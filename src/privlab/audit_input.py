@@ -44,8 +44,8 @@ import torch
 from torch import nn
 
 from privlab._validate import check_delta, check_int, check_positive, check_probability
-from privlab.audit import DPSGDAuditResult
-from privlab.audit_mechanisms import epsilon_lower_bound
+from privlab.audit import DPSGDAuditResult, audit_result
+from privlab.audit_mechanisms import choose_threshold, epsilon_lower_bound
 from privlab.dpsgd import DPOptimizer, DPSGDConfig, PoissonAccountingWarning, train
 
 __all__ = ["InputCanaryTask", "audit_dpsgd_input", "choose_threshold", "gaussian_test_runs", "input_canary_task",
@@ -110,23 +110,6 @@ def _score(task: InputCanaryTask, include: bool, cfg: DPSGDConfig, cls: type[DPO
         x = torch.stack([torch.zeros_like(task.canary_x), task.canary_x])  # the reference, then the canary
         loss_ref, loss_canary = _bce(model(x), task.canary_y.expand(2)).tolist()
     return loss_ref - loss_canary
-
-
-def choose_threshold(scores_in: np.ndarray, scores_out: np.ndarray, *, delta: float, alpha: float) -> float:
-    """The threshold (``score >= t``: "in") that maximises the lower bound on pilot scores.
-
-    Candidates are the midpoints between consecutive distinct pilot scores (and the lowest score), so a
-    threshold sits in the middle of a gap rather than on the edge of the pilot's "in" scores.
-
-    >>> choose_threshold(np.arange(50.0) + 60, np.arange(50.0), delta=0.0, alpha=0.05)   # the gap 49..60
-    54.5
-    """
-    u = np.unique(np.concatenate([scores_in, scores_out]))
-    cand = np.concatenate([u[:1], (u[1:] + u[:-1]) / 2])
-    tp = scores_in.size - np.searchsorted(np.sort(scores_in), cand, side="left")
-    fp = scores_out.size - np.searchsorted(np.sort(scores_out), cand, side="left")
-    bounds = epsilon_lower_bound(tp, fp, scores_in.size, scores_out.size, delta=delta, alpha=alpha)
-    return float(cand[int(np.argmax(bounds))])
 
 
 def runs_for_power(*, tpr: float, fpr: float, epsilon: float, delta: float, alpha: float = 0.05,
@@ -256,10 +239,6 @@ def audit_dpsgd_input(
         return np.array([_score(task, include, cfg, dp_optimizer_cls, s) for s in seeds[stage][int(include)][:n]])
 
     threshold = choose_threshold(scores(0, True, n_pilot), scores(0, False, n_pilot), delta=delta, alpha=alpha)
-    s_in, s_out = scores(1, True, n_runs), scores(1, False, n_runs)
-    tp, fp = int(np.sum(s_in >= threshold)), int(np.sum(s_out >= threshold))
-    lower = float(epsilon_lower_bound(tp, fp, n_runs, n_runs, delta=delta, alpha=alpha))
-    return DPSGDAuditResult(
-        epsilon_lower=lower, epsilon_accountant=eps_claim, caught=lower > eps_claim, tp=tp, fp=fp, n_runs=n_runs,
-        threshold=threshold, noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, sampler=sampler,
-        optimizer=dp_optimizer_cls.__name__, alpha=alpha)
+    return audit_result(scores(1, True, n_runs), scores(1, False, n_runs), threshold, epsilon_accountant=eps_claim,
+                        alpha=alpha, noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, sampler=sampler,
+                        optimizer=dp_optimizer_cls.__name__)

@@ -38,9 +38,16 @@ import numpy as np
 from scipy.stats import beta
 from tqdm.auto import tqdm
 
-from privlab._validate import check_array, check_delta, check_epsilon, check_int, check_probability, check_rng
+from privlab._validate import (
+    check_array,
+    check_delta,
+    check_epsilon,
+    check_int,
+    check_probability,
+    check_rng,
+)
 
-__all__ = ["AuditResult", "audit_mechanism", "clopper_pearson", "epsilon_lower_bound"]
+__all__ = ["AuditResult", "audit_mechanism", "choose_threshold", "clopper_pearson", "epsilon_lower_bound"]
 
 
 def _counts(name: str, k, n: int) -> np.ndarray:
@@ -182,6 +189,28 @@ class AuditResult:
     n_samples: int
     n_sets: int
     alpha: float
+
+
+def choose_threshold(scores_in: np.ndarray, scores_out: np.ndarray, *, delta: float, alpha: float,
+                     midpoints: bool = True) -> float:  # fmt: skip
+    """The threshold (``score >= t``: "in") that maximises the lower bound on pilot scores.
+
+    Candidates are the distinct pilot scores, or (``midpoints``) the lowest score and the
+    midpoints between consecutive distinct scores, so a threshold sits in the middle of a gap
+    rather than on the edge of the pilot's "in" scores.
+
+    >>> choose_threshold(np.arange(50.0) + 60, np.arange(50.0), delta=0.0, alpha=0.05)   # the gap 49..60
+    54.5
+    >>> choose_threshold(np.arange(50.0) + 60, np.arange(50.0), delta=0.0, alpha=0.05, midpoints=False)
+    60.0
+    """
+    cand = np.unique(np.concatenate([scores_in, scores_out]))
+    if midpoints:
+        cand = np.concatenate([cand[:1], (cand[1:] + cand[:-1]) / 2])
+    tp = scores_in.size - np.searchsorted(np.sort(scores_in), cand, side="left")
+    fp = scores_out.size - np.searchsorted(np.sort(scores_out), cand, side="left")
+    bounds = epsilon_lower_bound(tp, fp, scores_in.size, scores_out.size, delta=delta, alpha=alpha)
+    return float(cand[int(np.argmax(bounds))])
 
 
 def _log_ratio(p: float, q: float) -> float:

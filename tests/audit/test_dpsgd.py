@@ -19,7 +19,7 @@ from privlab.audit import (
     one_run_epsilon_lower_bound,
     one_run_p_value,
 )
-from privlab.audit_input import audit_dpsgd_input, gaussian_test_runs, input_canary_task, runs_for_power
+from privlab.audit import audit_dpsgd_input, gaussian_test_runs, input_canary_task, runs_for_power
 from privlab.dpsgd import DPOptimizer
 
 # one regime for the optimizer bugs: 4 epochs of 20 steps, batch 10 (N = 200), sigma 1.2 -> PLD eps ~2.2

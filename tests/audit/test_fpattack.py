@@ -1,4 +1,4 @@
-"""Tests of privlab.fpattack: the bit-exact replay of numpy's Laplace sampler, the reachability test,
+"""Tests of privlab.audit.fpattack: the bit-exact replay of numpy's Laplace sampler, the reachability test,
 the attack's success far above any DP bound on textbook float noise and at chance on the exact
 mechanisms of privlab.discrete, and invalid input (hypothesis).
 
@@ -19,7 +19,7 @@ from scipy import stats
 
 from privlab.config import make_rng
 from privlab.discrete import discrete_gaussian_mechanism, discrete_laplace_mechanism, snapping_mechanism
-from privlab.fpattack import (
+from privlab.audit.fpattack import (
     SAMPLERS,
     AttackResult,
     distinguishing_attack,

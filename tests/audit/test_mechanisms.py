@@ -1,4 +1,4 @@
-"""Tests of privlab.audit_mechanisms: Clopper-Pearson against scipy's exact binomial interval, the
+"""Tests of privlab.audit.stats and privlab.audit.mechanisms: Clopper-Pearson against scipy's exact binomial interval, the
 coverage of the epsilon lower bound, honest mechanisms passing (Laplace, Gaussian, randomized response,
 discrete Laplace and Gaussian, snapping), broken ones flagged (half the noise, wrong sensitivity, an
 over-claimed epsilon), and invalid input (hypothesis).
@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binomtest
 
-from privlab.audit_mechanisms import AuditResult, audit_mechanism, clopper_pearson, epsilon_lower_bound
+from privlab.audit import AuditResult, audit_mechanism, clopper_pearson, epsilon_lower_bound
 from privlab.config import make_rng
 from privlab.discrete import (
     discrete_gaussian_epsilon,

@@ -1,0 +1,148 @@
+"""Selection, the sparse vector technique, local DP and continual release: distributions and closed forms."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from privlab import continual, local_dp, selection, sparse_vector
+from privlab.config import make_rng
+from privlab.mechanisms import exponential_log_probabilities
+
+N = 40_000
+
+
+def test_gumbel_noisy_max_is_the_exponential_mechanism():
+    q = np.array([10.0, 8.0, 7.0, 3.0])
+    draws = selection.report_noisy_max(q, epsilon=1.0, sensitivity=1.0, rng=make_rng(0), noise="gumbel", size=N)
+    expected = np.exp(exponential_log_probabilities(q, epsilon=1.0, sensitivity=1.0)) * N
+    observed = np.bincount(draws, minlength=q.size)
+    assert stats.chisquare(observed, expected).pvalue > 1e-3
+
+
+def test_permute_and_flip_two_candidates_closed_form():
+    # order random: the runner-up is visited first w.p. 1/2 and kept w.p. exp(eps (q2 - q1) / 2)
+    eps, gap = 1.0, 1.0
+    draws = selection.permute_and_flip([gap, 0.0], epsilon=eps, sensitivity=1.0, rng=make_rng(1), size=N)
+    p_runner_up = 0.5 * math.exp(-eps * gap / 2)
+    se = math.sqrt(p_runner_up * (1 - p_runner_up) / N)
+    assert abs((draws == 1).mean() - p_runner_up) < 5 * se
+
+
+def test_permute_and_flip_never_worse_than_exponential_mechanism():
+    q = np.array([20.0, 18.0, 18.0, 15.0, 5.0, 5.0])
+    pf = selection.permute_and_flip(q, epsilon=0.5, sensitivity=1.0, rng=make_rng(2), size=N)
+    em = selection.report_noisy_max(q, epsilon=0.5, sensitivity=1.0, rng=make_rng(3), noise="gumbel", size=N)
+    gap_pf, gap_em = selection.expected_score_gap(q, pf), selection.expected_score_gap(q, em)
+    se = math.sqrt(q.var() * 2 / N)
+    assert gap_pf <= gap_em + 4 * se
+
+
+def test_exponential_noise_max_equals_permute_and_flip():
+    q = np.array([5.0, 4.0, 1.0])
+    a = selection.report_noisy_max(q, epsilon=1.0, sensitivity=1.0, rng=make_rng(4), noise="exponential", size=N)
+    b = selection.permute_and_flip(q, epsilon=1.0, sensitivity=1.0, rng=make_rng(5), size=N)
+    table = np.stack([np.bincount(a, minlength=3), np.bincount(b, minlength=3)])
+    assert stats.chi2_contingency(table).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("bad", [{"epsilon": 0.0}, {"epsilon": float("nan")}, {"sensitivity": -1.0}])
+def test_selection_rejects_bad_parameters(bad):
+    kw = {"epsilon": 1.0, "sensitivity": 1.0, "rng": make_rng(0)} | bad
+    with pytest.raises(ValueError, match=str(list(bad.values())[0])):
+        selection.permute_and_flip([1.0, 2.0], **kw)
+
+
+def test_selection_rejects_unknown_noise():
+    with pytest.raises(ValueError, match="'cauchy'"):
+        selection.report_noisy_max([1.0], epsilon=1.0, sensitivity=1.0, rng=make_rng(0), noise="cauchy")
+
+
+def test_sparse_vector_stops_after_c_tops():
+    out = sparse_vector.sparse_vector(np.full(10, 1e6), threshold=0, c=3, epsilon=1.0, sensitivity=1.0,
+                                      rng=make_rng(0))
+    assert out.tolist() == [1, 1, 1] + [-1] * 7
+
+
+def test_above_threshold_finds_the_first_query_above():
+    idx = sparse_vector.above_threshold([0, 0, 0, 1e6, 1e6], threshold=1e3, epsilon=1.0, sensitivity=1.0,
+                                        rng=make_rng(0), size=1000)
+    assert (idx == 3).all()
+
+
+def test_honest_svt_respects_its_epsilon_on_the_broken_variants_worst_case():
+    # the pair that breaks Alg. 5 does not break the standard SVT: P[(bot, top)] ratio within e^eps
+    a, b = np.array([0.0, 1.0]), np.array([1.0, 0.0])
+    oa = sparse_vector.sparse_vector(a, threshold=0.0, c=1, epsilon=1.0, sensitivity=1.0, rng=make_rng(1), size=N)
+    ob = sparse_vector.sparse_vector(b, threshold=0.0, c=1, epsilon=1.0, sensitivity=1.0, rng=make_rng(2), size=N)
+    pa, pb = (oa == [0, 1]).all(1).mean(), (ob == [0, 1]).all(1).mean()
+    assert pb > 0 and pa / pb < math.e * 1.15
+
+
+def test_broken_threshold_only_svt_has_an_impossible_output_on_the_neighbour():
+    f, (a, b), t, c = sparse_vector.BROKEN_VARIANTS["SVT, threshold noise only (Lyu et al. Alg. 5)"]
+    oa = f(a, threshold=t, c=c, epsilon=1.0, sensitivity=1.0, rng=make_rng(3), size=N)
+    ob = f(b, threshold=t, c=c, epsilon=1.0, sensitivity=1.0, rng=make_rng(4), size=N)
+    assert (oa == [0, 1]).all(1).mean() > 0.1 and not (ob == [0, 1]).all(1).any()
+
+
+def test_grr_and_unary_estimates_are_unbiased_with_the_closed_form_variance():
+    k, n, eps = 5, 2_000, 1.0
+    truth = np.array([0.4, 0.3, 0.15, 0.1, 0.05])
+    values = np.repeat(np.arange(k), (truth * n).astype(int))
+    rng = make_rng(5)
+    for name, est, (p, q) in [
+        ("grr", lambda: local_dp.grr_estimate(local_dp.grr_perturb(values, k=k, epsilon=eps, rng=rng),
+                                               k=k, epsilon=eps), local_dp.grr_probabilities(k=k, epsilon=eps)),
+        ("oue", lambda: local_dp.unary_estimate(local_dp.unary_perturb(values, k=k, epsilon=eps, rng=rng),
+                                                 epsilon=eps), local_dp.unary_probabilities(epsilon=eps)),
+        ("rappor", lambda: local_dp.unary_estimate(
+            local_dp.unary_perturb(values, k=k, epsilon=eps, rng=rng, kind="symmetric"), epsilon=eps,
+            kind="symmetric"), local_dp.unary_probabilities(epsilon=eps, kind="symmetric")),
+    ]:
+        reps = np.array([est() / n for _ in range(300)])
+        var = np.array([local_dp.frequency_variance(p=p, q=q, n=n, f=f) for f in truth])
+        se_mean = np.sqrt(var / 300)
+        assert np.all(np.abs(reps.mean(0) - truth) < 5 * se_mean), name
+        # sample variance of 300 draws: relative sd about sqrt(2/299) = 8%
+        assert np.all(np.abs(reps.var(0, ddof=1) / var - 1) < 0.35), name
+
+
+def test_count_mean_sketch_recovers_frequencies():
+    values = np.repeat([3, 17, 42], [5_000, 3_000, 2_000])
+    j, signs = local_dp.cms_client(values, epsilon=4.0, m=64, h=16, rng=make_rng(6))
+    est = local_dp.cms_estimate(j, signs, [3, 17, 42, 99], epsilon=4.0, m=64, h=16) / values.size
+    np.testing.assert_allclose(est, [0.5, 0.3, 0.2, 0.0], atol=0.05)
+
+
+def test_local_dp_costs_a_factor_of_order_n_against_central():
+    for n in (1_000, 100_000):
+        p, q = local_dp.unary_probabilities(epsilon=1.0)
+        ratio = local_dp.frequency_variance(p=p, q=q, n=n) / local_dp.central_laplace_frequency_variance(
+            epsilon=1.0, n=n)
+        assert 0.5 * n < ratio < 5 * n
+
+
+def test_local_dp_rejects_values_outside_the_domain():
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        local_dp.grr_perturb([0, 1, 3], k=3, epsilon=1.0, rng=make_rng(0))
+
+
+def test_tree_mechanism_error_matches_its_closed_form():
+    T = 64
+    x = make_rng(7).integers(0, 2, T)
+    rng = make_rng(8)
+    errs = np.array([continual.binary_tree_counts(x, epsilon=1.0, rng=rng) - np.cumsum(x) for _ in range(2_000)])
+    np.testing.assert_allclose(errs.std(0), continual.tree_error_std(T, epsilon=1.0), rtol=0.12)
+    naive = np.array([continual.noisy_increment_counts(x, epsilon=1.0, rng=rng) - np.cumsum(x)
+                      for _ in range(2_000)])
+    np.testing.assert_allclose(naive.std(0)[-1], math.sqrt(2 * T), rtol=0.12)
+
+
+def test_tree_prefix_noise_shape_and_scale():
+    noise = continual.tree_prefix_noise(16, std=2.0, rng=make_rng(9), dim=3000)
+    assert noise.shape == (16, 3000)
+    # prefix t sums one node per set bit of t: t = 15 (1111b) four nodes, t = 16 (10000b) one
+    np.testing.assert_allclose(noise[14].std(), 2.0 * math.sqrt(4), rtol=0.1)
+    np.testing.assert_allclose(noise[15].std(), 2.0, rtol=0.1)

@@ -32,13 +32,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[book,dev]'
 	touch $(STAMP)
 
+# Each scale builds into its own folder, book/_build/<scale>/ (html/, singlehtml/, its own
+# jupyter-cache, executed notebooks, doctrees and provenance ledger): a smoke build is never
+# served as the book-scale one. BOOK_ROOT/BOOK_OUT let tests/test_book_scales.py build a tiny book.
+BOOK_ROOT ?= .
+BOOK_OUT  ?= book/_build
+BOOK_HTML  = $(BOOK_OUT)/$(SCALE)/html
+
 book: $(STAMP)
-	@# jupyter-cache keys on notebook content only: drop it when the scale changes
-	@mkdir -p book/_build
-	@if [ "$$(cat book/_build/.scale 2>/dev/null)" != "$(SCALE)" ]; then rm -rf book/_build/.jupyter_cache; fi
-	@echo $(SCALE) > book/_build/.scale
-	PRIVLAB_SCALE=$(SCALE) $(BIN)/jupyter-book build . --path-output book -W --keep-going --builder html
-	@echo "The book is at: $(CURDIR)/book/_build/html/index.html"
+	$(BIN)/python -m privlab.book --build html --scale $(SCALE) --root $(BOOK_ROOT) --out $(BOOK_OUT)
 
 # jupytext turns every chapter listed in _toc.yml into a notebook under build/ (never committed);
 # one pytest run then executes unit tests, doctests and every notebook (nbval) at smoke scale.
@@ -87,10 +89,10 @@ $(MATHJAX_DIR)/tex-mml-chtml.js:
 	rm -rf $(MATHJAX_TMP)
 
 # The rendered book in a real browser: build at smoke scale (same cache rules as `make book`),
-# then open every page in headless Chromium (tests/browser). Screenshots: book/_build/screenshots/.
+# then open every page in headless Chromium (tests/browser). Screenshots: book/_build/smoke/screenshots/.
 check-book: browser-deps $(MATHJAX_DIR)/tex-mml-chtml.js
 	$(MAKE) book SCALE=smoke
-	PRIVLAB_REQUIRE_BROWSER=1 PRIVLAB_BOOK_HTML=$(CURDIR)/book/_build/html \
+	PRIVLAB_REQUIRE_BROWSER=1 PRIVLAB_BOOK_HTML=$(CURDIR)/$(BOOK_OUT)/smoke/html PRIVLAB_BOOK_SCALE=smoke \
 	    $(BIN)/python -m pytest tests/browser -q -rfEs
 
 clean:

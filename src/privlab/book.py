@@ -6,15 +6,56 @@ and nbval executes them::
 
     python -m privlab.book --notebooks build/notebooks
 
+The same module builds the book and is the book's Sphinx extension (``_config.yml`` lists
+``privlab.book`` under ``sphinx: extensions``)::
+
+    python -m privlab.book --build html --scale smoke       # book/_build/smoke/html
+    python -m privlab.book --build singlehtml --scale book  # book/_build/book/singlehtml
+
+Each scale builds into its own folder (``book/_build/<scale>/``) with its own jupyter-cache,
+executed notebooks and Sphinx doctrees, so a smoke build never serves as the book-scale one.
+As an extension it
+
+* puts a *provenance* note at the end of every page: the scale, the git commit, the date and the
+  machine (CPU, GPU) of the run that produced the page's numbers, and the page footer names the
+  privlab version and commit of the build;
+* makes the scale part of Sphinx's configuration (``privlab_scale``), so a changed scale
+  re-reads every page even in a shared build folder;
+* fills the repository URL of ``_config.yml`` (``repository: url``, the one place it is set)
+  into each chapter's install cell (:data:`INSTALL_CELL`) and into ``{{ repository_url }}``
+  substitutions.
+
 Nothing here is privacy code; it keeps the test pipeline and the book reading the same list.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
-from privlab.config import ROOT
+from privlab.config import ROOT, SCALES
+
+#: Where ``make book`` puts each scale's build: ``<BUILD_ROOT>/<scale>/{html,singlehtml,...}``.
+BUILD_ROOT = Path("book") / "_build"
+#: The token the build replaces with the repository URL set in ``_config.yml``.
+REPOSITORY_TOKEN = "{{ repository_url }}"
+#: The first code cell of every chapter, exactly (``tests/test_book_structure.py`` checks it).
+INSTALL_CELL = (
+    "# On Colab or a bare Jupyter server, install the course package (a no-op where it is\n"
+    "# installed). The book's build writes the repository set in _config.yml into the URL.\n"
+    "try:\n"
+    "    import privlab  # noqa: F401\n"
+    "except ImportError:\n"
+    f'    %pip install --quiet "privlab[book] @ git+{REPOSITORY_TOKEN}"'
+)
 
 
 def _toc_files(node) -> list[str]:
@@ -70,19 +111,312 @@ def to_notebooks(out_dir: Path, root: Path = ROOT) -> list[Path]:
     return written
 
 
+# --- the repository URL: one setting in _config.yml -------------------------------------------
+
+
+def repository_url(root: Path = ROOT) -> str:
+    """The repository URL set in ``_config.yml`` (``repository: url``), without a trailing slash.
+
+    Raises:
+        ValueError: if ``_config.yml`` sets no ``repository: url``.
+    """
+    import yaml
+
+    config = yaml.safe_load((root / "_config.yml").read_text(encoding="utf-8")) or {}
+    url = ((config.get("repository") or {}).get("url") or "").rstrip("/")
+    if not url:
+        raise ValueError(f"{root / '_config.yml'} sets no repository: url")
+    return url
+
+
+def fill_repository(text: str, url: str) -> str:
+    """``text`` with every ``{{ repository_url }}`` token replaced by ``url``."""
+    return text.replace(REPOSITORY_TOKEN, url)
+
+
+# --- provenance: which run produced a page's numbers --------------------------------------------
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_commit(root: Path = ROOT, paths: tuple[str, ...] = ()) -> str:
+    """The short commit of ``root``'s checkout, with ``+ uncommitted changes`` when ``src/`` or
+    one of ``paths`` differs from it; ``"unknown"`` outside a git checkout."""
+    sha = _git(root, "rev-parse", "--short=12", "HEAD")
+    if not sha:
+        return "unknown"
+    dirty = _git(root, "status", "--porcelain", "--untracked-files=no", "--", "src", *paths)
+    return f"{sha} + uncommitted changes" if dirty else sha
+
+
+def package_version() -> str:
+    from privlab import __version__
+
+    return __version__
+
+
+def machine() -> str:
+    """The CPU (model and logical cores) and the GPUs ``nvidia-smi`` lists, or ``no GPU``."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = "no GPU"
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20)
+            names = [n.strip() for n in out.stdout.splitlines() if n.strip()]
+            if out.returncode == 0 and names:
+                gpu = ", ".join(f"{names.count(n)} x {n}" for n in dict.fromkeys(names))
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return f"{cpu} ({os.cpu_count()} cores), {gpu}"
+
+
+def _utc(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _code_hash(path: Path) -> str:
+    """A hash of a chapter's code cells: jupyter-cache reuses outputs exactly when these match."""
+    import jupytext
+
+    nb = jupytext.read(path)
+    code = [cell.source for cell in nb.cells if cell.cell_type == "code"]
+    return hashlib.sha256(json.dumps(code).encode()).hexdigest()[:16]
+
+
+class _Ledger:
+    """``provenance.json`` next to a scale's jupyter-cache: one record per executed notebook.
+
+    myst-nb says when a page's outputs were computed (its execution ``mtime``) but not where; the
+    ledger keeps, per page and per hash of its code cells, the scale, commit and machine of the
+    run that computed them, so a page served from the cache names the run that made its numbers.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.data = {}
+
+    def get(self, docname: str, code_hash: str) -> dict | None:
+        return self.data.get(docname, {}).get(code_hash)
+
+    def put(self, docname: str, code_hash: str, record: dict) -> None:
+        self.data.setdefault(docname, {})[code_hash] = record
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.data, indent=1, sort_keys=True))
+
+
+def provenance_text(record: dict | None, *, scale: str, exec_time: float | None) -> str:
+    """The sentence of a page's provenance note (``record`` from the ledger, or None).
+
+    >>> provenance_text({"privlab": "0.1.0", "commit": "abc", "date": "2026-01-01 00:00 UTC"},
+    ...                 scale="smoke", exec_time=None)
+    'Scale: smoke. This page runs no code; built on 2026-01-01 00:00 UTC by privlab 0.1.0 at commit abc.'
+    """
+    if exec_time is None:
+        return (f"Scale: {scale}. This page runs no code; built on {record['date']} by privlab "
+                f"{record['privlab']} at commit {record['commit']}.")
+    if record is None:
+        return (f"Scale: {scale}. Computed on {_utc(exec_time)}; the commit and machine of that run "
+                "were not recorded (its outputs come from a jupyter-cache made before provenance "
+                "was kept).")
+    runtime = f", in {record['runtime']:.0f} s" if record.get("runtime") else ""
+    return (f"Scale: {record['scale']}. Computed on {record['date']} by privlab {record['privlab']} "
+            f"at commit {record['commit']}, on {record['machine']}{runtime}.")
+
+
+# --- the Sphinx extension ------------------------------------------------------------------------
+
+
+def _config_inited(app, config) -> None:
+    from privlab.config import get_scale
+
+    config.privlab_scale = get_scale().name
+    theme = dict(config.html_theme_options or {})
+    url = (theme.get("repository_url") or "").rstrip("/")
+    if url:
+        config.privlab_repository_url = url
+        subs = dict(config.myst_substitutions or {}) if hasattr(config, "myst_substitutions") else {}
+        subs.setdefault("repository_url", url)
+        config.myst_substitutions = subs
+    app.privlab_build = {
+        "start": time.time(),
+        "scale": config.privlab_scale,
+        "commit": git_commit(Path(app.srcdir)),
+        "privlab": package_version(),
+        "machine": machine(),
+    }
+    info = app.privlab_build
+    theme["extra_footer"] = (
+        f'<p class="privlab-build">privlab {info["privlab"]} · commit {info["commit"]} · '
+        f'built {_utc(info["start"])} at scale {info["scale"]}</p>'
+    )
+    config.html_theme_options = theme
+
+
+def _source_read(app, docname, source) -> None:
+    url = app.config.privlab_repository_url
+    if url and REPOSITORY_TOKEN in source[0]:
+        source[0] = fill_repository(source[0], url)
+
+
+def _ledger(app) -> _Ledger:
+    if not hasattr(app, "privlab_ledger"):
+        app.privlab_ledger = _Ledger(Path(app.outdir).parent / "provenance.json")
+    return app.privlab_ledger
+
+
+def _doctree_read(app, doctree) -> None:
+    from docutils import nodes
+
+    env = app.env
+    docname = env.docname
+    info = app.privlab_build
+    exec_data = None
+    try:
+        from myst_nb.sphinx_ import NbMetadataCollector
+
+        exec_data = NbMetadataCollector.get_exec_data(env, docname)
+    except Exception:  # myst-nb absent or the page is not a notebook
+        exec_data = None
+    if not exec_data:
+        record = {"privlab": info["privlab"], "commit": info["commit"], "date": _utc(info["start"])}
+        text = provenance_text(record, scale=info["scale"], exec_time=None)
+    else:
+        path = Path(env.doc2path(docname))
+        key = _code_hash(path)
+        ledger = _ledger(app)
+        mtime = float(exec_data["mtime"])
+        if mtime >= info["start"] - 1 and exec_data.get("succeeded", True):  # executed by this build
+            record = {
+                "scale": info["scale"],
+                "commit": git_commit(Path(app.srcdir), (os.path.relpath(path, app.srcdir),)),
+                "date": _utc(mtime),
+                "machine": info["machine"],
+                "privlab": info["privlab"],
+                "runtime": exec_data.get("runtime"),
+            }
+            ledger.put(docname, key, record)
+        record = ledger.get(docname, key)
+        text = provenance_text(record, scale=info["scale"], exec_time=mtime)
+    note = nodes.admonition(classes=["note", "privlab-provenance"])
+    note += nodes.title(text="Provenance")
+    note += nodes.paragraph(text=text)
+    doctree += note
+
+
+def _build_finished(app, exception) -> None:
+    url = app.config.privlab_repository_url
+    sources = Path(app.outdir) / "_sources"
+    if exception is not None or not url or not sources.is_dir():
+        return
+    for path in sources.rglob("*"):
+        if path.is_file() and path.suffix in (".md", ".txt", ".ipynb"):
+            text = path.read_text(encoding="utf-8", errors="replace")
+            if REPOSITORY_TOKEN in text:
+                path.write_text(fill_repository(text, url), encoding="utf-8")
+
+
+def setup(app):
+    """Sphinx entry point (``privlab.book`` in ``_config.yml``'s ``sphinx: extensions``)."""
+    app.add_config_value("privlab_scale", "book", "env")
+    app.add_config_value("privlab_repository_url", "", "env")
+    app.connect("config-inited", _config_inited)
+    app.connect("source-read", _source_read)
+    app.connect("doctree-read", _doctree_read)
+    app.connect("build-finished", _build_finished)
+    app.add_css_file("privlab.css")
+    return {"version": package_version(), "parallel_read_safe": False, "parallel_write_safe": True}
+
+
+# --- building: one folder per scale --------------------------------------------------------------
+
+
+def build(builder: str = "html", *, scale: str | None = None, root: Path = ROOT,
+          out: Path | None = None, strict: bool = True) -> Path:
+    """Build the book with Sphinx into ``out/<scale>/<builder>`` and return that folder.
+
+    The scale's folder holds its own jupyter-cache (``.jupyter_cache``), executed notebooks
+    (``jupyter_execute``), doctrees (``.doctrees/<builder>``) and provenance ledger, so builds at
+    different scales never share executed outputs. The chapters see ``PRIVLAB_SCALE=scale``.
+
+    Raises:
+        ValueError: on an unknown scale or builder.
+        RuntimeError: when Sphinx reports an error (with ``strict``, any warning).
+    """
+    from privlab.config import get_scale
+
+    scale = get_scale(scale).name
+    if builder not in ("html", "singlehtml", "dirhtml", "latex"):
+        raise ValueError(f"builder must be html, singlehtml, dirhtml or latex, got {builder!r}")
+    root = Path(root).resolve()
+    base = (Path(out) if out is not None else root / BUILD_ROOT).resolve() / scale
+    outdir = base / builder
+    os.environ["PRIVLAB_SCALE"] = scale  # the kernels inherit it
+    from jupyter_book.sphinx import build_sphinx
+
+    overrides = {
+        "external_toc_path": (root / "_toc.yml").as_posix(),
+        "latex_individualpages": False,
+        "nb_execution_cache_path": str(base / ".jupyter_cache"),
+    }
+    result = build_sphinx(
+        root, outdir, use_external_toc=True, noconfig=True, path_config=root / "_config.yml",
+        confoverrides=overrides, doctreedir=base / ".doctrees" / builder, builder=builder,
+        warningiserror=strict, keep_going=strict,
+    )
+    if isinstance(result, Exception) or result:
+        raise RuntimeError(f"the {builder} build at scale {scale} failed ({result!r}); see the log above")
+    (base / "scale").write_text(scale + "\n")
+    return outdir
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m privlab.book", description=__doc__.splitlines()[0])
     parser.add_argument("--notebooks", type=Path, metavar="DIR", help="write the chapters as .ipynb into DIR")
     parser.add_argument("--list", action="store_true", help="print the chapter files in book order")
+    parser.add_argument("--build", metavar="BUILDER", choices=["html", "singlehtml", "dirhtml", "latex"],
+                        help="build the book with this Sphinx builder into OUT/SCALE/BUILDER")
+    parser.add_argument("--scale", choices=SCALES, default=None,
+                        help="scale to build at (default: $PRIVLAB_SCALE or 'book')")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the book's folder (with _config.yml, _toc.yml)")
+    parser.add_argument("--out", type=Path, default=None, help=f"build root (default: ROOT/{BUILD_ROOT})")
+    parser.add_argument("--repository-url", action="store_true",
+                        help="print the repository URL set in _config.yml")
     args = parser.parse_args(argv)
+    if args.repository_url:
+        print(repository_url(args.root))
+        return 0
+    if args.build:
+        try:
+            outdir = build(args.build, scale=args.scale, root=args.root, out=args.out)
+        except RuntimeError as err:
+            print(f"error: {err}")
+            return 1
+        print(f"The book ({args.build}, scale {outdir.parent.name}) is at: {outdir}")
+        return 0
     if args.list or not args.notebooks:
-        for path in chapter_files():
-            print(path.relative_to(ROOT))
+        for path in chapter_files(args.root):
+            print(path.relative_to(args.root))
     if args.notebooks:
-        for path in to_notebooks(args.notebooks):
+        for path in to_notebooks(args.notebooks, args.root):
             print(f"wrote {path}")
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""Each scale builds its own book: a smoke build followed by `make book` shows the book scale.
+
+The bug this guards against (issue 22): `make test` built the book at smoke scale, then `make book`
+reused Sphinx's pickled environment and served the smoke-scale pages as the book-scale book. The
+test runs the real Makefile target on a tiny book (one chapter that prints the scale it ran at),
+first at smoke scale, then at book scale, into a temporary folder, and reads both results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+URL = "https://github.com/example/tiny-privlab"
+
+pytest.importorskip("jupyter_book")
+pytest.importorskip("jupytext")
+
+CONFIG = f"""\
+title: tiny
+author: tests
+only_build_toc_files: true
+execute:
+  execute_notebooks: cache
+  stderr_output: remove
+  timeout: 120
+repository:
+  url: {URL}
+html:
+  use_repository_button: true
+sphinx:
+  extra_extensions: [privlab.book]
+"""
+TOC = "format: jb-book\nroot: intro\nchapters:\n  - file: chapters/99_scale\n"
+INTRO = "# Tiny book\n\nA page that runs no code.\n"
+CHAPTER = """\
+---
+jupytext:
+  text_representation: {extension: .md, format_name: myst}
+kernelspec: {display_name: Python 3, language: python, name: python3}
+---
+
+# Scale
+
+```{code-cell} ipython3
+:tags: [remove-cell]
+
+%s
+```
+
+```{code-cell} ipython3
+from privlab.config import get_scale
+
+print(f"scale: {get_scale().name}")
+```
+"""
+
+
+def tiny_book(folder: Path) -> Path:
+    """A book with one front page and one chapter printing its scale; returns its folder."""
+    from privlab.book import INSTALL_CELL
+
+    src = folder / "src"
+    (src / "chapters").mkdir(parents=True)
+    (src / "_config.yml").write_text(CONFIG)
+    (src / "_toc.yml").write_text(TOC)
+    (src / "intro.md").write_text(INTRO)
+    (src / "chapters" / "99_scale.md").write_text(CHAPTER % INSTALL_CELL)
+    return src
+
+
+def make_book(src: Path, out: Path, scale: str) -> None:
+    """`make book SCALE=scale` on the tiny book, with this interpreter, without reinstalling."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "PRIVLAB_SCALE"}
+    env["PRIVLAB_SCALE"] = "smoke" if scale == "book" else "book"  # Make's SCALE must win
+    cmd = ["make", "-C", str(ROOT), "-o", ".venv/.installed", "book", f"SCALE={scale}",
+           f"BOOK_ROOT={src}", f"BOOK_OUT={out}", f"BIN={Path(sys.executable).parent}"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+
+
+def test_smoke_then_book_build_shows_the_book_scale(tmp_path):
+    src = tiny_book(tmp_path)
+    out = tmp_path / "out"
+    make_book(src, out, "smoke")
+    make_book(src, out, "book")
+    for scale in ("smoke", "book"):
+        page = (out / scale / "html" / "chapters" / "99_scale.html").read_text(encoding="utf-8")
+        other = "book" if scale == "smoke" else "smoke"
+        assert f"scale: {scale}" in page, f"the {scale} build does not show scale {scale}"
+        assert f"scale: {other}" not in page, f"the {scale} build shows scale {other}"
+        # the provenance note names the scale of the run that computed the numbers
+        assert "privlab-provenance" in page and f"Scale: {scale}. Computed on" in page
+        assert (out / scale / ".jupyter_cache").is_dir() and (out / scale / ".doctrees").is_dir()
+        ledger = json.loads((out / scale / "provenance.json").read_text())
+        [record] = ledger["chapters/99_scale"].values()
+        assert record["scale"] == scale
+        front = (out / scale / "html" / "intro.html").read_text(encoding="utf-8")
+        assert f"Scale: {scale}. This page runs no code" in front and "privlab-build" in front
+        # the install cell of the downloadable notebook installs from the configured repository
+        nb = (out / scale / "jupyter_execute" / "chapters" / "99_scale.ipynb").read_text()
+        assert f"git+{URL}" in nb and "{{ repository_url }}" not in nb
+
+    # Sphinx's doctrees gone, the outputs come from the jupyter-cache: the note still names the
+    # run that computed them (from the provenance ledger), not this build.
+    before = (out / "book" / "html" / "chapters" / "99_scale.html").read_text(encoding="utf-8")
+    shutil.rmtree(out / "book" / ".doctrees")
+    make_book(src, out, "book")
+    after = (out / "book" / "html" / "chapters" / "99_scale.html").read_text(encoding="utf-8")
+    note = before[before.index("privlab-provenance"):].split("</div>")[0]
+    assert "Computed on" in note and note in after

@@ -1,0 +1,27 @@
+r"""Attacks that the defences of the course stop, each measured beside its defence.
+
+=============================  ==================================================
+membership inference (LiRA)    :mod:`privlab.attacks.lira` (chapter 11)
+gradient inversion             :mod:`privlab.attacks.inversion` (chapter 8)
+=============================  ==================================================
+"""
+
+from .lira import (
+    MLPEnsemble,
+    dp_tpr_bound,
+    lira_scores,
+    logit_confidence,
+    roc_curve,
+    tpr_at_fpr,
+    train_mlps,
+)
+
+__all__ = [
+    "MLPEnsemble",
+    "dp_tpr_bound",
+    "lira_scores",
+    "logit_confidence",
+    "roc_curve",
+    "tpr_at_fpr",
+    "train_mlps",
+]

@@ -1,0 +1,144 @@
+"""LiRA (privlab.attacks.lira): statistic, scores, ROC, DP bound, batched trainer."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from privlab.attacks import (
+    dp_tpr_bound,
+    lira_scores,
+    logit_confidence,
+    roc_curve,
+    tpr_at_fpr,
+    train_mlps,
+)
+from privlab.attacks.lira import _clipped_sums
+
+
+def test_logit_confidence_matches_the_probability_form():
+    rng = np.random.default_rng(0)
+    z, y = rng.normal(size=(5, 7, 4)), rng.integers(0, 4, size=7)
+    p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    py = np.take_along_axis(p, np.broadcast_to(y[None, :, None], (5, 7, 1)), -1)[..., 0]
+    np.testing.assert_allclose(
+        logit_confidence(z, y), np.log(py / (1 - py)), rtol=1e-10
+    )
+    # stable where p_y rounds to 1
+    assert logit_confidence(np.array([[800.0, 0.0]]), np.array([0]))[
+        0
+    ] == pytest.approx(800.0)
+
+
+def test_lira_is_the_gaussian_likelihood_ratio_with_leave_one_out_means():
+    rng = np.random.default_rng(1)
+    keep = np.tile([True, False], (4, 3)).T.reshape(12, 2)  # every example 6 in, 6 out
+    phi = rng.normal(size=(12, 2))
+    s = lira_scores(phi, keep, global_variance=False)
+    m, i = 3, 1
+    others = np.arange(12) != m
+    ins, outs = phi[others & keep[:, i], i], phi[others & ~keep[:, i], i]
+
+    def logpdf(x, v):
+        return -0.5 * (np.log(2 * np.pi * v.var()) + (x - v.mean()) ** 2 / v.var())
+
+    assert s[m, i] == pytest.approx(logpdf(phi[m, i], ins) - logpdf(phi[m, i], outs))
+
+
+def test_lira_separates_shifted_members_and_offline_is_monotone_in_phi():
+    rng = np.random.default_rng(2)
+    keep = rng.random((32, 2000)) < 0.5
+    phi = rng.normal(size=keep.shape) + 1.5 * keep
+    s = lira_scores(phi, keep)
+    assert (
+        tpr_at_fpr(s, keep, 0.01) > 0.15
+    )  # Gaussian shift 1.5: TPR at 1% FPR is about 0.2
+    off = lira_scores(phi, keep, online=False)
+    assert tpr_at_fpr(off, keep, 0.01) > 0.05
+    with pytest.raises(ValueError, match="M >= 3"):
+        lira_scores(phi[:2], keep[:2])
+    with pytest.raises(ValueError, match="finite"):
+        lira_scores(np.where(keep, np.nan, phi), keep)
+
+
+def test_roc_of_random_scores_hugs_the_diagonal():
+    rng = np.random.default_rng(3)
+    s, m = rng.normal(size=20000), rng.random(20000) < 0.5
+    fpr, tpr = roc_curve(s, m)
+    assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    assert abs(tpr_at_fpr(s, m, 0.1) - 0.1) < 4 * math.sqrt(0.1 * 0.9 / 10000) + 0.01
+    with pytest.raises(ValueError, match="both"):
+        roc_curve(s, np.ones_like(m))
+
+
+def test_dp_bound():
+    f = np.array([0.0, 0.001, 0.5, 1.0])
+    b = dp_tpr_bound(f, epsilon=1.0, delta=1e-5)
+    np.testing.assert_allclose(b[:2], math.e * f[:2] + 1e-5)
+    assert b[-1] == 1.0 and b[2] == pytest.approx(1 - math.exp(-1) * (0.5 - 1e-5))
+    with pytest.raises(ValueError, match="epsilon"):
+        dp_tpr_bound(f, epsilon=-1.0, delta=1e-5)
+    with pytest.raises(ValueError, match="fpr"):
+        dp_tpr_bound(1.5, epsilon=1.0, delta=1e-5)
+
+
+def test_clipped_sums_match_autograd_per_example():
+    g = torch.Generator().manual_seed(0)
+    d, h, k, b = 5, 7, 3, 6
+    params = [
+        torch.randn(1, d, h, generator=g),
+        torch.randn(1, 1, h, generator=g),
+        torch.randn(1, h, k, generator=g),
+        torch.randn(1, 1, k, generator=g),
+    ]
+    x, y = torch.randn(1, b, d, generator=g), torch.randint(0, k, (1, b), generator=g)
+    wts = torch.tensor([[1.0, 1.0, 0.0, 1.0, 1.0, 1.0]])
+    grads, loss_sum, norms = _clipped_sums(params, x, y, wts, 0.5)
+    ref = [torch.zeros_like(p[0]) for p in params]
+    for i in range(b):
+        ps = [p[0].clone().requires_grad_() for p in params]
+        out = torch.relu(x[0, i] @ ps[0] + ps[1][0]) @ ps[2] + ps[3][0]
+        loss = torch.nn.functional.cross_entropy(out[None], y[0, i : i + 1])
+        gi = torch.autograd.grad(loss, ps)
+        norm = torch.sqrt(sum((t**2).sum() for t in gi))
+        assert norms[0, i] == pytest.approx(float(norm), rel=1e-4)
+        for r, t in zip(ref, gi):
+            r += wts[0, i] * min(1.0, 0.5 / float(norm)) * t
+    for gr, r in zip(grads, ref):
+        torch.testing.assert_close(gr[0], r, rtol=1e-4, atol=1e-6)
+
+
+def test_train_mlps_trains_and_validates():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(200, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    keep = rng.random((3, 200)) < 0.5
+    ens = train_mlps(
+        X,
+        y,
+        keep,
+        hidden=8,
+        epochs=5,
+        sample_rate=0.2,
+        lr=0.5,
+        noise_multiplier=0.5,
+        max_grad_norm=1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert ens.logits.shape == (3, 200, 2) and ens.steps == 25
+    assert (ens.losses[-1] < ens.losses[0]).all() and 0 <= ens.clipped_fraction <= 1
+    assert (ens.logits.argmax(-1) == y).mean() > 0.8
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        train_mlps(
+            X,
+            y,
+            keep,
+            hidden=8,
+            epochs=1,
+            sample_rate=0.2,
+            lr=0.5,
+            noise_multiplier=1.0,
+            generator=torch.Generator(),
+        )

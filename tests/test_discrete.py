@@ -33,6 +33,7 @@ from privlab.discrete import (
     sample_bernoulli_exp,
     sample_discrete_gaussian,
     sample_discrete_laplace,
+    snapping_grid_sensitivity,
     snapping_mechanism,
 )
 from privlab.gaussian import gaussian_delta
@@ -214,12 +215,15 @@ def test_discrete_gaussian_mechanism_distribution():
 def test_snapping_mechanism_grid_noise_and_clamp():
     gamma, delta, eps = 0.25, 0.3, Fraction(1, 2)  # ceil(0.3 / 0.25) = 2 grid steps of sensitivity
     out = snapping_mechanism(np.full(60_000, 3.1), sensitivity=delta, epsilon=eps, lower=-100, upper=100,
-                             grid_bits=2, rng=make_rng(12))  # fmt: skip
+                             grid_bits=2, rng=make_rng(12), elementwise=True)  # 60,000 scalar releases  # fmt: skip
     steps = out / gamma
     assert np.all(steps == np.round(steps))
     snapped = 3.0  # floor(3.1 / 0.25 + 1/2) = 12
     assert chi2_pvalue((steps - snapped / gamma).astype(np.int64), lambda k: discrete_laplace_pmf(k, scale=4)) > P_MIN
     clamped = snapping_mechanism(np.full(1000, 5.0), sensitivity=1, epsilon=1, lower=0, upper=0.5, rng=make_rng(0))
+    one = [snapping_mechanism(3.1, sensitivity=delta, epsilon=eps, lower=-100, upper=100, grid_bits=2,
+                              rng=make_rng(1000 + r)) for r in range(2000)]  # the scalar path, one at a time
+    assert chi2_pvalue((np.array(one) / gamma - 12).astype(np.int64), lambda k: discrete_laplace_pmf(k, scale=4)) > P_MIN
     assert clamped.min() >= 0 and clamped.max() <= 0.5
 
 
@@ -234,6 +238,41 @@ def test_snapping_rounding_adds_at_most_one_grid_step(x, shift, delta, k):
         return
     n = _grid_index(np.array([x, xp]), -1e7, 1e7, k)
     assert abs(int(n[1]) - int(n[0])) <= math.ceil(Fraction(delta) * 2**k)
+
+
+def test_snapping_vector_is_calibrated_to_the_grid_l1_sensitivity():
+    # issue 13, defect 3: d = 100, gamma = 1, Delta = 1; 0.495 and 0.505 in every coordinate are L1-neighbours
+    # (distance 1) whose grid indices differ by 1 in each of the 100 coordinates: ||n - n'||_1 = 100.
+    # The noise must be Lap_Z(100 / eps) per coordinate (the old calibration used ceil(Delta / gamma) = 1).
+    d = 100
+    x, xp = np.full(d, 0.495), np.full(d, 0.505)
+    n, n_p = _grid_index(x, -1e3, 1e3, 0), _grid_index(xp, -1e3, 1e3, 0)
+    assert np.abs(n_p - n).sum() == d == snapping_grid_sensitivity(sensitivity=1.0, grid_bits=0, size=d)
+    out = snapping_mechanism(x, sensitivity=1.0, epsilon=1, lower=-1e4, upper=1e4, grid_bits=0, rng=make_rng(21))
+    draws = np.concatenate([snapping_mechanism(x, sensitivity=1.0, epsilon=1, lower=-1e4, upper=1e4, grid_bits=0,
+                                               rng=make_rng(100 + r)) for r in range(300)]).astype(np.int64)
+    # 300 releases of the vector: every coordinate is n_i + Z_i = 0 + Z_i
+    assert out.shape == (d,)
+    assert chi2_pvalue(draws, lambda k: discrete_laplace_pmf(k, scale=d)) > P_MIN
+    with pytest.raises(ValueError, match="elementwise"):
+        snapping_mechanism(x, sensitivity=1.0, epsilon=1, lower=0, upper=1, rng=make_rng(0), elementwise="yes")
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=6), w=st.lists(st.floats(0, 1, allow_subnormal=False), min_size=6, max_size=6),
+       delta=st.floats(1e-3, 50), k=st.integers(-4, 12))  # fmt: skip
+def test_snapping_vector_grid_indices_within_the_stated_sensitivity(x, w, delta, k):
+    # any x' with ||x - x'||_1 <= Delta has ||n - n'||_1 <= ceil(Delta / gamma) + d - 1
+    x = np.array(x)
+    shift = np.array(w[: x.size]) * (np.array([1, -1, 1, -1, 1, -1])[: x.size])
+    if np.abs(shift).sum() > 0:
+        shift *= delta / np.abs(shift).sum()
+    xp = x + shift
+    if not np.all(np.isfinite(xp)) or np.abs(xp - x).sum() > delta:
+        return
+    n, n_p = _grid_index(x, -1e7, 1e7, k), _grid_index(xp, -1e7, 1e7, k)
+    diff = sum(abs(int(a) - int(b)) for a, b in zip(n, n_p))
+    assert diff <= snapping_grid_sensitivity(sensitivity=delta, grid_bits=k, size=x.size)
 
 
 @settings(max_examples=200, deadline=None)

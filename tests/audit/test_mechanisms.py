@@ -89,7 +89,7 @@ HONEST = {
     ),
     "snapping": (
         batched(lambda v, rng: snapping_mechanism(v, sensitivity=1.0, epsilon=1, lower=-40, upper=40, grid_bits=3,
-                                                  rng=rng)),
+                                                  rng=rng, elementwise=True)),
         0.0, 1.0, 1.0, 0.0,
     ),
 }  # fmt: skip

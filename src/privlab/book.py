@@ -95,13 +95,20 @@ def chapter_files(root: Path = ROOT) -> list[Path]:
 
 
 def to_notebooks(out_dir: Path, root: Path = ROOT) -> list[Path]:
-    """Convert every chapter to ``out_dir/<name>.ipynb`` with jupytext; stale notebooks removed."""
+    """Convert every chapter to ``out_dir/<name>.ipynb`` with jupytext; stale notebooks removed.
+
+    The install cell's ``{{ repository_url }}`` becomes the URL set in ``_config.yml``.
+    """
     import jupytext
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    url = repository_url(root)
     written = []
     for md in chapter_files(root):
         nb = jupytext.read(md)
+        for cell in nb.cells:  # the install cell names the configured repository, as in the book
+            if cell.cell_type == "code":
+                cell.source = fill_repository(cell.source, url)
         nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
         target = out_dir / f"{md.stem}.ipynb"
         jupytext.write(nb, target)

@@ -17,6 +17,7 @@ noise, scale, optimizer step   :class:`DPOptimizer`
 Poisson sampling / shuffling   :class:`PoissonSampler`, :class:`ShuffleSampler`
 training loop                  :func:`train`, :class:`DPSGDConfig`, :class:`TrainResult`
 choosing C                     :func:`profile_grad_norms`, :func:`summarize_grad_norms`
+language-model loss            :func:`lm_loss` (per-example next-token cross-entropy)
 =============================  ==================================================
 
 Used in: chapters 5, 6, 7, 10, 11, 12.
@@ -30,6 +31,7 @@ from .clipping import (
     clipped_grad_sum_with_stats,
     per_example_grad_norms,
 )
+from .lm import lm_loss
 from .optimizer import DPOptimizer, StepStats
 from .per_sample import per_example_losses, per_sample_grads
 from .profile import GradNormProfile, profile_grad_norms, summarize_grad_norms
@@ -53,6 +55,7 @@ __all__ = [
     "clipped_grad_sum_with_stats",
     "covered_types",
     "epsilon_spent",
+    "lm_loss",
     "per_example_grad_norms",
     "per_example_losses",
     "per_sample_grads",

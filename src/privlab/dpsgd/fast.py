@@ -1,4 +1,4 @@
-r"""The fast path: per-example gradient norms without per-example gradients.
+r"""The fast path: per-example gradient norms without per-example gradients, exact or refused.
 
 A layer :math:`s = a W^\top + \beta` sees activation :math:`a_i` and, in the
 backward pass, the output gradient :math:`b_i = \partial \ell_i / \partial s_i`.
@@ -18,9 +18,61 @@ the cost of the weight-gradient matmul a normal backward does anyway. The
 backward pass itself only asks for the output gradients :math:`b`, so autograd
 skips the weight-gradient matmuls there.
 
-Layers covered by a rule (:mod:`privlab.dpsgd.rules`; exact type match, so a
-subclass with its own forward is never mistaken for its parent): ``Linear``
-(any rank), ``LayerNorm``, ``RMSNorm``, ``GroupNorm`` and ``Embedding``.
+**When a layer-local answer is exact.** The formulas above hold for a module's
+parameters only if (i) their gradient reaches the loss *only through that
+module's output* in *one* call, and (ii) the leading dimension of its input and
+output *is* the batch. Neither is assumed; both are checked on every step:
+
+* *Gradient flow*, from the autograd graph of :math:`\sum_i \ell_i` (one walk
+  over its nodes, before the backward). Autograd numbers nodes in creation
+  order, so the nodes made during a module's call form a window of sequence
+  numbers. Every node that uses one of the module's parameters must lie in its
+  window, and the only edge entering the window from later nodes must be the
+  output's. This catches a parameter used outside its module's forward
+  (``F.linear(h, self.emb.weight)``, a parent reading ``child.bias``, or
+  ``nn.MultiheadAttention`` passing ``out_proj.weight`` to
+  ``F.multi_head_attention_forward`` without ever calling ``out_proj``), a
+  module whose parameters are used but which is never called, and a tensor
+  computed in the call that escapes by another route.
+* *Batch dimension*, traced rather than guessed: the model is run once more on
+  the first example alone (cached per model and input shape), and a module is
+  batch-first only if every dimension of its inputs and output keeps its size
+  except the leading one, which is :math:`B` in the real pass and 1 in the
+  probe. A sequence-first ``(T, B, d)`` activation with :math:`B = T` (the
+  default layout inside ``nn.MultiheadAttention`` and
+  ``nn.TransformerEncoderLayer`` with ``batch_first=False``) fails the test
+  and falls back, instead of clipping time steps.
+
+The model's inputs are batch first by the contract of the per-example API
+(example :math:`i` is ``x[i]``, as for ``method="loop"``); a model that permutes
+its input internally is handled, through the fallbacks.
+
+**What is covered, what falls back.** Modules covered by a rule
+(:mod:`privlab.dpsgd.rules`; exact type match, so a subclass with its own
+forward, or an instance with a replaced ``forward`` or extra parameters, is
+never mistaken for its parent): ``Linear`` (any rank), ``LayerNorm``,
+``RMSNorm``, ``GroupNorm`` and ``Embedding``. Every other module owning
+trainable parameters gets its per-example gradients from ``torch.func``:
+
+* *local* (e.g. ``Conv1d``, ``transformers``' ``Conv1D``, a custom module):
+  ``vmap`` over the examples of the vector-Jacobian product of that module
+  alone, at its saved input and output gradient, when the two checks pass;
+* *global*: per-example gradients of the whole model's loss w.r.t. those
+  parameters only, by ``vmap(grad)`` (or, where ``vmap`` cannot batch an op,
+  the per-example loop, with a warning): for a module called more than once per
+  forward, parameters shared between modules (tied weights), a module taking
+  keyword tensors or returning a non-tensor (``nn.MultiheadAttention``), a
+  failed gradient-flow or batch-dimension check, or a saved input modified in
+  place afterwards. A covered layer in one of these cases falls back the same
+  way. Exact, but it costs about one more forward and backward per step and
+  materialises :math:`B \times` those parameters.
+* a batch of one example needs no per-example machinery: its gradient *is*
+  the per-example gradient (one ordinary backward pass).
+
+Only the fallback layers' gradients are materialised; their squared norms join
+the others. (With dropout inside a fallback module, the fallback re-runs it with
+fresh masks: still one bounded, clipped contribution per example, so privacy
+holds, but not the exact gradient of the batched forward.)
 
 Memory: the output gradients :math:`b` are kept until the clip factors are
 known, so the fast path holds about one more activation-sized tensor per layer
@@ -28,37 +80,23 @@ than a plain backward pass. To pay for it, a normalisation layer fed directly by
 a ``Linear`` does not keep its input alive: it is recomputed afterwards as
 :math:`a W^\top + \beta` from the Linear's saved input (one matmul).
 
-**Fallback, never a silent wrong answer.** Every other module that owns
-trainable parameters gets its per-example gradients from ``torch.func``:
-
-* *local* (the usual case, e.g. ``Conv1d`` or a custom module): ``vmap`` over
-  the examples of the vector-Jacobian product of that module alone, evaluated
-  at its saved input and output gradient from the same forward and backward;
-* *global*: ``vmap(grad)`` of the whole model's loss w.r.t. those parameters
-  only, for the cases where a layer-local answer could be wrong: a module
-  called more than once per forward, parameters shared between modules, a
-  module taking keyword tensors or returning a non-tensor, inputs without a
-  leading batch dimension, or a saved input modified in place afterwards.
-  A covered layer in one of these cases falls back the same way.
-
-Only the fallback layers' gradients are materialised; their squared norms join
-the others. (With dropout inside a fallback module, the fallback re-runs it with
-fresh masks: still one bounded, clipped contribution per example, so privacy
-holds, but not the exact gradient of the batched forward.)
-
 References: Goodfellow, *Efficient per-example gradient computations*, 2015
 (arXiv:1510.01799); Lee and Kifer, *Scaling up differentially private deep
 learning with fast per-example gradient clipping*, PETS 2021 (arXiv:2009.03106);
 Li, Tramèr, Liang, Hashimoto, *Large language models can be strong
-differentially private learners*, ICLR 2022 (arXiv:2110.05679), ghost clipping.
+differentially private learners*, ICLR 2022 (arXiv:2110.05679), ghost clipping;
+Bu, Wang, Zha, Karypis, *Differentially private optimization on large model at
+small cost*, ICML 2023 (arXiv:2210.00038), book-keeping.
 
 Used in: chapters 5, 7, 12.
 """
 
 from __future__ import annotations
 
+import bisect
+import warnings
 import weakref
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -68,14 +106,25 @@ from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
 from torch.func import functional_call, vjp, vmap
 
-from .per_sample import _vmap_grads, as_input_tuple, per_example_losses, trainable_parameters
+from .per_sample import _loop_grads, _vmap_grads, as_input_tuple, per_example_losses, trainable_parameters
 from .rules import _RULES, Rule, _row_sq_norms, weighted_rows
 
-__all__ = ["fast_norms_and_clipped_sum"]
+__all__ = ["MODES", "fast_norms_and_clipped_sum"]
+
+#: How a module's per-example gradients are obtained (see the module docstring).
+MODES = ("fast", "local", "global", "unused")
+
+_RULE_ATTRS = frozenset({"weight", "bias"})  # the parameters every rule knows about
+_AccumulateGrad = torch._C._functions.AccumulateGrad
+
+
+def _next_sequence_nr() -> int:
+    """The sequence number autograd gives the next node it creates (nodes are numbered in creation order)."""
+    return torch._C._autograd._get_sequence_nr()
 
 
 # ---------------------------------------------------------------------------------------------
-# Capturing activations and output-gradient edges during one forward pass.
+# Capturing activations, output-gradient edges and call windows during one forward pass.
 
 
 @dataclass(eq=False)
@@ -88,22 +137,28 @@ class _Site:
     rule: Rule | None
     shared: bool = False
     calls: int = 0
+    window: tuple[int, int] = (0, 0)  # autograd sequence numbers [start, end) of nodes made during the call
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
     versions: tuple = ()
+    shapes: tuple = ()  # shapes of the tensor arguments, then of the output (None if not a tensor)
     edge: object = None  # GradientEdge of the output, taken before any in-place change
-    out_shape: tuple | None = None
     out_is_tensor: bool = True
     producer: _Site | None = None  # the Linear whose output is this norm layer's input
+    reason: str = ""  # why the site is not on the fast path (for tests and debugging)
 
 
 def _sites(modules) -> list[_Site]:
-    sites, owners = [], Counter()
+    sites, owners = [], defaultdict(int)
     for name, m in modules:
         ps = [(n, p) for n, p in m._parameters.items() if p is not None and p.requires_grad]
         if ps:
-            owners.update(id(p) for _, p in ps)
-            sites.append(_Site(name, m, ps, _RULES.get(type(m))))
+            for _, p in ps:
+                owners[id(p)] += 1
+            rule = _RULES.get(type(m))
+            if rule is not None and ("forward" in m.__dict__ or not {n for n, _ in ps} <= _RULE_ATTRS):
+                rule = None  # an instance with its own forward, or parameters the rule does not know
+            sites.append(_Site(name, m, ps, rule))
     for s in sites:
         s.shared = any(owners[id(p)] > 1 for _, p in s.params)
     return sites
@@ -112,17 +167,29 @@ def _sites(modules) -> list[_Site]:
 _NORM_TYPES = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)
 
 
-def _capture_hook(site: _Site, linear_outputs: dict):
+def _tensor_shapes(args, output) -> tuple:
+    shapes = tuple(tuple(a.shape) for a in args if isinstance(a, Tensor))
+    return shapes + ((tuple(output.shape) if isinstance(output, Tensor) else None),)
+
+
+def _hooks(site: _Site, linear_outputs: dict):
     @torch.compiler.disable  # bookkeeping on Python objects: run eagerly under torch.compile
-    def hook(module, args, kwargs, output):
+    def pre_hook(module, args, kwargs):
         site.calls += 1
+        if site.calls == 1:
+            site.window = (_next_sequence_nr(), 0)
+
+    @torch.compiler.disable
+    def hook(module, args, kwargs, output):
         if site.calls > 1:
             return
+        site.window = (site.window[0], _next_sequence_nr())
         site.args, site.kwargs = args, kwargs
         site.versions = tuple(a._version if isinstance(a, Tensor) else None for a in args)
+        site.shapes = _tensor_shapes(args, output)
         site.out_is_tensor = isinstance(output, Tensor)
         if site.out_is_tensor and output.requires_grad:
-            site.edge, site.out_shape = get_gradient_edge(output), tuple(output.shape)
+            site.edge = get_gradient_edge(output)
         if type(module) is nn.Linear and site.out_is_tensor:  # a Linear output may feed a norm layer next
             linear_outputs[id(output)] = (weakref.ref(output), site, output._version)
         elif type(module) in _NORM_TYPES and args and isinstance(args[0], Tensor):
@@ -130,23 +197,150 @@ def _capture_hook(site: _Site, linear_outputs: dict):
             if ref is not None and ref() is args[0] and args[0]._version == version:
                 site.producer = producer  # input = producer's unmodified output: recomputable
 
-    return hook
+    return pre_hook, hook
 
 
-def _mode(site: _Site, batch: int) -> str:
-    """'unused' (no gradient), 'fast' (a rule), 'local' (vmap of this module) or 'global'."""
-    if site.calls == 0 or (site.out_is_tensor and site.edge is None and site.calls == 1):
+# ---------------------------------------------------------------------------------------------
+# Where each parameter's gradient flows: one walk over the autograd graph of the summed loss.
+
+
+@dataclass
+class _Graph:
+    consumers: dict  # id(parameter) -> sequence numbers of the nodes that use it
+    edges: list  # (sequence nr of producer v, sequence nr of consumer u, v, input nr), sorted by the first
+    keys: list  # the first entries of ``edges``, for bisection
+
+
+def _walk(root) -> _Graph:
+    consumers: dict[int, list[int]] = defaultdict(list)
+    edges = []
+    seen, stack = {root}, [root]
+    while stack:
+        u = stack.pop()
+        su = u._sequence_nr()
+        for v, nr in u.next_functions:
+            if v is None:
+                continue
+            if type(v) is _AccumulateGrad:
+                consumers[id(v.variable)].append(su)
+                continue
+            edges.append((v._sequence_nr(), su, v, nr))
+            if v not in seen:
+                seen.add(v)
+                stack.append(v)
+    edges.sort(key=lambda e: e[0])
+    return _Graph(consumers, edges, [e[0] for e in edges])
+
+
+def _flows_only_through_output(site: _Site, graph: _Graph) -> str:
+    """'' if every gradient path to the site's parameters passes through its output; else why not.
+
+    Autograd numbers its nodes in creation order, so the nodes created during the
+    module's call are those numbered in ``site.window``. (a) Every node using a
+    parameter must lie in that window: else the parameter is used outside the
+    module's forward (``F.linear(h, emb.weight)``, a parent reading ``child.bias``,
+    ``F.multi_head_attention_forward`` reading ``out_proj.weight``). (b) The only
+    edge entering the window from a later node must be the output's edge: else a
+    tensor computed in the call escapes by another route (an attribute, a side
+    output) and the local answer would miss that route. Together, the output's
+    edge dominates every parameter, so the gradient is exactly the vector-Jacobian
+    product of this call at its saved inputs.
+    """
+    start, end = site.window
+    for attr, p in site.params:
+        if any(not start <= seq < end for seq in graph.consumers.get(id(p), ())):
+            return f"parameter {attr!r} is used outside the module's own forward call"
+    node, nr = (site.edge.node, site.edge.output_nr) if site.edge is not None else (None, None)
+    lo, hi = bisect.bisect_left(graph.keys, start), bisect.bisect_left(graph.keys, end)
+    for _, su, v, vnr in graph.edges[lo:hi]:
+        if not start <= su < end and not (v is node and vnr == nr):
+            return "a tensor computed in the module's forward reaches the loss other than through its output"
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the batch dimension is: traced with a one-example forward pass, never guessed from shapes.
+
+_PROBES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _probe_shapes(model: nn.Module, xs: tuple, sites: list[_Site]) -> dict[str, tuple]:
+    """Per site, the tensor shapes of its first call when the model runs on the first example alone.
+
+    A dimension that is the batch dimension has size ``B`` in the real pass and
+    ``1`` here; every other dimension keeps its size. Cached per model, training
+    mode, input shapes (without the batch) and site set.
+    """
+    key = (model.training, tuple((tuple(x.shape[1:]), x.dtype, x.device) for x in xs),
+           tuple((s.name, id(s.module)) for s in sites))
+    cache = _PROBES.setdefault(model, {})
+    if key in cache:
+        return cache[key]
+    seen: dict[str, tuple] = {}
+
+    def recorder(site):
+        def hook(module, args, kwargs, output):
+            seen[site.name] = None if site.name in seen else _tensor_shapes(args, output)  # None: called again
+        return hook
+
+    handles = [s.module.register_forward_hook(recorder(s), with_kwargs=True, prepend=True) for s in sites]
+    devices = sorted({x.device.index or 0 for x in xs if x.device.type == "cuda"})
+    try:
+        with torch.random.fork_rng(devices=devices):  # dropout here must not shift the caller's masks
+            model(*(x[:1] for x in xs))
+    finally:
+        for h in handles:
+            h.remove()
+    if len(cache) > 64:
+        cache.clear()
+    cache[key] = seen
+    return seen
+
+
+def _batch_first(site: _Site, probe: dict, batch: int) -> bool:
+    """Dim 0 of every tensor argument and of the output is the batch, and no other dim depends on it."""
+    single = probe.get(site.name)
+    if single is None or len(single) != len(site.shapes):
+        return False
+    for real, one in zip(site.shapes, single):
+        if real is None or one is None or not real or real[0] != batch or one != (1, *real[1:]):
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# The decision per module.
+
+
+def _mode(site: _Site, batch: int, graph: _Graph, probe: dict) -> str:
+    """'unused' (no gradient), 'fast' (a rule), 'local' (vmap of this module) or 'global'; why in ``site.reason``."""
+    used = [attr for attr, p in site.params if id(p) in graph.consumers]
+    reason = ""
+    if not used:
         return "unused"
-    if site.calls > 1 or site.shared or not site.out_is_tensor or not site.out_shape:
-        return "global"
-    if site.out_shape[0] != batch or any(isinstance(v, Tensor) for v in site.kwargs.values()):
-        return "global"
-    tensors = [a for a in site.args if isinstance(a, Tensor)]
-    if not tensors or any(t.ndim == 0 or t.shape[0] != batch for t in tensors):
+    if site.shared:
+        reason = "a parameter is shared with another module"
+    elif site.calls != 1:
+        reason = f"the module is called {site.calls} times per forward" if site.calls else \
+            "its parameters are used, but the module itself is never called"
+    elif not site.out_is_tensor or site.edge is None:
+        reason = "the module's output is not one tensor carrying the gradient"
+    elif any(isinstance(v, Tensor) for v in site.kwargs.values()):
+        reason = "the module takes keyword tensors"
+    else:
+        reason = _flows_only_through_output(site, graph)
+        if not reason and not _batch_first(site, probe, batch):
+            reason = "the batch is not (only) the leading dimension of its input and output"
+    site.reason = reason
+    if reason:
         return "global"
     if site.rule is not None and len(site.args) == 1 and not site.kwargs:
         return "fast"
     return "local"
+
+
+def _report_modes(modes: dict[str, str], reasons: dict[str, str]) -> None:
+    """Called with each step's final modes (module name -> mode) and reasons; a hook for tests."""
 
 
 def _recompute_output(linear: _Site) -> Tensor:
@@ -183,11 +377,43 @@ def _local_per_example_grads(site: _Site, b: Tensor) -> dict[str, Tensor]:
     return vmap(grad_of_one, randomness="different")(tuple(args[i] for i in pos), b)
 
 
+def _global_per_example_grads(model, loss_fn, xs, targets, names: list[str]) -> list[Tensor]:
+    """Per-example gradients of the whole model's loss w.r.t. ``names``: vmap, else the loop (both exact)."""
+    try:
+        return _vmap_grads(model, loss_fn, xs, targets, names)[0]
+    except (RuntimeError, NotImplementedError) as err:  # an op vmap cannot batch (e.g. data-dependent control flow)
+        warnings.warn(f"fast path: vmap failed ({str(err).splitlines()[0][:200]}); using the per-example loop "
+                      f"for {len(names)} parameter(s)", RuntimeWarning, stacklevel=4)
+        by_name = dict(model.named_parameters())
+        return _loop_grads(model, loss_fn, xs, targets, [by_name[n] for n in names])[0]
+
+
+def _single_example(model, loss_fn, xs, targets, factors_fn, params):
+    """B = 1: the per-example gradient is the gradient; one ordinary backward pass, exact."""
+    losses = per_example_losses(loss_fn(model(*xs), targets), 1)
+    total = losses.sum()
+    if total.requires_grad and params:
+        gs = torch.autograd.grad(total, params, allow_unused=True)
+    else:
+        gs = [None] * len(params)
+    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(gs, params)]
+    dtype = params[0].dtype if params else torch.float32
+    norm2 = sum((g.detach().to(dtype).pow(2).sum() for g in grads), torch.zeros((), dtype=dtype, device=total.device))
+    norms = norm2.sqrt().reshape(1)
+    if factors_fn is None:
+        return None, norms, losses.detach()
+    c = factors_fn(norms)
+    if c.shape != (1,):
+        raise ValueError(f"clip factors must have shape (1,), got {tuple(c.shape)}")
+    return [(g.detach() * c.to(g.dtype)).to(p.dtype) for g, p in zip(grads, params)], norms, losses.detach()
+
+
 def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None, *, params=None, modules=None):
     r"""Per-example norms :math:`\|g_i\|` and, if ``factors_fn`` is given, :math:`\sum_i c_i g_i`.
 
     Args:
-        model, loss_fn, inputs, targets: as in :func:`privlab.dpsgd.clipped_grad_sum`.
+        model, loss_fn, inputs, targets: as in :func:`privlab.dpsgd.clipped_grad_sum`
+            (inputs batch first: example ``i`` is ``x[i]`` of every input tensor).
         factors_fn: maps norms ``(B,)`` to clip factors ``(B,)``; ``None`` for norms only.
         params, modules: the trainable parameters and ``list(model.named_modules())``,
             if the caller has them already.
@@ -201,8 +427,14 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
     modules = list(model.named_modules()) if modules is None else modules
     if params is None:
         params = [p for _, p in trainable_parameters(model, modules)]
+    if batch == 1:
+        return _single_example(model, loss_fn, xs, targets, factors_fn, params)
     sites, linear_outputs = _sites(modules), {}
-    handles = [s.module.register_forward_hook(_capture_hook(s, linear_outputs), with_kwargs=True) for s in sites]
+    handles = []
+    for s in sites:
+        pre_hook, hook = _hooks(s, linear_outputs)
+        handles.append(s.module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        handles.append(s.module.register_forward_hook(hook, with_kwargs=True, prepend=True))  # before user hooks
     try:
         outputs = model(*xs)
     finally:
@@ -210,7 +442,11 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
             h.remove()
     linear_outputs.clear()
     losses = per_example_losses(loss_fn(outputs, targets), batch)  # (B,), shape-checked
-    modes = {s: _mode(s, batch) for s in sites}
+    outputs = None
+    total = losses.sum()
+    graph = _walk(total.grad_fn) if total.grad_fn is not None else _Graph({}, [], [])
+    probe = _probe_shapes(model, xs, sites) if graph.consumers else {}
+    modes = {s: _mode(s, batch, graph, probe) for s in sites}
     for s in sites:
         # Memory: a norm layer fed directly by a Linear need not keep its input alive through the
         # backward pass; it is recomputed afterwards as a W^T + beta from the Linear's saved input.
@@ -220,18 +456,18 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
             s.producer = None
     backward_sites = [s for s in sites if modes[s] in ("fast", "local")]
     out_grads = [None] * len(backward_sites)
-    total = losses.sum()
-    if backward_sites and total.requires_grad:
+    if backward_sites:
         # only the output gradients b are asked for, so autograd skips the weight-gradient matmuls
         out_grads = torch.autograd.grad(total, [s.edge for s in backward_sites], allow_unused=True)
+    graph = None
     dtype = next((p.dtype for s in sites for _, p in s.params), torch.float32)
     norm2 = torch.zeros(batch, device=losses.device, dtype=dtype)
     weighted: list[tuple[_Site, Callable]] = []
     for s, b in zip(backward_sites, out_grads):  # b = d(sum_j loss_j)/d(output of s) = per-example b_i rows
-        if b is None:
-            modes[s] = "unused"
+        if b is None:  # cannot happen when a parameter is used (the output's edge dominates it); be exact anyway
+            modes[s], s.reason = "global", "no gradient reached the module's output"
         elif _modified_in_place(s) or (s.producer is not None and _modified_in_place(s.producer)):
-            modes[s] = "global"
+            modes[s], s.reason = "global", "its saved input was modified in place after the call"
         elif modes[s] == "fast":
             x = s.args[0].detach() if s.producer is None else _recompute_output(s.producer)
             contribution = s.rule(s.module, x, b)
@@ -245,15 +481,16 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
         if modes[s] == "local":
             s.args = s.kwargs = None  # let activations no longer needed be freed now
     out_grads = b = None
+    _report_modes({s.name: modes[s] for s in sites}, {s.name: s.reason for s in sites if s.reason})
     # global fallback: vmap(grad) of the whole model w.r.t. these parameters only
     global_params = {id(p): p for s in sites if modes[s] == "global" for _, p in s.params}
     global_grads: dict[int, Tensor] = {}
     if global_params:
         names = [n for n, p in model.named_parameters() if id(p) in global_params]
-        per_ex, _ = _vmap_grads(model, loss_fn, xs, targets, names)
+        per_ex = _global_per_example_grads(model, loss_fn, xs, targets, names)
         by_name = dict(model.named_parameters())
         global_grads = {id(by_name[n]): g for n, g in zip(names, per_ex)}
-        norm2 = norm2 + sum(_row_sq_norms(g) for g in per_ex)
+        norm2 = norm2 + sum(_row_sq_norms(g).to(dtype) for g in per_ex)
     norms = norm2.clamp_min(0).sqrt()
     if factors_fn is None:
         return None, norms, losses.detach()

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from privlab.accounting import GaussianEvent, LaplaceEvent, PoissonSampledEvent, epsilon
-from privlab.budget import BudgetExceededError, Ledger, LedgerRecord, PrivacyOdometer
+from privlab.budget import BudgetExceededError, Ledger, LedgerCorruptError, LedgerRecord, PrivacyOdometer
 
 settings.register_profile("budget", max_examples=30, deadline=None)
 settings.load_profile("budget")
@@ -28,8 +28,43 @@ def test_refusal_says_by_how_much_and_records_nothing():
     assert issubclass(BudgetExceededError, ValueError)
     assert [r.query for r in odo.records] == ["a", "b"]
     assert odo.spent_epsilon == pytest.approx(0.9) and odo.remaining_epsilon == pytest.approx(0.1)
-    odo.spend("c", epsilon=0.1)  # exactly at the budget is allowed
-    assert odo.remaining_epsilon == pytest.approx(0.0, abs=1e-12)
+    # the floats 0.4 + 0.5 + 0.1 sum to 1 + 2.8e-17 exactly: over the budget, so refused
+    with pytest.raises(BudgetExceededError, match="by 2.77556e-17"):
+        odo.spend("c", epsilon=0.1)
+    odo.spend("c", epsilon=odo.remaining_epsilon)  # the remainder, rounded down, is exactly at the budget
+    assert odo.remaining_epsilon == 0.0
+    with pytest.raises(BudgetExceededError):
+        odo.spend("d", epsilon=5e-324)
+
+
+def test_no_overspend_at_all():
+    # issue 13, defect 4(c): a relative tolerance of 1e-12 accepted 0.5 + (0.5 + 5e-13) on a budget of 1
+    odo = PrivacyOdometer(total_epsilon=1.0, total_delta=1e-6)
+    odo.spend("a", epsilon=0.5)
+    with pytest.raises(BudgetExceededError, match="over the budget of 1 by 5"):
+        odo.spend("b", epsilon=0.5 + 5e-13)
+    odo.spend("b", epsilon=0.5)  # exactly at the budget is allowed
+    assert odo.remaining_epsilon == 0.0 and odo.spent_epsilon == 1.0
+    d = PrivacyOdometer(total_epsilon=10.0, total_delta=1e-6)
+    d.spend("a", epsilon=0.1, delta=5e-7)
+    with pytest.raises(BudgetExceededError, match="delta"):
+        d.spend("b", epsilon=0.1, delta=5e-7 * (1 + 1e-12))
+    # a Laplace event of scale b costs exactly 1/b: three of scale 3 fill a budget of 1, a fourth of any size does not
+    lap = PrivacyOdometer(total_epsilon=1.0, total_delta=1e-6)
+    for i in range(3):
+        lap.spend(f"l{i}", event=LaplaceEvent(3.0))
+    assert lap.remaining_epsilon == 0.0
+    with pytest.raises(BudgetExceededError):
+        lap.spend("l3", event=LaplaceEvent(1e300))
+    # other accountants: a strict comparison of their epsilon, no tolerance
+    rdp = PrivacyOdometer(total_epsilon=1.0, total_delta=1e-6, composition="rdp")
+    spent = epsilon(noise_multiplier=5.0, sample_rate=1.0, steps=1, delta=1e-6, accountant="rdp")
+    tight = PrivacyOdometer(total_epsilon=spent, total_delta=1e-6, composition="rdp")
+    tight.spend("g", event=GaussianEvent(5.0))  # exactly at the budget
+    with pytest.raises(BudgetExceededError):
+        PrivacyOdometer(total_epsilon=math.nextafter(spent, 0.0), total_delta=1e-6, composition="rdp").spend(
+            "g", event=GaussianEvent(5.0))
+    assert rdp.spend("g", event=GaussianEvent(5.0)).spent_epsilon == spent
 
 
 def test_delta_budget_is_enforced_too():
@@ -48,14 +83,14 @@ def test_advanced_composition_odometer_admits_more_small_queries():
         n = 0
         try:
             while n < 2000:
-                odo.spend(f"q{n}", epsilon=0.01)
+                odo.spend(f"q{n}", epsilon=2**-7)
                 n += 1
         except BudgetExceededError:
             pass
         return n
 
-    assert admitted(basic) == 100
-    assert admitted(advanced) > 300  # eps sqrt(2k ln(1/delta')) + k eps (e^eps - 1) <= 1 up to k ~ 370
+    assert admitted(basic) == 128  # 2^-7 is exact in binary (0.01 is not: 100 x 0.01 exceeds 1 by 2e-18)
+    assert admitted(advanced) > 500  # eps sqrt(2k ln(1/delta')) + k eps (e^eps - 1) <= 1 up to k ~ 580
 
 
 def test_report_under_every_accountant():
@@ -151,16 +186,86 @@ def test_a_crash_mid_write_loses_nothing_already_recorded(tmp_path):
         ledger.append(LedgerRecord(f"q{i}", epsilon=0.1))
     data = path.read_bytes()
     path.write_bytes(data[:-25])  # the last append was interrupted half-way through its line
-    with pytest.warns(UserWarning, match="torn last line"):
+    with pytest.warns(UserWarning, match="torn last line 3"):
         kept = ledger.records()
     assert [r.query for r in kept] == ["q0", "q1"]
-    # appending after the crash starts a fresh line; the torn fragment stays skipped
-    ledger.append(LedgerRecord("q3", epsilon=0.2))
-    with pytest.warns(UserWarning, match="unreadable line 3"):
-        assert [r.query for r in ledger.records()] == ["q0", "q1", "q3"]
-    with pytest.warns(UserWarning):
-        odo = PrivacyOdometer(total_epsilon=1.0, total_delta=1e-6, ledger=ledger)
+    # the next append removes the fragment (never acknowledged, so never answered) and starts a clean line
+    with pytest.warns(UserWarning, match="torn last line"):
+        ledger.append(LedgerRecord("q3", epsilon=0.2))
+    assert [r.query for r in ledger.records()] == ["q0", "q1", "q3"]
+    assert path.read_bytes().count(b"\n") == 3 and path.read_bytes().endswith(b"\n")
+    odo = PrivacyOdometer(total_epsilon=1.0, total_delta=1e-6, ledger=ledger)
     assert odo.spent_epsilon == pytest.approx(0.4)
+    # a whole record whose newline was lost is kept, and the next record goes on a line of its own
+    path.write_bytes(path.read_bytes()[:-1])
+    ledger.append(LedgerRecord("q4", epsilon=0.05))
+    assert [r.query for r in ledger.records()] == ["q0", "q1", "q3", "q4"]
+
+
+@pytest.mark.parametrize("damage", ["middle", "last_with_newline", "bad_schema"])
+def test_an_unreadable_line_fails_closed(tmp_path, damage):
+    # issue 13, defect 4(b): unreadable lines were skipped with a warning, so the budget they spent vanished
+    path = tmp_path / "ledger.jsonl"
+    odo = PrivacyOdometer(total_epsilon=1.0, total_delta=1e-6, ledger=path)
+    for i in range(3):
+        odo.spend(f"q{i}", epsilon=0.3)
+    lines = path.read_bytes().split(b"\n")
+    if damage == "middle":
+        lines[1] = lines[1][:40]  # line 2 cut short (a disk error, an editor, a bad merge)
+        where = "line 2"
+    elif damage == "last_with_newline":
+        lines[2] = b"not json"  # a complete (newline-terminated) line that is no record
+        where = "line 3"
+    else:
+        lines[0] = json.dumps({"v": 999, "query": "x", "epsilon": 0.3}).encode()
+        where = "line 1"
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(LedgerCorruptError, match=where):
+        Ledger(path).records()
+    with pytest.raises(LedgerCorruptError, match=where):
+        PrivacyOdometer(total_epsilon=1.0, total_delta=1e-6, ledger=path)
+    with pytest.raises(LedgerCorruptError, match=where):
+        odo.spend("q3", epsilon=0.05)  # the odometer re-reads the ledger before spending: refused too
+    assert issubclass(LedgerCorruptError, ValueError)
+
+
+def test_two_odometers_on_one_ledger_share_the_budget(tmp_path):
+    # issue 13, defect 4(a): each odometer checked only its own replay, so both accepted 0.6 (ledger total 1.2)
+    path = tmp_path / "ledger.jsonl"
+    a = PrivacyOdometer(total_epsilon=1.0, total_delta=1e-6, ledger=path)
+    b = PrivacyOdometer(total_epsilon=1.0, total_delta=1e-6, ledger=path)
+    a.spend("a", epsilon=0.6)
+    with pytest.raises(BudgetExceededError, match="epsilon to 1.2"):
+        b.spend("b", epsilon=0.6)
+    assert Ledger(path).totals()[0] == pytest.approx(0.6)
+    b.spend("b", epsilon=0.25)  # b now knows a's spending
+    assert b.spent_epsilon == pytest.approx(0.85) and a.refresh().spent_epsilon == pytest.approx(0.85)
+
+
+def _spend_from_shared_ledger(path: str, barrier, results, worker: int) -> None:
+    odo = PrivacyOdometer(total_epsilon=1.0, total_delta=1e-6, ledger=path)  # replays the (empty) ledger
+    barrier.wait()  # every process has loaded the ledger before anyone spends
+    try:
+        odo.spend(f"w{worker}", epsilon=0.6)
+        results.put((worker, "accepted"))
+    except BudgetExceededError:
+        results.put((worker, "refused"))
+
+
+def test_odometers_in_several_processes_never_overspend(tmp_path):
+    path = str(tmp_path / "ledger.jsonl")
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    n = 4
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_spend_from_shared_ledger, args=(path, barrier, results, w)) for w in range(n)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=60) for _ in range(n)]
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert sorted(o for _, o in outcomes) == ["accepted"] + ["refused"] * (n - 1)
+    assert Ledger(path).totals()[0] == pytest.approx(0.6) and len(Ledger(path)) == 1
 
 
 def _append_many(path: str, worker: int, n: int) -> None:

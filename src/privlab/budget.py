@@ -10,10 +10,25 @@ remaining budget under every accountant that can analyse the queries.
 
 :class:`Ledger` is the audit trail: one JSON object per line, appended with a
 single ``os.write`` of the complete line to a file opened with ``O_APPEND``,
-then ``fsync``. Appends from several processes therefore never interleave, and a
-crash can at worst leave one torn last line, which loading skips with a warning
-while keeping every complete record. An odometer backed by a ledger replays it
-on start, so reloading reproduces the same totals.
+then ``fsync``, under an exclusive ``flock``. An odometer backed by a ledger
+replays it on start, and :meth:`PrivacyOdometer.spend` does *check, then append*
+as one step under that lock, after re-reading the ledger: several odometers (in
+one process or many) sharing a ledger file can never together exceed the budget.
+
+The ledger fails closed. A line that cannot be read is spent budget whose amount
+is unknown, so reading raises :class:`LedgerCorruptError` naming the line,
+never skips it. The one exception is a *torn last line*: the file does not end in
+a newline and its last piece is not a record. That is an append interrupted by a
+crash; :meth:`PrivacyOdometer.spend` returns (and the caller may answer the
+query) only after the whole line is written and synced, so a torn line is a
+query that was never answered, and skipping it (with a warning) loses nothing.
+The next append removes the fragment, under the lock, before writing.
+
+Budget checks are exact: for basic composition of (epsilon, delta) and Laplace
+events the sums are taken in rational arithmetic (``fractions.Fraction`` of the
+floats; a Laplace event of scale b costs exactly 1/b), and a query is refused
+when the exact total would exceed the budget by any amount. Other accountants
+return a float epsilon, compared with a strict ``<=``, no tolerance.
 
 Adaptivity: with the budget fixed in advance and each query's cost known when
 it is asked, basic composition is valid for adaptively chosen queries (Rogers,
@@ -30,19 +45,22 @@ Traceback (most recent call last):
 privlab.budget.BudgetExceededError: query 'histogram' refused: under basic composition it would bring epsilon to 1.2, over the budget of 1 by 0.2
 >>> round(odo.remaining_epsilon, 10)
 0.1
+>>> odo.spend("last", epsilon=odo.remaining_epsilon).remaining_epsilon
+0.0
 
 Used in: chapters 3, 11, 12.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-
 import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from fractions import Fraction
 from pathlib import Path
 
 try:  # POSIX advisory locks; elsewhere appends are still single O_APPEND writes
@@ -54,19 +72,24 @@ from privlab._validate import check_delta, check_epsilon, check_nonnegative
 from privlab.accounting import (
     ACCOUNTANTS,
     EpsilonDeltaEvent,
+    LaplaceEvent,
     PrivacyEvent,
     event_from_dict,
     event_to_dict,
     make_accountant,
 )
 
-__all__ = ["BudgetExceededError", "LedgerRecord", "Ledger", "PrivacyOdometer"]
+__all__ = ["BudgetExceededError", "LedgerCorruptError", "LedgerRecord", "Ledger", "PrivacyOdometer"]
 
 SCHEMA_VERSION = 1
 
 
 class BudgetExceededError(ValueError):
     """A query would take the total privacy loss over the budget."""
+
+
+class LedgerCorruptError(ValueError):
+    """A ledger line (other than a torn last line) cannot be read: the spent budget is unknown."""
 
 
 def _now() -> str:
@@ -149,46 +172,76 @@ class Ledger:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
 
-    def append(self, record: LedgerRecord) -> None:
-        """Write ``record`` as one line with a single ``os.write`` (O_APPEND), then ``fsync``."""
-        if not isinstance(record, LedgerRecord):
-            raise ValueError(f"record must be a LedgerRecord, got {record!r}")
-        line = (record.to_json() + "\n").encode("utf-8")
+    # ----- reading ------------------------------------------------------------------
+    def _parse(self, raw: bytes) -> tuple[list[LedgerRecord], int]:
+        """The records in ``raw``, and the length of the prefix that holds them (the rest is a torn last line).
+
+        Raises:
+            LedgerCorruptError: an unreadable line that is not a torn last line.
+        """
+        lines = raw.split(b"\n")  # the last piece is b"" when the file ends in a newline
+        out, pos = [], 0
+        for number, line in enumerate(lines, start=1):
+            last = number == len(lines)
+            if line.strip():
+                try:
+                    out.append(LedgerRecord.from_json(line.decode("utf-8")))
+                except (ValueError, TypeError, UnicodeDecodeError) as exc:
+                    if last:  # no newline after it: an append interrupted by a crash, never acknowledged
+                        warnings.warn(f"{self.path}: skipping the torn last line {number} (an interrupted append, "
+                                      f"{len(line)} bytes, no newline); the next append removes it", stacklevel=3)
+                        return out, pos
+                    raise LedgerCorruptError(
+                        f"{self.path}: line {number} is not a readable ledger record ({exc.__class__.__name__}: "
+                        f"{exc}); its privacy spending is unknown, so the ledger cannot be used until the line "
+                        "is repaired or removed by hand") from exc
+            pos += len(line) + (0 if last else 1)
+        return out, pos
+
+    def records(self) -> list[LedgerRecord]:
+        """All records, in order, read under a shared lock; a torn last line is skipped with a warning.
+
+        Raises:
+            LedgerCorruptError: any other unreadable line (fail closed: spent budget must not vanish).
+        """
+        if not self.path.exists():
+            return []
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_SH)  # no append is half-way through while we read
+            return self._parse(_read_all(fd))[0]
+        finally:
+            os.close(fd)
+
+    # ----- writing ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self):
+        """Hold the ledger's exclusive lock: read the records, decide, append, as one step.
+
+        Yields an object with ``records`` (the list of records, read under the lock)
+        and ``append(record)``. Every other :meth:`append`, :meth:`transaction` and
+        :meth:`records` call waits until the block ends.
+
+        >>> import tempfile, os
+        >>> with Ledger(os.path.join(tempfile.mkdtemp(), "l.jsonl")).transaction() as txn:
+        ...     txn.append(LedgerRecord("count", epsilon=0.1))
+        ...     [r.query for r in txn.records]
+        ['count']
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            # an exclusive lock makes "check the last byte, then append" one step for every appender:
-            # without it, another process's write in flight can look like a torn line
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                line = b"\n" + line  # a crash left a torn line: do not glue this record onto it
-            written = os.write(fd, line)
-            if written != len(line):  # pragma: no cover - disk full
-                raise OSError(f"short write to {self.path}: {written} of {len(line)} bytes")
-            os.fsync(fd)
+            yield _Transaction(self, fd)
         finally:
             os.close(fd)  # closing releases the lock
 
-    def records(self) -> list[LedgerRecord]:
-        """All complete records, in order; torn lines (from a crash) are skipped with a warning."""
-        if not self.path.exists():
-            return []
-        raw = self.path.read_bytes()
-        lines = raw.split(b"\n")
-        out = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            torn_tail = number == len(lines)  # the last piece has no newline: an interrupted append
-            try:
-                out.append(LedgerRecord.from_json(line.decode("utf-8")))
-            except (ValueError, TypeError, UnicodeDecodeError) as exc:
-                where = "torn last line" if torn_tail else f"unreadable line {number}"
-                warnings.warn(f"{self.path}: skipping {where} ({exc.__class__.__name__}): {line[:60]!r}",
-                              stacklevel=2)
-        return out
+    def append(self, record: LedgerRecord) -> None:
+        """Write ``record`` as one line with a single ``os.write`` (O_APPEND, under the lock), then ``fsync``."""
+        with self.transaction() as txn:
+            txn.append(record)
 
     def __len__(self) -> int:
         return len(self.records())
@@ -199,6 +252,43 @@ class Ledger:
         return math.fsum(r.epsilon for r in recs), math.fsum(r.delta for r in recs)
 
 
+def _read_all(fd: int) -> bytes:
+    size, chunks, pos = os.fstat(fd).st_size, [], 0
+    while pos < size:
+        chunk = os.pread(fd, size - pos, pos)
+        if not chunk:  # pragma: no cover - the file shrank under us (cannot happen under the lock)
+            break
+        chunks.append(chunk)
+        pos += len(chunk)
+    return b"".join(chunks)
+
+
+class _Transaction:
+    """The records of a locked ledger, and appends to it (see :meth:`Ledger.transaction`)."""
+
+    def __init__(self, ledger: Ledger, fd: int) -> None:
+        self._ledger, self._fd = ledger, fd
+        raw = _read_all(fd)
+        self.records, keep = ledger._parse(raw)
+        self._torn_at = keep if raw[keep:].strip() else None  # where a torn last line starts
+        self._needs_newline = keep > 0 and not raw[:keep].endswith(b"\n")  # a whole record without its newline
+
+    def append(self, record: LedgerRecord) -> None:
+        if not isinstance(record, LedgerRecord):
+            raise ValueError(f"record must be a LedgerRecord, got {record!r}")
+        line = (record.to_json() + "\n").encode("utf-8")
+        if self._torn_at is not None:  # remove the fragment of the interrupted append first
+            os.ftruncate(self._fd, self._torn_at)
+            self._torn_at = None
+        if self._needs_newline:
+            line, self._needs_newline = b"\n" + line, False
+        written = os.write(self._fd, line)
+        if written != len(line):  # pragma: no cover - disk full
+            raise OSError(f"short write to {self._ledger.path}: {written} of {len(line)} bytes")
+        os.fsync(self._fd)
+        self.records.append(record)
+
+
 class PrivacyOdometer:
     r"""Spend a privacy budget query by query; refuse what would exceed it.
 
@@ -207,8 +297,13 @@ class PrivacyOdometer:
         total_delta: the budget :math:`\delta \in (0, 1)`.
         composition: the accountant that judges the queries, one of
             ``"basic"`` (default), ``"advanced"``, ``"rdp"``, ``"zcdp"``, ``"pld"``.
-        ledger: a :class:`Ledger` or a path; its records are replayed now and
-            every accepted query is appended to it.
+        ledger: a :class:`Ledger` or a path; its records are replayed now, and
+            again (under the ledger's lock) before every :meth:`spend`, so the
+            budget holds for all odometers sharing the file together; every
+            accepted query is appended to it.
+
+    The totals shown between spends (``spent_epsilon``, ``remaining_epsilon``, ...)
+    are those of the last read of the ledger; :meth:`refresh` re-reads it.
 
     Used in: chapters 3, 11, 12.
     """
@@ -221,40 +316,74 @@ class PrivacyOdometer:
             raise ValueError(f"composition must be one of {sorted(ACCOUNTANTS)}, got {composition!r}")
         self.composition = composition
         self.ledger = ledger if isinstance(ledger, Ledger) or ledger is None else Ledger(ledger)
-        self._records: list[LedgerRecord] = list(self.ledger.records()) if self.ledger else []
-        self._events: list[PrivacyEvent] = [r.privacy_event() for r in self._records]
+        self._records: list[LedgerRecord] = []
+        self._events: list[PrivacyEvent] = []
+        if self.ledger is not None:
+            self._load(self.ledger.records())
+
+    def _load(self, records: list[LedgerRecord]) -> None:
+        self._records = list(records)
+        self._events = [r.privacy_event() for r in self._records]
+
+    def refresh(self) -> "PrivacyOdometer":
+        """Re-read the ledger (other odometers may have spent from it); returns ``self``."""
+        if self.ledger is not None:
+            self._load(self.ledger.records())
+        return self
 
     # ----- totals ---------------------------------------------------------------------
-    def _epsilon_of(self, events: list[PrivacyEvent], name: str | None = None) -> float:
+    def _exact_epsilon_of(self, events: list[PrivacyEvent], name: str) -> Fraction | None:
+        """Basic composition of (epsilon, delta) and Laplace events, exactly (None for anything else)."""
+        if name != "basic":
+            return None
+        total = Fraction(0)
+        for event in events:
+            for leaf, count in ACCOUNTANTS["basic"]._leaves(event, 1, []):
+                if isinstance(leaf, EpsilonDeltaEvent):
+                    total += count * Fraction(leaf.epsilon)
+                elif isinstance(leaf, LaplaceEvent):
+                    total += count / Fraction(leaf.scale)  # exactly 1/b, not the float 1.0 / b
+                else:
+                    return None
+        return total
+
+    def _epsilon_of(self, events: list[PrivacyEvent], name: str | None = None):
+        """The epsilon of ``events`` at ``total_delta``: a Fraction where exact, else the accountant's float."""
         if not events:
-            return 0.0
-        acc = make_accountant(name or self.composition)
+            return Fraction(0)
+        name = name or self.composition
+        exact = self._exact_epsilon_of(events, name)
+        if exact is not None:
+            return exact
+        acc = make_accountant(name)
         for e in events:
             acc.compose(e)
         return acc.get_epsilon(self.total_delta)
 
     @staticmethod
-    def _delta_of(events: list[PrivacyEvent]) -> float:
-        return math.fsum(getattr(e, "delta", 0.0) for e in events)
+    def _delta_of(events: list[PrivacyEvent]) -> Fraction:
+        return sum((Fraction(getattr(e, "delta", 0.0)) for e in events), Fraction(0))
 
     @property
     def spent_epsilon(self) -> float:
         """Epsilon spent so far, at ``total_delta``, under the odometer's accountant."""
-        return self._epsilon_of(self._events)
+        return float(self._epsilon_of(self._events))
 
     @property
     def spent_delta(self) -> float:
         """Sum of the deltas of the (epsilon, delta) queries (a query given as a mechanism event, e.g. a
         Gaussian, spends its delta inside the accountant's epsilon at ``total_delta``)."""
-        return self._delta_of(self._events)
+        return float(self._delta_of(self._events))
 
     @property
     def remaining_epsilon(self) -> float:
-        return max(0.0, self.total_epsilon - self.spent_epsilon)
+        """The budget left, rounded down to a float: a query of exactly this epsilon is accepted."""
+        return _left(self.total_epsilon, self._epsilon_of(self._events))
 
     @property
     def remaining_delta(self) -> float:
-        return max(0.0, self.total_delta - self.spent_delta)
+        """The delta left, rounded down to a float."""
+        return _float_below(Fraction(self.total_delta) - self._delta_of(self._events))
 
     @property
     def records(self) -> tuple:
@@ -263,21 +392,26 @@ class PrivacyOdometer:
     # ----- spending ---------------------------------------------------------------------
     def check(self, query: str, *, epsilon: float | None = None, delta: float = 0.0,
               event: PrivacyEvent | None = None) -> float:
-        """The total epsilon after the query; raises :class:`BudgetExceededError` if over budget."""
+        """The total epsilon after the query; raises :class:`BudgetExceededError` if over budget.
+
+        Checks against the totals of the last read of the ledger (:meth:`spend`
+        re-reads it under the lock first). No tolerance: any excess is refused,
+        computed exactly where the composition allows (see the module docstring).
+        """
         event = self._event(epsilon, delta, event)
         after = self._events + [event]
         eps_after, delta_after = self._epsilon_of(after), self._delta_of(after)
-        over_delta = delta_after - self.total_delta
-        if over_delta > 1e-12 * self.total_delta:
+        if delta_after > Fraction(self.total_delta):
+            over = delta_after - Fraction(self.total_delta)
             raise BudgetExceededError(
-                f"query {query!r} refused: it would bring delta to {delta_after:.6g}, over the budget of "
-                f"{self.total_delta:.6g} by {over_delta:.6g}")
-        over = eps_after - self.total_epsilon
-        if over > 1e-12 * self.total_epsilon:
+                f"query {query!r} refused: it would bring delta to {float(delta_after):.6g}, over the budget of "
+                f"{self.total_delta:.6g} by {float(over):.6g}")
+        if not eps_after <= Fraction(self.total_epsilon):  # also refuses NaN
+            over = float(Fraction(eps_after) - Fraction(self.total_epsilon)) if math.isfinite(eps_after) else eps_after
             raise BudgetExceededError(
                 f"query {query!r} refused: under {self.composition} composition it would bring epsilon to "
-                f"{eps_after:.6g}, over the budget of {self.total_epsilon:.6g} by {over:.6g}")
-        return eps_after
+                f"{float(eps_after):.6g}, over the budget of {self.total_epsilon:.6g} by {over:.6g}")
+        return float(eps_after)
 
     def spend(self, query: str, *, epsilon: float | None = None, delta: float = 0.0,
               event: PrivacyEvent | None = None, mechanism: str = "", metadata: dict | None = None) -> LedgerRecord:
@@ -290,17 +424,26 @@ class PrivacyOdometer:
             BudgetExceededError: the query would exceed the budget (nothing is recorded).
             ValueError: bad epsilon / delta, or an event the accountant cannot analyse.
         """
-        before = self.spent_epsilon
         ev = self._event(epsilon, delta, event)
+        LedgerRecord(query, epsilon=0.0, metadata=dict(metadata or {})).to_json()  # refuse bad input before locking
+        if self.ledger is None:
+            return self._spend(query, ev, event is not None, mechanism, metadata, None)
+        with self.ledger.transaction() as txn:  # re-read, check and append under one exclusive lock
+            self._load(txn.records)
+            return self._spend(query, ev, event is not None, mechanism, metadata, txn)
+
+    def _spend(self, query, ev, as_event, mechanism, metadata, txn) -> LedgerRecord:
+        before = self.spent_epsilon
         after = self.check(query, event=ev)
         record = LedgerRecord(
-            query=query, epsilon=max(0.0, after - before) if event is not None else ev.epsilon,
+            query=query, epsilon=max(0.0, after - before) if as_event else ev.epsilon,
             delta=getattr(ev, "delta", 0.0), mechanism=mechanism, accounting=self.composition,
             event=event_to_dict(ev), spent_epsilon=after,
-            remaining_epsilon=max(0.0, self.total_epsilon - after), metadata=dict(metadata or {}))
+            remaining_epsilon=_left(self.total_epsilon, after),
+            metadata=dict(metadata or {}))
         record.to_json()  # refuse non-serialisable metadata before anything is recorded
-        if self.ledger is not None:
-            self.ledger.append(record)
+        if txn is not None:
+            txn.append(record)  # also adds it to txn.records, which self._records is a copy of
         self._records.append(record)
         self._events.append(ev)
         return record
@@ -333,10 +476,26 @@ class PrivacyOdometer:
                 out[name] = None
                 continue
             spent = self._epsilon_of(self._events, name)
-            out[name] = {"spent_epsilon": spent, "remaining_epsilon": max(0.0, self.total_epsilon - spent)}
+            out[name] = {"spent_epsilon": float(spent),
+                         "remaining_epsilon": _left(self.total_epsilon, spent)}
         return out
 
     def __repr__(self) -> str:
         return (f"PrivacyOdometer(spent_epsilon={self.spent_epsilon:.6g} of {self.total_epsilon:g}, "
                 f"delta={self.spent_delta:.3g} of {self.total_delta:g}, composition={self.composition!r}, "
                 f"queries={len(self._records)})")
+
+
+def _left(total: float, spent) -> float:
+    """total - spent, exactly, rounded down to a float (0 when spent is infinite or NaN)."""
+    if isinstance(spent, float) and not math.isfinite(spent):
+        return 0.0
+    return _float_below(Fraction(total) - Fraction(spent))
+
+
+def _float_below(x: Fraction) -> float:
+    """The largest float <= max(x, 0) (so spending it never exceeds the exact remainder); inf stays inf."""
+    if x <= 0:
+        return 0.0
+    f = float(x)
+    return math.nextafter(f, 0.0) if Fraction(f) > x else f

@@ -6,8 +6,16 @@ page: no SEVERE console entries; MathJax typeset every math element (no raw ``$.
 ``\\varepsilon`` left in the visible text, no MathJax errors or undefined macros); every
 ``<img>`` in the main content loaded with ``naturalWidth > 0``; every internal link resolves to a
 file and, with an anchor, to an existing id. Chapter pages carry the launch (Binder, JupyterHub)
-and download (.ipynb, source, PDF) buttons; ``search.html?q=Laplace`` finds pages.
-Screenshots of a few pages go to ``book/_build/screenshots/``.
+and download (.ipynb, source, PDF) buttons; ``search.html?q=Laplace`` finds pages. Every page
+built from a source carries the provenance note of ``privlab.book`` naming the scale asked for
+(``$PRIVLAB_BOOK_SCALE``, else the build folder's ``scale`` file), and every page's footer the
+privlab version and commit. Screenshots of a few pages, one in dark mode, go to
+``book/_build/<scale>/screenshots/``.
+
+Layout and accessibility, at 1280 pixels: no code cell, output or table in the main column scrolls
+horizontally or spills out of it, and every figure ``<img>`` has alt text (not its file name).
+These two fail the run only with ``PRIVLAB_STRICT_LAYOUT=1``; otherwise they warn and write what
+they found to ``book/_build/<scale>/layout-report.txt``.
 
 Run by ``make check-book`` (builds the book at smoke scale first, installs chromium via
 ``make browser-deps``). Elsewhere the module is skipped when the build or chromium is missing,
@@ -24,6 +32,7 @@ import re
 import shutil
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -31,9 +40,22 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-HTML_DIR = Path(os.environ.get("PRIVLAB_BOOK_HTML", ROOT / "book" / "_build" / "html")).resolve()
+HTML_DIR = Path(os.environ.get("PRIVLAB_BOOK_HTML", ROOT / "book" / "_build" / "smoke" / "html")).resolve()
 SHOT_DIR = HTML_DIR.parent / "screenshots"
+LAYOUT_REPORT = HTML_DIR.parent / "layout-report.txt"
 REQUIRED = os.environ.get("PRIVLAB_REQUIRE_BROWSER", "") == "1"
+STRICT_LAYOUT = os.environ.get("PRIVLAB_STRICT_LAYOUT", "") == "1"
+
+
+def _scale_asked() -> str:
+    """The scale the book was built at: $PRIVLAB_BOOK_SCALE, else what `privlab.book` recorded."""
+    if os.environ.get("PRIVLAB_BOOK_SCALE"):
+        return os.environ["PRIVLAB_BOOK_SCALE"]
+    recorded = HTML_DIR.parent / "scale"
+    return recorded.read_text().strip() if recorded.is_file() else HTML_DIR.parent.name
+
+
+SCALE = _scale_asked()
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 CHROME_ARGS = [
@@ -118,8 +140,34 @@ const done = arguments[arguments.length - 1];
   const imgs = Array.from(main.querySelectorAll("img"));
   imgs.forEach((img) => { if (img.loading === "lazy") img.loading = "eager"; });
   await Promise.all(imgs.map((img) => img.decode().catch(() => null)));
+  // code cells, outputs and tables in the main column that scroll sideways or spill out of it
+  const column = article.getBoundingClientRect();
+  const overflow = [];
+  const wide = "pre, div.highlight, div.cell_output, div.cell_output div.output, div.cell_output > div, " +
+               ".pst-scrollable-table-container, .table-wrapper, table";
+  for (const el of article.querySelectorAll(wide)) {
+    if (el.clientWidth === 0 || el.closest("details:not([open])")) continue;
+    const scrolls = ["auto", "scroll"].includes(getComputedStyle(el).overflowX) &&
+                    el.scrollWidth > el.clientWidth + 2;
+    const spills = el.getBoundingClientRect().right > column.right + 2;
+    if (scrolls || spills) {
+      const lines = (el.textContent || "").split("\n");
+      const longest = lines.reduce((a, b) => (b.length > a.length ? b : a), "");
+      const kind = el.closest(".cell_output") ? "output" : el.closest(".cell") ? "code" : el.tagName.toLowerCase();
+      overflow.push(`${kind} ${scrolls ? "scrolls" : "spills"} ${el.scrollWidth - el.clientWidth}px, ` +
+                    `longest line ${longest.length} chars: ${longest.trim().slice(0, 80)}`);
+    }
+  }
+  const prov = article.querySelector(".privlab-provenance");
+  const build = document.querySelector(".privlab-build");
   done({
     url: location.href,
+    provenance: prov ? prov.textContent.trim().replace(/\s+/g, " ") : null,
+    footer: build ? build.textContent.trim().replace(/\s+/g, " ") : null,
+    overflow: overflow,
+    figures: Array.from(article.querySelectorAll("img"))
+                  .filter((img) => /_images\//.test(img.getAttribute("src") || ""))
+                  .map((img) => ({src: img.getAttribute("src"), alt: img.getAttribute("alt") || ""})),
     title: document.title,
     mathjax: mathjax,
     mathCount: mathEls.length,
@@ -317,6 +365,82 @@ def test_launch_and_download_buttons(page, reports):
     assert launch["Binder"].endswith("?urlpath=lab/tree/" + source), f"{page}: Binder opens {launch['Binder']}"
     for label in (".ipynb", ".md", ".pdf"):
         assert label in data["download"], f"{page}: no {label} download button ({data['download']})"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_provenance_on_every_page(page, reports):
+    """The footer names privlab's version and commit and the scale; a page built from a source
+    ends with a provenance note naming the scale asked for (and, with code, the run's machine)."""
+    data = reports(page).data
+    footer = data["footer"]
+    assert footer, f"{page}: no privlab build line in the footer"
+    assert re.search(r"privlab \S+ · commit \S+", footer) and f"at scale {SCALE}" in footer, footer
+    if _source_text(page) is None:  # genindex, search: generated pages with no source
+        return
+    note = data["provenance"]
+    assert note, f"{page}: no provenance note"
+    assert f"Scale: {SCALE}." in note, f"{page}: provenance does not say scale {SCALE}: {note}"
+    assert "Computed on" in note or "runs no code" in note, note
+
+
+def _layout_problem(page: str, what: str, found: list[str]) -> None:
+    """Fails with PRIVLAB_STRICT_LAYOUT=1; otherwise warns and appends to the layout report."""
+    if not found:
+        return
+    message = f"{page}: {what}:\n  " + "\n  ".join(found)
+    if STRICT_LAYOUT:
+        pytest.fail(message, pytrace=False)
+    with LAYOUT_REPORT.open("a", encoding="utf-8") as report:
+        report.write(message + "\n")
+    warnings.warn(message + f"\n(report-only; PRIVLAB_STRICT_LAYOUT=1 makes this fail; see {LAYOUT_REPORT})")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fresh_layout_report():
+    LAYOUT_REPORT.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_no_horizontal_scroll_at_1280px(page, reports):
+    _layout_problem(page, "code cells, outputs or tables wider than the column at 1280 px",
+                    reports(page).data["overflow"])
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_figures_have_alt_text(page, reports):
+    bad = [f"{img['src']} alt={img['alt']!r}" for img in reports(page).data["figures"]
+           if not img["alt"].strip() or re.search(r"_images/|\.(png|svg|jpe?g)$", img["alt"])]
+    _layout_problem(page, "figures without alt text (none, or the file name)", bad)
+
+
+DARK_JS = """
+document.documentElement.dataset.theme = "dark";
+document.documentElement.dataset.mode = "dark";
+const rgb = (c) => (c.match(/[\\d.]+/g) || [255, 255, 255]).slice(0, 3).map(Number);
+const lum = ([r, g, b]) => (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255;
+return [lum(rgb(getComputedStyle(document.body).backgroundColor)),
+        lum(rgb(getComputedStyle(document.querySelector("article") || document.body).color))];
+"""
+
+
+def test_dark_mode(driver, base_url):
+    """The book reads in dark mode: dark background, light text; a screenshot for the eye."""
+    page = SHOT_PAGES[-1] if SHOT_PAGES else "book/intro.html"
+    driver.get(base_url + page)
+    background, text = driver.execute_script(DARK_JS)
+    time.sleep(0.5)
+    SHOT_DIR.mkdir(parents=True, exist_ok=True)
+    name = page.removesuffix(".html").replace("/", "__")
+    driver.save_screenshot(str(SHOT_DIR / f"{name}__dark.png"))
+    found = driver.execute_script(
+        "const el = document.querySelector(\"article img[src*='_images/']\");"
+        "if (el) { el.scrollIntoView({block: 'center'}); return true; } return false;")
+    if found:
+        time.sleep(0.3)
+        driver.save_screenshot(str(SHOT_DIR / f"{name}__dark__figure.png"))
+    driver.execute_script("document.documentElement.dataset.theme = 'light';"
+                          "document.documentElement.dataset.mode = 'light';")
+    assert background < 0.3 and text > 0.6, f"dark mode: background {background:.2f}, text {text:.2f}"
 
 
 def test_search_finds_laplace(driver, base_url):

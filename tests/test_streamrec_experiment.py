@@ -25,7 +25,15 @@ def test_cli_smoke_writes_results_and_figures(tmp_path, capsys):
                "--no-studies", "--no-progress"])  # fmt: skip
     assert rc == 0
     res = json.loads((tmp_path / "results.json").read_text())
-    assert {"configuration", "machine", "versions", "commit", "runs", "threshold", "timing"} <= set(res)
+    assert {"configuration", "machine", "versions", "commit", "runs", "threshold", "timing", "privacy_unit",
+            "baselines", "public_proxy"} <= set(res)
+    assert "interaction" in res["privacy_unit"]["sweep"] and "user" in res["privacy_unit"]["user_level"]
+    base_r = res["baselines"]
+    assert 0 < base_r["random"]["recall@20"] < base_r["oracle"]["recall@20"] <= 1
+    # C and the prior come from the public proxy, never a training seed
+    assert res["public_proxy"]["proxy_seed"] != res["configuration"]["seed"]
+    assert res["configuration"]["max_grad_norm"] == res["public_proxy"]["max_grad_norm"] > 0
+    assert res["configuration"]["delta_used"] == 1 / (10 * res["data"]["n_train"])
     assert res["configuration"]["scale"] == "smoke" and res["configuration"]["epsilons"] == [3.0, "inf"]
     assert {"platform", "cpu_count", "cuda_device"} <= set(res["machine"])
     assert res["versions"]["torch"] and res["versions"]["privlab"]
@@ -35,13 +43,16 @@ def test_cli_smoke_writes_results_and_figures(tmp_path, capsys):
         assert set(r["metrics"]) == {"accuracy", "auc", "f1", "recall@20", "ndcg@20"}
         assert {"power_users", "casual", "new_users", "eu_market", "us_market", "jp_market"} == set(r["segments"])
         assert r["wall_seconds"] > 0 and 1 <= r["convergence_epoch"] <= r["epochs"]
-        assert len(r["losses"]) == r["epochs"] and r["final_loss"] == r["losses"][-1]
+        assert len(r["losses"]) == r["epochs"] and r["final_loss"] == r["losses"][-1] == r["train_loss"][-1]
+        assert r["privacy_unit"] == "interaction" and r["loss_falls"] and r["both_classes_predicted"]
+        assert abs(r["mean_logit"] - r["prior_log_odds"]) < 1.5
         assert 0 <= r["metrics"]["recall@20"] <= 1
     assert dp["epsilon_target"] == 3.0 and dp["sigma"] > 0
     assert dp["epsilon_pld"] <= 3.0 * (1 + 1e-3) and dp["epsilon_rdp"] >= dp["epsilon_pld"]
     gn = dp["grad_norms"]
-    assert gn["p95"] >= gn["median"] > 0 and 0 <= gn["fraction_clipped"] <= 1
+    assert gn["p95"] >= gn["median"] > 0 and 0 <= gn["fraction_clipped"] == dp["fraction_clipped"] <= 1
     assert base["epsilon_target"] == "inf" and base["sigma"] == 0 and base["grad_norms"] is None
+    assert base["fraction_clipped"] is None
     assert len(res["threshold"]) == 7  # overall + 3 segments + 3 markets
     assert {p.name for p in tmp_path.glob("*.png")} == {"utility_vs_epsilon.png", "segment_recall.png",
                                                          "loss_curves.png"}  # fmt: skip
@@ -104,8 +115,9 @@ def test_calibrate_sigma_and_accounting_study():
 
 def test_profiles_and_json():
     p = streamrec_profile("paper")
-    assert (p.batch_size, p.epochs, p.max_grad_norm, p.lr, p.delta) == (4096, 15, 1.0, 5e-4, 1e-7)
-    assert streamrec_profile("smoke").delta_for(1000) == 1e-3
+    assert (p.batch_size, p.epochs, p.max_grad_norm, p.lr, p.delta) == (4096, 15, None, 5e-4, None)
+    assert p.published_clip_norm == 1.0
+    assert streamrec_profile("smoke").delta_for(1000) == 1e-4  # 1/(10 N): well below 1/N
     assert to_jsonable({"a": np.float32(1.5), "b": float("inf"), "c": np.arange(2)}) == {"a": 1.5, "b": "inf",
                                                                                        "c": [0, 1]}  # fmt: skip
 
@@ -146,13 +158,42 @@ def test_clip_study_reuses_the_matching_sweep_run(tiny_streamrec):
 
     prof = streamrec_profile("smoke", clip_norms=(1.0,), epochs=1, study_epochs=None)
     sentinel = {"epsilon_target": prof.study_epsilon, "epochs": 1, "batch_size": prof.batch_size, "seed": 0,
-                "max_grad_norm": 1.0}  # fmt: skip
-    assert clip_study(tiny_streamrec, profile=prof, seed=0, reuse=sentinel, progress=False)[0] is sentinel
+                "max_grad_norm": 1.0, "clipping_only": False}  # fmt: skip
+    assert clip_study(tiny_streamrec, profile=prof, seed=0, reuse=[sentinel], progress=False)[0] is sentinel
     # a different epoch count (the book profile's shorter clip study) must not reuse the sweep's run
     prof2 = streamrec_profile("smoke", clip_norms=(1.0,), epochs=2, study_epochs=1, batch_size=512)
     sweep_like = {**sentinel, "epochs": 2, "batch_size": 512}
-    (rec,) = clip_study(tiny_streamrec, profile=prof2, seed=0, reuse=sweep_like, progress=False)
+    (rec,) = clip_study(tiny_streamrec, profile=prof2, seed=0, reuse=[sweep_like], progress=False)
     assert rec is not sweep_like and rec["epochs"] == 1
+    # the clipping-only ablation: same C, sigma 0, clipping still applied and reported
+    (only,) = clip_study(tiny_streamrec, profile=prof2, seed=0, noise=False, progress=False)
+    assert only["sigma"] == 0 and only["clipping_only"] and only["fraction_clipped"] is not None
+
+
+def test_random_recall_matches_monte_carlo(tiny_streamrec):
+    from privlab.experiments.streamrec import random_recall
+    from privlab.metrics import recall_at_k
+
+    d = tiny_streamrec
+    rng = np.random.default_rng(0)
+    draws = [recall_at_k(d.cand_user, d.cand_label, rng.random(d.cand_user.size), k=20) for _ in range(200)]
+    exact = random_recall(d.cand_user, d.cand_label, k=20)
+    assert abs(np.mean(draws) - exact) < 4 * np.std(draws) / np.sqrt(200)
+
+
+def test_user_level_run_and_privacy_over_time(tiny_streamrec):
+    from privlab.experiments.streamrec import privacy_over_time, run_user_level, torch_threads
+
+    prof = streamrec_profile("smoke", epochs=1, user_batch_size=32, user_max_rows=8)
+    with torch_threads(1):
+        rec = run_user_level(tiny_streamrec, epsilon=3.0, profile=prof, seed=0, max_grad_norm=5.0, progress=False)
+    assert rec["privacy_unit"] == "user" and rec["sigma"] > 0 and rec["epsilon_pld"] <= 3.0 * 1.001
+    assert rec["n_units"] == np.unique(tiny_streamrec.train_user).size
+    assert rec["delta"] == 1 / (10 * rec["n_units"]) and rec["n_train"] <= 8 * rec["n_units"]
+    t = privacy_over_time(rec)
+    assert rec["epsilon_pld"] < t["per_30_days"] < t["per_year"]
+    ex = privacy_over_time({**rec, "privacy_unit": "interaction"}, rows=130)
+    assert ex["group_30_days"][0] == pytest.approx(130 * ex["per_row_window"]) and ex["user_rows_year"] == 1582
 
 
 def test_torch_threads_restores():

@@ -1,0 +1,106 @@
+"""MovieLens preparation (public panel, per-user split, negatives) and the user-level DP runs."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from privlab.experiments.movielens import MovieLensFeatureModel, prepare_movielens, run_movielens
+
+
+def _ratings(n_users=30, n_items=40, per_user=(6, 25), seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    genres = ["Drama", "Comedy", "Action|Drama", "Horror", "Comedy|Romance"]
+    for u in range(1, n_users + 1):
+        items = rng.choice(n_items, size=rng.integers(*per_user), replace=False)
+        for t, i in enumerate(items):
+            rows.append((u, int(i) + 100, float(rng.choice([1, 2, 3, 4, 5])), 1000 + 10 * t, genres[i % 5]))
+    return pd.DataFrame(rows, columns=["userId", "movieId", "rating", "timestamp", "genres"])
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    df = _ratings()
+    return df, prepare_movielens(df, rng=np.random.default_rng(0), n_negatives=10, public_fraction=0.2)
+
+
+def test_public_panel_is_disjoint_from_training_and_evaluation(prepared):
+    _, d = prepared
+    pub = np.flatnonzero(d.public_user)
+    assert pub.size == 6
+    assert not np.isin(d.train_user, pub).any() and not np.isin(d.test_user, pub).any()
+    assert not np.isin(d.cand_user, pub).any() and np.isin(d.pub_user, pub).all()
+
+
+def test_each_rating_brings_one_unrated_negative(prepared):
+    df, d = prepared
+    half = d.train_user.size // 2
+    np.testing.assert_array_equal(d.train_user[:half], d.train_user[half:])
+    assert (d.y_train[half:] == 0).all()
+    codes = {m: j for j, m in enumerate(sorted(df["movieId"].unique()))}
+    users = {u: j for j, u in enumerate(sorted(df["userId"].unique()))}
+    rated = {(users[u], codes[m]) for u, m in zip(df["userId"], df["movieId"])}
+    assert all((u, i) not in rated for u, i in zip(d.train_user[half:], d.train_item[half:]))
+
+
+def test_time_split_is_per_user_and_latest(prepared):
+    df, d = prepared
+    counts = df.groupby("userId").size().to_numpy()
+    n_test = np.maximum(1, np.ceil(0.2 * counts)).astype(int)
+    private = ~d.public_user
+    assert d.test_user.size == n_test[private].sum()
+    np.testing.assert_array_equal(d.user_activity, counts - n_test)
+
+
+def test_split_of_a_user_does_not_depend_on_other_users():
+    df = _ratings()
+    full = prepare_movielens(df, rng=np.random.default_rng(0), n_negatives=5, public_fraction=0.2)
+    # drop one user (id 1 is code 0); every other user's test period is unchanged
+    fewer = prepare_movielens(df[df["userId"] != 1], rng=np.random.default_rng(0), n_negatives=5,
+                              public_fraction=0.2)
+    np.testing.assert_array_equal(full.user_activity[1:], fewer.user_activity)
+
+
+def test_user_profile_is_mean_genres_of_liked_training_items(prepared):
+    _, d = prepared
+    assert d.user_profile.shape == (d.n_users, d.genres.shape[1])
+    assert (d.user_profile >= 0).all() and (d.user_profile <= 1).all()
+
+
+@pytest.mark.parametrize("bad", [dict(test_fraction=0.0), dict(public_fraction=1.0), dict(n_negatives=0)])
+def test_prepare_rejects_bad_arguments(bad):
+    with pytest.raises(ValueError):
+        prepare_movielens(_ratings(), rng=np.random.default_rng(0), **bad)
+
+
+def test_prepare_rejects_missing_columns():
+    with pytest.raises(ValueError, match="columns"):
+        prepare_movielens(_ratings().drop(columns="genres"), rng=np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("model", ["embedding", "features"])
+def test_run_movielens_user_level(prepared, model):
+    _, d = prepared
+    recs = run_movielens(d, epsilons=(3, math.inf), epochs=1, batch_size=8, max_rows=16, model=model)
+    dp, base = recs
+    n_priv = int((~d.public_user).sum())
+    assert dp["privacy_unit"] == "user" and dp["n_units"] == n_priv and dp["delta"] == 1 / (10 * n_priv)
+    assert dp["sigma"] > 0 and dp["epsilon_pld"] <= 3 * 1.001 and dp["max_grad_norm"] > 0
+    assert 0 <= dp["fraction_clipped"] <= 1 and base["fraction_clipped"] is None and base["sigma"] == 0
+    assert dp["rows_kept"] <= 16 * n_priv and dp["model"] == model
+    assert dp["prior_log_odds"] == pytest.approx(np.log(d.y_pub.mean() / (1 - d.y_pub.mean())))
+    for r in recs:
+        assert len(r["train_loss"]) == 1 and 0 <= r["metrics"]["recall@20"] <= 1
+
+
+def test_run_movielens_rejects_unknown_model(prepared):
+    with pytest.raises(ValueError, match="model"):
+        run_movielens(prepared[1], model="mf")
+
+
+def test_feature_model_has_no_per_user_parameters():
+    m = MovieLensFeatureModel(np.eye(4, dtype=np.float32))
+    assert all(p.shape[0] != 4 or p.ndim == 1 for p in m.parameters())
+    assert sum(p.numel() for p in m.parameters()) < 10_000

@@ -162,10 +162,18 @@ def cliff_data(*, n_samples: int = 500, n_features: int = 10, n_clusters: int = 
                      n_clusters, "blobs")
 
 
-def cps1988_task(*, seed: int = 0, test_fraction: float = 0.2, max_rows: int | None = None) -> CliffData:
+def cps1988_task(*, seed: int = 0, test_fraction: float = 0.2, max_rows: int | None = None,
+                 train_rows: int | None = None) -> CliffData:
     """CPS1988: predict a wage above the training median from education, experience and the categoricals.
 
     Numeric columns standardised with training statistics, categoricals one-hot (12 features).
+    ``max_rows`` subsamples the table before the split; ``train_rows`` keeps the full test
+    split (so accuracies are measured precisely) and trains on the first ``train_rows`` of
+    the training split only. Privacy unit of a model trained on it: one worker's record.
+
+    >>> t = cps1988_task(seed=0, train_rows=500)
+    >>> tuple(t.X_train.shape), len(t.y_test)
+    ((500, 12), 5631)
     """
     from privlab.datasets import load_cps1988
 
@@ -176,6 +184,8 @@ def cps1988_task(*, seed: int = 0, test_fraction: float = 0.2, max_rows: int | N
         perm = perm[: check_int("max_rows", max_rows, minimum=10)]
     n_test = int(round(len(perm) * check_probability("test_fraction", test_fraction)))
     test, tr = perm[:n_test], perm[n_test:]
+    if train_rows is not None:
+        tr = tr[: check_int("train_rows", train_rows, minimum=10)]
     num = df[["education", "experience"]].to_numpy(float)
     mu, sd = num[tr].mean(0), num[tr].std(0)
     cats = [np.eye(len(df[c].cat.categories))[df[c].cat.codes.to_numpy()]

@@ -153,3 +153,25 @@ def test_other_invalid_configurations():
     with pytest.raises(ValueError, match="generator"):
         DPOptimizer(torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=1.0), noise_multiplier=1.0,
                     max_grad_norm=1.0, expected_batch_size=4.0, generator=None)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_noise_is_drawn_in_float32_for_low_precision_parameters(dtype):
+    """Issue 13, defect 8: the Gaussian is drawn in float32 and the noisy sum rounded once, not drawn in bf16."""
+    sigma, c, n = 1.0, 0.37, 10_000
+    grad = torch.linspace(-3, 3, n).to(dtype)
+    dp = make_dp(nn.Linear(1, 1), sigma=sigma, c=c, seed=5)
+    noisy = dp.add_noise([grad])[0]
+    z = torch.randn(n, generator=torch.Generator().manual_seed(5), dtype=torch.float32)
+    assert noisy.dtype == dtype
+    torch.testing.assert_close(noisy, (grad.float() + sigma * c * z).to(dtype), rtol=0, atol=0)
+
+
+def test_bf16_model_steps_with_float32_norms():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 1)).to(torch.bfloat16)
+    x, y = torch.randn(6, 4, dtype=torch.bfloat16), torch.randn(6, 1, dtype=torch.bfloat16)
+    dp = make_dp(model, sigma=1.0, c=0.5, record_norms=True)
+    stats = dp.step(model, lambda o, t: (o - t) ** 2, x, y)
+    assert stats.norms.dtype == torch.float32 and torch.isfinite(stats.norms).all()
+    assert all(p.dtype == torch.bfloat16 and torch.isfinite(p).all() for p in model.parameters())

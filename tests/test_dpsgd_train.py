@@ -206,3 +206,29 @@ def test_bad_inputs_raise():
         train(model(), X, y, loss_fn=ce, config=config(batch_size=100), generator=torch.Generator())
     with pytest.raises(ValueError, match="config"):
         train(model(), X, y, loss_fn=ce, config=dataclasses.asdict(config()), generator=torch.Generator())
+
+
+@pytest.mark.parametrize("n", [1_000, 200_000, 10_000_000])
+def test_default_delta_is_well_below_one_over_n(n):
+    """Issue 13, defect 8: the old default min(1e-5, 1/N) was 1/N itself for N > 1e5."""
+    cfg = config()
+    assert cfg.delta is None and cfg.delta_rule() == train_module.DEFAULT_DELTA_RULE
+    delta = cfg.delta_for(n)
+    assert delta <= 0.1 / n and delta <= 1e-5
+    assert delta == min(1e-5, 0.1 / n)
+
+
+def test_result_states_delta_and_how_it_was_chosen():
+    X, y = data()
+    r = train(model(), X, y, loss_fn=ce, config=config(accountant="rdp"), generator=torch.Generator().manual_seed(0))
+    assert r.delta == min(1e-5, 0.1 / 60) and r.delta_rule == "min(1e-5, 1/(10 N))"
+    r = train(model(), X, y, loss_fn=ce, config=config(accountant="rdp", delta=1e-4),
+              generator=torch.Generator().manual_seed(0))
+    assert r.delta == 1e-4 and r.delta_rule == "given"
+
+
+def test_given_delta_at_least_one_over_n_warns():
+    X, y = data()
+    with pytest.warns(RuntimeWarning, match="delta = 0.05 >= 1/N"):
+        train(model(), X, y, loss_fn=ce, config=config(accountant="rdp", delta=0.05),
+              generator=torch.Generator().manual_seed(0))

@@ -397,7 +397,7 @@ def _single_example(model, loss_fn, xs, targets, factors_fn, params):
     else:
         gs = [None] * len(params)
     grads = [torch.zeros_like(p) if g is None else g for g, p in zip(gs, params)]
-    dtype = params[0].dtype if params else torch.float32
+    dtype = torch.promote_types(params[0].dtype if params else torch.float32, torch.float32)
     norm2 = sum((g.detach().to(dtype).pow(2).sum() for g in grads), torch.zeros((), dtype=dtype, device=total.device))
     norms = norm2.sqrt().reshape(1)
     if factors_fn is None:
@@ -460,7 +460,8 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
         # only the output gradients b are asked for, so autograd skips the weight-gradient matmuls
         out_grads = torch.autograd.grad(total, [s.edge for s in backward_sites], allow_unused=True)
     graph = None
-    dtype = next((p.dtype for s in sites for _, p in s.params), torch.float32)
+    # norms accumulate in float32 or wider: a bf16/fp16 norm would misstate the clip factor by up to 2^-8
+    dtype = torch.promote_types(next((p.dtype for s in sites for _, p in s.params), torch.float32), torch.float32)
     norm2 = torch.zeros(batch, device=losses.device, dtype=dtype)
     weighted: list[tuple[_Site, Callable]] = []
     for s, b in zip(backward_sites, out_grads):  # b = d(sum_j loss_j)/d(output of s) = per-example b_i rows
@@ -472,11 +473,11 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
             x = s.args[0].detach() if s.producer is None else _recompute_output(s.producer)
             contribution = s.rule(s.module, x, b)
             x = None
-            norm2 = norm2 + contribution.norm2
+            norm2 = norm2 + contribution.norm2.to(dtype)
             weighted.append((s, contribution.weighted_sum))
         else:
             grads = _local_per_example_grads(s, b)
-            norm2 = norm2 + sum(_row_sq_norms(g) for g in grads.values())
+            norm2 = norm2 + sum(_row_sq_norms(g).to(dtype) for g in grads.values())
             weighted.append((s, lambda c, grads=grads: {k: weighted_rows(c, g) for k, g in grads.items()}))
         if modes[s] == "local":
             s.args = s.kwargs = None  # let activations no longer needed be freed now

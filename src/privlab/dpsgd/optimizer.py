@@ -41,6 +41,7 @@ Used in: chapters 5, 6, 7, 11, 12.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -158,8 +159,15 @@ class DPOptimizer:
                 f"{None if gen is None else gen.device}"
             )
         sizes = [g.numel() for g in grads]
-        z = torch.randn(sum(sizes), generator=gen, device=ref.device, dtype=ref.dtype)  # one draw
-        return torch._foreach_add(grads, [n.view_as(g) for g, n in zip(grads, torch.split(z, sizes))], alpha=std)
+        # drawn in float32 or wider: a Gaussian drawn in bf16/fp16 is coarsely quantised (8 or 11 bits of
+        # mantissa), so it is not the Gaussian the accountant assumes; the sum is cast back afterwards
+        # (rounding the noisy sum is post-processing)
+        noise_dtype = functools.reduce(torch.promote_types, (g.dtype for g in grads), torch.float32)
+        z = torch.randn(sum(sizes), generator=gen, device=ref.device, dtype=noise_dtype)  # one draw
+        noise = [n.view_as(g) for g, n in zip(grads, torch.split(z, sizes))]
+        if all(g.dtype == noise_dtype for g in grads):
+            return torch._foreach_add(grads, noise, alpha=std)
+        return [(g.to(noise_dtype) + std * n).to(g.dtype) for g, n in zip(grads, noise)]
 
     # -- step 5: scale ----------------------------------------------------------------------
     def scale(self, grads: list[Tensor]) -> list[Tensor]:

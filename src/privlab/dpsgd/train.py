@@ -44,6 +44,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -59,9 +60,11 @@ from .optimizer import DPOptimizer
 from .per_sample import as_input_tuple, batch_size_of
 from .sampling import PoissonSampler, ShuffleSampler, local_slice
 
-__all__ = ["DPSGDConfig", "TrainResult", "train"]
+__all__ = ["DEFAULT_DELTA_RULE", "DPSGDConfig", "TrainResult", "train"]
 
 SAMPLERS = ("poisson", "shuffle")
+#: The default delta when none is given: well below 1/N (see :meth:`DPSGDConfig.delta_for`).
+DEFAULT_DELTA_RULE = "min(1e-5, 1/(10 N))"
 ACCOUNTANTS = ("pld", "rdp", None)
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 
@@ -78,7 +81,10 @@ class DPSGDConfig:
         batch_size: expected batch size :math:`b = qN`.
         lr: learning rate for the named optimizers.
         optimizer: ``"sgd"``, ``"adam"`` or a factory ``params -> torch.optim.Optimizer``.
-        delta: :math:`\delta`; default :math:`\min(10^{-5}, 1/N)`.
+        delta: :math:`\delta`, well below :math:`1/N`; default (``None``)
+            :math:`\min(10^{-5}, 1/(10N))` (:data:`DEFAULT_DELTA_RULE`), reported in
+            :attr:`TrainResult.delta` and ``delta_rule``. A given :math:`\delta \ge 1/N` warns: it
+            allows releasing one random example in the clear.
         method: per-sample gradient method, ``"fast"``, ``"vmap"`` or ``"loop"``.
         sampler: ``"poisson"`` or ``"shuffle"`` (warns; accounting flagged invalid).
         accountant: ``"pld"``, ``"rdp"`` or ``None`` (skip accounting, epsilon NaN).
@@ -150,8 +156,27 @@ class DPSGDConfig:
         return check_probability("sample_rate (batch_size / N)", q)
 
     def delta_for(self, n: int) -> float:
-        r""":math:`\delta`, by default :math:`\min(10^{-5}, 1/N)`."""
-        return self.delta if self.delta is not None else min(1e-5, 1.0 / n)
+        r""":math:`\delta` for :math:`N` examples: the given one, else :math:`\min(10^{-5}, 1/(10N))`.
+
+        Never the old default :math:`\min(10^{-5}, 1/N)`, which *is* :math:`1/N` for
+        :math:`N > 10^5`: a mechanism that publishes one random example in the clear
+        is :math:`(0, 1/N)`-DP, so :math:`\delta` must be well below :math:`1/N`.
+
+        >>> DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0, batch_size=8).delta_for(1_000_000)
+        1e-07
+        >>> DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0, batch_size=8).delta_for(1_000)
+        1e-05
+        """
+        if self.delta is not None:
+            if self.delta >= 1.0 / n:
+                warnings.warn(f"delta = {self.delta:g} >= 1/N = {1.0 / n:g}: a guarantee that allows publishing one "
+                              "example in the clear; choose delta well below 1/N", RuntimeWarning, stacklevel=3)
+            return self.delta
+        return min(1e-5, 0.1 / n)
+
+    def delta_rule(self) -> str:
+        """How :meth:`delta_for` chose delta: ``"given"`` or the default rule."""
+        return "given" if self.delta is not None else DEFAULT_DELTA_RULE
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         if callable(self.optimizer):
@@ -170,7 +195,8 @@ class TrainResult:
     evals: tuple = ()  # eval_fn(model) after each epoch
     steps: int = 0
     sample_rate: float = 0.0
-    delta: float = 0.0
+    delta: float = 0.0  # the delta every epsilon above is stated at
+    delta_rule: str = "given"  # "given", or the default rule that chose delta (DEFAULT_DELTA_RULE)
     accounting_valid: bool = True  # False for shuffled batches: the Poisson epsilon does not apply
     grad_norms: np.ndarray | None = field(default=None, repr=False)
 
@@ -345,10 +371,10 @@ def train(
                 with torch.no_grad():
                     evals.append(eval_fn(model))
                 model.train()
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", eps=f"{epsilons[-1]:.3g}")
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", eps=f"{epsilons[-1]:.3g}", delta=f"{delta:.1e}")
     grad_norms = torch.cat(norms).cpu().numpy() if norms else (np.empty(0) if config.record_grad_norms else None)
     return TrainResult(
         config=config, losses=tuple(losses), epsilons=tuple(epsilons), epoch_seconds=tuple(seconds),
-        evals=tuple(evals), steps=steps, sample_rate=q, delta=delta,
+        evals=tuple(evals), steps=steps, sample_rate=q, delta=delta, delta_rule=config.delta_rule(),
         accounting_valid=config.sampler == "poisson", grad_norms=grad_norms,
     )

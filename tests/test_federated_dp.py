@@ -109,6 +109,30 @@ def test_dp_fedavg_with_no_clipping_and_tiny_noise_is_fedavg_with_uniform_weight
     torch.testing.assert_close(dp.params, params, rtol=0, atol=1e-5)
 
 
+def test_client_level_dp_with_secure_aggregation_in_rounds_of_one_and_zero_clients(hospitals):
+    # issue 13, defect 6(b): secure aggregation raised when Poisson sampling picked one client
+    # (K = 5, q = 0.2: 41% of rounds; 27% at K = 10). Such rounds must run: the noise is still added
+    # and the accounting is unchanged, so the run equals the same run without secure aggregation.
+    from privlab.federated import SecAggConfig
+
+    algo = FedAvg(rounds=4, clients_per_round=1, local_lr=0.2)
+    rule = ClientLevelDP(clip_norm=1.0, noise_multiplier=1.0, delta=1e-4)
+    plain = simulate(_model(), hospitals, algo, rng=make_rng(1), privacy=rule)
+    secure = simulate(_model(), hospitals, algo, rng=make_rng(1), privacy=rule, secure_aggregation=SecAggConfig())
+    assert secure.history["clients"].tolist() == [1, 0, 1, 0]  # rounds of one client and of none
+    assert secure.history["epsilon"].tolist() == plain.history["epsilon"].tolist()
+    torch.testing.assert_close(secure.params, plain.params, rtol=0, atol=1e-5)
+    # and the noise was added: the model moved in the rounds with no client at all
+    assert float((secure.params - _model_params()).norm()) > 0.1
+
+
+def _model_params():
+    from privlab.federated.fedavg import ParamSpec
+
+    m = _model()
+    return ParamSpec(m).flat_from_model(m)
+
+
 def test_sample_level_dp_vectorised_equals_the_dpsgd_kernel_loop(hospitals):
     rule = SampleLevelDP(clip_norm=0.7, noise_multiplier=0.8, sample_rate=0.05, local_steps=4, delta=1e-5)
     algo = FedAvg(rounds=2, local_lr=0.3, clients_per_round=4, mu=0.1)

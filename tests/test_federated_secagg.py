@@ -111,6 +111,48 @@ def test_inputs_the_ring_cannot_sum_are_refused_by_name():
         SecAggConfig(modulus_bits=48)
 
 
+def test_a_sum_at_the_ring_bound_never_wraps():
+    # issue 13, defect 6(a): two clients each sending 64 - 2^-25 (f = 24, M = 32) encode to 2^30 each; the
+    # float check |x| <= (2^31 - 1) / (2^24 n) passed them and the sum 2^31 wrapped to -128
+    x = np.full((2, 1), 64 - 2.0**-25)
+    with pytest.raises(ValueError, match="client 0"):
+        secure_sum(x, rng=make_rng(0), frac_bits=24, modulus_bits=32)
+    # one grid step lower they encode to 2^30 - 1 each: the sum 2^31 - 2 fits, and is exact
+    ok = secure_sum(np.full((2, 1), 64 - 2.0**-24), rng=make_rng(0), frac_bits=24, modulus_bits=32).total
+    assert ok.tolist() == [128 - 2.0**-23]
+    big = np.full((3, 1), float(2**62))  # beyond int64 after scaling: refused, not an overflowing cast
+    with pytest.raises(ValueError, match="client 0"):
+        secure_sum(big, rng=make_rng(0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 4), frac=st.integers(0, 24), m=st.sampled_from([32, 64]), sign=st.sampled_from([1, -1]),
+       off=st.integers(-3, 3))  # fmt: skip
+def test_secure_sum_is_right_or_refuses_near_the_bound(n, frac, m, sign, off):
+    if frac >= m - 1:
+        return
+    # every client sends a value whose encoding is off steps from the largest allowed, floor((2^(M-1) - 1) / n)
+    q = (2 ** (m - 1) - 1) // n + off
+    x = np.full((n, 1), sign * q / 2.0**frac)
+    if float(sign * q / 2.0**frac) * 2.0**frac != sign * q:  # q not representable as a float: skip
+        return
+    try:
+        total = secure_sum(x, rng=make_rng(1), frac_bits=frac, modulus_bits=m).total
+    except ValueError as err:
+        assert off > 0 and "client" in str(err)  # refused only above the bound
+        return
+    assert off <= 0
+    assert total[0] == pytest.approx(n * sign * q / 2.0**frac, rel=1e-15)  # never wrapped
+
+
+def test_one_client_can_run_the_protocol():
+    # a Poisson-sampled round with one client: the sum is its vector
+    res = secure_sum(np.array([[1.5, -2.0]]), rng=make_rng(0))
+    assert res.total.tolist() == [1.5, -2.0] and res.included == (0,) and res.threshold == 1
+    with pytest.raises(ValueError, match="n >= 1"):
+        secure_sum(np.zeros((0, 2)), rng=make_rng(0))
+
+
 def test_fedavg_with_secure_aggregation_equals_plain_fedavg():
     data = hospital_sites(rng=make_rng(0), num_features=4)
     model = make_model(4, 8, generator=make_torch_generator(0))

@@ -26,6 +26,15 @@ is touched only by its own client's DP-SGD, so after :math:`t` rounds of
 :math:`s` local steps its guarantee is that of :math:`s t` DP-SGD steps (assuming,
 conservatively, that its client joined every round).
 
+**Client sizes are treated as public** at sample level: each client's size
+:math:`n_k` sets its DP-SGD normalisation :math:`1/(q_\ell n_k)`, and the server
+averages the client updates with weights :math:`n_k / \sum_j n_j`. The DP-SGD
+analysis covers the noisy gradient sums only, so the guarantee is for adding or
+removing one record *with the sizes* :math:`n_k` *held fixed as public side
+information* (as Abadi et al. and Opacus treat the dataset size in
+:math:`1/(qn)`). Where the sizes are private, release them first with DP (noisy
+counts, accounted for separately) and train on those, or use uniform weights.
+
 Used in: chapter 8.
 """
 
@@ -225,6 +234,11 @@ class SampleLevelDP(NoPrivacy):
 
     The algorithm's ``local_epochs`` and ``batch_size`` are not used (DP-SGD draws
     its own batches); ``local_lr`` and ``mu`` are.
+
+    Privacy unit: one record; neighbouring: add or remove one record, with the
+    client sizes :math:`n_k` treated as public (they set the normalisation
+    :math:`1/(q_\ell n_k)` and the server's weights :math:`n_k/\sum_j n_j`; see
+    the module docstring).
 
     Reference: Abadi et al. 2016, arXiv:1607.00133, Algorithm 1, run by each client.
     """

@@ -26,7 +26,14 @@ masks of those it did not. With fewer than :math:`t` responses it raises
 :class:`SecAggDropoutError`: it never returns a wrong sum.
 
 Fixed point: the sum is exact up to rounding, :math:`|\hat S - S| \le n\,2^{-f-1}`
-per coordinate, provided :math:`n \max |x| < 2^{M-1-f}` (checked by every client).
+per coordinate, provided no coordinate of the sum of the encoded integers leaves
+the signed range :math:`[-2^{M-1}, 2^{M-1} - 1]` of the ring. Each client checks
+its own *encoded* integers, exactly:
+:math:`|\mathrm{round}(2^f x_u)| \le \lfloor (2^{M-1} - 1)/n \rfloor`, so the
+sum of the :math:`n` encodings stays within :math:`2^{M-1} - 1` in absolute value
+(a check on the real :math:`x_u` in floating point can pass a value that rounds
+up to the bound: two clients sending :math:`64 - 2^{-25}` with :math:`f = 24`,
+:math:`M = 32` each encode to :math:`2^{30}` and the sum wraps to :math:`-128`).
 
 Reference: Bonawitz et al., *Practical Secure Aggregation for Privacy-Preserving
 Machine Learning*, CCS 2017 (eprint 2017/281), Figure 4 (the honest-but-curious
@@ -126,14 +133,34 @@ def shamir_reconstruct(shares: Sequence[tuple[int, int]], *, threshold: int) -> 
 
 # --- fixed point, PRG, key agreement ---------------------------------------------------------------
 
-def encode(x: np.ndarray, *, frac_bits: int, modulus_bits: int = 64) -> np.ndarray:
+def encode(x: np.ndarray, *, frac_bits: int, modulus_bits: int = 64, max_abs: int | None = None) -> np.ndarray:
     r"""Fixed point in :math:`\mathbb Z_{2^M}`: :math:`\mathrm{round}(2^f x) \bmod 2^M` (two's complement), uint64.
+
+    The rounding is exact (scaling by :math:`2^f` is exact in binary floating
+    point, then round half to even), and the range check is done on the
+    resulting integers: every :math:`|\mathrm{round}(2^f x)|` must be at most
+    ``max_abs`` (default :math:`2^{M-1} - 1`, the largest that decodes to itself).
+
+    Raises:
+        ValueError: a NaN or infinite value, or an encoded integer above ``max_abs``
+            (the message gives the bound, not the value).
 
     >>> decode(encode(np.array([-1.5, 0.25]), frac_bits=8), frac_bits=8).tolist()
     [-1.5, 0.25]
+    >>> encode(np.array([64 - 2.0**-25]), frac_bits=24, modulus_bits=32, max_abs=(2**31 - 1) // 2)
+    Traceback (most recent call last):
+    ...
+    ValueError: a value encodes (2^24 fixed point) to more than 1073741823 in absolute value, the most the ring Z_2^32 can sum here without wrapping
     """
-    q = np.rint(np.asarray(x, dtype=np.float64) * 2.0**frac_bits).astype(np.int64)
-    return q.astype(np.uint64) & _mask(modulus_bits)
+    limit = 2 ** (modulus_bits - 1) - 1 if max_abs is None else int(max_abs)
+    scaled = np.asarray(x, dtype=np.float64) * 2.0**frac_bits  # exact: a power of two
+    if not np.all(np.isfinite(scaled)):
+        raise ValueError("values to encode must be finite")
+    q = np.rint(scaled)
+    if float(np.abs(q).max(initial=0.0)) > limit:  # exact: Python compares a float with an int exactly
+        raise ValueError(f"a value encodes (2^{frac_bits} fixed point) to more than {limit} in absolute value, the "
+                         f"most the ring Z_2^{modulus_bits} can sum here without wrapping")
+    return q.astype(np.int64).astype(np.uint64) & _mask(modulus_bits)
 
 
 def decode(v: np.ndarray, *, frac_bits: int, modulus_bits: int = 64) -> np.ndarray:
@@ -221,19 +248,19 @@ class SecAggClient:
         return out
 
     def masked_input(self, ciphertexts: dict[int, bytes], u2: Sequence[int], *, frac_bits: int,
-                     modulus_bits: int, bound: float) -> np.ndarray:  # fmt: skip
-        """Round 2: keep the shares addressed to me, send :math:`y_u`."""
+                     modulus_bits: int, bound: int) -> np.ndarray:  # fmt: skip
+        """Round 2: keep the shares addressed to me, send :math:`y_u`; ``bound`` caps :math:`|\bar x_u|` (integers)."""
         for u, blob in ciphertexts.items():
             key = _agree(self.c_sk, self.keys[u][0], b"enc")
             plain = AESGCM(key).decrypt(blob[:12], blob[12:], f"{u}->{self.index}".encode())
             x = int.from_bytes(plain[:4], "big")
             self.shares_held[u] = (x, int.from_bytes(plain[4:4 + _SECRET_BYTES], "big"),
                                    int.from_bytes(plain[4 + _SECRET_BYTES:], "big"))  # fmt: skip
-        if not np.all(np.isfinite(self.vector)) or np.abs(self.vector).max(initial=0.0) > bound:
-            raise ValueError(f"client {self.index}: |x| must be finite and <= {bound:.4g} so the sum cannot "
-                             f"wrap around the ring, got max {np.abs(self.vector).max():.4g}")  # fmt: skip
         d = self.vector.size
-        y = encode(self.vector, frac_bits=frac_bits, modulus_bits=modulus_bits)
+        try:
+            y = encode(self.vector, frac_bits=frac_bits, modulus_bits=modulus_bits, max_abs=bound)
+        except ValueError as err:
+            raise ValueError(f"client {self.index}: {err}") from err
         y = y + prg(self.b, d, modulus_bits=modulus_bits)
         for v in u2:
             if v == self.index:
@@ -275,6 +302,13 @@ def secure_sum(vectors, *, threshold: int | None = None, rng: np.random.Generato
                drop_after_masking: Iterable[int] = ()) -> SecAggResult:  # fmt: skip
     r"""Run the whole protocol among ``n`` simulated clients and return the unmasked sum.
 
+    The server learns the sum and nothing else. With ``n = 1`` (a round in which
+    Poisson sampling picked one client) the protocol still runs (a self mask,
+    no pairwise masks) and the sum *is* that client's vector: secure aggregation
+    hides nothing in such a round, as with any round in which all but one
+    included client are known to the server; a DP guarantee on the released
+    model comes from the noise, not from the masking.
+
     Args:
         vectors: ``(n, d)`` floats, client ``u``'s private :math:`x_u` in row ``u``.
         threshold: Shamir :math:`t` (default :math:`\lfloor n/2 \rfloor + 1`).
@@ -301,8 +335,8 @@ def secure_sum(vectors, *, threshold: int | None = None, rng: np.random.Generato
     Used in: chapter 8.
     """
     x = np.asarray(vectors, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] < 2:
-        raise ValueError(f"vectors must be (n >= 2, d), got shape {x.shape}")
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise ValueError(f"vectors must be (n >= 1, d), got shape {x.shape}")
     n, d = x.shape
     t = threshold if threshold is not None else n // 2 + 1
     t = check_int("threshold", t)
@@ -315,7 +349,7 @@ def secure_sum(vectors, *, threshold: int | None = None, rng: np.random.Generato
     _require(len(keys), t, "key advertisement", n)
     outbox = {u: clients[u].share_keys(keys, t) for u in keys}  # U2 = everyone
     u2 = sorted(outbox)
-    bound = (2.0 ** (modulus_bits - 1) - 1) / (2.0**frac_bits * n)
+    bound = (2 ** (modulus_bits - 1) - 1) // n  # integers: n encodings of at most this sum within 2^(M-1) - 1
     masked = {
         u: clients[u].masked_input({v: outbox[v][u] for v in u2}, u2, frac_bits=frac_bits,
                                    modulus_bits=modulus_bits, bound=bound)

@@ -6,6 +6,13 @@ gradient inversion             :mod:`privlab.attacks.inversion` (chapter 8)
 =============================  ==================================================
 """
 
+from .inversion import (
+    client_update,
+    infer_labels,
+    invert_update,
+    matched_mse,
+    privatize_update,
+)
 from .lira import (
     MLPEnsemble,
     dp_tpr_bound,
@@ -17,6 +24,11 @@ from .lira import (
 )
 
 __all__ = [
+    "client_update",
+    "infer_labels",
+    "invert_update",
+    "matched_mse",
+    "privatize_update",
     "MLPEnsemble",
     "dp_tpr_bound",
     "lira_scores",

@@ -229,7 +229,9 @@ def _objective(model: nn.Module, loss_fn, mu: float):
 
 
 def local_update(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *, plan: np.ndarray,
-                 lr: float, mu: float = 0.0, loss: str = "bce") -> dict[str, Tensor]:  # fmt: skip
+                 lr: float, mu: float = 0.0, loss: str = "bce",
+                 correction: Mapping[str, Tensor] | None = None,
+                 ) -> dict[str, Tensor]:  # fmt: skip
     r"""One client's local SGD, step by step with autograd (the reference implementation).
 
     Args:
@@ -238,6 +240,8 @@ def local_update(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: T
         x, y: the client's data, ``(n_k, d)`` and ``(n_k,)``.
         plan: from :func:`batch_plan` (-1 entries are skipped).
         lr: :math:`\eta > 0`. mu: the FedProx :math:`\mu \ge 0`. loss: a key of :data:`LOSSES`.
+        correction: added to every step's gradient, by name (SCAFFOLD's :math:`c - c_k`,
+            :mod:`privlab.federated.scaffold`); ``None`` for none.
 
     Returns:
         The client's parameters after local training, by name.
@@ -256,6 +260,8 @@ def local_update(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: T
         if mu:
             value = value + 0.5 * mu * sum(((theta[k] - anchor[k]) ** 2).sum() for k in theta)
         grads = torch.autograd.grad(value, list(theta.values()))
+        if correction is not None:
+            grads = [g + correction[k] for k, g in zip(theta, grads)]
         with torch.no_grad():
             theta = {k: (v - lr * g).requires_grad_(True) for (k, v), g in zip(theta.items(), grads)}
     return {k: v.detach() for k, v in theta.items()}
@@ -357,7 +363,9 @@ def _relu_mlp_grads(model: nn.Sequential, theta: Mapping[str, Tensor], x: Tensor
 
 
 def local_updates_bmm(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor, plans: Tensor, *,
-                      lr: float, mu: float = 0.0, loss: str = "bce") -> dict[str, Tensor]:  # fmt: skip
+                      lr: float, mu: float = 0.0, loss: str = "bce",
+                      correction: Mapping[str, Tensor] | None = None,
+                      ) -> dict[str, Tensor]:  # fmt: skip
     r""":func:`local_updates_vmap` for MLPs without ``torch.func``: batched matmuls, gradients by hand.
 
     Linear/ReLU MLPs get their gradients from :func:`_relu_mlp_grads` (backpropagation written
@@ -367,6 +375,9 @@ def local_updates_bmm(model: nn.Module, params: Mapping[str, Tensor], x: Tensor,
     respect to the stacked :math:`(	heta_1, \dots, 	heta_m)` is every client's own
     gradient; ``torch.baddbmm`` runs all clients' layers in one call. Several times
     faster than ``vmap`` for small models, where per-call overhead dominates.
+
+    ``correction``: per-client terms added to every step's gradient, by name,
+    ``(m, *shape)`` (SCAFFOLD's :math:`c - c_k`, :mod:`privlab.federated.scaffold`).
 
     Raises:
         ValueError: for a model :func:`supports_bmm` refuses.
@@ -399,6 +410,8 @@ def local_updates_bmm(model: nn.Module, params: Mapping[str, Tensor], x: Tensor,
             grads = dict(zip(theta, torch.autograd.grad(total, list(theta.values()))))
         if mu:  # the FedProx term's gradient, mu (theta - theta_global)
             grads = {k: g + mu * (theta[k].detach() - anchor[k]) for k, g in grads.items()}
+        if correction is not None:
+            grads = {k: g + correction[k] for k, g in grads.items()}
         lr_t = step_lr[:, t]
         theta = {k: v.detach().sub_(grads[k] * lr_t.view(-1, *([1] * (v.dim() - 1)))) for k, v in theta.items()}
     return {k: v.detach() for k, v in theta.items()}

@@ -265,10 +265,40 @@ def _tokens(batch, seq=T, vocab=50):
 
 @pytest.mark.parametrize("batch", [1, 2, T])
 @pytest.mark.parametrize("make", [_tiny_gpt2, _tiny_llama], ids=["gpt2", "llama"])
-def test_tiny_language_models(make, batch):
+def test_tiny_language_models(modes, make, batch):
     torch.manual_seed(20 + batch)
     model = make()
     check_matches_loop(model, lm_loss, *_tokens(batch))
+    if batch == 1:
+        return
+    if make is _tiny_llama:  # every layer on a rule, LlamaRMSNorm included
+        assert set(modes.values()) == {"fast"}, modes
+    else:  # Conv1D on its rule; the tied embedding and the (1, T) position embedding fall back
+        assert modes["transformer.h.0.attn.c_attn"] == "fast" and modes["transformer.h.0.mlp.c_proj"] == "fast"
+        assert {n for n, m in modes.items() if m == "global"} == {"transformer.wte", "transformer.wpe", "lm_head"}
+
+
+class FakeConv1D(nn.Module):
+    """Named like transformers' Conv1D, but computing something else: its rule must not be trusted."""
+
+    def __init__(self, nx, nf):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(nx, nf))
+        self.bias = nn.Parameter(torch.randn(nf))
+
+    def forward(self, x):
+        return x @ self.weight + 2 * self.bias
+
+
+FakeConv1D.__module__, FakeConv1D.__qualname__ = "transformers.pytorch_utils", "Conv1D"
+
+
+def test_library_rule_is_verified_against_the_forward(modes):
+    torch.manual_seed(40)
+    model = nn.Sequential(FakeConv1D(4, 3), nn.Tanh(), nn.Linear(3, 2)).double()
+    x, y = _seq(T, d=4)
+    check_matches_loop(model, mse, x, y)
+    assert modes == {"0": "local", "2": "fast"}
 
 
 def test_lora_gpt2_adapters_only():

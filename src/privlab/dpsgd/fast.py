@@ -107,7 +107,7 @@ from torch.autograd.graph import get_gradient_edge
 from torch.func import functional_call, vjp, vmap
 
 from .per_sample import _loop_grads, _vmap_grads, as_input_tuple, per_example_losses, trainable_parameters
-from .rules import _RULES, Rule, _row_sq_norms, weighted_rows
+from .rules import Rule, _row_sq_norms, rule_for, weighted_rows
 
 __all__ = ["MODES", "fast_norms_and_clipped_sum"]
 
@@ -155,7 +155,7 @@ def _sites(modules) -> list[_Site]:
         if ps:
             for _, p in ps:
                 owners[id(p)] += 1
-            rule = _RULES.get(type(m))
+            rule = rule_for(m)
             if rule is not None and ("forward" in m.__dict__ or not {n for n, _ in ps} <= _RULE_ATTRS):
                 rule = None  # an instance with its own forward, or parameters the rule does not know
             sites.append(_Site(name, m, ps, rule))

@@ -8,17 +8,27 @@ for given clip factors :math:`c`:
 
 * ``Linear`` on :math:`a_i \in \mathbb{R}^{d}`: :math:`\|\nabla_W \ell_i\|^2 = \|a_i\|^2\|b_i\|^2`,
   bias :math:`\|b_i\|^2`; weighted sum :math:`b^\top \mathrm{diag}(c)\, a`.
-  On sequences :math:`a_i \in \mathbb{R}^{T \times d}`: the ghost norm
-  :math:`\langle a_i a_i^\top, b_i b_i^\top\rangle` when :math:`T^2 \le d_{in} d_{out}`,
-  else the per-example :math:`b_i^\top a_i` (Li et al. 2022, arXiv:2110.05679, section 4).
+  On sequences :math:`a_i \in \mathbb{R}^{T \times d}`, per layer the cheaper of the ghost norm
+  :math:`\langle a_i a_i^\top, b_i b_i^\top\rangle` (about :math:`B T^2 (d_{in} + d_{out})` flops)
+  and the per-example :math:`b_i^\top a_i` (about :math:`B T d_{in} d_{out}`): mixed ghost clipping
+  (Bu, Mao, Xu 2022, arXiv:2205.10683; the ghost norm is Li et al. 2022, arXiv:2110.05679, section 4).
+* ``transformers``' GPT-2 ``Conv1D`` (:math:`s = a W + \beta`, ``W`` stored ``(d_in, d_out)``): the
+  same rule, transposed.
 * ``LayerNorm``, ``RMSNorm``, ``GroupNorm``: :math:`\nabla_w \ell_i = \sum_t \hat x_{i,t} \odot b_{i,t}`,
   :math:`\nabla_\beta \ell_i = \sum_t b_{i,t}`, with :math:`\hat x` the normalised input;
   as small as the parameters, so formed directly.
 * ``Embedding``: :math:`\|\nabla_E \ell_i\|^2 = \sum_{t,t'} [\mathrm{id}_{i,t} = \mathrm{id}_{i,t'}]
   \langle b_{i,t}, b_{i,t'} \rangle` (padding row excluded); weighted sum by ``index_add``.
+* Llama's ``LlamaRMSNorm`` (:math:`y = w \odot \hat x`, :math:`\hat x` computed in float32 as the
+  module does): the normalisation-layer rule.
 
 New layer types are added with :func:`register_rule`; the match is on the exact
-type, so a subclass with its own ``forward`` falls back to vmap instead.
+type, so a subclass with its own ``forward`` falls back to vmap instead. Rules
+for classes of other libraries (``transformers``) are registered by qualified
+name, so privlab never imports those libraries itself, and each is checked
+once per class against the module's own forward on random parameters and
+inputs before it is trusted: a later version of the library that changes the
+formula makes the module fall back to vmap, never silently wrong.
 
 Used in: chapters 5, 7.
 """
@@ -32,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LayerContribution", "covered_types", "register_rule", "scale_rows", "weighted_rows"]
+__all__ = ["LayerContribution", "covered_types", "register_rule", "rule_for", "scale_rows", "weighted_rows"]
 
 
 class LayerContribution(NamedTuple):
@@ -90,10 +100,10 @@ def weighted_rows(c: Tensor, g: Tensor) -> Tensor:
     return (c @ g.reshape(g.shape[0], -1)).reshape(g.shape[1:])
 
 
-@register_rule(nn.Linear)
-def _linear(module: nn.Linear, a: Tensor, b: Tensor) -> LayerContribution:
-    want_w, want_b = _trainable(module, "weight"), _trainable(module, "bias")
-    batch, d_in, d_out = a.shape[0], module.in_features, module.out_features
+def _affine(a: Tensor, b: Tensor, d_in: int, d_out: int, want_w: bool, want_b: bool,
+            weight_in_out: bool = False) -> LayerContribution:
+    """Rule for ``s = a W^T + beta`` (``W`` stored ``(d_out, d_in)``, or ``(d_in, d_out)`` if ``weight_in_out``)."""
+    batch = a.shape[0]
     norm2 = a.new_zeros(batch)
     if a.ndim == 2:  # (B, d_in), (B, d_out): ||b_i a_i^T||^2 = ||a_i||^2 ||b_i||^2
         b_sq = _row_sq_norms(b)
@@ -101,10 +111,12 @@ def _linear(module: nn.Linear, a: Tensor, b: Tensor) -> LayerContribution:
             norm2 = norm2 + _row_sq_norms(a) * b_sq
         if want_b:
             norm2 = norm2 + b_sq
-    else:  # (B, T, d): ghost norm <a a^T, b b^T> when T^2 is smaller than d_in d_out, else materialise
+    else:  # (B, T, d): ghost norm <a a^T, b b^T> or the per-example b_i^T a_i, whichever costs less
         a3, b3 = a.reshape(batch, -1, d_in), b.reshape(batch, -1, d_out)
         steps = a3.shape[1]
-        if want_w and steps * steps <= d_in * d_out:
+        # ghost: two (T x T) Gram matrices, ~ B T^2 (d_in + d_out) flops; instantiated: ~ B T d_in d_out
+        # (mixed ghost clipping, Bu et al. 2022, arXiv:2205.10683)
+        if want_w and steps * (d_in + d_out) <= d_in * d_out:
             norm2 = norm2 + (a3 @ a3.transpose(1, 2) * (b3 @ b3.transpose(1, 2))).sum((1, 2))
         elif want_w:
             norm2 = norm2 + _row_sq_norms(b3.transpose(1, 2) @ a3)
@@ -115,14 +127,21 @@ def _linear(module: nn.Linear, a: Tensor, b: Tensor) -> LayerContribution:
         out = {}
         if want_w:  # sum_i c_i b_i^T a_i = b^T diag(c) a; scale whichever side is narrower
             if d_in <= d_out:
-                out["weight"] = b.reshape(-1, d_out).t() @ scale_rows(a, c).reshape(-1, d_in)
+                w = b.reshape(-1, d_out).t() @ scale_rows(a, c).reshape(-1, d_in)
             else:
-                out["weight"] = scale_rows(b, c).reshape(-1, d_out).t() @ a.reshape(-1, d_in)
+                w = scale_rows(b, c).reshape(-1, d_out).t() @ a.reshape(-1, d_in)
+            out["weight"] = w.t() if weight_in_out else w
         if want_b:
             out["bias"] = weighted_rows(c, b.reshape(batch, -1, d_out).sum(1) if b.ndim > 2 else b)
         return out
 
     return LayerContribution(norm2, weighted_sum)
+
+
+@register_rule(nn.Linear)
+def _linear(module: nn.Linear, a: Tensor, b: Tensor) -> LayerContribution:
+    return _affine(a, b, module.in_features, module.out_features,
+                   _trainable(module, "weight"), _trainable(module, "bias"))
 
 
 def _norm_layer_contribution(module: nn.Module, x_hat: Tensor, b: Tensor, param_dims: int) -> LayerContribution:
@@ -188,3 +207,79 @@ def _embedding(module: nn.Embedding, ids: Tensor, b: Tensor) -> LayerContributio
         return {"weight": weight.new_zeros(weight.shape).index_add_(0, ids2.reshape(-1), rows)}
 
     return LayerContribution(norm2 if _trainable(module, "weight") else g.new_zeros(batch), weighted_sum)
+
+
+
+# --- rules for other libraries' classes, by qualified name, each verified once against its forward ----------
+
+_NAMED_RULES: dict[str, tuple[Rule, Callable]] = {}
+_VERIFIED: dict[type, bool] = {}
+
+
+def _qualified_name(t: type) -> str:
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def _register_named_rule(qualified_name: str, reference: Callable) -> Callable[[Rule], Rule]:
+    """Register a rule for a class of another library, with ``reference(module, params, x)``: the
+    formula the rule assumes for the module's output, checked against the real forward before use."""
+
+    def deco(rule: Rule) -> Rule:
+        _NAMED_RULES[qualified_name] = (rule, reference)
+        return rule
+
+    return deco
+
+
+def _verify(module: nn.Module, reference: Callable) -> bool:
+    """Does the module's own forward compute ``reference`` (random parameters and input, float64)?"""
+    from torch.func import functional_call
+
+    try:
+        gen = torch.Generator().manual_seed(0)
+        params = {n: torch.randn(p.shape, generator=gen, dtype=torch.float64) for n, p in module.named_parameters()}
+        d_in = module.weight.shape[0]
+        x = torch.randn(2, 3, d_in, generator=gen, dtype=torch.float64)
+        with torch.no_grad():
+            got = functional_call(module, params, (x,))
+            want = reference(module, params, x)
+        return isinstance(got, Tensor) and got.shape == want.shape and bool(
+            torch.allclose(got, want, rtol=1e-4, atol=1e-6))
+    except Exception:  # any mismatch in the assumed structure: not covered, fall back
+        return False
+
+
+def rule_for(module: nn.Module) -> Rule | None:
+    """The rule that covers ``module``'s exact type, or ``None`` (then the fast path falls back to vmap)."""
+    t = type(module)
+    rule = _RULES.get(t)
+    if rule is not None:
+        return rule
+    named = _NAMED_RULES.get(_qualified_name(t))
+    if named is None:
+        return None
+    if t not in _VERIFIED:
+        _VERIFIED[t] = _verify(module, named[1])
+    return named[0] if _VERIFIED[t] else None
+
+
+@_register_named_rule("transformers.pytorch_utils.Conv1D",
+                      lambda m, p, x: x @ p["weight"] + p["bias"])
+def _gpt2_conv1d(module: nn.Module, a: Tensor, b: Tensor) -> LayerContribution:
+    d_in, d_out = module.weight.shape
+    return _affine(a, b, d_in, d_out, _trainable(module, "weight"), _trainable(module, "bias"), weight_in_out=True)
+
+
+def _llama_x_hat(x: Tensor, eps: float) -> Tensor:
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return h.to(x.dtype)
+
+
+@_register_named_rule("transformers.models.llama.modeling_llama.LlamaRMSNorm",
+                      lambda m, p, x: p["weight"] * _llama_x_hat(x, m.variance_epsilon))
+def _llama_rms_norm(module: nn.Module, x: Tensor, b: Tensor) -> LayerContribution:
+    x_hat = _llama_x_hat(x, module.variance_epsilon)
+    if x_hat is x:  # never overwrite the saved activation in place
+        x_hat = x_hat.clone()
+    return _norm_layer_contribution(module, x_hat, b, 1)

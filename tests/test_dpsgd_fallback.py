@@ -118,12 +118,30 @@ class Tied(nn.Module):
         return self.out(self.emb(ids).mean(1))
 
 
-def test_tied_weights_fall_back_globally(modes):
+def test_tied_embedding_and_output_layer_stay_fast(modes):
     torch.manual_seed(4)
     ids = torch.randint(0, 7, (5, 3))
     loss = lambda o, t: F.cross_entropy(o, t, reduction="none")
     check_fast_matches(Tied(), loss, (ids,), torch.randint(0, 7, (5,)))
-    assert modes == {"emb": "global", "out": "global"}
+    assert modes == {"emb": "fast", "out": "fast"}  # the cross term <G_emb, G_out> is added per example
+
+
+class TiedTwoLinears(nn.Module):
+    """One weight shared by two Linear layers: no rule for the pair, so both fall back."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def test_other_shared_weights_fall_back_globally(modes):
+    torch.manual_seed(4)
+    check_fast_matches(TiedTwoLinears(), mse, (torch.randn(5, 4),), torch.randn(5, 4, dtype=torch.float64))
+    assert modes == {"a": "global", "b": "global"}
 
 
 def test_inplace_activation_after_linear(modes):

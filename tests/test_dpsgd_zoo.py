@@ -273,9 +273,10 @@ def test_tiny_language_models(modes, make, batch):
         return
     if make is _tiny_llama:  # every layer on a rule, LlamaRMSNorm included
         assert set(modes.values()) == {"fast"}, modes
-    else:  # Conv1D on its rule; the tied embedding and the (1, T) position embedding fall back
+    else:  # Conv1D on its rule, wte tied to lm_head too; the (1, T) position embedding falls back
         assert modes["transformer.h.0.attn.c_attn"] == "fast" and modes["transformer.h.0.mlp.c_proj"] == "fast"
-        assert {n for n, m in modes.items() if m == "global"} == {"transformer.wte", "transformer.wpe", "lm_head"}
+        assert modes["transformer.wte"] == modes["lm_head"] == "fast"
+        assert {n for n, m in modes.items() if m == "global"} == {"transformer.wpe"}
 
 
 class FakeConv1D(nn.Module):

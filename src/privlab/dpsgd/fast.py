@@ -232,7 +232,7 @@ def _walk(root) -> _Graph:
     return _Graph(consumers, edges, [e[0] for e in edges])
 
 
-def _flows_only_through_output(site: _Site, graph: _Graph) -> str:
+def _flows_only_through_output(site: _Site, graph: _Graph, windows: dict[int, list] | None = None) -> str:
     """'' if every gradient path to the site's parameters passes through its output; else why not.
 
     Autograd numbers its nodes in creation order, so the nodes created during the
@@ -244,11 +244,13 @@ def _flows_only_through_output(site: _Site, graph: _Graph) -> str:
     tensor computed in the call escapes by another route (an attribute, a side
     output) and the local answer would miss that route. Together, the output's
     edge dominates every parameter, so the gradient is exactly the vector-Jacobian
-    product of this call at its saved inputs.
+    product of this call at its saved inputs. A tied parameter may be used in the
+    windows of all its owners (``windows``: parameter id -> their windows).
     """
     start, end = site.window
     for attr, p in site.params:
-        if any(not start <= seq < end for seq in graph.consumers.get(id(p), ())):
+        allowed = (windows or {}).get(id(p), [site.window])
+        if any(not any(lo <= seq < hi for lo, hi in allowed) for seq in graph.consumers.get(id(p), ())):
             return f"parameter {attr!r} is used outside the module's own forward call"
     node, nr = (site.edge.node, site.edge.output_nr) if site.edge is not None else (None, None)
     lo, hi = bisect.bisect_left(graph.keys, start), bisect.bisect_left(graph.keys, end)
@@ -312,15 +314,13 @@ def _batch_first(site: _Site, probe: dict, batch: int) -> bool:
 # The decision per module.
 
 
-def _mode(site: _Site, batch: int, graph: _Graph, probe: dict) -> str:
+def _mode(site: _Site, batch: int, graph: _Graph, probe, windows: dict[int, list]) -> str:
     """'unused' (no gradient), 'fast' (a rule), 'local' (vmap of this module) or 'global'; why in ``site.reason``."""
     used = [attr for attr, p in site.params if id(p) in graph.consumers]
     reason = ""
     if not used:
         return "unused"
-    if site.shared:
-        reason = "a parameter is shared with another module"
-    elif site.calls != 1:
+    if site.calls != 1:
         reason = f"the module is called {site.calls} times per forward" if site.calls else \
             "its parameters are used, but the module itself is never called"
     elif not site.out_is_tensor or site.edge is None:
@@ -328,8 +328,8 @@ def _mode(site: _Site, batch: int, graph: _Graph, probe: dict) -> str:
     elif any(isinstance(v, Tensor) for v in site.kwargs.values()):
         reason = "the module takes keyword tensors"
     else:
-        reason = _flows_only_through_output(site, graph)
-        if not reason and not _batch_first(site, probe, batch):
+        reason = _flows_only_through_output(site, graph, windows)
+        if not reason and not _batch_first(site, probe(), batch):
             reason = "the batch is not (only) the leading dimension of its input and output"
     site.reason = reason
     if reason:
@@ -337,6 +337,55 @@ def _mode(site: _Site, batch: int, graph: _Graph, probe: dict) -> str:
     if site.rule is not None and len(site.args) == 1 and not site.kwargs:
         return "fast"
     return "local"
+
+
+def _tied_pairs(sites: list[_Site], modes: dict) -> list[tuple[_Site, _Site]]:
+    """Resolve shared parameters: an ``Embedding`` weight tied to a ``Linear`` weight, both on their
+    rules, stays fast (the cross term is added by :func:`_tied_cross_term`); every other sharing
+    sends all owners to the global fallback."""
+    owners: dict[int, list[_Site]] = defaultdict(list)
+    for s in sites:
+        for _, p in s.params:
+            owners[id(p)].append(s)
+    pairs, bad = [], set()
+    for s in sites:
+        if not s.shared or modes[s] == "unused":
+            continue
+        tied = [(attr, owners[id(p)]) for attr, p in s.params if len(owners[id(p)]) > 1]
+        ok = len(tied) == 1 and tied[0][0] == "weight" and len(tied[0][1]) == 2
+        if ok:
+            emb, lin = sorted(tied[0][1], key=lambda t: type(t.module) is not nn.Embedding)
+            ok = (type(emb.module) is nn.Embedding and type(lin.module) is nn.Linear and modes[emb] == "fast"
+                  and modes[lin] == "fast" and lin.module.weight is emb.module.weight and emb.rule is not None
+                  and lin.rule is not None and lin.args is not None and len(lin.args) == 1)
+        if ok:
+            if (emb, lin) not in pairs:
+                pairs.append((emb, lin))
+        else:
+            bad.update(o for _, os in tied for o in os)
+    for s in bad:
+        if modes[s] != "unused":
+            modes[s], s.reason = "global", s.reason or "a parameter is shared with another module"
+    return [(e, l) for e, l in pairs if e not in bad and l not in bad]
+
+
+def _tied_cross_term(emb: _Site, b_emb: Tensor, lin: _Site, b_lin: Tensor) -> Tensor:
+    r""":math:`2\langle G^{emb}_i, G^{lin}_i\rangle` for an embedding tied to an output layer, per example.
+
+    :math:`G^{emb}_i[v] = \sum_{t: id_{i,t} = v} b^{emb}_{i,t}` and :math:`G^{lin}_i = (b^{lin}_i)^\top a_i`,
+    so :math:`\langle G^{emb}_i, G^{lin}_i\rangle = \sum_{s,t} b^{lin}_{i,s,id_{i,t}}\,\langle a_{i,s}, b^{emb}_{i,t}\rangle`:
+    about :math:`B T_{lin} T_{emb} d` flops, no :math:`V \times d` tensor per example.
+    """
+    batch, dim = b_emb.shape[0], emb.module.embedding_dim
+    ids = emb.args[0].reshape(batch, -1)
+    be = b_emb.reshape(batch, -1, dim)
+    if emb.module.padding_idx is not None:  # the padding row gets no gradient through the embedding
+        be = be * (ids != emb.module.padding_idx).unsqueeze(-1).to(be.dtype)
+    a = lin.args[0].detach().reshape(batch, -1, dim)
+    bl = b_lin.reshape(batch, a.shape[1], -1)
+    inner = a @ be.transpose(1, 2)  # (B, S, T): <a_{i,s}, b_emb_{i,t}>
+    picked = torch.gather(bl, 2, ids.unsqueeze(1).expand(-1, bl.shape[1], -1))  # (B, S, T): b_lin[i, s, id_{i,t}]
+    return 2 * (inner * picked).sum((1, 2))
 
 
 def _report_modes(modes: dict[str, str], reasons: dict[str, str]) -> None:
@@ -445,8 +494,20 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
     outputs = None
     total = losses.sum()
     graph = _walk(total.grad_fn) if total.grad_fn is not None else _Graph({}, [], [])
-    probe = _probe_shapes(model, xs, sites) if graph.consumers else {}
-    modes = {s: _mode(s, batch, graph, probe) for s in sites}
+    probed = []
+
+    def probe():  # run lazily: only when some module reaches the batch-dimension check
+        if not probed:
+            probed.append(_probe_shapes(model, xs, sites))
+        return probed[0]
+
+    windows: dict[int, list] = defaultdict(list)
+    for s in sites:
+        if s.shared:
+            for _, p in s.params:
+                windows[id(p)].append(s.window)
+    modes = {s: _mode(s, batch, graph, probe, windows) for s in sites}
+    tied = _tied_pairs(sites, modes)
     for s in sites:
         # Memory: a norm layer fed directly by a Linear need not keep its input alive through the
         # backward pass; it is recomputed afterwards as a W^T + beta from the Linear's saved input.
@@ -462,9 +523,12 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
     graph = None
     # norms accumulate in float32 or wider: a bf16/fp16 norm would misstate the clip factor by up to 2^-8
     dtype = torch.promote_types(next((p.dtype for s in sites for _, p in s.params), torch.float32), torch.float32)
-    norm2 = torch.zeros(batch, device=losses.device, dtype=dtype)
-    weighted: list[tuple[_Site, Callable]] = []
+    norm2_of: dict[_Site, Tensor] = {}  # per site: sum over its parameters of ||grad_i||^2, (B,)
+    weighted: dict[_Site, Callable] = {}  # per site: c -> {attr: sum_i c_i grad_i}
+    tied_grads = {s: None for pair in tied for s in pair}
     for s, b in zip(backward_sites, out_grads):  # b = d(sum_j loss_j)/d(output of s) = per-example b_i rows
+        if s in tied_grads:
+            tied_grads[s] = b
         if b is None:  # cannot happen when a parameter is used (the output's edge dominates it); be exact anyway
             modes[s], s.reason = "global", "no gradient reached the module's output"
         elif _modified_in_place(s) or (s.producer is not None and _modified_in_place(s.producer)):
@@ -473,15 +537,23 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
             x = s.args[0].detach() if s.producer is None else _recompute_output(s.producer)
             contribution = s.rule(s.module, x, b)
             x = None
-            norm2 = norm2 + contribution.norm2.to(dtype)
-            weighted.append((s, contribution.weighted_sum))
+            norm2_of[s], weighted[s] = contribution.norm2.to(dtype), contribution.weighted_sum
         else:
             grads = _local_per_example_grads(s, b)
-            norm2 = norm2 + sum(_row_sq_norms(g).to(dtype) for g in grads.values())
-            weighted.append((s, lambda c, grads=grads: {k: weighted_rows(c, g) for k, g in grads.items()}))
+            norm2_of[s] = sum(_row_sq_norms(g).to(dtype) for g in grads.values())
+            weighted[s] = lambda c, grads=grads: {k: weighted_rows(c, g) for k, g in grads.items()}
         if modes[s] == "local":
             s.args = s.kwargs = None  # let activations no longer needed be freed now
-    out_grads = b = None
+    cross = []
+    for emb, lin in tied:
+        if modes[emb] == modes[lin] == "fast":
+            cross.append(_tied_cross_term(emb, tied_grads[emb], lin, tied_grads[lin]).to(dtype))
+        else:  # one of the two left the fast path after the backward: the other follows, exactly
+            for t in (emb, lin):
+                modes[t], t.reason = "global", t.reason or "its tied partner fell back"
+                norm2_of.pop(t, None), weighted.pop(t, None)
+    out_grads = b = tied_grads = None
+    norm2 = sum([*norm2_of.values(), *cross], torch.zeros(batch, device=losses.device, dtype=dtype))
     _report_modes({s.name: modes[s] for s in sites}, {s.name: s.reason for s in sites if s.reason})
     # global fallback: vmap(grad) of the whole model w.r.t. these parameters only
     global_params = {id(p): p for s in sites if modes[s] == "global" for _, p in s.params}
@@ -499,8 +571,9 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
     if c.shape != (batch,):
         raise ValueError(f"clip factors must have shape ({batch},), got {tuple(c.shape)}")
     result: dict[int, Tensor] = {pid: weighted_rows(c, g) for pid, g in global_grads.items()}
-    for s, weighted_sum in weighted:
+    for s, weighted_sum in weighted.items():
         for attr, g in weighted_sum(c).items():
-            result[id(getattr(s.module, attr))] = g
+            pid = id(getattr(s.module, attr))
+            result[pid] = g if pid not in result else result[pid] + g  # a tied weight: both uses add
     grads = [result[id(p)].reshape(p.shape).to(p.dtype) if id(p) in result else torch.zeros_like(p) for p in params]
     return grads, norms, losses.detach()

@@ -3,6 +3,8 @@
 #   make test   install everything into .venv and run every test (smoke scale), then check-book
 #   make lab    JupyterLab with jupytext: the .md chapters open as notebooks
 #   make check-book  build the book at smoke scale and check every page in headless Chromium
+#   make pdf    the whole book as one PDF (book scale; SCALE=smoke for a quick one)
+# Each scale builds into book/_build/<scale>/ (html/, singlehtml/, privlab.pdf).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -13,13 +15,14 @@ SCALE  ?= book
 
 export PYTHONHASHSEED := 0
 
-.PHONY: book test lab notebooks venv clean help browser-deps check-book mathjax
+.PHONY: book test lab notebooks venv clean help browser-deps pdf-deps check-book mathjax pdf
 
 help:
 	@echo "make book   install into $(VENV) and build the HTML book (PRIVLAB_SCALE=$(SCALE))"
 	@echo "make test   install into $(VENV); unit tests, doctests, nbval, assignments (smoke scale), then check-book"
 	@echo "make lab    JupyterLab with jupytext"
 	@echo "make check-book  build the book (smoke scale) and check every page in headless Chromium"
+	@echo "make pdf    the whole book as one checked PDF, book/_build/$(SCALE)/privlab.pdf (SCALE=$(SCALE))"
 	@echo "make browser-deps  apt-get install Debian's chromium and chromium-driver (for check-book)"
 	@echo "make mathjax  re-vendor MathJax $(MATHJAX_VERSION) into $(MATHJAX_DIR) from the npm registry"
 	@echo "make clean  remove build outputs (keeps $(VENV) and cached data)"
@@ -56,17 +59,25 @@ test: notebooks
 lab: $(STAMP)
 	$(BIN)/jupyter lab --ServerApp.contents_manager_class=jupytext.TextFileContentsManager
 
-# Debian's chromium and its chromedriver, for the browser check (sudo only when not root).
+# Debian's chromium and its chromedriver, for the browser check and the PDF; poppler-utils
+# (pdfinfo, pdftoppm, pdftotext) to check the PDF. apt-get only what is missing (sudo when not root).
 BROWSER_PKGS := chromium chromium-driver
+PDF_PKGS     := poppler-utils
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-
-browser-deps:
-	@if [ "$$(dpkg-query -W -f='$${db:Status-Status}\n' $(BROWSER_PKGS) 2>/dev/null | grep -c '^installed$$')" = 2 ]; then \
-	    echo "$(BROWSER_PKGS): already installed"; \
+define apt_install
+	@if [ "$$(dpkg-query -W -f='$${db:Status-Status}\n' $(1) 2>/dev/null | grep -c '^installed$$')" = $(words $(1)) ]; then \
+	    echo "$(1): already installed"; \
 	else \
 	    $(SUDO) apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(BROWSER_PKGS); \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(1); \
 	fi
+endef
+
+browser-deps:
+	$(call apt_install,$(BROWSER_PKGS))
+
+pdf-deps:
+	$(call apt_install,$(PDF_PKGS))
 
 # MathJax served with the book (no CDN: the book reads offline and CI reaches no CDN). The copy
 # under book/_static/mathjax is committed; `make mathjax` re-vendors it from the npm registry.
@@ -94,6 +105,13 @@ check-book: browser-deps $(MATHJAX_DIR)/tex-mml-chtml.js
 	$(MAKE) book SCALE=smoke
 	PRIVLAB_REQUIRE_BROWSER=1 PRIVLAB_BOOK_HTML=$(CURDIR)/$(BOOK_OUT)/smoke/html PRIVLAB_BOOK_SCALE=smoke \
 	    $(BIN)/python -m pytest tests/browser -q -rfEs
+
+# The whole book as one PDF, offline: the single-page HTML build (sharing the scale's jupyter-cache
+# with `make book`, so chapters already executed are not run again), printed by headless Chromium
+# once MathJax has typeset, then checked: page count, pages rendered to PNG by pdftoppm and not
+# blank, no raw TeX. Output: book/_build/$(SCALE)/privlab.pdf and pdf-pages/*.png.
+pdf: $(STAMP) browser-deps pdf-deps $(MATHJAX_DIR)/tex-mml-chtml.js
+	$(BIN)/python -m privlab.book --pdf --scale $(SCALE) --root $(BOOK_ROOT) --out $(BOOK_OUT)
 
 clean:
 	rm -rf _build book/_build build

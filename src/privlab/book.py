@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -393,6 +394,161 @@ def build(builder: str = "html", *, scale: str | None = None, root: Path = ROOT,
     return outdir
 
 
+# --- the PDF: Chromium's print of the single-page HTML build -----------------------------------
+
+PDF_NAME = "privlab.pdf"
+
+#: Run in the single-page book before printing: MathJax done, images decoded, solutions open.
+_PRINT_READY_JS = r"""
+const done = arguments[arguments.length - 1];
+(async () => {
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const wantsMath = document.querySelector("script[src*='mathjax']") !== null;
+  for (let i = 0; wantsMath && i < 300 && !(window.MathJax && MathJax.startup && MathJax.startup.promise); i++)
+    await sleep(100);
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) await MathJax.startup.promise;
+  document.querySelectorAll("details.sd-dropdown").forEach((d) => { d.open = true; });
+  const imgs = Array.from(document.images);
+  imgs.forEach((img) => { if (img.loading === "lazy") img.loading = "eager"; });
+  await Promise.all(imgs.map((img) => img.decode().catch(() => null)));
+  done({math: document.querySelectorAll("mjx-container").length, images: imgs.length});
+})().catch((e) => done({error: String(e)}));
+"""
+
+
+def _root_page(html_dir: Path) -> str:
+    """The page holding the whole single-page book, at the folder's top.
+
+    Sphinx's singlehtml builder writes the book into the root document's path (``book/intro.html``)
+    with asset links relative to the top folder (``_static/...``), and an ``index.html`` that
+    redirects there; a copy at the top, ``print.html``, resolves every link.
+    """
+    index = (html_dir / "index.html").read_text(encoding="utf-8")
+    redirect = re.search(r'http-equiv="Refresh" content="0; url=([^"]+)"', index, re.I)
+    if not redirect:
+        return "index.html"
+    shutil.copyfile(html_dir / redirect.group(1), html_dir / "print.html")
+    return "print.html"
+
+
+def print_pdf(html_dir: Path, pdf: Path, *, timeout: float = 900) -> dict:
+    """Print ``html_dir/index.html`` (a ``singlehtml`` build) to ``pdf`` with headless Chromium.
+
+    The folder is served over http on localhost (MathJax's fonts do not load from ``file://``);
+    the page is printed once MathJax has typeset every formula and every image is decoded, with
+    the exercise solutions opened. Needs Debian's ``chromium`` and ``chromium-driver`` and the
+    ``selenium`` package (``make browser-deps``, the ``dev`` extra).
+
+    Returns:
+        ``{"math": formulas typeset, "images": images, "seconds": time to print}``.
+    """
+    import base64
+    import functools
+    import http.server
+    import threading
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format, *args):
+            pass
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if chromium is None or driver_path is None:
+        raise RuntimeError("chromium/chromedriver not installed (run `make browser-deps`)")
+    start = time.perf_counter()
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(html_dir)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--no-first-run", "--window-size=1280,1024"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    try:
+        driver.set_page_load_timeout(timeout)
+        driver.set_script_timeout(timeout)
+        driver.get(f"http://127.0.0.1:{server.server_address[1]}/{_root_page(html_dir)}")
+        ready = driver.execute_async_script(_PRINT_READY_JS)
+        if "error" in ready:
+            raise RuntimeError(f"preparing the page for print failed: {ready['error']}")
+        footer = ('<div style="font-size:8px;width:100%;text-align:center;color:#555">'
+                  '<span class="pageNumber"></span> / <span class="totalPages"></span></div>')
+        result = driver.execute_cdp_cmd("Page.printToPDF", {
+            "printBackground": True, "preferCSSPageSize": False,
+            "paperWidth": 8.27, "paperHeight": 11.69,  # A4, inches
+            "marginTop": 0.6, "marginBottom": 0.7, "marginLeft": 0.6, "marginRight": 0.6,
+            "displayHeaderFooter": True, "headerTemplate": "<span></span>", "footerTemplate": footer,
+        })
+    finally:
+        driver.quit()
+        server.shutdown()
+        server.server_close()
+    pdf.parent.mkdir(parents=True, exist_ok=True)
+    pdf.write_bytes(base64.b64decode(result["data"]))
+    return {**ready, "seconds": time.perf_counter() - start}
+
+
+def check_pdf(pdf: Path, *, min_pages: int, max_pages: int = 3000, png_dir: Path | None = None) -> dict:
+    """Check a printed book: a plausible page count, and pages that render and are not blank.
+
+    ``pdfinfo`` counts the pages; ``pdftoppm`` renders the first, two middle and the last page to
+    PNG (into ``png_dir``, default next to the PDF); a page is blank when fewer than 0.5% of its
+    pixels differ from white. ``pdftotext`` finds any raw TeX MathJax left unrendered.
+    Needs poppler-utils (``make pdf-deps``).
+
+    Raises:
+        AssertionError: naming the failed check.
+    """
+    import numpy as np
+    from PIL import Image
+
+    for tool in ("pdfinfo", "pdftoppm", "pdftotext"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} not installed (poppler-utils; run `make pdf-deps`)")
+    info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True).stdout
+    pages = int(next(line.split()[-1] for line in info.splitlines() if line.startswith("Pages:")))
+    assert min_pages <= pages <= max_pages, f"{pdf}: {pages} pages, expected {min_pages}..{max_pages}"
+    png_dir = png_dir or pdf.parent / "pdf-pages"
+    shutil.rmtree(png_dir, ignore_errors=True)
+    png_dir.mkdir(parents=True)
+    ink = {}
+    for page in sorted({1, max(1, pages // 3), max(1, 2 * pages // 3), pages}):
+        prefix = png_dir / f"page-{page:04d}"
+        subprocess.run(["pdftoppm", "-png", "-r", "50", "-f", str(page), "-l", str(page), "-singlefile",
+                        str(pdf), str(prefix)], check=True, capture_output=True)
+        pixels = np.asarray(Image.open(f"{prefix}.png").convert("L"), dtype=float)
+        ink[page] = float((pixels < 245).mean())
+        assert ink[page] > 0.005, f"{pdf}: page {page} is blank ({ink[page]:.2%} ink)"
+    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    raw_tex = sorted(set(re.findall(r"\\(?:varepsilon|frac|sqrt|mathbb|operatorname|begin)\b|\$\$", text)))
+    assert not raw_tex, f"{pdf}: raw TeX in the text: {raw_tex}"
+    return {"pages": pages, "ink": ink, "png_dir": str(png_dir), "bytes": pdf.stat().st_size}
+
+
+def make_pdf(*, scale: str | None = None, root: Path = ROOT, out: Path | None = None) -> tuple[Path, dict]:
+    """Build the single-page HTML book, print it to ``out/<scale>/privlab.pdf`` and check it.
+
+    The single-page build shares the scale's jupyter-cache with ``make book``: chapters already
+    executed at this scale are not executed again.
+    """
+    from privlab.config import get_scale
+
+    scale = get_scale(scale).name
+    start = time.perf_counter()
+    html_dir = build("singlehtml", scale=scale, root=root, out=out)
+    built = time.perf_counter() - start
+    pdf = html_dir.parent / PDF_NAME
+    printed = print_pdf(html_dir, pdf)
+    n_chapters = len(chapter_files(Path(root)))
+    checked = check_pdf(pdf, min_pages=max(1, 2 * n_chapters - 1), max_pages=max(50, 60 * n_chapters))
+    return pdf, {"build_seconds": built, "print_seconds": printed["seconds"], "math": printed["math"],
+                 "images": printed["images"], **checked}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m privlab.book", description=__doc__.splitlines()[0])
     parser.add_argument("--notebooks", type=Path, metavar="DIR", help="write the chapters as .ipynb into DIR")
@@ -405,7 +561,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help=f"build root (default: ROOT/{BUILD_ROOT})")
     parser.add_argument("--repository-url", action="store_true",
                         help="print the repository URL set in _config.yml")
+    parser.add_argument("--pdf", action="store_true",
+                        help=f"build the single-page book, print it to OUT/SCALE/{PDF_NAME} and check it")
     args = parser.parse_args(argv)
+    if args.pdf:
+        try:
+            pdf, facts = make_pdf(scale=args.scale, root=args.root, out=args.out)
+        except (RuntimeError, AssertionError) as err:
+            print(f"error: {err}")
+            return 1
+        print(f"The book as one PDF: {pdf} ({facts['pages']} pages, {facts['bytes'] / 1e6:.1f} MB; "
+              f"single-page build {facts['build_seconds']:.0f} s, print {facts['print_seconds']:.0f} s; "
+              f"{facts['math']} formulas, {facts['images']} images; page renders in {facts['png_dir']})")
+        return 0
     if args.repository_url:
         print(repository_url(args.root))
         return 0

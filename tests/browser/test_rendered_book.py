@@ -443,6 +443,21 @@ def test_dark_mode(driver, base_url):
     assert background < 0.3 and text > 0.6, f"dark mode: background {background:.2f}, text {text:.2f}"
 
 
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_downloads_install_from_the_configured_repository(page):
+    """The .md and .ipynb a reader downloads install privlab from _config.yml's repository."""
+    from privlab.book import REPOSITORY_TOKEN, repository_url
+
+    url = repository_url(ROOT)
+    for suffix in (".md", ".ipynb"):
+        path = HTML_DIR / "_sources" / (page.removesuffix(".html") + suffix)
+        if not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8")
+        assert REPOSITORY_TOKEN not in text, f"{path}: the repository token was not filled in"
+        assert f"git+{url}" in text, f"{path}: the install cell does not name {url}"
+
+
 def test_search_finds_laplace(driver, base_url):
     driver.get(f"{base_url}search.html?q={SEARCH_TERM}")
     results = WebDriverWait(driver, 60).until(

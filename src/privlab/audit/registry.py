@@ -1,0 +1,361 @@
+r"""The registry of the DP test suite: every release privlab offers, with its claim and worst-case neighbours.
+
+An entry (:class:`Release`) states whom the release protects (its neighbouring
+relation: ``"add/remove"`` one record, or ``"replace-one"``), its claimed
+:math:`(\varepsilon, \delta)`, one or more candidate pairs of neighbouring
+inputs :math:`(D, D')` chosen to be the worst case (the pair that makes the
+privacy loss largest, e.g. a canary with a huge gradient), and ``draw(data, n,
+rng)``, which returns :math:`n` independent outputs of the release on ``data``
+through the package's own code. A *functional* entry checks a property that is
+not a distribution (the budget odometer) and reports the measured
+:math:`\varepsilon` directly.
+
+Planted-broken twins (``twin_of`` set) are the same releases with one classic
+mistake (:mod:`privlab.audit.planted`); :mod:`privlab.audit.dp_test` must catch
+every one of them and pass every honest entry.
+
+**Adding an entry** (e.g. the sparse-vector variants of Lyu, Su and Li 2017,
+arXiv:1603.01699, as twins of an honest sparse vector):
+``register(Release(name=..., relation=..., epsilon=..., delta=..., pairs=((D, D'),),
+draw=..., twin_of="sparse vector", bug="..."))``. ``draw`` returns the answer
+vector (e.g. 1 for :math:`\top`, 0 for :math:`\bot`), shape ``(n, k)``; the
+tester then tries a mean-difference projection and a logistic-regression
+classifier; where the violating event is known (their Section 5 uses events
+such as "the answers are exactly :math:`(\bot, \dots, \bot, \top)`"), pass it
+as an extra statistic, ``statistics=(lambda y: np.all(y == pattern, axis=1),)``,
+which the tester adds to its candidates and chooses among on the pilot sample.
+
+Used in: chapter 11.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from privlab import sensitivity as sens
+from privlab.accounting import epsilon as accountant_epsilon
+from privlab.audit.planted import (
+    StaleLedgerOdometer,
+    classic_gaussian_any_epsilon,
+    half_noise_laplace,
+    old_snapping_mechanism,
+    subgroup_mean,
+)
+from privlab.budget import BudgetExceededError, Ledger, PrivacyOdometer
+from privlab.discrete import (
+    discrete_gaussian_epsilon,
+    discrete_gaussian_mechanism,
+    discrete_laplace_mechanism,
+    snapping_mechanism,
+)
+from privlab.dpsgd import DPOptimizer
+from privlab.federated.dp import ClientLevelDP
+from privlab.federated.fedavg import FedAvg
+from privlab.mechanisms import (
+    exponential_mechanism,
+    exponential_mechanism_gumbel,
+    gaussian_mechanism,
+    laplace_mechanism,
+    randomized_response,
+)
+
+__all__ = ["REGISTRY", "RELATIONS", "FunctionalOutcome", "Release", "register"]
+
+RELATIONS = ("add/remove", "replace-one")
+
+
+@dataclass(frozen=True)
+class FunctionalOutcome:
+    """What a functional check measured: the privacy loss actually incurred against the claim, in words too."""
+
+    epsilon_measured: float
+    detail: str
+
+
+@dataclass(frozen=True)
+class Release:
+    r"""One release of the package under test: its claim, its worst-case neighbours, how to draw its outputs.
+
+    Attributes:
+        name: unique, e.g. ``"laplace count"``.
+        relation: ``"add/remove"`` or ``"replace-one"`` (the privacy unit is one record unless ``unit`` says otherwise).
+        epsilon: the claimed :math:`\varepsilon`.
+        delta: the claimed :math:`\delta`.
+        pairs: candidate neighbouring pairs :math:`(D, D')`; the tester chooses one on its pilot sample.
+        draw: ``draw(data, n, rng) -> array`` of ``n`` outputs, shape ``(n,)`` or ``(n, k)``.
+        check: for a functional entry (``draw`` is ``None``): ``check(rng) -> FunctionalOutcome``.
+        twin_of: for a planted-broken twin, the honest entry it breaks; the suite must catch it.
+        bug: the planted mistake, in words.
+        unit: the privacy unit, e.g. ``"record"``, ``"client"``, ``"user's bit"``.
+        samples: outputs per neighbour in the main stage, per scale (the pilot draws half as many).
+        statistics: extra test statistics ``s(outputs) -> (n,)`` to try (e.g. a known violating event).
+    """
+
+    name: str
+    relation: str
+    epsilon: float
+    delta: float
+    pairs: tuple = ()
+    draw: Callable | None = None
+    check: Callable | None = None
+    twin_of: str | None = None
+    bug: str = ""
+    unit: str = "record"
+    samples: dict = field(default_factory=lambda: {"smoke": 20_000, "book": 200_000})
+    statistics: tuple = ()
+
+    def __post_init__(self) -> None:
+        if self.relation not in RELATIONS:
+            raise ValueError(f"relation must be one of {RELATIONS}, got {self.relation!r}")
+        if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
+            raise ValueError(f"epsilon must be a finite number > 0, got {self.epsilon}")
+        if not 0 <= self.delta < 1:
+            raise ValueError(f"delta must be in [0, 1), got {self.delta}")
+        if (self.draw is None) == (self.check is None):
+            raise ValueError(f"{self.name!r}: give exactly one of draw (statistical) or check (functional)")
+        if self.draw is not None and not self.pairs:
+            raise ValueError(f"{self.name!r}: a statistical entry needs at least one pair (D, D')")
+
+    @property
+    def functional(self) -> bool:
+        return self.check is not None
+
+
+#: name -> :class:`Release`, in registration order.
+REGISTRY: dict[str, Release] = {}
+
+
+def register(release: Release) -> Release:
+    """Add ``release`` to :data:`REGISTRY` (a twin's ``twin_of`` must name a registered entry); returns it."""
+    if release.name in REGISTRY:
+        raise ValueError(f"a release named {release.name!r} is already registered")
+    if release.twin_of is not None and release.twin_of not in REGISTRY:
+        raise ValueError(f"{release.name!r}: twin_of {release.twin_of!r} is not registered")
+    REGISTRY[release.name] = release
+    return release
+
+
+def _repeat(value, n: int) -> np.ndarray:
+    """``n`` copies of ``value`` along a new first axis (one release each)."""
+    v = np.asarray(value)
+    return np.broadcast_to(v, (n, *v.shape)).copy()
+
+
+# ----- the mechanisms (privlab.mechanisms, privlab.discrete) ----------------------------------------
+register(Release(
+    name="laplace count", relation="add/remove", epsilon=1.0, delta=0.0, pairs=((1, 0),),
+    draw=lambda c, n, rng: laplace_mechanism(_repeat(float(c), n), sensitivity=sens.counting_sensitivity(),
+                                             epsilon=1.0, rng=rng)))
+register(Release(
+    name="gaussian classic", relation="add/remove", epsilon=0.9, delta=1e-5, pairs=((1.0, 0.0),),
+    draw=lambda c, n, rng: gaussian_mechanism(_repeat(c, n), sensitivity=1.0, epsilon=0.9, delta=1e-5, rng=rng,
+                                              calibration="classic")))
+register(Release(
+    name="gaussian analytic", relation="add/remove", epsilon=1.0, delta=1e-5, pairs=((1.0, 0.0),),
+    draw=lambda c, n, rng: gaussian_mechanism(_repeat(c, n), sensitivity=1.0, epsilon=1.0, delta=1e-5, rng=rng)))
+register(Release(
+    name="gaussian analytic eps 10", relation="add/remove", epsilon=10.0, delta=0.1, pairs=((1.0, 0.0),),
+    draw=lambda c, n, rng: gaussian_mechanism(_repeat(c, n), sensitivity=1.0, epsilon=10.0, delta=0.1, rng=rng),
+    samples={"smoke": 1_000_000, "book": 4_000_000}))
+# exponential mechanism, k = 100 candidates: u(D) = (1, 0, ..., 0), u(D') = (0, 1, ..., 1) moves every
+# utility by Delta = 1, the pair for which Pr[r = 0] changes by a factor of nearly e^eps
+_U0 = np.r_[1.0, np.zeros(99)]
+register(Release(
+    name="exponential mechanism", relation="replace-one", epsilon=1.0, delta=0.0, pairs=((_U0, 1.0 - _U0),),
+    draw=lambda u, n, rng: exponential_mechanism(u, epsilon=1.0, sensitivity=1.0, rng=rng, size=n)))
+register(Release(
+    name="exponential mechanism (gumbel)", relation="replace-one", epsilon=1.0, delta=0.0,
+    pairs=((_U0, 1.0 - _U0),), samples={"smoke": 4_000, "book": 100_000},
+    draw=lambda u, n, rng: exponential_mechanism_gumbel(u, epsilon=1.0, sensitivity=1.0, rng=rng, size=n)))
+register(Release(
+    name="randomized response", relation="replace-one", epsilon=1.0, delta=0.0, pairs=((1, 0),), unit="user's bit",
+    draw=lambda bit, n, rng: randomized_response(np.full(n, bit), epsilon=1.0, rng=rng)))
+register(Release(
+    name="discrete laplace", relation="add/remove", epsilon=1.0, delta=0.0, pairs=((1, 0),),
+    draw=lambda c, n, rng: discrete_laplace_mechanism(np.full(n, c), sensitivity=1, epsilon=1, rng=rng)))
+register(Release(
+    name="discrete gaussian", relation="add/remove", epsilon=discrete_gaussian_epsilon(sigma2=1, delta=1e-5),
+    delta=1e-5, pairs=((1, 0),),
+    draw=lambda c, n, rng: discrete_gaussian_mechanism(np.full(n, c), sigma2=1, rng=rng)))
+register(Release(
+    name="snapping", relation="add/remove", epsilon=1.0, delta=0.0, pairs=((1.0, 0.0), (0.505, -0.495)),
+    draw=lambda x, n, rng: snapping_mechanism(np.full(n, x), sensitivity=1.0, epsilon=1, lower=-8.0, upper=8.0,
+                                              rng=rng, grid_bits=0, elementwise=True)))
+# snapping on a vector, d = 100: 0.505 vs 0.495 in every coordinate (L1 distance 1) round 100 grid steps apart
+register(Release(
+    name="snapping vector", relation="add/remove", epsilon=1.0, delta=0.0,
+    pairs=((np.full(100, 0.505), np.full(100, 0.495)),), samples={"smoke": 200, "book": 4_000},
+    draw=lambda x, n, rng: np.array([snapping_mechanism(x, sensitivity=1.0, epsilon=1, lower=-1e4, upper=1e4,
+                                                        rng=rng, grid_bits=0) for _ in range(n)])))
+
+# ----- DP statistics the chapters compute (Laplace on a bounded query) -------------------------------
+_SUM_D, _SUM_D1 = [1.0, -2.0, 5.0], [1.0, -2.0]  # D' = D minus a record at the bound b = 5
+register(Release(
+    name="dp sum", relation="add/remove", epsilon=1.0, delta=0.0, pairs=((_SUM_D, _SUM_D1),),
+    draw=lambda d, n, rng: laplace_mechanism(_repeat(sens.bounded_sum(d, lower=-2, upper=5), n), epsilon=1.0,
+                                             sensitivity=sens.bounded_sum_sensitivity(lower=-2, upper=5), rng=rng)))
+_MEAN_D, _MEAN_D1 = np.zeros(10), np.r_[np.zeros(9), 1.0]  # n = 10 public, one record replaced 0 -> 1
+register(Release(
+    name="dp mean", relation="replace-one", epsilon=1.0, delta=0.0, pairs=((_MEAN_D1, _MEAN_D),),
+    draw=lambda d, n, rng: laplace_mechanism(_repeat(sens.bounded_mean(d, lower=0, upper=1), n), epsilon=1.0,
+                                             sensitivity=sens.bounded_mean_sensitivity(lower=0, upper=1, n=len(d)),
+                                             rng=rng)))
+_HIST_D, _HIST_D1 = np.array([3, 1, 0, 2, 0]), np.array([3, 1, 1, 2, 0])  # D' adds a record in bin 2
+register(Release(
+    name="dp histogram", relation="add/remove", epsilon=1.0, delta=0.0, pairs=((_HIST_D1, _HIST_D),),
+    draw=lambda h, n, rng: laplace_mechanism(_repeat(h.astype(float), n), epsilon=1.0,
+                                             sensitivity=sens.histogram_l1_sensitivity(), rng=rng)))
+
+
+# ----- one DP-SGD step (privlab.dpsgd) -----------------------------------------------------------
+def _dpsgd_step_draw(sigma: float, q: float, clip: float):
+    r"""``draw`` for one Poisson-sampled DP-SGD step of a tiny logistic model through :class:`DPOptimizer`'s stages.
+
+    Data: one background example and (in :math:`D`) a canary whose gradient is huge and orthogonal to
+    the background's (worst case, add/remove). The clipped sum of every possible batch is computed once
+    with the optimizer's own ``clipped_sum``; each of the ``n`` steps draws its Poisson batch, and the
+    optimizer's ``add_noise`` and ``scale`` (one call for all ``n`` steps: i.i.d. noise per coordinate).
+    """
+    model = nn.Linear(2, 1, bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        model.weight.zero_()
+
+    def bce(out, t):
+        return nn.functional.binary_cross_entropy_with_logits(out.squeeze(-1), t, reduction="none")
+
+    def draw(rows, n, rng):
+        X = torch.tensor([[1.0, 0.0], [0.0, 100.0]], dtype=torch.float64)[list(rows)]
+        y = torch.ones(len(rows), dtype=torch.float64)
+        dp = DPOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=sigma, max_grad_norm=clip,
+                         expected_batch_size=q * 2, generator=torch.Generator().manual_seed(int(rng.integers(2**62))),
+                         method="loop")
+        sums = {}
+        for mask in range(2 ** len(rows)):  # every Poisson batch: the optimizer's clipped sum, once
+            idx = [i for i in range(len(rows)) if mask >> i & 1]
+            sums[mask] = (dp.clipped_sum(model, bce, X[idx], y[idx]).grads[0].reshape(-1) if idx
+                          else torch.zeros(2, dtype=torch.float64))
+        masks = (rng.random((n, len(rows))) < q) @ (1 << np.arange(len(rows)))
+        table = torch.stack([sums[m] for m in range(2 ** len(rows))])
+        summed = table[torch.as_tensor(masks)]  # (n, 2)
+        return dp.scale(dp.add_noise([summed]))[0].numpy()
+
+    return draw
+
+
+_SGD = dict(sigma=1.0, q=0.5, clip=1.0)
+register(Release(
+    name="dp-sgd step", relation="add/remove", delta=1e-5,
+    epsilon=float(accountant_epsilon(noise_multiplier=_SGD["sigma"], sample_rate=_SGD["q"], steps=1, delta=1e-5)),
+    pairs=(((0, 1), (0,)),), draw=_dpsgd_step_draw(**_SGD), samples={"smoke": 20_000, "book": 400_000}))
+
+
+# ----- one DP-FedAvg round (privlab.federated.dp) ---------------------------------------------------
+def _fedavg_round_draw(rule: ClientLevelDP, algo: FedAvg):
+    """``draw`` for one client-level DP-FedAvg round: the rule's own select, clip and finish, per round.
+
+    ``data`` is the clients' model updates ``(K, P)``; background clients send 0 (the canary's direction is
+    untouched by anyone else), the canary client a huge update.
+    """
+    def draw(updates, n, rng):
+        deltas = torch.as_tensor(np.asarray(updates, dtype=np.float64))
+        clipped = rule.client_vectors(deltas, np.ones(len(deltas)))
+        k = len(deltas)
+        out = np.empty((n, deltas.shape[1]))
+        for r in range(n):
+            sel = rule.select(k, algo, rng)
+            total = clipped[torch.as_tensor(sel, dtype=torch.long)].sum(0)
+            out[r] = rule.finish(total, k, algo, rng).numpy()
+        return out
+    return draw
+
+
+_FED_RULE, _FED_ALGO = ClientLevelDP(clip_norm=1.0, noise_multiplier=1.0, delta=1e-5), FedAvg(clients_per_round=5)
+_FED_D = np.r_[[[50.0, 0.0]], np.zeros((9, 2))]  # 10 clients, the first one the canary
+register(Release(
+    name="dp-fedavg round", relation="add/remove", unit="client", delta=1e-5,
+    epsilon=_FED_RULE.epsilon(1, len(_FED_D), _FED_ALGO), pairs=((_FED_D, _FED_D[1:]),),
+    draw=_fedavg_round_draw(_FED_RULE, _FED_ALGO), samples={"smoke": 2_000, "book": 100_000}))
+
+
+# ----- the marginal synthesizer's measurements (privlab.synthetic.marginal) --------------------------
+def _marginal_draw(data, n, rng):
+    """The raw noisy measurements of :class:`~privlab.synthetic.marginal.MarginalSynthesizer` (1-way, 2-way)."""
+    import pandas as pd
+
+    from privlab.synthetic.marginal import MarginalSynthesizer
+
+    df = pd.DataFrame(data, columns=["a", "b"])
+    out = []
+    for _ in range(n):
+        syn = MarginalSynthesizer(epsilon=1.0, delta=1e-6, domain={"a": ["x", "y"], "b": ["u", "v"]},
+                                  ipf_iterations=1).fit(df, rng=rng)
+        out.append(np.concatenate([*syn.noisy_one_way_.values(), *[t.ravel() for t in syn.noisy_two_way_.values()]]))
+    return np.array(out)
+
+
+_ROWS = [("x", "u"), ("y", "v"), ("x", "v")]
+register(Release(
+    name="marginal synthesizer", relation="add/remove", epsilon=1.0, delta=1e-6,
+    pairs=((_ROWS + [("y", "u")], _ROWS),), draw=_marginal_draw, samples={"smoke": 100, "book": 5_000}))
+
+
+# ----- the budget odometer (privlab.budget): a functional entry ---------------------------------------
+def _two_odometers(make) -> Callable:
+    """Two odometers on one ledger, budget 1.0 each, each asked for 0.6: the ledger's total is what was spent."""
+    def check(rng) -> FunctionalOutcome:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "ledger.jsonl"
+            first, second = make(path), make(path)
+            accepted = 0
+            for odometer in (first, second):
+                try:
+                    odometer.spend("query", epsilon=0.6)
+                    accepted += 1
+                except BudgetExceededError:
+                    pass
+            total = Ledger(path).totals()[0]
+        return FunctionalOutcome(total, f"{accepted} of 2 queries of 0.6 accepted; ledger total {total:g}")
+    return check
+
+
+register(Release(
+    name="odometer", relation="add/remove", epsilon=1.0, delta=0.0, unit="data set (budget)",
+    check=_two_odometers(lambda p: PrivacyOdometer(total_epsilon=1.0, total_delta=1e-6, ledger=p))))
+
+
+# ----- planted-broken twins ---------------------------------------------------------------------
+register(Release(
+    name="laplace half noise", relation="add/remove", epsilon=1.0, delta=0.0, pairs=((1, 0),),
+    samples={"smoke": 50_000, "book": 200_000},
+    twin_of="laplace count", bug="Laplace scale Delta/(2 eps): half the noise (true eps = 2)",
+    draw=lambda c, n, rng: half_noise_laplace(np.full(n, float(c)), sensitivity=1.0, epsilon=1.0, rng=rng)))
+register(Release(
+    name="mean, private subgroup size", relation="add/remove", epsilon=1.0, delta=0.0,
+    pairs=(((np.zeros(3), [True, False, False]), (np.zeros(3), [True, True, False])),), twin_of="dp mean",
+    bug="sensitivity (b - a)/n_g with n_g the private subgroup count (n_g = 1 vs 2, equal means)",
+    draw=lambda d, n, rng: subgroup_mean(d[0], d[1], lower=0.0, upper=1.0, epsilon=1.0, rng=rng, size=n)))
+register(Release(
+    name="snapping, old vector calibration", relation="add/remove", epsilon=1.0, delta=0.0,
+    pairs=((np.full(100, 0.505), np.full(100, 0.495)),), twin_of="snapping vector",
+    samples={"smoke": 4_000, "book": 40_000},
+    bug="noise for integer sensitivity ceil(Delta/gamma) = 1 while rounding 100 coordinates adds 100 grid steps",
+    draw=lambda x, n, rng: old_snapping_mechanism(_repeat(x, n), sensitivity=1.0, epsilon=1.0, lower=-8.0,
+                                                  upper=8.0, grid_bits=0, rng=rng)))
+register(Release(
+    name="gaussian classic at eps 10", relation="add/remove", epsilon=10.0, delta=0.1, pairs=((1.0, 0.0),),
+    twin_of="gaussian analytic eps 10", samples={"smoke": 4_000_000, "book": 10_000_000},
+    bug="sigma = sqrt(2 ln(1.25/delta))/eps (proved for eps < 1) at eps = 10, delta = 0.1: true delta(10) = 0.41",
+    draw=lambda c, n, rng: classic_gaussian_any_epsilon(np.full(n, c), sensitivity=1.0, epsilon=10.0, delta=0.1,
+                                                        rng=rng)))
+register(Release(
+    name="odometer, stale ledger", relation="add/remove", epsilon=1.0, delta=0.0, unit="data set (budget)",
+    twin_of="odometer", bug="reads the shared ledger once; two odometers each accept 0.6 of a budget of 1",
+    check=_two_odometers(lambda p: StaleLedgerOdometer(total_epsilon=1.0, ledger=p))))

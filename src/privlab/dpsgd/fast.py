@@ -51,19 +51,33 @@ its input internally is handled, through the fallbacks.
 (:mod:`privlab.dpsgd.rules`; exact type match, so a subclass with its own
 forward, or an instance with a replaced ``forward`` or extra parameters, is
 never mistaken for its parent): ``Linear`` (any rank), ``LayerNorm``,
-``RMSNorm``, ``GroupNorm`` and ``Embedding``. Every other module owning
-trainable parameters gets its per-example gradients from ``torch.func``:
+``RMSNorm``, ``GroupNorm``, ``Embedding``, and ``transformers``' GPT-2
+``Conv1D`` and ``LlamaRMSNorm`` (each verified once against its own forward).
+Two patterns of language models stay on the rules too:
 
-* *local* (e.g. ``Conv1d``, ``transformers``' ``Conv1D``, a custom module):
+* an ``Embedding`` whose weight is tied to a ``Linear`` output layer (GPT-2's
+  ``wte``/``lm_head``): :math:`\|G^{emb}_i + G^{lin}_i\|^2` gets the cross term
+  :math:`2\langle G^{emb}_i, G^{lin}_i\rangle = 2\sum_{s,t} b^{lin}_{i,s,\mathrm{id}_{i,t}}
+  \langle a_{i,s}, b^{emb}_{i,t}\rangle`, about :math:`B T^2 d` flops; any other
+  sharing falls back;
+* a batch-independent call (a learned position embedding looked up with
+  ``(1, T)`` ids, GPT-2's ``wpe``) whose output is only *added* to the output of
+  a module verified batch first: the sum's gradient has one row per example,
+  which is that call's per-example output gradient.
+
+Every other module owning trainable parameters gets its per-example gradients
+from ``torch.func``:
+
+* *local* (e.g. ``Conv1d``, ``Conv2d``, a custom module):
   ``vmap`` over the examples of the vector-Jacobian product of that module
   alone, at its saved input and output gradient, when the two checks pass;
 * *global*: per-example gradients of the whole model's loss w.r.t. those
   parameters only, by ``vmap(grad)`` (or, where ``vmap`` cannot batch an op,
   the per-example loop, with a warning): for a module called more than once per
-  forward, parameters shared between modules (tied weights), a module taking
-  keyword tensors or returning a non-tensor (``nn.MultiheadAttention``), a
-  failed gradient-flow or batch-dimension check, or a saved input modified in
-  place afterwards. A covered layer in one of these cases falls back the same
+  forward, parameters shared between modules (other than the tied pair above),
+  a module taking keyword tensors or returning a non-tensor
+  (``nn.MultiheadAttention``, ``nn.GRU``), a failed gradient-flow or
+  batch-dimension check, or a saved input modified in place afterwards. A covered layer in one of these cases falls back the same
   way. Exact, but it costs about one more forward and backward per step and
   materialises :math:`B \times` those parameters.
 * a batch of one example needs no per-example machinery: its gradient *is*
@@ -103,7 +117,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.graph import get_gradient_edge
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.func import functional_call, vjp, vmap
 
 from .per_sample import _loop_grads, _vmap_grads, as_input_tuple, per_example_losses, trainable_parameters
@@ -145,6 +159,7 @@ class _Site:
     edge: object = None  # GradientEdge of the output, taken before any in-place change
     out_is_tensor: bool = True
     producer: _Site | None = None  # the Linear whose output is this norm layer's input
+    broadcast: object = None  # for a batch-independent output added to a batch-first tensor: the sum's edge
     reason: str = ""  # why the site is not on the fast path (for tests and debugging)
 
 
@@ -207,7 +222,7 @@ def _hooks(site: _Site, linear_outputs: dict):
 @dataclass
 class _Graph:
     consumers: dict  # id(parameter) -> sequence numbers of the nodes that use it
-    edges: list  # (sequence nr of producer v, sequence nr of consumer u, v, input nr), sorted by the first
+    edges: list  # (sequence nr of producer v, sequence nr of consumer u, v, output nr of v, u), sorted by the first
     keys: list  # the first entries of ``edges``, for bisection
 
 
@@ -224,7 +239,7 @@ def _walk(root) -> _Graph:
             if type(v) is _AccumulateGrad:
                 consumers[id(v.variable)].append(su)
                 continue
-            edges.append((v._sequence_nr(), su, v, nr))
+            edges.append((v._sequence_nr(), su, v, nr, u))
             if v not in seen:
                 seen.add(v)
                 stack.append(v)
@@ -254,7 +269,7 @@ def _flows_only_through_output(site: _Site, graph: _Graph, windows: dict[int, li
             return f"parameter {attr!r} is used outside the module's own forward call"
     node, nr = (site.edge.node, site.edge.output_nr) if site.edge is not None else (None, None)
     lo, hi = bisect.bisect_left(graph.keys, start), bisect.bisect_left(graph.keys, end)
-    for _, su, v, vnr in graph.edges[lo:hi]:
+    for _, su, v, vnr, _ in graph.edges[lo:hi]:
         if not start <= su < end and not (v is node and vnr == nr):
             return "a tensor computed in the module's forward reaches the loss other than through its output"
     return ""
@@ -299,6 +314,39 @@ def _probe_shapes(model: nn.Module, xs: tuple, sites: list[_Site]) -> dict[str, 
     return seen
 
 
+def _batch_independent(site: _Site, probe: dict) -> bool:
+    """Leading dim 1 everywhere, and the same shapes in the one-example probe: the call ignores the batch."""
+    single = probe.get(site.name)
+    return (single is not None and tuple(single) == tuple(site.shapes)
+            and all(shape is not None and shape and shape[0] == 1 for shape in site.shapes))
+
+
+def _broadcast_edge(site: _Site, sites: list[_Site], graph: _Graph, probe: dict, batch: int):
+    """For a batch-independent output (a learned position embedding, ``(1, T, d)``) whose only use is
+    ``batch_first_tensor + output``: the sum's gradient edge, whose rows are the per-example output
+    gradients of this site; else ``None``.
+
+    The other summand must be the output of a module verified batch first, of shape ``(B, *rest)``,
+    so row ``i`` of the sum is example ``i``'s; the sum's gradient w.r.t. the broadcast summand is
+    the sum over rows, so its per-example part is row ``i``.
+    """
+    node, nr = site.edge.node, site.edge.output_nr
+    lo, hi = bisect.bisect_left(graph.keys, node._sequence_nr()), bisect.bisect_right(graph.keys, node._sequence_nr())
+    users = [u for _, _, v, vnr, u in graph.edges[lo:hi] if v is node and vnr == nr]
+    if len(users) != 1 or type(users[0]).__name__ != "AddBackward0" or getattr(users[0], "_saved_alpha", None) != 1:
+        return None
+    add = users[0]
+    others = [(v, vnr) for v, vnr in add.next_functions if not (v is node and vnr == nr)]
+    if len(add.next_functions) != 2 or len(others) != 1 or others[0][0] is None:
+        return None
+    want = (batch, *site.shapes[-1][1:])
+    for t in sites:
+        if (t.edge is not None and t.edge.node is others[0][0] and t.edge.output_nr == others[0][1]
+                and t.calls == 1 and t.shapes and t.shapes[-1] == want and _batch_first(t, probe, batch)):
+            return GradientEdge(add, 0)
+    return None
+
+
 def _batch_first(site: _Site, probe: dict, batch: int) -> bool:
     """Dim 0 of every tensor argument and of the output is the batch, and no other dim depends on it."""
     single = probe.get(site.name)
@@ -314,7 +362,7 @@ def _batch_first(site: _Site, probe: dict, batch: int) -> bool:
 # The decision per module.
 
 
-def _mode(site: _Site, batch: int, graph: _Graph, probe, windows: dict[int, list]) -> str:
+def _mode(site: _Site, batch: int, graph: _Graph, probe, windows: dict[int, list], sites: list[_Site]) -> str:
     """'unused' (no gradient), 'fast' (a rule), 'local' (vmap of this module) or 'global'; why in ``site.reason``."""
     used = [attr for attr, p in site.params if id(p) in graph.consumers]
     reason = ""
@@ -331,6 +379,11 @@ def _mode(site: _Site, batch: int, graph: _Graph, probe, windows: dict[int, list
         reason = _flows_only_through_output(site, graph, windows)
         if not reason and not _batch_first(site, probe(), batch):
             reason = "the batch is not (only) the leading dimension of its input and output"
+            if (site.rule is not None and len(site.args) == 1 and not site.kwargs
+                    and _batch_independent(site, probe())):
+                site.broadcast = _broadcast_edge(site, sites, graph, probe(), batch)
+                if site.broadcast is not None:
+                    reason = ""
     site.reason = reason
     if reason:
         return "global"
@@ -506,12 +559,12 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
         if s.shared:
             for _, p in s.params:
                 windows[id(p)].append(s.window)
-    modes = {s: _mode(s, batch, graph, probe, windows) for s in sites}
+    modes = {s: _mode(s, batch, graph, probe, windows, sites) for s in sites}
     tied = _tied_pairs(sites, modes)
     for s in sites:
         # Memory: a norm layer fed directly by a Linear need not keep its input alive through the
         # backward pass; it is recomputed afterwards as a W^T + beta from the Linear's saved input.
-        if modes[s] == "fast" and s.producer is not None and modes.get(s.producer) == "fast":
+        if modes[s] == "fast" and s.producer is not None and modes.get(s.producer) == "fast" and s.broadcast is None:
             s.args, s.versions = None, ()
         else:
             s.producer = None
@@ -519,7 +572,8 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
     out_grads = [None] * len(backward_sites)
     if backward_sites:
         # only the output gradients b are asked for, so autograd skips the weight-gradient matmuls
-        out_grads = torch.autograd.grad(total, [s.edge for s in backward_sites], allow_unused=True)
+        out_grads = torch.autograd.grad(total, [s.edge if s.broadcast is None else s.broadcast for s in backward_sites],
+                                        allow_unused=True)
     graph = None
     # norms accumulate in float32 or wider: a bf16/fp16 norm would misstate the clip factor by up to 2^-8
     dtype = torch.promote_types(next((p.dtype for s in sites for _, p in s.params), torch.float32), torch.float32)
@@ -533,8 +587,12 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
             modes[s], s.reason = "global", "no gradient reached the module's output"
         elif _modified_in_place(s) or (s.producer is not None and _modified_in_place(s.producer)):
             modes[s], s.reason = "global", "its saved input was modified in place after the call"
+        elif s.broadcast is not None and tuple(b.shape) != (batch, *s.shapes[-1][1:]):
+            modes[s], s.reason = "global", "the broadcast sum did not have the expected shape"
         elif modes[s] == "fast":
             x = s.args[0].detach() if s.producer is None else _recompute_output(s.producer)
+            if s.broadcast is not None:  # the same input for every example, each with its own output gradient
+                x = x.expand(batch, *x.shape[1:])
             contribution = s.rule(s.module, x, b)
             x = None
             norm2_of[s], weighted[s] = contribution.norm2.to(dtype), contribution.weighted_sum

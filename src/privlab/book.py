@@ -255,6 +255,10 @@ def _config_inited(app, config) -> None:
     from privlab.config import get_scale
 
     config.privlab_scale = get_scale().name
+    # Outside `python -m privlab.book --build` (which gives each scale its own folder), e.g. a plain
+    # `jupyter-book build .`, keep one jupyter-cache per scale: the cache keys on code, not scale.
+    if hasattr(config, "nb_execution_cache_path") and not config.nb_execution_cache_path:
+        config.nb_execution_cache_path = str(Path(app.outdir).parent / ".jupyter_cache" / config.privlab_scale)
     theme = dict(config.html_theme_options or {})
     url = (theme.get("repository_url") or "").rstrip("/")
     if url:

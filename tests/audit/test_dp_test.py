@@ -79,6 +79,9 @@ def test_best_threshold_separates_and_statistics_cover_vectors():
     assert 1000 <= t <= 2000 and bound == pytest.approx(math.log(1000 / 3.689), abs=0.01)
     names = [n for n, _ in candidate_statistics(np.eye(3)[[0, 1] * 20], np.eye(3)[[2, 1] * 20])]
     assert names == ["projection", "-projection", "logistic"]
+    pattern = lambda y: np.all(y == [0, 0, 1], axis=1)  # noqa: E731  (an SVT-style known event)
+    stats = dict(candidate_statistics(np.eye(3)[[2] * 40], np.eye(3)[[1] * 40], extra=(pattern,)))
+    assert stats["extra 0"](np.eye(3)).tolist() == [0.0, 0.0, 1.0]
 
 
 def test_release_validation():

@@ -16,6 +16,9 @@ Modules:
 - :mod:`privlab.audit.one_run`: the one-run audit of Steinke, Nasr and Jagielski (2023).
 - :mod:`privlab.audit.planted`: planted bugs the audits must catch.
 - :mod:`privlab.audit.fpattack`: the floating-point attack on textbook Laplace noise (Mironov 2012).
+- :mod:`privlab.audit.registry` and :mod:`privlab.audit.dp_test`: the DP test suite, every release of the
+  package with its claim and worst-case neighbours, audited empirically, with planted-broken twins
+  (``python -m privlab.audit.dp_test --list``; not imported here: it loads every subsystem).
 
 References: Ding et al. (2018), "Detecting violations of differential privacy";
 Jagielski, Ullman, Oprea (2020), arXiv:2006.07709; Nasr et al. (2021), arXiv:2101.04535;

@@ -140,8 +140,10 @@ def classic_gaussian_any_epsilon(value, *, sensitivity, epsilon, delta, rng: np.
 
     Dwork and Roth (2014), Theorem A.1, proves it for :math:`\varepsilon < 1` only;
     :func:`privlab.mechanisms.gaussian_mechanism` refuses it there. At :math:`\varepsilon = 10`,
-    :math:`\delta = 0.1` the true :math:`\delta(\varepsilon)` of this :math:`\sigma` is about 0.41
-    (Balle and Wang 2018, arXiv:1805.06530, Theorem 8).
+    :math:`\delta = 0.1` (:math:`\sigma = 0.225`) the true :math:`\delta(10)` of this :math:`\sigma` is
+    0.406 and its true :math:`\varepsilon` at :math:`\delta = 0.1` is 14.7 (the exact Gaussian privacy
+    profile, Balle and Wang 2018, arXiv:1805.06530, Theorem 8); the analytic calibration gives
+    :math:`\sigma = 0.282`.
     """
     sigma = check_positive("sensitivity", sensitivity) * math.sqrt(2.0 * math.log(1.25 / delta)) / check_epsilon(epsilon)
     x = np.asarray(value, dtype=float)

@@ -50,8 +50,9 @@ book: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/python -m privlab.book --notebooks $(NBDIR)
 
-# `make test` = the pytest suite, then the rendered book in a real browser (check-book).
-test: notebooks
+# `make test` = the pytest suite, then the rendered book in a real browser (check-book). pdf-deps:
+# poppler-utils, so tests/test_book_pdf.py checks the PDF checker.
+test: notebooks pdf-deps
 	PRIVLAB_SCALE=smoke $(BIN)/python -m pytest tests src/privlab $(NBDIR) --ignore=tests/browser \
 	    --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -q
 	$(MAKE) check-book

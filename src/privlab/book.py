@@ -11,6 +11,7 @@ The same module builds the book and is the book's Sphinx extension (``_config.ym
 
     python -m privlab.book --build html --scale smoke       # book/_build/smoke/html
     python -m privlab.book --build singlehtml --scale book  # book/_build/book/singlehtml
+    python -m privlab.book --pdf --scale book               # book/_build/book/privlab.pdf, checked
 
 Each scale builds into its own folder (``book/_build/<scale>/``) with its own jupyter-cache,
 executed notebooks and Sphinx doctrees, so a smoke build never serves as the book-scale one.

@@ -172,8 +172,8 @@ def test_streamrec_rdp_epsilons_of_the_published_sigmas(sigma, eps):
 
 PINNED = [  # (accountant, sigma, config, epsilon): regression values, computed once and checked by the oracles
     ("rdp", 1.0, CONFIG_A, 6.712738297),
-    ("pld", 1.0, CONFIG_A, 6.191893),
-    ("pld", 0.879, STREAMREC, 0.2516113),
+    ("pld", 1.0, CONFIG_A, 6.190881),  # 6.191893 before the finer grid of issue 13, defect 7(a)
+    ("pld", 0.879, STREAMREC, 0.2515700),  # 0.2516113 before
     ("rdp", 0.879, STREAMREC, 0.9979417045),
 ]
 

@@ -89,7 +89,9 @@ def gaussian_delta(*, noise_multiplier: float, epsilon: float) -> float:
 def gaussian_epsilon(*, noise_multiplier: float, delta: float) -> float:
     r"""Smallest epsilon with :math:`\delta(\varepsilon) \le` ``delta`` for the Gaussian mechanism.
 
-    Inverts :func:`gaussian_delta` (monotone decreasing) by Brent's method.
+    Inverts :func:`gaussian_delta` (monotone decreasing) by Brent's method, then
+    moves up until :math:`\delta(\varepsilon) \le` ``delta`` holds as computed, so the
+    result is never below the root (an upper bound, within 1e-12 relative).
 
     Args:
         noise_multiplier: :math:`\sigma`.
@@ -113,7 +115,10 @@ def gaussian_epsilon(*, noise_multiplier: float, delta: float) -> float:
     hi = 1.0
     while f(hi) > 0:
         hi *= 2.0
-    return float(optimize.brentq(f, 0.0, hi, xtol=1e-14, rtol=1e-12))
+    eps = float(optimize.brentq(f, 0.0, hi, xtol=1e-14, rtol=1e-12))
+    while f(eps) > 0:  # the root is found to a tolerance: step up until delta(eps) <= delta holds
+        eps = math.nextafter(eps, math.inf) * (1.0 + 1e-13)
+    return eps
 
 
 def basic_composition(*, epsilon: float, delta: float = 0.0, k: int) -> tuple[float, float]:
@@ -194,8 +199,19 @@ def advanced_crossover(*, k: int, delta_prime: float) -> float:
 
 
 def _amplify(eps: float, delta: float, q: float) -> tuple[float, float]:
-    """(eps, delta) of a mechanism run on a Poisson subsample of rate q."""
-    return math.log1p(q * math.expm1(eps)), q * delta
+    r"""(eps, delta) of a mechanism run on a Poisson subsample of rate q: :math:`\ln(1 + q(e^\varepsilon - 1))`, :math:`q\delta`.
+
+    Computed in log space so that it never overflows (``e^eps`` does for eps > 709):
+
+    >>> _amplify(5e4, 0.0, 0.5)[0] == 5e4 + math.log(0.5)
+    True
+    """
+    if q == 1.0:  # no sampling: exactly (eps, delta), not a round trip through expm1 and log1p
+        return eps, delta
+    if eps <= 700.0:  # log1p(q expm1(eps)): accurate for small eps, no overflow below 709
+        return math.log1p(q * math.expm1(eps)), q * delta
+    # ln(1 + q(e^eps - 1)) = ln(q e^eps + (1 - q)) = eps + ln q + ln(1 + (1 - q) e^-eps / q)
+    return eps + math.log(q) + math.log1p((1.0 - q) * math.exp(-eps) / q), q * delta
 
 
 class _EpsDeltaComposition(Accountant):

@@ -22,8 +22,13 @@ What keeps this tight and fast (a compact version of ``dp_accounting.pld``):
 2. **An adaptive grid**: the split adds at most :math:`\Delta^2/4` of variance
    per composition, which moves epsilon by a relative
    :math:`\approx \Delta^2 / (8\bar v)` (:math:`\bar v` the mean per-step loss
-   variance), so :math:`\Delta = \sqrt{8\,\mathrm{accuracy}\cdot\bar v}`
-   (finer when losses have atoms, and with the largest pure-DP atom on the grid).
+   variance); the grid uses :math:`\Delta = \sqrt{6\,\mathrm{accuracy}\cdot\bar v}`,
+   a margin of :math:`4/3` on that estimate, which measured up to 1.24 times
+   ``accuracy`` (finer when losses have atoms, and with the largest pure-DP atom on
+   the grid). Every grid point is used where the per-step mass could matter at the
+   delta asked for (per-step mass down to :math:`\min(10^{-6}, 10^{-3}\delta)`);
+   beyond, the gaps grow, which cost up to 4% at :math:`\delta = 10^{-12}` when
+   the fine region stopped at a fixed :math:`10^{-6}`.
 3. **Exponential tilting**: before the FFT every PLD is multiplied by
    :math:`e^{\lambda l}` and renormalised, the result by
    :math:`e^{K(\lambda) - \lambda s}`, :math:`K` the exact cumulant generating
@@ -40,6 +45,19 @@ What keeps this tight and fast (a compact version of ``dp_accounting.pld``):
 
 Both adjacency directions (remove and add one record) are composed and the
 larger delta is reported, as in ``dp_accounting`` and Opacus's PRV accountant.
+
+Accuracy: the discretisation moves epsilon up by at most ``accuracy`` (relative,
+default :math:`10^{-3}`). The tests pin it against the exact Gaussian profile
+(Balle and Wang 2018) for :math:`\sigma \in [0.3, 20]`, 1 and 10
+compositions, :math:`\delta` from :math:`10^{-5}` down to :math:`10^{-12}`:
+:math:`0 \le \varepsilon_{\rm PLD}/\varepsilon - 1 \le 10^{-3}` (measured at
+most :math:`8.1 \times 10^{-4}`), and against ``dp_accounting`` at
+:math:`\delta = 10^{-10}` and :math:`10^{-12}`.
+
+Basic composition is a valid bound for the same events, so the epsilon (delta)
+reported is the smaller of the discretised PLD's and basic composition's: a
+pure-DP composition, whose atoms cannot all sit on one grid, is never charged
+more than the sum of its epsilons.
 
 >>> acc = PldAccountant().compose(dpsgd_event(noise_multiplier=1.0, sample_rate=1.0, steps=1))
 >>> exact = gaussian_epsilon(noise_multiplier=1.0, delta=1e-5)
@@ -60,7 +78,7 @@ from scipy import fft, special
 from privlab._validate import check_positive
 
 from .base import Accountant, handles
-from .composition import gaussian_epsilon  # noqa: F401  (used by the doctest)
+from .composition import BasicCompositionAccountant, gaussian_epsilon  # noqa: F401  (gaussian_epsilon: doctest)
 from .events import EpsilonDeltaEvent, GaussianEvent, LaplaceEvent, PoissonSampledEvent, dpsgd_event  # noqa: F401
 from .pld_pairs import (
     PldGridTooLargeError,
@@ -78,7 +96,8 @@ from .pld_pairs import (
 __all__ = ["PldAccountant"]
 
 _WINDOW_MASS = 1e-15          # tilted mass allowed outside the FFT window, per side
-_BULK_MASS = 1e-6             # per-step mass outside the finely discretised bulk, per side
+_BULK_MASS = 1e-6             # per-step mass outside the finely discretised bulk, per side, at most ...
+_BULK_OF_DELTA = 1e-3         # ... and at most this fraction of the delta asked for
 _MAX_FFT = 1 << 22            # beyond this the grid is coarsened (with a warning)
 _MAX_TILT = 1e6
 _CHERNOFF = 2.0 ** np.array([-16, -12, -9, -7, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7])  # theta * sd
@@ -286,26 +305,30 @@ class PldAccountant(Accountant):
         pass  # composition is lazy: the grid depends on everything composed
 
     # ----- building the composition -------------------------------------------------
-    def _shape(self, event, tau: float):
+    def _shape(self, event, tau: float, bulk_mass: float):
         """Pairs, ranges, bulks and loss variance of a leaf event (cached)."""
-        key = ("shape", event, tau)
+        key = ("shape", event, tau, bulk_mass)
         if key not in self._cache:
             pairs = event_pairs(event)
             ranges = [loss_range(p, tau) for p in pairs]
-            bulks = [loss_range(p, _BULK_MASS) for p in pairs]
+            bulks = [loss_range(p, bulk_mass) for p in pairs]
             moments = [loss_moments(p, *r) for p, r in zip(pairs, ranges)]
             self._cache[key] = (pairs, ranges, bulks, min(m[1] for m in moments), max(m[0] for m in moments))
         return self._cache[key]
 
-    def _directions(self, step_factor: float = 1.0):
+    def _directions(self, step_factor: float = 1.0, delta: float | None = None):
         tau = self.tail_mass / self.num_events
-        shapes = [(self._shape(e, tau), c) for e, c in self.history]
+        # every grid point where the per-step mass could matter at this delta; coarser gaps only beyond,
+        # where the whole mass is below 1e-3 delta (for get_delta, where delta is unknown: everywhere)
+        bulk_mass = max(tau, min(_BULK_MASS, _BULK_OF_DELTA * delta)) if delta else tau
+        shapes = [(self._shape(e, tau, bulk_mass), c) for e, c in self.history]
         if self.discretization is not None:
             step = self.discretization
         else:
-            # the split adds <= step^2/4 of variance per step: relative error ~ step^2 / (8 mean variance)
+            # the split adds <= step^2/4 of variance per step: relative error ~ step^2 / (8 mean variance);
+            # the factor 6 (not 8) leaves a margin: with 8 the error measured up to 1.24 x accuracy
             v = sum(c * sh[3] for sh, c in shapes) / self.num_events
-            step = math.sqrt(8 * self.accuracy * v) if v > 0 else 1e-3
+            step = math.sqrt(6 * self.accuracy * v) if v > 0 else 1e-3
             atoms = [pure_atom(e) for e, _ in self.history if pure_atom(e) is not None]
             if any(has_atoms(e) for e, _ in self.history):
                 # atoms off the grid move by up to one step: keep it small next to epsilon's scale
@@ -327,12 +350,12 @@ class PldAccountant(Accountant):
         symmetric = all(sh[0][0] is sh[0][1] for sh, _ in shapes)
         return [_Direction(out[0], step)] if symmetric else [_Direction(out[0], step), _Direction(out[1], step)]
 
-    def _with_retries(self, fn):
+    def _with_retries(self, fn, delta: float | None = None):
         # Coarsening the grid to fit in memory is not done: in the regimes that need it (noise
         # multipliers around 0.01 and below) a coarse pessimistic grid was found to under-report
         # epsilon, so the accountant refuses instead of returning a number it cannot stand behind.
         try:
-            return fn(self._directions(1.0))
+            return fn(self._directions(1.0, delta))
         except _TooLarge as err:
             raise PldGridTooLargeError(
                 f"the composition needs an FFT of {err.args[0]:,} points (limit {_MAX_FFT:,})") from err
@@ -342,7 +365,14 @@ class PldAccountant(Accountant):
         def run(directions):
             return max(self._epsilon_one(d, delta) for d in directions)
 
-        return self._with_retries(run)
+        return min(self._with_retries(run, delta), self._basic().get_epsilon(delta))
+
+    def _basic(self) -> BasicCompositionAccountant:
+        """Basic composition of the same history (valid for every event this accountant supports)."""
+        basic = BasicCompositionAccountant()
+        for event, count in self.history:
+            basic.compose(event, count)
+        return basic
 
     @staticmethod
     def _epsilon_one(direction: _Direction, delta: float) -> float:
@@ -377,10 +407,28 @@ class PldAccountant(Accountant):
             if noise_above(j) <= 1e-2 * delta:  # a worst-case bound on what round-off adds
                 return eps
             found, guess = eps, eps
-        if found is None:  # pragma: no cover - a last resort: no tilt, the widest window
-            s, p, p_inf, wrap, _ = direction.density(0.0, math.log(delta), mean)
-            found = (epsilon_of_pmf(s, p, p_inf, delta) or (0.0, 0))[0]
+        if found is None:  # a last resort: no tilt, the window around the mean
+            found = PldAccountant._untilted_epsilon(direction, delta, mean)
         return found
+
+    @staticmethod
+    def _untilted_epsilon(direction: _Direction, delta: float, mean: float) -> float:
+        """Epsilon from the untilted window: never below a valid upper bound for the discrete PLD.
+
+        If delta(s) is at most ``delta`` already at the window's lowest loss
+        :math:`s_0`, the answer lies below the window, and :math:`s_0` (or 0 when
+        :math:`s_0 \le 0`) is an upper bound for it (the old code returned 0 there).
+        The wrapped mass of the window is spent from delta as in the main path.
+        """
+        s, p, p_inf, wrap, _ = direction.density(0.0, math.log(delta), mean)
+        out = epsilon_of_pmf(s, p, p_inf, delta)
+        if out is None:  # delta(s_0) <= delta: epsilon <= s_0
+            return max(0.0, float(s[0]))
+        eps = out[0]
+        if math.isfinite(eps) and wrap(eps) > 0:
+            again = epsilon_of_pmf(s, p, p_inf + wrap(eps), delta)
+            eps = max(eps, float(s[0]) if again is None else again[0])
+        return eps
 
     def _delta(self, epsilon: float) -> float:
         def run(directions):
@@ -393,4 +441,8 @@ class PldAccountant(Accountant):
                 out = max(out, delta_of_pmf(s, p, p_inf, epsilon) + wrap(epsilon))
             return out
 
-        return self._with_retries(run)
+        pld = self._with_retries(run)
+        try:
+            return min(pld, self._basic().get_delta(epsilon))
+        except NotImplementedError:  # basic composition has no delta(epsilon) for Gaussian steps
+            return pld

@@ -108,6 +108,7 @@ Used in: chapters 5, 7, 12.
 from __future__ import annotations
 
 import bisect
+import sys
 import warnings
 import weakref
 from collections import defaultdict
@@ -187,14 +188,21 @@ def _tensor_shapes(args, output) -> tuple:
     return shapes + ((tuple(output.shape) if isinstance(output, Tensor) else None),)
 
 
+def _eager(fn):
+    """Run ``fn`` eagerly under ``torch.compile`` (bookkeeping on Python objects). A compiled model has
+    imported ``torch._dynamo`` already; otherwise the hook needs no wrapper, and importing dynamo just for
+    it would cost seconds per process."""
+    return torch.compiler.disable(fn) if "torch._dynamo" in sys.modules else fn
+
+
 def _hooks(site: _Site, linear_outputs: dict):
-    @torch.compiler.disable  # bookkeeping on Python objects: run eagerly under torch.compile
+    @_eager
     def pre_hook(module, args, kwargs):
         site.calls += 1
         if site.calls == 1:
             site.window = (_next_sequence_nr(), 0)
 
-    @torch.compiler.disable
+    @_eager
     def hook(module, args, kwargs, output):
         if site.calls > 1:
             return

@@ -315,7 +315,13 @@ def _doctree_read(app, doctree) -> None:
         key = _code_hash(path)
         ledger = _ledger(app)
         mtime = float(exec_data["mtime"])
-        if mtime >= info["start"] - 1 and exec_data.get("succeeded", True):  # executed by this build
+        # Executed by this build: myst-nb stamps a fresh run with the time it finished, moments ago.
+        # A cache hit carries the record's creation time, which jupyter-cache stores as naive UTC
+        # (so `.timestamp()` reads it as local time): corrected below, never "moments ago".
+        fresh = info["start"] - 1 <= mtime and abs(time.time() - mtime) < 300
+        if not fresh:
+            mtime = datetime.fromtimestamp(mtime).replace(tzinfo=timezone.utc).timestamp()
+        if fresh and exec_data.get("succeeded", True):
             record = {
                 "scale": info["scale"],
                 "commit": git_commit(Path(app.srcdir), (os.path.relpath(path, app.srcdir),)),

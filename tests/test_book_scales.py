@@ -80,7 +80,8 @@ def make_book(src: Path, out: Path, scale: str) -> None:
     """`make book SCALE=scale` on the tiny book, with this interpreter, without reinstalling."""
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    env = {k: v for k, v in os.environ.items() if k != "PRIVLAB_SCALE"}
+    drop = {"PRIVLAB_SCALE", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"}  # run under `make test` too
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env["PRIVLAB_SCALE"] = "smoke" if scale == "book" else "book"  # Make's SCALE must win
     cmd = ["make", "-C", str(ROOT), "-o", ".venv/.installed", "book", f"SCALE={scale}",
            f"BOOK_ROOT={src}", f"BOOK_OUT={out}", f"BIN={Path(sys.executable).parent}"]

@@ -104,7 +104,7 @@ $(MATHJAX_DIR)/tex-mml-chtml.js:
 # then open every page in headless Chromium (tests/browser). Screenshots: book/_build/smoke/screenshots/.
 check-book: browser-deps $(MATHJAX_DIR)/tex-mml-chtml.js
 	$(MAKE) book SCALE=smoke
-	PRIVLAB_REQUIRE_BROWSER=1 PRIVLAB_BOOK_HTML=$(CURDIR)/$(BOOK_OUT)/smoke/html PRIVLAB_BOOK_SCALE=smoke \
+	PRIVLAB_REQUIRE_BROWSER=1 PRIVLAB_BOOK_HTML=$(abspath $(BOOK_OUT))/smoke/html PRIVLAB_BOOK_SCALE=smoke \
 	    $(BIN)/python -m pytest tests/browser -q -rfEs
 
 # The whole book as one PDF, offline: the single-page HTML build (sharing the scale's jupyter-cache

@@ -70,8 +70,13 @@ def test_list_and_json_entry_points(capsys):
     assert main(["--only", "randomized response", "--scale", "smoke", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["name"] == "randomized response" and row["expected"]
-    with pytest.raises(ValueError, match="not registered"):
+    assert main(["--only", "odometer", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)  # strict JSON (no NaN threshold)
+    assert row["statistic"] == "functional" and row["threshold"] is None
+    with pytest.raises(SystemExit):
         main(["--only", "no such release"])
+    with pytest.raises(ValueError, match="not registered"):
+        run_suite(only=["no such release"])
 
 
 def test_best_threshold_separates_and_statistics_cover_vectors():

@@ -160,7 +160,7 @@ def _binned_log_ratio(y_in: np.ndarray, y_out: np.ndarray, bins: int = 100) -> S
     return lambda y: log_ratio[index(y)]
 
 
-def _logistic(y_in: np.ndarray, y_out: np.ndarray, rng: np.random.Generator, max_rows: int = 20_000) -> Statistic:
+def _logistic(y_in: np.ndarray, y_out: np.ndarray, max_rows: int = 20_000) -> Statistic:
     """Vector outputs: a logistic-regression distinguisher on standardised (y, y^2), fitted on the pilot."""
     def features(y):
         return np.hstack([y, y * y])
@@ -172,8 +172,8 @@ def _logistic(y_in: np.ndarray, y_out: np.ndarray, rng: np.random.Generator, max
     return lambda y: clf.decision_function((features(y) - mu) / sd)
 
 
-def candidate_statistics(y_in: np.ndarray, y_out: np.ndarray, *, extra: Sequence[Statistic] = (),
-                         rng: np.random.Generator | None = None) -> list[tuple[str, Statistic]]:  # fmt: skip
+def candidate_statistics(y_in: np.ndarray, y_out: np.ndarray, *,
+                         extra: Sequence[Statistic] = ()) -> list[tuple[str, Statistic]]:  # fmt: skip
     """The test statistics fitted on pilot outputs ``(n,)`` or ``(n, k)`` of :math:`D` and :math:`D'` (module docstring).
 
     >>> [name for name, _ in candidate_statistics(np.zeros(10), np.ones(10))]
@@ -188,7 +188,7 @@ def candidate_statistics(y_in: np.ndarray, y_out: np.ndarray, *, extra: Sequence
         w = y_in.mean(0) - y_out.mean(0)
         stats += [("projection", lambda y: y @ w), ("-projection", lambda y: -(y @ w))]
         if np.all(np.isfinite(w)) and np.any(y_in.std(0) + y_out.std(0) > 0):
-            stats.append(("logistic", _logistic(y_in, y_out, rng if rng is not None else np.random.default_rng(0))))
+            stats.append(("logistic", _logistic(y_in, y_out)))
     for i, f in enumerate(extra):
         stats += [(f"extra {i}", lambda y, f=f: np.asarray(f(y), dtype=float)),
                   (f"-extra {i}", lambda y, f=f: -np.asarray(f(y), dtype=float))]
@@ -247,7 +247,7 @@ def audit_release(release: Release, *, scale: str | None = None, seed: int = 0, 
     best = (-math.inf, 0, "", None, 0.0)
     for p, (d, d_prime) in enumerate(release.pairs):
         y_in, y_out = _outputs(release, d, n_pilot, rng), _outputs(release, d_prime, n_pilot, rng)
-        for name, stat in candidate_statistics(y_in, y_out, extra=release.statistics, rng=rng):
+        for name, stat in candidate_statistics(y_in, y_out, extra=release.statistics):
             t, bound = best_threshold(stat(y_in), stat(y_out), delta=release.delta, alpha=alpha)
             if bound > best[0]:
                 best = (bound, p, name, stat, t)
@@ -315,6 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=0.05, help="1 - confidence of the bounds (default 0.05)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
+    unknown = [x for x in args.only or () if x not in REGISTRY]
+    if unknown:
+        parser.error(f"not registered: {unknown}; see --list")
     if args.list:
         rows = [{"name": r.name, "relation": r.relation, "unit": r.unit, "epsilon": r.epsilon, "delta": r.delta,
                  "kind": "functional" if r.functional else "statistical", "twin_of": r.twin_of, "bug": r.bug}
@@ -334,7 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run_suite(scale=args.scale, only=args.only, seed=args.seed, alpha=args.alpha,
                         progress=None if args.json else lambda r: print(_table_row(r), flush=True))
     if args.json:
-        print(json.dumps([asdict(r) for r in results], indent=1, default=str))
+        rows = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(r).items()}
+                for r in results]  # strict JSON: no NaN
+        print(json.dumps(rows, indent=1))
     else:
         bad = [r.name for r in results if not r.expected]
         print(f"{len(results)} entries, {sum(r.seconds for r in results):.1f} s; "

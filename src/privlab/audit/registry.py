@@ -197,7 +197,7 @@ register(Release(
 # snapping on a vector, d = 100: 0.505 vs 0.495 in every coordinate (L1 distance 1) round 100 grid steps apart
 register(Release(
     name="snapping vector", relation="add/remove", epsilon=1.0, delta=0.0,
-    pairs=((np.full(100, 0.505), np.full(100, 0.495)),), samples={"smoke": 200, "book": 4_000},
+    pairs=((np.full(100, 0.505), np.full(100, 0.495)),), samples={"smoke": 200, "book": 1_000},
     draw=lambda x, n, rng: np.array([snapping_mechanism(x, sensitivity=1.0, epsilon=1, lower=-1e4, upper=1e4,
                                                         rng=rng, grid_bits=0) for _ in range(n)])))
 
@@ -287,7 +287,7 @@ _FED_D = np.r_[[[50.0, 0.0]], np.zeros((9, 2))]  # 10 clients, the first one the
 register(Release(
     name="dp-fedavg round", relation="add/remove", unit="client", delta=1e-5,
     epsilon=_FED_RULE.epsilon(1, len(_FED_D), _FED_ALGO), pairs=((_FED_D, _FED_D[1:]),),
-    draw=_fedavg_round_draw(_FED_RULE, _FED_ALGO), samples={"smoke": 2_000, "book": 100_000}))
+    draw=_fedavg_round_draw(_FED_RULE, _FED_ALGO), samples={"smoke": 2_000, "book": 20_000}))
 
 
 # ----- the marginal synthesizer's measurements (privlab.synthetic.marginal) --------------------------
@@ -309,7 +309,7 @@ def _marginal_draw(data, n, rng):
 _ROWS = [("x", "u"), ("y", "v"), ("x", "v")]
 register(Release(
     name="marginal synthesizer", relation="add/remove", epsilon=1.0, delta=1e-6,
-    pairs=((_ROWS + [("y", "u")], _ROWS),), draw=_marginal_draw, samples={"smoke": 100, "book": 5_000}))
+    pairs=((_ROWS + [("y", "u")], _ROWS),), draw=_marginal_draw, samples={"smoke": 100, "book": 1_000}))
 
 
 # ----- the budget odometer (privlab.budget): a functional entry ---------------------------------------
@@ -356,7 +356,7 @@ register(Release(
                                                   upper=8.0, grid_bits=0, rng=rng)))
 register(Release(
     name="gaussian classic at eps 10", relation="add/remove", epsilon=10.0, delta=0.1, pairs=((1.0, 0.0),),
-    twin_of="gaussian analytic eps 10", samples={"smoke": 4_000_000, "book": 10_000_000},
+    twin_of="gaussian analytic eps 10", samples={"smoke": 4_000_000, "book": 4_000_000},
     bug="sigma = sqrt(2 ln(1.25/delta))/eps (proved for eps < 1) at eps = 10, delta = 0.1: true eps 14.7",
     draw=lambda c, n, rng: classic_gaussian_any_epsilon(np.full(n, c), sensitivity=1.0, epsilon=10.0, delta=0.1,
                                                         rng=rng)))

@@ -300,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m privlab.audit.dp_test",
         description="The DP test suite: audit every registered release on worst-case neighbours; a release fails "
-                    "when the 95%% lower confidence bound on epsilon exceeds its claim; every planted-broken twin "
+                    "when the 1 - alpha (default 95%) lower confidence bound on epsilon exceeds its claim; every planted-broken twin "
                     "must be caught.",
         epilog="examples:\n"
                "  python -m privlab.audit.dp_test --list\n"

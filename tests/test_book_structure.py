@@ -58,3 +58,17 @@ def test_repository_url_is_set_once():
         except UnicodeDecodeError:
             continue
     assert not typed, f"{url} is typed in {typed}: read it with privlab.book.repository_url()"
+
+
+def test_fix_install_cell_rewrites_only_that_cell(tmp_path):
+    from privlab.book import fix_install_cell
+
+    old = ("```{code-cell} ipython3\n:tags: [remove-cell]\n\ntry:\n    import privlab\nexcept ImportError:\n"
+           '    %pip install "privlab @ git+https://example.org/x"\n```\n')
+    rest = "\nText.\n\n```{code-cell} ipython3\nx = 1\n```\n"
+    path = tmp_path / "99_x.md"
+    path.write_text("# Title\n\n" + old + rest)
+    assert fix_install_cell(path)
+    text = path.read_text()
+    assert text == "# Title\n\n```{code-cell} ipython3\n:tags: [remove-cell]\n\n" + INSTALL_CELL + "\n```\n" + rest
+    assert not fix_install_cell(path)

@@ -138,6 +138,17 @@ def repository_url(root: Path = ROOT) -> str:
     return url
 
 
+def fix_install_cell(path: Path) -> bool:
+    """Make the first code cell of a chapter exactly :data:`INSTALL_CELL` (keeping its header and
+    tags) when that cell is an install cell (has ``%pip install``); returns whether it changed."""
+    text = path.read_text(encoding="utf-8")
+    cell = re.search(r"^```\{code-cell\}[^\n]*\n((?::[a-z_]+:[^\n]*\n)*\n?)(.*?)\n```", text, re.M | re.S)
+    if cell is None or "%pip install" not in cell.group(2) or cell.group(2) == INSTALL_CELL:
+        return False
+    path.write_text(text[:cell.start(2)] + INSTALL_CELL + text[cell.end(2):], encoding="utf-8")
+    return True
+
+
 def fill_repository(text: str, url: str) -> str:
     """``text`` with every ``{{ repository_url }}`` token replaced by ``url``."""
     return text.replace(REPOSITORY_TOKEN, url)
@@ -572,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help=f"build root (default: ROOT/{BUILD_ROOT})")
     parser.add_argument("--repository-url", action="store_true",
                         help="print the repository URL set in _config.yml")
+    parser.add_argument("--fix-install-cells", action="store_true",
+                        help="make every chapter's install cell the common one (INSTALL_CELL)")
     parser.add_argument("--pdf", action="store_true",
                         help=f"build the single-page book, print it to OUT/SCALE/{PDF_NAME} and check it")
     args = parser.parse_args(argv)
@@ -584,6 +597,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"The book as one PDF: {pdf} ({facts['pages']} pages, {facts['bytes'] / 1e6:.1f} MB; "
               f"single-page build {facts['build_seconds']:.0f} s, print {facts['print_seconds']:.0f} s; "
               f"{facts['math']} formulas, {facts['images']} images; page renders in {facts['png_dir']})")
+        return 0
+    if args.fix_install_cells:
+        for path in chapter_files(args.root):
+            if fix_install_cell(path):
+                print(f"fixed the install cell of {path.relative_to(args.root)}")
         return 0
     if args.repository_url:
         print(repository_url(args.root))

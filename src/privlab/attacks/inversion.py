@@ -78,7 +78,9 @@ def client_update(model: nn.Module, x, y, *, lr: float) -> Tensor:
 
 def privatize_update(update: Tensor, *, clip_norm: float, noise_multiplier: float,
                      generator: torch.Generator) -> Tensor:  # fmt: skip
-    r"""DP-FedAvg's client step: clip to norm :math:`C`, add :math:`\mathcal N(0,\sigma^2C^2I)`.
+    r"""DP-FedAvg's client step: clip to norm :math:`C`, add Gaussian noise.
+
+    .. math:: \Delta \min(1, C/\|\Delta\|) + \mathcal N(0, \sigma^2 C^2 I)
 
     Args:
         update: ``(P,)``. clip_norm: :math:`C > 0`.

@@ -306,7 +306,7 @@ def public_proxy(profile: StreamRecProfile, *, seed: int, progress: bool = False
     return generate_streamrec(profile.scale, rng=make_rng(PUBLIC_SEED_OFFSET + seed), config=cfg, progress=progress)
 
 
-def choose_clip_norm(proxy, *, profile: StreamRecProfile, seed: int, device=None) -> dict:
+def choose_clip_norm(proxy, *, profile: StreamRecProfile, seed: int, device=None, user_level: bool = True) -> dict:
     r"""Clipping norms and the prior from the public proxy: no privacy spent.
 
     Trains the model non-privately on the proxy for ``profile.profile_epochs``
@@ -314,7 +314,8 @@ def choose_clip_norm(proxy, *, profile: StreamRecProfile, seed: int, device=None
     :math:`C` as the ``clip_quantile`` of the per-example gradient norms seen
     along the way (Andrew et al. 2021, arXiv:1905.03871, adapt :math:`C` to the
     median; here fixed from public data instead of adapted on private data). The
-    same on the proxy packed per user gives the user-level :math:`C`.
+    same on the proxy packed per user gives the user-level :math:`C` (skipped, NaN,
+    with ``user_level=False``).
 
     Returns:
         ``{"max_grad_norm", "user_max_grad_norm", "prior_log_odds", "median", "p95",
@@ -332,11 +333,13 @@ def choose_clip_norm(proxy, *, profile: StreamRecProfile, seed: int, device=None
     prof = profile_grad_norms(_model(seed, prior), X, y, loss_fn=torch.nn.BCEWithLogitsLoss(reduction="none"),
                               config=cfg, generator=make_torch_generator(seed),
                               percentiles=(50.0, 95.0, 100 * profile.clip_quantile))  # fmt: skip
-    packed = pack_by_user(proxy.train_user, [X], y, max_rows=profile.user_max_rows, rng=make_rng(seed))
-    ucfg = replace(cfg, batch_size=min(profile.user_batch_size, packed.n_users), record_grad_norms=True)
-    ures = train_user_level(_model(seed, prior), packed, row_loss=torch.nn.BCEWithLogitsLoss(reduction="none"),
-                            config=ucfg, generator=make_torch_generator(seed))  # fmt: skip
-    uprof = summarize_grad_norms(ures.grad_norms, percentiles=(50.0, 100 * profile.clip_quantile))
+    uprof = summarize_grad_norms([], percentiles=(50.0, 100 * profile.clip_quantile))
+    if user_level:
+        packed = pack_by_user(proxy.train_user, [X], y, max_rows=profile.user_max_rows, rng=make_rng(seed))
+        ucfg = replace(cfg, batch_size=min(profile.user_batch_size, packed.n_users), record_grad_norms=True)
+        ures = train_user_level(_model(seed, prior), packed, row_loss=torch.nn.BCEWithLogitsLoss(reduction="none"),
+                                config=ucfg, generator=make_torch_generator(seed))  # fmt: skip
+        uprof = summarize_grad_norms(ures.grad_norms, percentiles=(50.0, 100 * profile.clip_quantile))
     return {"max_grad_norm": prof.percentiles[100 * profile.clip_quantile], "median": prof.median,
             "p95": prof.percentiles[95.0], "quantile": profile.clip_quantile, "prior_log_odds": prior,
             "user_max_grad_norm": uprof.percentiles[100 * profile.clip_quantile], "user_median": uprof.median,
@@ -485,7 +488,8 @@ def run_user_level(data, *, epsilon: float, profile: StreamRecProfile, seed: int
         "max_rows_per_user": profile.user_max_rows, "rows_total": packed.rows_total,
         **_record(table, s_test, result, wall, prior=bias_init),
         "fraction_clipped": prof.fraction_clipped[c],
-        "grad_norms": {"median": prof.median, "p95": prof.percentiles[95.0], "fraction_clipped": prof.fraction_clipped[c],
+        "grad_norms": {"median": prof.median, "p95": prof.percentiles[95.0],
+                       "fraction_clipped": prof.fraction_clipped[c],
                        "count": prof.count, "fraction_clipped_at": {str(c): prof.fraction_clipped[c]}},
     }  # fmt: skip
 
@@ -644,7 +648,8 @@ def _run_sweep(scale, *, epsilons, seed, studies, progress, device, profile) -> 
     data = generate_streamrec(prof.scale, rng=make_rng(seed), config=gen_cfg, progress=progress)
     gen_seconds = time.perf_counter() - t0
     t_p = time.perf_counter()
-    public = choose_clip_norm(public_proxy(prof, seed=seed), profile=prof, seed=seed, device=device)
+    public = choose_clip_norm(public_proxy(prof, seed=seed), profile=prof, seed=seed, device=device,
+                              user_level=studies)  # fmt: skip
     c_pub = prof.max_grad_norm if prof.max_grad_norm is not None else public["max_grad_norm"]
     prof = replace(prof, max_grad_norm=c_pub)
     proxy_seconds = time.perf_counter() - t_p

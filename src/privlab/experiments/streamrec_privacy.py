@@ -63,7 +63,7 @@ def retraining_epsilon(*, noise_multiplier: float, sample_rate: float, steps: in
 
 
 def group_privacy(*, epsilon: float, delta: float, k: int) -> tuple[float, float]:
-    r"""The :math:`(\varepsilon, \delta)` guarantee for a group of ``k`` units: :math:`(k\varepsilon, k e^{(k-1)\varepsilon}\delta)`.
+    r"""Group privacy: :math:`(k\varepsilon, k e^{(k-1)\varepsilon}\delta)` for a group of ``k`` units.
 
     Reference: Vadhan 2017, Lemma 2.2 (group privacy for approximate DP).
     The delta is returned as ``inf`` when it overflows; any delta >= 1 is vacuous.

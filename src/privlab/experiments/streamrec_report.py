@@ -19,12 +19,13 @@ __all__ = ["aggregate_table", "clip_table", "degradation_table", "save_figures",
 
 
 def aggregate_table(runs: list[dict]) -> pd.DataFrame:
-    """One row per run: sigma, PLD and RDP epsilon, the five metrics, loss, convergence epoch, time."""
+    """One row per run: sigma, PLD and RDP epsilon, the five metrics, loss, convergence epoch, clipping, time."""
     rows = {}
     for r in runs:
         rows[_label(r["epsilon_target"])] = {
             "sigma": r["sigma"], "eps_pld": r["epsilon_pld"], "eps_rdp": r["epsilon_rdp"],
             **r["metrics"], "final_loss": r["final_loss"], "conv_epoch": r["convergence_epoch"],
+            "fraction_clipped": r.get("fraction_clipped"), "mean_logit": r.get("mean_logit"),
             "seconds": r["wall_seconds"], "hours": r["hours"],
         }  # fmt: skip
     df = pd.DataFrame.from_dict(rows, orient="index")
@@ -102,9 +103,9 @@ def save_figures(results: dict, out_dir) -> list[Path]:
             ax.axhline(agg.loc["inf", m], color=line.get_color(), ls=":", lw=1)
     if finite:
         ax.set_xscale("log")
-    ax.legend(title="dotted: non-private", fontsize=8)
+    ax.legend(title="dotted: non-private", fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     paths.append(out / "utility_vs_epsilon.png")
-    fig.savefig(paths[-1], dpi=110)
+    fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
     plt.close(fig)
     seg = segment_recall(runs)
     fig, ax = figure(title="Recall@20 per group", xlabel="group", ylabel="Recall@20", figsize=(9, 4))
@@ -112,16 +113,16 @@ def save_figures(results: dict, out_dir) -> list[Path]:
     if "inf" in seg.columns:
         thr = threshold_table(seg)["threshold"]
         ax.scatter(range(len(thr)), thr, marker="_", s=400, color="k", zorder=3, label="90% of non-private")
-    ax.legend(title="epsilon", fontsize=8)
+    ax.legend(title="epsilon", fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     paths.append(out / "segment_recall.png")
-    fig.savefig(paths[-1], dpi=110)
+    fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
     plt.close(fig)
     fig, ax = figure(title="Training loss per epoch", xlabel="epoch", ylabel="mean BCE loss")
     for r in runs:
         ax.plot(range(1, len(r["losses"]) + 1), r["losses"], marker="o", label=f"eps {_label(r['epsilon_target'])}")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     paths.append(out / "loss_curves.png")
-    fig.savefig(paths[-1], dpi=110)
+    fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
     plt.close(fig)
     return paths
 

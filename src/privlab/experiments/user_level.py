@@ -47,7 +47,7 @@ __all__ = ["PackedUsers", "masked_loss", "pack_by_user", "train_user_level", "us
 
 @dataclass(frozen=True, eq=False)
 class PackedUsers:
-    """Rows grouped per user and padded: user :math:`j` is ``inputs[k][j]``, its rows where ``targets[j, :, 1] == 1``."""
+    """Rows grouped per user and padded: user :math:`j` is ``inputs[k][j]``, its real rows where the mask is 1."""
 
     users: np.ndarray  # (U,) user ids, one per packed user (users with at least one row)
     inputs: tuple[Tensor, ...]  # each (U, R, ...): the row inputs, zero-padded

@@ -1,4 +1,4 @@
-r"""Reconstruction from noisy subset sums: the Dinur-Nissim attack by linear programming.
+r"""Reconstruction from noisy subset sums: the Dinur-Nissim attack by an LP.
 
 A curator holds a secret bit :math:`x_i \in \{0, 1\}` per person (``n`` people)
 and answers *subset-sum* queries :math:`a_j = \sum_{i \in S_j} x_i + e_j` with
@@ -37,12 +37,18 @@ import numpy as np
 
 from ._validate import check_int, check_nonnegative
 
-__all__ = ["ReconstructionResult", "noisy_subset_sums", "random_subsets", "reconstruct", "reconstruction_attack"]
+__all__ = [
+    "ReconstructionResult",
+    "noisy_subset_sums",
+    "random_subsets",
+    "reconstruct",
+    "reconstruction_attack",
+]
 
 
 @dataclass(frozen=True)
 class ReconstructionResult:
-    """What the attacker recovered: the rounded bits and their agreement with the truth."""
+    """What the attacker recovered: the rounded bits and how many are right."""
 
     estimate: np.ndarray  # (n,) the reconstructed bits, 0 or 1
     accuracy: float  # fraction of bits recovered
@@ -54,14 +60,16 @@ class ReconstructionResult:
 def _check_bits(x) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim != 1 or x.size == 0:
-        raise ValueError(f"x must be a non-empty 1-d array of bits, got shape {x.shape}")
+        raise ValueError(
+            f"x must be a non-empty 1-d array of bits, got shape {x.shape}"
+        )
     if not np.all((x == 0) | (x == 1)):
         raise ValueError("x must contain only 0 and 1")
     return x.astype(float)
 
 
 def random_subsets(n: int, m: int, *, rng: np.random.Generator) -> np.ndarray:
-    r"""``m`` uniformly random subsets of ``n`` people, as a 0/1 matrix :math:`Q \in \{0,1\}^{m \times n}`.
+    r"""``m`` random subsets of ``n`` people: a 0/1 matrix :math:`Q`, shape ``(m, n)``.
 
     Each person is in each subset independently with probability 1/2.
 
@@ -80,8 +88,10 @@ def random_subsets(n: int, m: int, *, rng: np.random.Generator) -> np.ndarray:
     return (rng.random((m, n)) < 0.5).astype(float)
 
 
-def noisy_subset_sums(x, queries, *, noise_bound: float, rng: np.random.Generator) -> np.ndarray:
-    r"""Answers :math:`a_j = (Qx)_j + e_j`, :math:`e_j \sim U[-E, E]` i.i.d.: errors of magnitude at most :math:`E`.
+def noisy_subset_sums(
+    x, queries, *, noise_bound: float, rng: np.random.Generator
+) -> np.ndarray:
+    r"""Answers :math:`a_j = (Qx)_j + e_j` with :math:`e_j \sim U[-E, E]` i.i.d.
 
     Args:
         x: the secret bits, shape ``(n,)``.
@@ -108,7 +118,7 @@ def noisy_subset_sums(x, queries, *, noise_bound: float, rng: np.random.Generato
 
 
 def reconstruct(queries, answers) -> np.ndarray:
-    r"""The L1 linear program of the module docstring, solved with HiGHS; returns the bits rounded at 1/2.
+    r"""Solve the L1 linear program of the module docstring; round the bits at 1/2.
 
     Args:
         queries: :math:`Q`, shape ``(m, n)``.
@@ -144,8 +154,10 @@ def reconstruct(queries, answers) -> np.ndarray:
     return (res.x[:n] > 0.5).astype(int)
 
 
-def reconstruction_attack(x, *, queries: int, noise_bound: float, rng: np.random.Generator) -> ReconstructionResult:
-    """Ask ``queries`` random subset sums with errors bounded by ``noise_bound``, reconstruct, score.
+def reconstruction_attack(
+    x, *, queries: int, noise_bound: float, rng: np.random.Generator
+) -> ReconstructionResult:
+    """Ask ``queries`` noisy random subset sums, reconstruct the bits, score them.
 
     Args:
         x: the secret bits, shape ``(n,)``.
@@ -157,7 +169,8 @@ def reconstruction_attack(x, *, queries: int, noise_bound: float, rng: np.random
         :class:`ReconstructionResult`.
 
     >>> x = (np.random.default_rng(2).random(64) < 0.3).astype(int)
-    >>> r = reconstruction_attack(x, queries=256, noise_bound=0.0, rng=np.random.default_rng(3))
+    >>> rng = np.random.default_rng(3)
+    >>> r = reconstruction_attack(x, queries=256, noise_bound=0.0, rng=rng)
     >>> r.accuracy
     1.0
     """
@@ -166,4 +179,10 @@ def reconstruction_attack(x, *, queries: int, noise_bound: float, rng: np.random
     a = noisy_subset_sums(bits, Q, noise_bound=noise_bound, rng=rng)
     est = reconstruct(Q, a)
     p = float(bits.mean())
-    return ReconstructionResult(est, float(np.mean(est == bits)), max(p, 1 - p), float(noise_bound), int(queries))
+    return ReconstructionResult(
+        est,
+        float(np.mean(est == bits)),
+        max(p, 1 - p),
+        float(noise_bound),
+        int(queries),
+    )

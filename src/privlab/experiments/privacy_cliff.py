@@ -162,14 +162,14 @@ def cliff_data(*, n_samples: int = 500, n_features: int = 10, n_clusters: int = 
                      n_clusters, "blobs")
 
 
-def cps1988_task(*, seed: int = 0, test_fraction: float = 0.2, max_rows: int | None = None,
-                 train_rows: int | None = None) -> CliffData:
+def cps1988_task(*, seed: int = 0, test_fraction: float = 0.2,
+                 max_rows: int | None = None, train_rows: int | None = None) -> CliffData:
     """CPS1988: predict a wage above the training median from education, experience and the categoricals.
 
     Numeric columns standardised with training statistics, categoricals one-hot (12 features).
-    ``max_rows`` subsamples the table before the split; ``train_rows`` keeps the full test
-    split (so accuracies are measured precisely) and trains on the first ``train_rows`` of
-    the training split only. Privacy unit of a model trained on it: one worker's record.
+    ``max_rows`` subsamples the table before the split; ``train_rows`` keeps the
+    full test split (so accuracies are measured precisely) and trains on the first
+    ``train_rows`` of the training split only. Privacy unit of a model trained on it: one worker's record.
 
     >>> t = cps1988_task(seed=0, train_rows=500)
     >>> tuple(t.X_train.shape), len(t.y_test)

@@ -196,3 +196,26 @@ def test_unused_module_gets_zero_gradient():
     for a, b in zip(fast, loop):
         torch.testing.assert_close(a, b)
     assert torch.count_nonzero(fast[2]) == 0
+
+
+class NoVmap(nn.Module):
+    """A custom module vmap cannot batch (data-dependent control flow): the local fallback must give way."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3))
+
+    def forward(self, x):
+        return x * self.w if bool((x.sum() > -1e9).item()) else x
+
+
+def test_module_vmap_cannot_batch_falls_back_to_the_loop(modes):
+    torch.manual_seed(11)
+    model = nn.Sequential(nn.Linear(3, 3), NoVmap(), nn.Linear(3, 1)).double()
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 1, dtype=torch.float64)
+    loop = clipped_grad_sum(model, mse, x, y, max_grad_norm=0.5, method="loop")
+    with pytest.warns(RuntimeWarning, match="vmap failed"):
+        fast_sum = clipped_grad_sum(model, mse, x, y, max_grad_norm=0.5)
+    for a, b in zip(fast_sum, loop):
+        assert (a - b).norm() <= 1e-10 * b.norm() + 1e-12
+    assert modes["1"] == "global" and modes["0"] == "fast"

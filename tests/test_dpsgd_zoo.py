@@ -18,6 +18,9 @@ from torch import nn
 
 from privlab.dpsgd import DPOptimizer, clip_factors, clipped_grad_sum, clipped_grad_sum_with_stats, fast, lm_loss
 
+# torch's GRU/LSTM cannot be vmapped: their global fallback is the per-example loop, with this warning
+pytestmark = pytest.mark.filterwarnings("ignore:fast path. vmap failed:RuntimeWarning")
+
 T = 5  # sequence length of the sequence models; batch size T is the case the old path mixed up
 RTOL = 1e-6
 

@@ -493,7 +493,7 @@ def _global_per_example_grads(model, loss_fn, xs, targets, names: list[str]) -> 
         return _vmap_grads(model, loss_fn, xs, targets, names)[0]
     except (RuntimeError, NotImplementedError) as err:  # an op vmap cannot batch (e.g. data-dependent control flow)
         warnings.warn(f"fast path: vmap failed ({str(err).splitlines()[0][:200]}); using the per-example loop "
-                      f"for {len(names)} parameter(s)", RuntimeWarning, stacklevel=4)
+                      f"for {len(names)} parameter(s)", RuntimeWarning, stacklevel=5)
         by_name = dict(model.named_parameters())
         return _loop_grads(model, loss_fn, xs, targets, [by_name[n] for n in names])[0]
 
@@ -605,9 +605,13 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
             x = None
             norm2_of[s], weighted[s] = contribution.norm2.to(dtype), contribution.weighted_sum
         else:
-            grads = _local_per_example_grads(s, b)
-            norm2_of[s] = sum(_row_sq_norms(g).to(dtype) for g in grads.values())
-            weighted[s] = lambda c, grads=grads: {k: weighted_rows(c, g) for k, g in grads.items()}
+            try:
+                grads = _local_per_example_grads(s, b)
+            except (RuntimeError, NotImplementedError) as err:  # an op vmap cannot batch: the exact global path
+                modes[s], s.reason = "global", f"vmap of the module failed ({str(err).splitlines()[0][:120]})"
+            else:
+                norm2_of[s] = sum(_row_sq_norms(g).to(dtype) for g in grads.values())
+                weighted[s] = lambda c, grads=grads: {k: weighted_rows(c, g) for k, g in grads.items()}
         if modes[s] == "local":
             s.args = s.kwargs = None  # let activations no longer needed be freed now
     cross = []

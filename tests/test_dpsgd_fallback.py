@@ -219,3 +219,11 @@ def test_module_vmap_cannot_batch_falls_back_to_the_loop(modes):
     for a, b in zip(fast_sum, loop):
         assert (a - b).norm() <= 1e-10 * b.norm() + 1e-12
     assert modes["1"] == "global" and modes["0"] == "fast"
+
+
+def test_windows_without_the_private_sequence_accessor(monkeypatch, modes):
+    """The call windows fall back to reading a throwaway node's number if torch drops its private accessor."""
+    monkeypatch.delattr(torch._C._autograd, "_get_sequence_nr", raising=False)
+    test_root_parameters_fall_back(modes)
+    modes.clear()
+    test_tied_embedding_and_output_layer_stay_fast(modes)

@@ -347,6 +347,19 @@ def _doctree_read(app, doctree) -> None:
     note = nodes.admonition(classes=["note", "privlab-provenance"])
     note += nodes.title(text="Provenance")
     note += nodes.paragraph(text=text)
+    _append_note(doctree, note)
+
+
+def _append_note(doctree, note) -> None:
+    """The note ends the page; on a page with a table of contents (the root page), it goes right
+    before it, so the single-page book (and the PDF) does not end with the root page's note."""
+    from sphinx import addnodes
+
+    for toc in doctree.findall(addnodes.toctree):
+        holder = toc.parent if toc.parent is not None and "toctree-wrapper" in toc.parent.get("classes", []) else toc
+        if holder.parent is not None:
+            holder.parent.insert(holder.parent.index(holder), note)
+            return
     doctree += note
 
 

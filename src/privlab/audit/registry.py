@@ -59,6 +59,10 @@ from privlab.discrete import (
 from privlab.dpsgd import DPOptimizer
 from privlab.federated.dp import ClientLevelDP
 from privlab.federated.fedavg import FedAvg
+from privlab.local_dp import grr_perturb
+from privlab.selection import permute_and_flip, report_noisy_max
+from privlab.sparse_vector import broken_svt_threshold_noise_only, broken_svt_unscaled_query_noise
+from privlab.sparse_vector import sparse_vector as sparse_vector_mechanism
 from privlab.mechanisms import (
     exponential_mechanism,
     exponential_mechanism_gumbel,
@@ -336,6 +340,48 @@ register(Release(
     check=_two_odometers(lambda p: PrivacyOdometer(total_epsilon=1.0, total_delta=1e-6, ledger=p))))
 
 
+# ----- selection, the sparse vector, local DP (privlab.selection, .sparse_vector, .local_dp) ----------
+_SELECT_PAIR = ((np.array([1.0, 0.0, 0.0]), np.zeros(3)),)      # one record added to candidate 0's count
+
+
+def _svt_pattern(out) -> np.ndarray:
+    """1 if the SVT's two answers are exactly (bot, top): impossible on (1, 0) without query noise."""
+    return np.all(np.asarray(out)[:, :2] == [0, 1], axis=1).astype(float)
+
+
+def _svt_half_difference(out) -> np.ndarray:
+    """Tops among the first half of the queries minus tops among the second half (rho cancels)."""
+    o = np.asarray(out) == 1
+    h = o.shape[1] // 2
+    return o[:, :h].sum(1) - o[:, h:].sum(1)
+
+
+_SVT_PAIRS = ((np.array([0.0, 1.0]), np.array([1.0, 0.0])),
+              (np.r_[np.ones(10), np.zeros(10)], np.r_[np.zeros(10), np.ones(10)]))
+
+
+def _svt_draw(fn):
+    return lambda q, n, rng: fn(q, threshold=0.0, c=1, epsilon=1.0, sensitivity=1.0, rng=rng, size=n)
+
+
+register(Release(
+    name="report noisy max (laplace)", relation="add/remove", epsilon=1.0, delta=0.0, pairs=_SELECT_PAIR,
+    draw=lambda q, n, rng: report_noisy_max(q, epsilon=1.0, sensitivity=1.0, rng=rng, monotonic=True, size=n)))
+register(Release(
+    name="permute-and-flip", relation="add/remove", epsilon=1.0, delta=0.0, pairs=_SELECT_PAIR,
+    draw=lambda q, n, rng: permute_and_flip(q, epsilon=1.0, sensitivity=1.0, rng=rng, monotonic=True, size=n)))
+register(Release(
+    name="sparse vector", relation="add/remove", epsilon=1.0, delta=0.0, unit="record (queries move by <= 1)",
+    pairs=_SVT_PAIRS[:1], statistics=(_svt_pattern,), draw=_svt_draw(sparse_vector_mechanism)))
+register(Release(
+    name="sparse vector, 20 queries", relation="add/remove", epsilon=1.0, delta=0.0,
+    unit="record (queries move by <= 1)", pairs=_SVT_PAIRS[1:], statistics=(_svt_half_difference,),
+    draw=_svt_draw(sparse_vector_mechanism)))
+register(Release(
+    name="k-ary randomized response", relation="replace-one", epsilon=1.0, delta=0.0, unit="person's value",
+    pairs=((0, 1),), draw=lambda v, n, rng: grr_perturb(np.full(n, v), k=4, epsilon=1.0, rng=rng)))
+
+
 # ----- planted-broken twins ---------------------------------------------------------------------
 register(Release(
     name="laplace half noise", relation="add/remove", epsilon=1.0, delta=0.0, pairs=((1, 0),),
@@ -364,3 +410,14 @@ register(Release(
     name="odometer, stale ledger", relation="add/remove", epsilon=1.0, delta=0.0, unit="data set (budget)",
     twin_of="odometer", bug="reads the shared ledger once; two odometers each accept 0.6 of a budget of 1",
     check=_two_odometers(lambda p: StaleLedgerOdometer(total_epsilon=1.0, ledger=p))))
+register(Release(
+    name="SVT, threshold noise only", relation="add/remove", epsilon=1.0, delta=0.0,
+    unit="record (queries move by <= 1)", pairs=_SVT_PAIRS[:1], statistics=(_svt_pattern,),
+    twin_of="sparse vector", bug="Lyu, Su, Li 2017 Alg. 5 (Stoddard et al. 2014): no noise on the queries",
+    draw=_svt_draw(broken_svt_threshold_noise_only)))
+register(Release(
+    name="SVT, query noise not scaled by c", relation="add/remove", epsilon=1.0, delta=0.0,
+    unit="record (queries move by <= 1)", pairs=_SVT_PAIRS[1:], statistics=(_svt_half_difference,),
+    twin_of="sparse vector, 20 queries",
+    bug="Lyu, Su, Li 2017 Alg. 6 (Chen et al. 2015): query noise Lap(2/eps), no cutoff",
+    draw=_svt_draw(broken_svt_unscaled_query_noise)))

@@ -39,6 +39,11 @@ def cps():
     return load_cps1988().sample(3000, random_state=0).reset_index(drop=True)
 
 
+def declared_categories():
+    """Only the categorical columns' public domains: the numeric ranges are then estimated with DP."""
+    return {c: d for c, d in cps1988_domain().items() if isinstance(d, CategoricalDomain)}
+
+
 def fitted(df, epsilon, seed=0, **kw):
     kw.setdefault("domain", cps1988_domain())
     return MarginalSynthesizer(epsilon=epsilon, delta=DELTA, **kw).fit(df, rng=seed)
@@ -49,7 +54,7 @@ def fitted(df, epsilon, seed=0, **kw):
 
 @pytest.mark.parametrize(("epsilon", "public"), [(0.1, True), (1.0, True), (10.0, True), (1.0, False), (10.0, False)])
 def test_recorded_noise_accounts_for_the_claimed_epsilon(cps, epsilon, public):
-    m = fitted(cps, epsilon, domain=cps1988_domain() if public else None)
+    m = fitted(cps, epsilon, domain=cps1988_domain() if public else declared_categories())
     rep = m.privacy_report()
     ms = rep.measurements
     # recompute rho from what was recorded: 1/(2 sigma^2) per Gaussian, eps0^2/8 per selection
@@ -135,7 +140,7 @@ def test_huge_epsilon_reproduces_one_and_two_way_marginals(cps):
     assert {frozenset(e) for e in m.tree_} == best
     # sampled records: 1-way and tree-edge 2-way frequencies within 6 standard errors
     n = 20_000
-    syn = m.sample(n, rng=1)
+    syn = m.sample(n, rng=1, n_is_public=True)
     for c, p in m.marginals_.items():
         f = np.bincount(m._encode(syn[c], m.domain_[c], c), minlength=p.size) / n
         assert np.all(np.abs(f - p) <= Z * np.sqrt(p * (1 - p) / n) + 1e-12)
@@ -147,12 +152,12 @@ def test_huge_epsilon_reproduces_one_and_two_way_marginals(cps):
 
 def test_sample_keeps_columns_dtypes_and_ranges(cps):
     m = fitted(cps, 1.0)
-    syn = m.sample(500, rng=3)
+    syn = m.sample(500, rng=3, n_is_public=True)
     assert list(syn.columns) == list(cps.columns)
-    assert syn.dtypes.equals(cps.dtypes)
+    assert syn.dtypes.equals(cps.dtypes)  # load_cps1988 declares the documented categories, the domain's too
     assert syn["education"].between(0, 18).all() and syn["wage"].between(50, 20_000).all()
-    pd.testing.assert_frame_equal(syn, m.sample(500, rng=3))
-    assert not syn.equals(m.sample(500, rng=4))
+    pd.testing.assert_frame_equal(syn, m.sample(500, rng=3, n_is_public=True))
+    assert not syn.equals(m.sample(500, rng=4, n_is_public=True))
 
 
 def test_fit_is_reproducible_given_its_generator(cps):
@@ -167,7 +172,7 @@ def test_single_column_and_bool_columns():
     df = pd.DataFrame({"flag": rng.random(400) < 0.3})
     m = MarginalSynthesizer(epsilon=1e6, delta=DELTA).fit(df, rng=0)
     assert m.tree_ == [] and m.privacy_report().rho_by_step.keys() == {"one_way"}
-    p = m.sample(10_000, rng=1)["flag"].mean()
+    p = m.sample(10_000, rng=1, n_is_public=True)["flag"].mean()
     assert abs(p - df["flag"].mean()) < Z * math.sqrt(0.25 / 10_000)
 
 
@@ -225,8 +230,9 @@ def test_bad_frames_and_values_are_refused(cps):
         syn.fit(cps.assign(wage=cps["wage"].where(cps.index > 0)), rng=0)
     unseen = cps.astype({"region": object})
     unseen.loc[0, "region"] = "pacific"
-    with pytest.raises(ValueError, match="'pacific' outside its public domain"):
+    with pytest.raises(ValueError, match="1 value\\(s\\) outside its public domain") as err:
         syn.fit(unseen, rng=0)
+    assert "pacific" not in str(err.value)  # the message never shows a data value
     with pytest.raises(ValueError, match="no public domain"):
         MarginalSynthesizer(epsilon=1.0, delta=DELTA).fit(cps.astype({"region": object}), rng=0)
     with pytest.raises(ValueError, match="not in the data"):
@@ -236,11 +242,71 @@ def test_bad_frames_and_values_are_refused(cps):
     with pytest.raises(ValueError, match="fit"):
         MarginalSynthesizer(epsilon=1.0, delta=DELTA).privacy_report()
     with pytest.raises(ValueError, match="n must be"):
-        fitted(cps, 1.0).sample(0)
+        fitted(cps, 1.0).sample(0, n_is_public=True)
     with pytest.raises(ValueError, match="split"):
         MarginalSynthesizer(epsilon=1.0, delta=DELTA, split=(1, 0, 1))
     with pytest.raises(ValueError, match="distinct"):
         CategoricalDomain(("a", "a"))
+
+
+# ----------------------------------------------------------------------------- issue 13, defect 5
+
+
+def test_inferred_categories_are_not_a_public_domain():
+    # one record's rare value: pd.Categorical(values) and astype("category") make it a category, which the old
+    # code copied into the synthetic output's dtype (a distinguisher with epsilon = infinity)
+    values = ["a", "b"] * 500 + ["RARE-7f3a"]
+    for df in (pd.DataFrame({"c": pd.Categorical(values)}), pd.DataFrame({"c": values}).astype("category")):
+        with pytest.raises(ValueError, match="Declare them") as err:
+            MarginalSynthesizer(epsilon=1.0, delta=DELTA).fit(df, rng=0)
+        assert "RARE-7f3a" not in str(err.value) and "domain={'c'" in str(err.value)
+    # declared: the output has the declared categories, whatever the input's dtype holds
+    neighbours = (pd.DataFrame({"c": pd.Categorical(values[:-1])}), pd.DataFrame({"c": pd.Categorical(values)}))
+    with pytest.raises(ValueError, match="outside its public domain"):
+        MarginalSynthesizer(epsilon=1.0, delta=DELTA, domain={"c": ["a", "b"]}).fit(neighbours[1], rng=0)
+    cats = []
+    for df in (neighbours[0], pd.DataFrame({"c": pd.Categorical(values[:-1], categories=["a", "b", "RARE-7f3a"])})):
+        m = MarginalSynthesizer(epsilon=1.0, delta=DELTA, domain={"c": ["a", "b", "z"]}).fit(df, rng=0)
+        cats.append(list(m.sample(rng=1)["c"].cat.categories))
+    assert cats == [["a", "b", "z"], ["a", "b", "z"]]  # the same on both: nothing read off the data
+
+
+def test_sample_size_is_a_dp_estimate_or_declared_public(cps):
+    m = fitted(cps, 1.0)
+    # the old code released len(train) exactly through sample(len(train))
+    with pytest.raises(ValueError, match="releases N exactly"):
+        m.sample(len(cps))
+    # the DP estimate: the inverse-variance average of the noisy 1-way totals, each N + N(0, k sigma_1^2)
+    rep = m.privacy_report()
+    sigma_1 = next(x.sigma for x in rep.measurements if x.step == "one_way")
+    sizes = np.array([m.domain_[c].size for c in cps.columns])
+    sd = sigma_1 / math.sqrt(np.sum(1.0 / sizes))  # 1 / sqrt(sum_c 1 / (k_c sigma_1^2))
+    out = m.sample(rng=2)
+    assert len(out) == max(1, round(m.n_estimate_)) and abs(len(out) - len(cps)) <= Z * sd + 1
+    estimates = [fitted(cps, 1.0, seed=s).n_estimate_ for s in range(8)]
+    assert len(set(estimates)) == 8  # noisy, not N
+    assert len(m.sample(123, rng=2, n_is_public=True)) == 123
+
+
+def test_no_data_value_in_any_error_message(cps):
+    from privlab.synthetic import evaluate
+    from privlab.synthetic.tables import restore_dtypes
+
+    secret, number = "SECRET-5e1d", 987654.321
+    frame = pd.DataFrame({"c": ["a", "b"] * 50 + [secret], "x": [1.0] * 100 + [number]})
+    calls = [
+        lambda: MarginalSynthesizer(epsilon=1.0, delta=DELTA, domain={"c": ["a", "b"], "x": (0, 10)}).fit(frame),
+        lambda: MarginalSynthesizer(epsilon=1.0, delta=DELTA, domain={"x": (0, 10)}).fit(frame),
+        lambda: MarginalSynthesizer(epsilon=1.0, delta=DELTA, domain={"x": (0, 10)}).fit(frame.astype({"c": "category"})),
+        lambda: CategoricalDomain(("a", "b")).encode(frame["c"], column="c"),
+        lambda: restore_dtypes(frame[["c"]], {"c": pd.CategoricalDtype(["a", "b"])}),
+        lambda: evaluate(frame.iloc[:100].assign(t=[0, 1] * 50), frame.iloc[1:].assign(t=[0, 1] * 50),
+                         frame.iloc[:100].assign(t=[0, 1] * 50), target="t", rng=0),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError) as err:
+            call()
+        assert secret not in str(err.value) and "987654" not in str(err.value), str(err.value)
 
 
 def test_too_little_data_for_dp_range_estimation_is_a_clear_error():

@@ -72,6 +72,7 @@ def test_bad_arguments(small):
         make_synthesizer("gaussian_copula", seed=0).fit(small.iloc[:0])
     with pytest.raises(ValueError, match="fit"):
         make_synthesizer("gaussian_copula", seed=0).sample(5)
-    with pytest.raises(ValueError, match="'z' is not one of the categories"):  # unseen category at sample time
+    with pytest.raises(ValueError, match="1 sampled value\\(s\\) not among the categories") as err:  # unseen at sample time
         restore_dtypes(pd.DataFrame({"c": ["a", "z"]}), {"c": pd.CategoricalDtype(["a", "b"])})
+    assert "'z'" not in str(err.value)  # no value in the message: it may be data
     assert set(SYNTHESIZERS) == {"gaussian_copula", "ctgan", "tvae", "marginal", "independent", "copy"}

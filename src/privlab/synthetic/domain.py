@@ -7,11 +7,19 @@ of every numeric column. Reading them off the data (its minimum, maximum or
 set of observed values) leaks: a single outlier moves the range. Here a domain
 comes from one of three public sources:
 
-* a declared schema: the ``categories`` of a pandas ``Categorical`` dtype;
+* categories declared by the analyst (:class:`CategoricalDomain`, or a list in
+  ``domain=``); ``bool`` columns have the public domain ``(False, True)``;
 * bounds or edges given by the analyst (:class:`NumericDomain`);
 * a differentially private estimate of a numeric column's range
   (:func:`dp_numeric_domain`: a noisy histogram on a fixed grid of signed
   powers of two, paid for out of the privacy budget).
+
+The categories of a pandas ``Categorical`` are *not* taken as a domain:
+``astype("category")`` and ``pd.Categorical(values)`` read them off the data, so
+one record's rare value would become a category of the synthetic output (a
+distinguisher with :math:`\varepsilon = \infty`), and a dtype does not say where
+its categories came from. Such a column needs its categories declared
+explicitly. No error message shows a value of the data.
 
 A numeric column value :math:`x` falls in bin :math:`i` when
 :math:`e_i \le x < e_{i+1}`; values outside :math:`[e_0, e_k]` are clipped
@@ -70,13 +78,17 @@ class CategoricalDomain:
         return len(self.categories)
 
     def encode(self, values, *, column: str = "column") -> np.ndarray:
-        """Codes ``0..size-1`` of ``values``; a value outside the domain is a ``ValueError``."""
+        """Codes ``0..size-1`` of ``values``; a value outside the domain is a ``ValueError``.
+
+        The message says how many values are outside, never which (they are data).
+        """
         index = pd.Index(self.categories)
         codes = index.get_indexer(pd.Series(values, dtype=object))
         if (codes < 0).any():
-            bad = pd.Series(values, dtype=object)[codes < 0].iloc[0]
             raise ValueError(
-                f"column {column!r} has value {bad!r} outside its public domain {list(self.categories)}"
+                f"column {column!r} has {int((codes < 0).sum())} value(s) outside its public domain "
+                f"{list(self.categories)} (not shown: they are data); declare a domain that covers every possible "
+                "value, or map the others to a declared category first"
             )
         return codes.astype(np.int64)
 
@@ -207,12 +219,22 @@ def resolve_domain(df: pd.DataFrame, domain: dict | None, bins: int) -> tuple[di
     a ``(lower, upper)`` pair for a numeric column (``bins`` bins: one per
     integer or integer runs for an integer column, equal width otherwise), or a
     list of categories for a categorical column. A categorical column not in
-    ``domain`` must have a pandas ``Categorical`` dtype (its categories are the
-    schema); a numeric column not in ``domain`` is returned for DP estimation.
+    ``domain`` is refused, whatever its dtype (a ``bool`` column excepted: its
+    domain is ``(False, True)``): the categories of a pandas ``Categorical`` may
+    have been read off the data. A numeric column not in ``domain`` is returned
+    for DP estimation.
 
     Raises:
-        ValueError: a column with neither a declared domain nor a public schema,
-            a key naming no column, or a malformed entry.
+        ValueError: a categorical column without a declared domain, a key naming
+            no column, or a malformed entry (no message shows a data value).
+
+    >>> df = pd.DataFrame({"c": pd.Categorical(["a", "b", "rare"])})
+    >>> resolve_domain(df, None, 8)
+    Traceback (most recent call last):
+    ...
+    ValueError: column 'c' is a pandas Categorical, but its categories are no public domain: astype('category') and pd.Categorical(values) read them off the data. Declare them: domain={'c': [...all possible values...]} (or a CategoricalDomain), from a public source such as a codebook, never from the data
+    >>> resolve_domain(df, {"c": ["a", "b", "rare", "other"]}, 8)[0]["c"].size
+    4
     """
     domain = dict(domain or {})
     unknown = set(domain) - set(df.columns)
@@ -241,11 +263,17 @@ def resolve_domain(df: pd.DataFrame, domain: dict | None, bins: int) -> tuple[di
         elif pd.api.types.is_bool_dtype(s):
             out[col] = CategoricalDomain((False, True))
         elif isinstance(s.dtype, pd.CategoricalDtype):
-            out[col] = CategoricalDomain(tuple(s.cat.categories))
+            raise ValueError(
+                f"column {col!r} is a pandas Categorical, but its categories are no public domain: "
+                "astype('category') and pd.Categorical(values) read them off the data. Declare them: "
+                f"domain={{{col!r}: [...all possible values...]}} (or a CategoricalDomain), from a public source "
+                "such as a codebook, never from the data"
+            )
         else:
             raise ValueError(
-                f"column {col!r} (dtype {s.dtype}) has no public domain: pass domain={{{col!r}: [...categories]}} "
-                "or give it a pandas Categorical dtype; reading the categories off the data is not private"
+                f"column {col!r} (dtype {s.dtype}) has no public domain: pass domain={{{col!r}: [...all possible "
+                "values...]}} (or a CategoricalDomain), from a public source; reading the categories off the data "
+                "is not private"
             )
     return out, estimate
 

@@ -41,12 +41,19 @@ onto :math:`\{x \ge 0, \sum x = \hat N\}`; each edge table is clipped at 0 and
 fitted to its two node marginals by iterative proportional fitting. On a tree
 these marginals are consistent, so the sampled records reproduce them.
 
+The number of records is private too: :meth:`MarginalSynthesizer.sample` with no
+size draws a DP estimate of it (the inverse-variance average of the noisy 1-way
+totals, already paid for); a size passed explicitly must be declared public.
+
 >>> import pandas as pd
 >>> from privlab.config import make_rng
->>> df = pd.DataFrame({"a": pd.Categorical(["x", "y"] * 500), "b": pd.Categorical(["u", "v"] * 500)})
->>> syn = MarginalSynthesizer(epsilon=1.0, delta=1e-6).fit(df, rng=make_rng(0))
->>> syn.sample(4, rng=make_rng(1)).shape
+>>> df = pd.DataFrame({"a": ["x", "y"] * 500, "b": ["u", "v"] * 500})
+>>> public = {"a": ["x", "y"], "b": ["u", "v", "w"]}  # declared, e.g. from a codebook
+>>> syn = MarginalSynthesizer(epsilon=1.0, delta=1e-6, domain=public).fit(df, rng=make_rng(0))
+>>> syn.sample(4, rng=make_rng(1), n_is_public=True).shape
 (4, 2)
+>>> abs(len(syn.sample(rng=make_rng(1))) - 1000) < 50  # a DP estimate of the 1000 records
+True
 >>> syn.privacy_report().epsilon <= 1.0
 True
 
@@ -180,7 +187,9 @@ class MarginalSynthesizer:
         delta: :math:`\delta \in (0, 1)`.
         bins: bins per numeric column when ``domain`` gives only bounds (or none).
         domain: public domain per column (see :func:`~privlab.synthetic.domain.resolve_domain`);
-            numeric columns missing from it get a DP range estimate.
+            every categorical column must be declared here (the categories of a
+            pandas ``Categorical`` are not taken as public: they may have been read
+            off the data); numeric columns missing from it get a DP range estimate.
         split: shares of :math:`\rho` for (1-way, selection, 2-way), MST's thirds by default.
         domain_share: share of :math:`\rho` spent on DP range estimation when needed.
         ipf_iterations: iterations of proportional fitting per edge table.
@@ -240,8 +249,10 @@ class MarginalSynthesizer:
         rng = as_rng(rng, self.seed)
         self.measurements_ = []
         self.columns_ = list(df.columns)
-        self.dtypes_ = df.dtypes.to_dict()
         domain, to_estimate = resolve_domain(df, self.domain, self.bins)
+        # the output's dtypes: a Categorical gets the *declared* categories, never those of the input
+        self.dtypes_ = {c: (pd.CategoricalDtype(domain[c].categories, ordered=t.ordered)
+                            if isinstance(t, pd.CategoricalDtype) else t) for c, t in df.dtypes.items()}
         rho = self.rho_budget
         if to_estimate:  # DP range estimation: one histogram per column
             rho_dom = self.domain_share * rho
@@ -264,6 +275,7 @@ class MarginalSynthesizer:
         # N-hat: inverse-variance average of the noisy totals (each has variance k * sigma_1^2)
         w = np.array([1 / k for k in sizes])
         n_hat = max(float(np.dot(w, [y.sum() for y in y1]) / w.sum()), 1.0)
+        self.n_estimate_ = n_hat  # a DP estimate of the number of records (post-processing of y1)
         p1 = [project_to_simplex(y, n_hat) for y in y1]
 
         edges: list[tuple[int, int]] = []
@@ -347,19 +359,38 @@ class MarginalSynthesizer:
 
     # ------------------------------------------------------------------ sample
 
-    def sample(self, n: int, *, rng: np.random.Generator | int | None = None) -> pd.DataFrame:
-        """``n`` records by ancestral sampling from the noisy tree, with the input's columns and dtypes.
+    def sample(self, n: int | None = None, *, rng: np.random.Generator | int | None = None,
+               n_is_public: bool = False) -> pd.DataFrame:
+        """Records by ancestral sampling from the noisy tree, with the input's columns and dtypes.
 
         The root column (the first) is drawn from its marginal, then each child given
         its parent along the tree; numeric codes become values drawn uniformly in their
         bin. Pure post-processing: no privacy cost.
 
+        The size of the output is released with it. ``sample()`` draws
+        ``round(n_estimate_)`` records, a DP estimate of the number of training
+        records (from the noisy 1-way marginals, already accounted for). An
+        explicit ``n`` must be declared public with ``n_is_public=True``: a size
+        that does not depend on the data (a fixed 10,000, or a size published
+        anyway). ``sample(len(train))`` would release the exact record count.
+
         Args:
-            n: number of records, >= 1.
+            n: number of records, >= 1, or ``None`` for the DP estimate.
             rng: Generator or int seed; ``None`` continues the synthesizer's own stream.
+            n_is_public: the caller declares that ``n`` is public (required with ``n``).
+
+        Raises:
+            ValueError: not fitted; an ``n`` not declared public; an invalid ``n``.
         """
         if not hasattr(self, "conditionals_"):
             raise ValueError("call fit(df) before sample(n)")
+        if n is None:
+            n = max(1, int(round(self.n_estimate_)))
+        elif n_is_public is not True:
+            raise ValueError(
+                "an explicit sample size is released with the synthetic data: if it is the private record count "
+                "(len(train)), that releases N exactly. Call sample() for a DP estimate of N, or "
+                "sample(n, n_is_public=True) for a size that does not depend on the data")
         n = check_int("n", n)
         rng = self._sample_rng if rng is None else as_rng(rng, None)
         codes = np.zeros((n, len(self.columns_)), dtype=np.int64)

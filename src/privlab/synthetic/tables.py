@@ -77,7 +77,8 @@ def restore_dtypes(df: pd.DataFrame, dtypes: dict) -> pd.DataFrame:
     """Cast the columns of ``df`` back to ``dtypes`` (categories of a Categorical kept).
 
     Raises:
-        ValueError: a value of a Categorical column outside its categories.
+        ValueError: a value of a Categorical column outside its categories (the
+            message gives their number, never the values).
     """
     out = {}
     for col, dtype in dtypes.items():
@@ -86,8 +87,8 @@ def restore_dtypes(df: pd.DataFrame, dtypes: dict) -> pd.DataFrame:
             out[col] = pd.Categorical(s.astype(object), categories=dtype.categories, ordered=dtype.ordered)
             lost = out[col].isna() & s.notna().to_numpy()
             if lost.any():  # a generator produced a category the schema does not have
-                raise ValueError(f"column {col!r}: sampled value {s[lost].iloc[0]!r} is not one of the "
-                                 f"categories {list(dtype.categories)}")
+                raise ValueError(f"column {col!r}: {int(lost.sum())} sampled value(s) not among the "
+                                 f"categories {list(dtype.categories)} (not shown: they may be data)")
         elif pd.api.types.is_integer_dtype(dtype):
             out[col] = np.round(s.to_numpy(dtype=float)).astype(dtype)
         elif pd.api.types.is_bool_dtype(dtype):

@@ -109,10 +109,17 @@ def test_retraining_and_study_composition():
 
 
 def test_random_stopping_bound():
-    kw = dict(noise_multiplier=1.0, sample_rate=0.02, steps=500, delta=1e-6)
-    single = epsilon(**kw, accountant="rdp")
-    r = [random_stopping_epsilon(**kw, mean_candidates=m) for m in (1, 5, 50)]
+    run = dict(noise_multiplier=1.0, sample_rate=0.02, steps=500)
+    single = epsilon(**run, delta=1e-6, accountant="rdp")
+    r = [random_stopping_epsilon(candidates=[run], delta=1e-6, mean_candidates=m) for m in (1, 5, 50)]
     assert single < r[0] < r[1] < r[2]  # tuning always costs, more candidates cost more
     assert r[2] < 50 * single  # far below composing 50 runs
+    # a less private candidate raises the bound: the curve is the pointwise maximum
+    weaker = dict(run, noise_multiplier=0.7)
+    both = random_stopping_epsilon(candidates=[run, weaker], delta=1e-6, mean_candidates=5)
+    assert both == pytest.approx(random_stopping_epsilon(candidates=[weaker], delta=1e-6, mean_candidates=5))
+    assert both > r[1]
     with pytest.raises(ValueError):
-        random_stopping_epsilon(**kw, mean_candidates=0.5)
+        random_stopping_epsilon(candidates=[run], delta=1e-6, mean_candidates=0.5)
+    with pytest.raises(ValueError):
+        random_stopping_epsilon(candidates=[], delta=1e-6, mean_candidates=2)

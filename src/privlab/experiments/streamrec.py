@@ -616,8 +616,8 @@ def selection_cost(dp_runs: Sequence[dict], *, delta: float) -> dict:
     ``composed``: the PLD composition of every DP run trained on the data (the
     released model is a post-processing of all of them); ``basic``: the sum of
     their epsilons; ``random_stopping``: had the candidates been run
-    Papernot-Steinke style (a geometric number with mean ``len(dp_runs)``, each at
-    most as private as the least private run), the epsilon of the best one.
+    Papernot-Steinke style (a geometric number with mean ``len(dp_runs)``, each
+    bounded by the pointwise maximum of the runs' RDP curves), the epsilon of the best one.
     """
     from .streamrec_privacy import random_stopping_epsilon, study_epsilon
 
@@ -627,9 +627,8 @@ def selection_cost(dp_runs: Sequence[dict], *, delta: float) -> dict:
     return {"candidates": len(events), "delta": delta,
             "composed": study_epsilon(events, delta=delta),
             "basic": float(sum(r["epsilon_pld"] for r in dp_runs if r["sigma"] > 0)),
-            "random_stopping": random_stopping_epsilon(noise_multiplier=worst["sigma"],
-                                                       sample_rate=worst["sample_rate"], steps=worst["steps"],
-                                                       delta=delta, mean_candidates=len(events)),
+            "random_stopping": random_stopping_epsilon(candidates=events, delta=delta,
+                                                       mean_candidates=len(events)),
             "largest_single": worst["epsilon_pld"]}  # fmt: skip
 
 

@@ -109,22 +109,21 @@ def study_epsilon(runs: Iterable[dict], *, delta: float, accountant: str = "pld"
     return float(acc.get_epsilon(check_delta(delta)))
 
 
-def random_stopping_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float,
-                            mean_candidates: float) -> float:  # fmt: skip
+def random_stopping_epsilon(*, candidates: Iterable[dict], delta: float, mean_candidates: float) -> float:
     r"""Epsilon of the best of :math:`K \sim \mathrm{Geometric}` DP-SGD candidates (Papernot-Steinke, :math:`\eta = 1`).
 
-    Every candidate is bounded by the same RDP curve :math:`\rho` (the DP-SGD run
-    of ``noise_multiplier``, ``sample_rate``, ``steps``; for candidates that
-    differ, pass the least private). The formula is the module docstring's with
-    :math:`\eta = 1`, :math:`\gamma = 1/\mathbb E[K]`, minimised over the
-    accountant's RDP orders, then converted to :math:`(\varepsilon, \delta)`.
+    The RDP curve every candidate must satisfy is the pointwise maximum over
+    ``candidates`` (dicts with ``noise_multiplier``, ``sample_rate``, ``steps``)
+    of their DP-SGD curves, :math:`\rho(\lambda) = \max_i T_i\,\rho_i(\lambda)`.
+    The formula is the module docstring's with :math:`\eta = 1`,
+    :math:`\gamma = 1/\mathbb E[K]`, minimised over the accountant's RDP orders,
+    then converted to :math:`(\varepsilon, \delta)`.
 
     Reference: Papernot and Steinke 2022 (arXiv:2110.03620), Theorem 2.
 
-    >>> one = random_stopping_epsilon(noise_multiplier=1.0, sample_rate=0.01, steps=1000, delta=1e-6,
-    ...                               mean_candidates=1.0)
-    >>> ten = random_stopping_epsilon(noise_multiplier=1.0, sample_rate=0.01, steps=1000, delta=1e-6,
-    ...                               mean_candidates=10.0)
+    >>> run = {"noise_multiplier": 1.0, "sample_rate": 0.01, "steps": 1000}
+    >>> one = random_stopping_epsilon(candidates=[run], delta=1e-6, mean_candidates=1.0)
+    >>> ten = random_stopping_epsilon(candidates=[run], delta=1e-6, mean_candidates=10.0)
     >>> one < ten
     True
     """
@@ -134,8 +133,12 @@ def random_stopping_epsilon(*, noise_multiplier: float, sample_rate: float, step
     if mean_k < 1:
         raise ValueError(f"mean_candidates must be >= 1, got {mean_candidates}")
     orders = np.asarray(DEFAULT_ORDERS, float)
-    rho = check_int("steps", steps) * subsampled_gaussian_rdp(sample_rate=sample_rate,
-                                                               noise_multiplier=noise_multiplier, orders=orders)
+    curves = [check_int("steps", r["steps"]) * subsampled_gaussian_rdp(
+        sample_rate=r["sample_rate"], noise_multiplier=check_positive("noise_multiplier", r["noise_multiplier"]),
+        orders=orders) for r in candidates]  # fmt: skip
+    if not curves:
+        raise ValueError("candidates must hold at least one DP-SGD run, got none")
+    rho = np.max(curves, axis=0)
     eta, log_inv_gamma = 1.0, math.log(mean_k)  # geometric: E[K] = 1/gamma
     inner = np.min((1 + eta) * (1 - 1 / orders) * rho + (1 + eta) * log_inv_gamma / orders)
     eps_prime = rho + inner + math.log(mean_k) / (orders - 1)

@@ -422,7 +422,8 @@ def _tied_pairs(sites: list[_Site], modes: dict) -> list[tuple[_Site, _Site]]:
             emb, lin = sorted(tied[0][1], key=lambda t: type(t.module) is not nn.Embedding)
             ok = (type(emb.module) is nn.Embedding and type(lin.module) is nn.Linear and modes[emb] == "fast"
                   and modes[lin] == "fast" and lin.module.weight is emb.module.weight and emb.rule is not None
-                  and lin.rule is not None and lin.args is not None and len(lin.args) == 1)
+                  and lin.rule is not None and lin.args is not None and len(lin.args) == 1
+                  and emb.broadcast is None and lin.broadcast is None)
         if ok:
             if (emb, lin) not in pairs:
                 pairs.append((emb, lin))

@@ -362,10 +362,14 @@ class PldAccountant(Accountant):
 
     # ----- queries ------------------------------------------------------------------
     def _epsilon(self, delta: float) -> float:
+        return min(self._pld_epsilon(delta), self._basic().get_epsilon(delta))
+
+    def _pld_epsilon(self, delta: float) -> float:
+        """Epsilon of the discretised PLD alone (without the minimum with basic composition)."""
         def run(directions):
             return max(self._epsilon_one(d, delta) for d in directions)
 
-        return min(self._with_retries(run, delta), self._basic().get_epsilon(delta))
+        return self._with_retries(run, delta)
 
     def _basic(self) -> BasicCompositionAccountant:
         """Basic composition of the same history (valid for every event this accountant supports)."""

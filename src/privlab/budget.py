@@ -14,6 +14,9 @@ then ``fsync``, under an exclusive ``flock``. An odometer backed by a ledger
 replays it on start, and :meth:`PrivacyOdometer.spend` does *check, then append*
 as one step under that lock, after re-reading the ledger: several odometers (in
 one process or many) sharing a ledger file can never together exceed the budget.
+(This needs POSIX advisory locks, ``fcntl.flock``, on a local file system;
+where they are missing, e.g. on Windows, a warning says that concurrent
+odometers are not protected.)
 
 The ledger fails closed. A line that cannot be read is spent budget whose amount
 is unknown, so reading raises :class:`LedgerCorruptError` naming the line,
@@ -234,6 +237,9 @@ class Ledger:
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
+            else:  # pragma: no cover - not POSIX
+                warnings.warn(f"{self.path}: no file locks on this platform; odometers in several processes "
+                              "sharing this ledger could together exceed the budget", stacklevel=3)
             yield _Transaction(self, fd)
         finally:
             os.close(fd)  # closing releases the lock

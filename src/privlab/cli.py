@@ -240,6 +240,57 @@ def _add_cliff(sub) -> None:
     p.set_defaults(func=_cliff)
 
 
+def _lm(args: argparse.Namespace) -> int:
+    import math
+
+    from privlab.config import get_scale
+    from privlab.experiments import language_model as lm
+
+    scale = get_scale(args.scale).name
+    runs = lm.default_runs(scale, [e for e in args.epsilons if math.isfinite(e)] if args.epsilons else None)
+    results = lm.run(scale, runs=runs, seed=args.seed, progress=not args.json)
+    path = lm.write_results(results, args.out) if args.out else None
+    rows = [{"epsilon": r["epsilon_target"], "method": r["method"], "unit": r["unit"],
+             "perplexity": r["perplexity"], "exposure@64": max(r["exposure"].get("64", [float("nan")])),
+             "mia_auc": r["auc"], "tpr@1%fpr": r["tpr_at_1pct_fpr"], "seconds": r["seconds"],
+             "trainable": r["trainable_parameters"]} for r in results["runs"]]
+    if args.json:
+        _print_json({"command": "lm", "scale": scale, "runs": rows, "results": str(path) if path else None})
+        return 0
+    import pandas as pd
+
+    print(f"language-model experiment, scale {scale}")
+    print(pd.DataFrame(rows).round(3).to_string(index=False))
+    if path:
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_lm(sub) -> None:
+    p = _parser(sub, "lm", "the language-model experiment: canary exposure, DP fine-tuning (full, LoRA), "
+                "user-level DP, membership inference",
+                "example: privlab lm --scale smoke --epsilons 1 8 inf --out results/lm")
+    _scale_argument(p)
+    p.add_argument("--epsilons", nargs="+", type=float, default=None,
+                   help="target epsilons for full fine-tuning (inf is always run; default 1 3 8, smoke 1 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, canaries and training (default 0)")
+    p.add_argument("--out", default=None, metavar="DIR", help="write DIR/results.json and DIR/exposure.png")
+    p.set_defaults(func=_lm)
+
+
+def _localhost(args: argparse.Namespace) -> int:
+    from privlab.federated.flower.localhost import main as localhost_main
+
+    return localhost_main(args.args, prog="privlab localhost")
+
+
+def _add_localhost(sub) -> None:
+    p = sub.add_parser("localhost", add_help=False, prefix_chars="\0",
+                       help="the FedAvg experiment on a Flower SuperLink and N SuperNodes on localhost (chapter 8)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="see privlab localhost --help")
+    p.set_defaults(func=_localhost)
+
+
 # --- the parser -----------------------------------------------------------------------------------
 
 
@@ -255,7 +306,8 @@ def _scale_argument(p: argparse.ArgumentParser) -> None:
 
 
 #: Each entry adds one subcommand to the parser.
-COMMANDS: list[Callable] = [_add_info, _add_chapters, _add_accounting, _add_streamrec, _add_cliff]
+COMMANDS: list[Callable] = [_add_info, _add_chapters, _add_accounting, _add_streamrec, _add_cliff, _add_lm,
+                            _add_localhost]
 
 
 def build_parser() -> argparse.ArgumentParser:

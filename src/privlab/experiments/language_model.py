@@ -1,0 +1,322 @@
+r"""Language models: memorisation, DP fine-tuning (full and LoRA), user-level privacy, membership inference.
+
+The experiment of the language-model chapter, on CPU at smoke and book scale:
+
+1. a tiny GPT-2 built from a :class:`transformers.GPT2Config` (no pretrained
+   weights, nothing downloaded), character-level, pretrained without privacy on
+   the *public* half of :mod:`privlab.datasets.text`;
+2. fine-tuned on the *private* half, which carries secret canaries repeated 1, 4,
+   16 and 64 times, without privacy and with DP-SGD (:func:`privlab.dpsgd.train`,
+   the exact fast path) at several :math:`\varepsilon`, updating all weights or
+   only LoRA adapters (:mod:`peft`);
+3. at the *example* level (one training sequence is the privacy unit) and at the
+   *user* level (one user with all their sequences; Charles et al. 2024);
+4. measured by the canaries' *exposure* (Carlini et al. 2019):
+   :math:`\log_2 |\mathcal R| - \log_2 \mathrm{rank}`, the rank of the true canary
+   among all :math:`|\mathcal R| = 10^4` codes by the model's loss, computed
+   exactly over the whole canary space; by validation perplexity; and by a
+   loss-threshold membership-inference attack (AUC, TPR at 1% FPR) against the DP
+   bound :math:`\mathrm{TPR} \le e^\varepsilon \mathrm{FPR} + \delta`.
+
+References: Carlini et al. (2019), arXiv:1802.08232; Hu et al. (2021), "LoRA",
+arXiv:2106.09685; Yu et al. (2022), "Differentially private fine-tuning of
+language models", arXiv:2110.06500; Charles et al. (2024), "Fine-tuning large
+language models with user-level differential privacy", arXiv:2407.07737;
+Yeom et al. (2018), "Privacy risk in machine learning" (loss-threshold attack).
+
+Used in: the language-model chapter.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from privlab.accounting import calibrate_noise
+from privlab.datasets.text import CharTokenizer, TextSplit, canary_text, make_text_split
+from privlab.dpsgd import DPSGDConfig, lm_loss, train
+
+__all__ = ["LMScale", "LM_SCALES", "build_model", "sequence_losses", "canary_space_losses", "exposure", "membership_attack",
+           "pack_users", "UserLM", "user_lm_loss", "finetune", "pretrain", "evaluate", "default_runs", "run",
+           "write_results"]
+
+
+@dataclass(frozen=True)
+class LMScale:
+    """Sizes of one scale of the experiment."""
+
+    seq_len: int = 32
+    n_public: int = 600
+    n_private: int = 400
+    n_users: int = 20
+    n_embd: int = 32
+    n_layer: int = 1
+    n_head: int = 2
+    pretrain_epochs: int = 2
+    finetune_epochs: int = 4
+    batch_size: int = 32
+    lr: float = 3e-3
+    max_rows_per_user: int = 64
+    lora_rank: int = 8
+
+
+LM_SCALES = {
+    "smoke": LMScale(),
+    "book": LMScale(seq_len=48, n_public=4_000, n_private=2_000, n_users=40, n_embd=96, n_layer=2, n_head=4,
+                    pretrain_epochs=3, finetune_epochs=6, batch_size=64),
+    # GPT-2 small's shape (124M parameters with a BPE vocabulary; far fewer with characters): a GPU run
+    "paper": LMScale(seq_len=128, n_public=3_000, n_private=1_500, n_users=40, n_embd=768, n_layer=12,
+                     n_head=12, pretrain_epochs=5, finetune_epochs=8, batch_size=256, lr=5e-4),
+}
+
+
+def build_model(vocab_size: int, s: LMScale, *, seed: int = 0) -> nn.Module:
+    """A GPT-2 from a configuration class (random initial weights; nothing is downloaded)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)  # transformers initialises from the global generator
+    cfg = GPT2Config(vocab_size=vocab_size, n_positions=s.seq_len, n_embd=s.n_embd, n_layer=s.n_layer,
+                     n_head=s.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(cfg)
+
+
+@torch.no_grad()
+def sequence_losses(model: nn.Module, ids: Tensor, *, batch: int = 1024) -> np.ndarray:
+    """Each sequence's mean next-token loss (nats), shape ``(N,)``."""
+    model.eval()
+    out = [lm_loss(model(ids[i:i + batch]), ids[i:i + batch]) for i in range(0, len(ids), batch)]
+    return torch.cat(out).double().numpy()
+
+
+def canary_space_losses(model: nn.Module, *, tokenizer: CharTokenizer, seq_len: int) -> np.ndarray:
+    """The model's mean loss on the canary sentence for every code 0000-9999, shape ``(10000,)``."""
+    ids = torch.tensor([tokenizer.encode(canary_text(c).ljust(seq_len)) for c in range(10_000)])
+    return sequence_losses(model, ids)
+
+
+def exposure(space_losses: np.ndarray, code: int) -> float:
+    r"""Exposure of a canary, computed exactly over all :math:`10^4` codes (Carlini et al. 2019, Def. 4).
+
+    :math:`\log_2 10^4 - \log_2 \mathrm{rank}`, rank 1 for the lowest loss (ties counted against
+    the canary). 13.3 bits is the maximum (the canary is the model's first choice); for a model
+    that knows nothing the rank is uniform and the exposure is about
+    :math:`-\log_2 U`, :math:`U` uniform: mean and standard deviation :math:`1/\ln 2 = 1.44` bits.
+
+    >>> exposure(np.arange(10_000.0), 0)        # the lowest loss of all: maximal exposure
+    13.287712379549449
+    """
+    losses = np.asarray(space_losses)
+    rank = int(np.sum(losses <= losses[code]))
+    return math.log2(losses.size) - math.log2(rank)
+
+
+def membership_attack(member_losses: np.ndarray, nonmember_losses: np.ndarray) -> dict:
+    """Loss-threshold membership inference (Yeom et al. 2018): AUC and TPR at 1% and 10% FPR."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    y = np.r_[np.ones(member_losses.size), np.zeros(nonmember_losses.size)]
+    score = -np.r_[member_losses, nonmember_losses]
+    fpr, tpr, _ = roc_curve(y, score)
+    return {"auc": float(roc_auc_score(y, score)),
+            "tpr_at_1pct_fpr": float(np.interp(0.01, fpr, tpr)),
+            "tpr_at_10pct_fpr": float(np.interp(0.10, fpr, tpr))}
+
+
+# ----------------------------------------------------------------------------- user level
+
+
+class UserLM(nn.Module):
+    """One *user* per example: input ``(B, R, T)`` (R rows per user, padded) -> logits ``(B, R, T, V)``."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, r, t = x.shape
+        return self.lm(x.reshape(b * r, t)).logits.reshape(b, r, t, -1)
+
+
+def user_lm_loss(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Per-user loss: the sum of the user's rows' mean token losses (padding rows are all -100: loss 0)."""
+    b, r, t, v = outputs.shape
+    return lm_loss(outputs.reshape(b * r, t, v), targets.reshape(b * r, t)).reshape(b, r).sum(1)
+
+
+def pack_users(ids: Tensor, users: np.ndarray, *, max_rows: int, rng: np.random.Generator):
+    """Rows grouped per user ``(U, R, T)``, at most ``max_rows`` each (a public cap), labels -100 on padding."""
+    names = np.unique(users)
+    r = min(max_rows, max(int(np.sum(users == u)) for u in names))
+    x = torch.zeros(len(names), r, ids.shape[1], dtype=torch.long)
+    y = torch.full_like(x, -100)
+    for j, u in enumerate(names):
+        rows = np.flatnonzero(users == u)
+        if rows.size > r:
+            rows = rng.choice(rows, r, replace=False)
+        x[j, :rows.size] = ids[rows]
+        y[j, :rows.size] = ids[rows]
+    return x, y, names
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _lora(model: nn.Module, rank: int) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["c_attn", "c_proj", "c_fc"],
+                     fan_in_fan_out=True, lora_dropout=0.0, bias="none")
+    return get_peft_model(model, cfg)
+
+
+def finetune(base: nn.Module, split: TextSplit, s: LMScale, *, epsilon: float, method: str = "full",
+             unit: str = "example", seed: int = 0, progress: bool = False) -> tuple[nn.Module, dict]:
+    r"""Fine-tune a copy of ``base`` on the private part; ``epsilon = inf`` trains without privacy.
+
+    Clipping norm :math:`C = 1` for every private run; :math:`\sigma` calibrated by the PLD
+    accountant for ``epsilon`` at :math:`\delta = 1/(10N)` (:math:`N` examples or users), Poisson
+    sampling, Adam. Returns the model and a record (sigma, delta, epsilon spent, losses, seconds,
+    trainable parameters).
+    """
+    import copy
+
+    if method not in ("full", "lora") or unit not in ("example", "user"):
+        raise ValueError(f"method must be 'full' or 'lora' and unit 'example' or 'user', got {method!r}, {unit!r}")
+    model = copy.deepcopy(base)
+    if method == "lora":
+        model = _lora(model, s.lora_rank)
+    rng = np.random.default_rng(seed)
+    if unit == "user":
+        x, y, names = pack_users(split.private, split.private_users, max_rows=s.max_rows_per_user, rng=rng)
+        net, loss_fn, n = UserLM(model), user_lm_loss, len(names)
+        batch = max(2, n // 4)
+    else:
+        x, y, net, loss_fn, n, batch = split.private, split.private, model, lm_loss, len(split.private), s.batch_size
+    delta = 1.0 / (10 * n)
+    epochs = s.finetune_epochs
+    steps = epochs * round(n / batch)
+    private = math.isfinite(epsilon)
+    sigma = calibrate_noise(target_epsilon=epsilon, delta=delta, sample_rate=batch / n, steps=steps) if private else 0.0
+    lr = s.lr * (10 if method == "lora" else 1)   # adapters start at zero: LoRA's usual larger step
+    cfg = DPSGDConfig(noise_multiplier=sigma, max_grad_norm=1.0 if private else None, batch_size=batch,
+                      epochs=epochs, lr=lr, optimizer="adam", delta=delta, method="fast",
+                      accountant="pld" if private else None, progress=progress)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        res = train(net, x, y, loss_fn=loss_fn, config=cfg, generator=torch.Generator().manual_seed(seed))
+    seconds = time.perf_counter() - t0
+    model.eval()
+    record = {"epsilon_target": epsilon, "sigma": sigma, "delta": delta, "n_units": n, "batch": batch,
+              "steps": res.steps, "epsilon_spent": res.epsilon if private else math.inf,
+              "train_loss": list(res.losses), "seconds": seconds, "seconds_per_step": seconds / max(1, res.steps),
+              "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    return model, record
+
+
+def pretrain(split: TextSplit, s: LMScale, *, seed: int = 0) -> nn.Module:
+    """The public model: non-private training on the public part."""
+    model = build_model(split.tokenizer.vocab_size, s, seed=seed)
+    cfg = DPSGDConfig(noise_multiplier=0.0, max_grad_norm=None, batch_size=s.batch_size, epochs=s.pretrain_epochs,
+                      lr=s.lr, optimizer="adam", accountant=None, progress=False)
+    train(model, split.public, split.public, loss_fn=lm_loss, config=cfg,
+          generator=torch.Generator().manual_seed(seed))
+    return model.eval()
+
+
+def evaluate(model: nn.Module, split: TextSplit, s: LMScale, *, rng: np.random.Generator) -> dict:
+    """Exposure of every canary, validation perplexity, and the loss-threshold attack."""
+    canary_rows = sum(c.repetitions for c in split.canaries)
+    members = split.private[: len(split.private) - canary_rows]           # the non-canary private rows
+    pick = rng.choice(len(members), size=min(len(members), len(split.validation)), replace=False)
+    val = sequence_losses(model, split.validation)
+    out = {"perplexity": float(np.exp(val.mean())),
+           "exposure": {str(c.repetitions): [] for c in split.canaries}}
+    space = canary_space_losses(model, tokenizer=split.tokenizer, seq_len=s.seq_len)
+    for c in split.canaries:
+        out["exposure"][str(c.repetitions)].append(exposure(space, c.code))
+    out.update(membership_attack(sequence_losses(model, members[pick]), val))
+    return out
+
+
+def default_runs(scale: str, epsilons=None) -> list[tuple[float, str, str]]:
+    """The (epsilon, method, unit) runs of a scale: full fine-tuning at every epsilon, LoRA and
+    user-level at the largest finite one (smoke: epsilons 1 and 8; book and paper: 1, 3 and 8)."""
+    eps = list(epsilons) if epsilons is not None else ([1.0, 8.0] if scale == "smoke" else [1.0, 3.0, 8.0])
+    eps = sorted({float(e) for e in eps} | {math.inf}, key=lambda e: (math.isinf(e), e))
+    finite = [e for e in eps if math.isfinite(e)]
+    runs = [(e, "full", "example") for e in eps] + [(math.inf, "lora", "example")]
+    if finite:
+        runs += [(finite[-1], "lora", "example"), (finite[-1], "full", "user")]
+    return runs
+
+
+def run(scale: str = "smoke", *, runs=None, seed: int = 0, progress: bool = True) -> dict:
+    """The whole experiment: the public model, then one record per (epsilon, method, unit) in ``runs``."""
+    from tqdm.auto import tqdm
+
+    if scale not in LM_SCALES:
+        raise ValueError(f"scale must be one of {sorted(LM_SCALES)}, got {scale!r}")
+    s = LM_SCALES[scale]
+    runs = default_runs(scale) if runs is None else runs
+    rng = np.random.default_rng(seed)
+    split = make_text_split(seq_len=s.seq_len, n_private=s.n_private, n_public=s.n_public, n_users=s.n_users,
+                            rng=rng)
+    t0 = time.perf_counter()
+    base = pretrain(split, s, seed=seed)
+    results = {"scale": scale, "config": asdict(s), "corpus_fingerprint": split.fingerprint,
+               "device": "cpu", "canaries": [asdict(c) for c in split.canaries],
+               "users": {u: int(n) for u, n in zip(*np.unique(split.private_users, return_counts=True))},
+               "public_model": evaluate(base, split, s, rng=np.random.default_rng(seed)),
+               "pretrain_seconds": time.perf_counter() - t0, "runs": []}
+    for eps, method, unit in tqdm(runs, desc="fine-tuning", disable=not progress):
+        model, rec = finetune(base, split, s, epsilon=eps, method=method, unit=unit, seed=seed)
+        rec.update({"method": method, "unit": unit})
+        rec.update(evaluate(model, split, s, rng=np.random.default_rng(seed)))
+        results["runs"].append(rec)
+    return results
+
+
+def write_results(results: dict, out_dir) -> "Path":
+    """``out_dir/results.json`` (infinite epsilons written as the string ``"inf"``) and ``exposure.png``."""
+    import json
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return "inf" if v > 0 else "-inf"
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    path = out / "results.json"
+    path.write_text(json.dumps(clean(results), indent=1))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for rec in results["runs"]:
+        reps = sorted(rec["exposure"], key=int)
+        eps = rec["epsilon_target"]
+        label = f"{rec['method']}, {rec['unit']}, eps={'inf' if math.isinf(eps) else eps:g}"
+        ax.plot([int(r) for r in reps], [np.mean(rec["exposure"][r]) for r in reps], marker="o", label=label)
+    ax.set(xscale="log", xlabel="copies of the canary in the private data", ylabel="exposure (bits)",
+           title="Canary exposure after fine-tuning")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.savefig(out / "exposure.png", bbox_inches="tight", dpi=110)
+    plt.close(fig)
+    return path

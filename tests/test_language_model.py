@@ -1,0 +1,99 @@
+"""The language-model experiment: corpus split, canaries, exposure, user packing, the fast path on the
+chapter's model, LoRA leaving the base weights alone, and the CLI."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from privlab.cli import main
+from privlab.datasets.text import CharTokenizer, canary_text, make_text_split
+from privlab.dpsgd import clipped_grad_sum, lm_loss
+from privlab.experiments import language_model as lm
+
+S = lm.LM_SCALES["smoke"]
+
+
+@pytest.fixture(scope="module")
+def split():
+    return make_text_split(seq_len=S.seq_len, n_private=120, n_public=60, n_users=8,
+                           repetitions=(1, 4), canaries_per_repetition=1, rng=np.random.default_rng(0))
+
+
+def test_split_sizes_users_and_canaries(split):
+    assert split.public.shape == (60, S.seq_len)
+    assert split.private.shape == (120 + 1 + 4, S.seq_len)
+    assert split.private_users.shape == (125,)
+    # all copies of a canary are written by its one user
+    tok = CharTokenizer()
+    for c in split.canaries:
+        rows = [i for i in range(len(split.private)) if tok.decode(split.private[i].tolist()).startswith(c.text)]
+        assert len(rows) == c.repetitions and set(split.private_users[rows]) == {c.user}
+
+
+def test_split_is_reproducible(split):
+    again = make_text_split(seq_len=S.seq_len, n_private=120, n_public=60, n_users=8, repetitions=(1, 4),
+                            canaries_per_repetition=1, rng=np.random.default_rng(0))
+    assert torch.equal(again.private, split.private) and again.fingerprint == split.fingerprint
+
+
+def test_canary_text_rejects_codes_outside_the_space():
+    assert canary_text(7) == "my PIN is 0 0 0 7"
+    with pytest.raises(ValueError, match="10000"):
+        canary_text(10_000)
+
+
+def test_exposure_of_a_uniform_rank_has_mean_one_over_ln2():
+    rng = np.random.default_rng(1)
+    values = [lm.exposure(rng.permutation(10_000).astype(float), 0) for _ in range(2_000)]
+    assert abs(np.mean(values) - 1 / math.log(2)) < 4 * (1 / math.log(2)) / math.sqrt(2_000)
+
+
+def test_user_loss_is_the_sum_of_the_users_row_losses(split):
+    x, y, names = lm.pack_users(split.private, split.private_users, max_rows=64, rng=np.random.default_rng(0))
+    model = lm.build_model(CharTokenizer().vocab_size, S).eval()
+    with torch.no_grad():
+        per_user = lm.user_lm_loss(lm.UserLM(model)(x[:2]), y[:2])
+        for j in range(2):
+            rows = x[j][(y[j] != -100).any(1)]
+            np.testing.assert_allclose(per_user[j].item(), lm_loss(model(rows), rows).sum().item(), rtol=1e-5)
+
+
+def test_fast_path_equals_the_loop_on_the_chapters_model(split):
+    model = lm.build_model(CharTokenizer().vocab_size, S).double()
+    xs = split.private[:6]
+    fast = clipped_grad_sum(model, lm_loss, xs, xs, max_grad_norm=0.5, method="fast")
+    loop = clipped_grad_sum(model, lm_loss, xs, xs, max_grad_norm=0.5, method="loop")
+    for a, b in zip(fast, loop):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_lora_moves_the_adapters_and_not_the_base_weights(split):
+    base = lm.build_model(CharTokenizer().vocab_size, S)
+    small = lm.LMScale(finetune_epochs=1, batch_size=16)
+    model, rec = lm.finetune(base, split, small, epsilon=8.0, method="lora", unit="example")
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert lora and rec["trainable_parameters"] == sum(p.numel() for p in lora.values())
+    assert any(float(p.detach().abs().sum()) > 0 for n, p in lora.items() if "lora_B" in n)  # B starts at 0
+    base_now = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
+                for n, p in model.named_parameters() if "lora_" not in n}
+    for n, p in base.named_parameters():
+        torch.testing.assert_close(base_now[n], p, rtol=0, atol=0)
+
+
+def test_finetune_reports_the_epsilon_it_was_calibrated_for(split):
+    base = lm.build_model(CharTokenizer().vocab_size, S)
+    _, rec = lm.finetune(base, split, lm.LMScale(finetune_epochs=1, batch_size=16), epsilon=3.0)
+    assert rec["epsilon_spent"] <= 3.0 * (1 + 1e-3) and rec["delta"] < 1 / rec["n_units"]
+
+
+def test_finetune_rejects_unknown_method():
+    with pytest.raises(ValueError, match="'adapter'"):
+        lm.finetune(None, None, S, epsilon=1.0, method="adapter")
+
+
+def test_cli_lm_help_has_an_example(capsys):
+    with pytest.raises(SystemExit):
+        main(["lm", "--help"])
+    assert "privlab lm --scale smoke" in capsys.readouterr().out

@@ -178,6 +178,17 @@ def questions(autograder: Path) -> list[str]:
         return sorted(Path(n).stem for n in zf.namelist() if n.startswith("tests/") and n.endswith(".py"))
 
 
+def points_possible(autograder: Path) -> float:
+    """The autograded points of an autograder zip (the ``points = ...`` line of each test file)."""
+    total = 0.0
+    with zipfile.ZipFile(autograder) as zf:
+        for n in zf.namelist():
+            if n.startswith("tests/") and n.endswith(".py"):
+                m = re.search(r"^points = ([0-9.]+)\s*$", zf.read(n).decode(), flags=re.M)
+                total += float(m.group(1)) if m else 0.0
+    return total
+
+
 def grade(autograder: Path, submission: Path) -> dict[str, float]:
     """Grade one submission (.ipynb or Otter's submission .zip) in this process; ``{question: score}``.
 
@@ -273,7 +284,7 @@ def grade_many(jobs: list[tuple[Path, Path]], *, processes: int = 1, timeout: fl
 def _grade_cli(args) -> int:
     qs = questions(args.autograder)
     fields = ["student_id", "submission", *qs, "total", "possible", "error"]
-    possible = None
+    possible = points_possible(args.autograder)
     handle = open(args.csv, "w", newline="") if args.csv else None
     writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore") if handle else None
     if writer:
@@ -281,15 +292,13 @@ def _grade_cli(args) -> int:
         handle.flush()
 
     def on_result(i, row):
-        nonlocal possible
         path = args.submissions[i]
-        possible = row.get("possible", possible)
         full = {"student_id": student_id(path), "submission": str(path), **{q: 0.0 for q in qs}, **row}
-        full.setdefault("possible", possible if possible is not None else "")
+        full.setdefault("possible", possible)
         if writer:
             writer.writerow(full)
             handle.flush()  # the CSV is usable while grading goes on
-        status = f"ERROR {row['error']}" if row.get("error") else f"{row['total']:g} / {row['possible']:g}"
+        status = f"ERROR {row['error']}" if row.get("error") else f"{row['total']:g} / {full['possible']:g}"
         print(f"{path}: {status}", flush=True)
 
     try:

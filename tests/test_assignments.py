@@ -191,27 +191,24 @@ def _notebook(path: Path, cells: list[str], name: str) -> Path:
 
 def test_grading_survives_corrupt_and_hanging_submissions(built, tmp_path):
     """A corrupt notebook and a notebook that never finishes each give an error row naming the
-    file; the CSV has a student-ID column and gets each row as it is graded; the good submission is
-    graded as usual."""
-    dist = built["02_accounting"]
-    autograder = build_tool.autograder_zip(dist)
+    student, with zero points; the CSV has a student-ID column and gets each row as it is graded.
+    (A good submission's row is checked by the ``graded`` fixture, which uses the same path.)"""
+    autograder = build_tool.autograder_zip(built["02_accounting"])
     hang = _notebook(tmp_path / "dave.ipynb", ["import time\ntime.sleep(3600)"], "accounting")
-    seen = []
-    rows = build_tool.grade_many([(autograder, hang)], timeout=5, on_result=lambda i, row: seen.append(i))
-    assert rows == [{"total": 0.0, "error": "timed out after 5 s"}] and seen == [0]
-
     corrupt = tmp_path / "carol.ipynb"
     corrupt.write_text('{"cells": [')
-    good = dist / "autograder" / "accounting.ipynb"
     out = tmp_path / "scores.csv"
-    rc = build_tool._cli(["grade", str(autograder), str(corrupt), str(good), "--csv", str(out), "--jobs", "2"])
+    rc = build_tool._cli(["grade", str(autograder), str(hang), str(corrupt), "--csv", str(out),
+                          "--jobs", "2", "--timeout", "5"])
     assert rc == 1  # some submission needs the teacher's attention
-    rows = {r["student_id"]: r for r in csv.DictReader(out.open())}
-    assert list(rows) == ["carol", "accounting"]  # in the order they finished: the corrupt one at once
-    assert rows["carol"]["error"].startswith("grading failed: carol.ipynb is not a readable notebook")
-    assert rows["carol"]["total"] == "0.0" and rows["carol"]["q1_composition"] == "0.0"
-    assert rows["accounting"]["error"] == "" and float(rows["accounting"]["total"]) == float(rows["accounting"]["possible"]) > 0
-    assert list(csv.reader(out.open()))[0][:2] == ["student_id", "submission"]
+    table = list(csv.reader(out.open()))
+    assert table[0] == ["student_id", "submission", *build_tool.questions(autograder), "total", "possible", "error"]
+    rows = [dict(zip(table[0], row)) for row in table[1:]]
+    assert [r["student_id"] for r in rows] == ["carol", "dave"]  # in the order they finished
+    assert rows[0]["error"].startswith("grading failed: carol.ipynb is not a readable notebook")
+    assert rows[1]["error"] == "timed out after 5 s"
+    assert all(r["total"] == "0.0" and r["q1_composition"] == "0.0" and r["possible"] == str(build_tool.points_possible(autograder)) for r in rows)
+    assert build_tool.points_possible(autograder) == 13.0
 
 
 def test_variants_and_self_study_build(built, tmp_path, test_files):
@@ -239,4 +236,4 @@ def test_variants_and_self_study_build(built, tmp_path, test_files):
     env = grading.run_cells(grading.notebook_cells(built["02_accounting"] / "autograder" / "accounting.ipynb"))
     copied = grading.grade_overrides(solution, tests, f"max_steps = {int(env['max_steps'])}\n"
                                      f"pld_epsilon_at_max_steps = {float(env['pld_epsilon_at_max_steps'])!r}\n")
-    assert copied["q4_budget"] == 0.0
+    assert copied["q4_budget"] == 0.25  # only the public smoke test (a finite PLD epsilon) passes

@@ -25,6 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT / "assignments" / "_shared"
 SUBMISSIONS = Path(__file__).resolve().parent / "submissions"
+# A kernel starts from a random torch seed (model initialisations in the notebooks use it; no test
+# depends on it); in-process grading fixes it so that grades do not depend on the order of tests.
+TORCH_SEED = 0
 
 
 def _is_grader_cell(source: str) -> bool:
@@ -130,7 +133,8 @@ def run_cells(cells: list[str]) -> dict:
     default torch dtype the notebook chose is remembered for its tests and restored afterwards."""
     import torch
 
-    before = torch.get_default_dtype()
+    before, rng = torch.get_default_dtype(), torch.random.get_rng_state()
+    torch.manual_seed(TORCH_SEED)
     env: dict = {"__name__": "__main__"}
     sys.path.insert(0, str(SHARED))
     try:
@@ -142,6 +146,7 @@ def run_cells(cells: list[str]) -> dict:
         env["__dtype__"] = torch.get_default_dtype()
     finally:
         torch.set_default_dtype(before)
+        torch.random.set_rng_state(rng)
         sys.path.remove(str(SHARED))
     return env
 

@@ -29,7 +29,7 @@ import torch
 
 from privlab.config import make_rng, make_torch_generator
 from privlab.federated import FedAvg, cps1988_silos, iid_partition, make_model, simulate
-from privlab.federated.flower_app import experiment, run_flower_simulation
+from privlab.federated.flower import experiment, run_flower_simulation
 
 
 def _rate(updates: int, seconds: float, how: str = "median of repeats") -> str:

@@ -15,10 +15,10 @@ secure aggregation                 :func:`secure_sum`, :class:`SecAggConfig`,
                                    :func:`shamir_share`, :func:`shamir_reconstruct`
 DP-FedAvg                          :class:`ClientLevelDP`, :class:`SampleLevelDP`,
                                    :func:`epsilon_per_round`, :func:`clip_updates`
-Flower (imported on demand)        :mod:`privlab.federated.flower_app` (Message API apps,
-                                   :func:`~privlab.federated.flower_app.run_flower_simulation`),
-                                   :mod:`privlab.federated.flower_secagg` (SecAgg+),
-                                   :mod:`privlab.federated.localhost` (real processes)
+Flower (imported on demand)        :mod:`privlab.federated.flower`: ``task`` (run config, data,
+                                   twin), ``client_app``/``server_app`` (Message API),
+                                   ``secaggplus`` (SecAgg+), ``simulation`` (Ray),
+                                   ``localhost`` (real processes)
 =================================  =====================================================
 
 >>> from privlab.config import make_rng, make_torch_generator

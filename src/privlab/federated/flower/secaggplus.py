@@ -26,17 +26,24 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from .flower_app import _merged, _write_outputs, experiment
-from .local import batch_plan, local_update
+from flwr.client import NumPyClient
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
+from flwr.common import ndarrays_to_parameters
+from flwr.server import LegacyContext, ServerConfig
+from flwr.server.strategy import FedAvg as LegacyFedAvg
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+from flwr.serverapp import ServerApp
 
-__all__ = ["make_secagg_client_app", "make_secagg_server_app", "secagg_client_app", "secagg_server_app"]
+from ..local import batch_plan, local_update
+from .task import context_run_config, experiment, write_outputs
+
+__all__ = ["client_app", "make_secagg_client_app", "make_secagg_server_app", "server_app"]
 
 
 def make_secagg_client_app(overrides: Mapping[str, object] | None = None):
     """A (legacy-API) ClientApp behind Flower's ``secaggplus_mod``."""
-    from flwr.client import NumPyClient
-    from flwr.client.mod import secaggplus_mod
-    from flwr.clientapp import ClientApp
 
     class _Client(NumPyClient):
         def __init__(self, cfg: dict, pid: int) -> None:
@@ -55,7 +62,7 @@ def make_secagg_client_app(overrides: Mapping[str, object] | None = None):
             return [new[k].numpy() for k in names], len(y), {}
 
     def client_fn(context):
-        return _Client(_merged(context, overrides), int(context.node_config["partition-id"])).to_client()
+        return _Client(context_run_config(context, overrides), int(context.node_config["partition-id"])).to_client()
 
     return ClientApp(client_fn=client_fn, mods=[secaggplus_mod])
 
@@ -63,18 +70,11 @@ def make_secagg_client_app(overrides: Mapping[str, object] | None = None):
 def make_secagg_server_app(overrides: Mapping[str, object] | None = None, *, reconstruction_threshold: float = 0.7,
                            clipping_range: float = 8.0, quantization_range: int = 2**22):  # fmt: skip
     """A ServerApp running FedAvg through ``SecAggPlusWorkflow`` (the legacy ``LegacyContext`` path)."""
-    from flwr.common import ndarrays_to_parameters
-    from flwr.server import LegacyContext, ServerConfig
-    from flwr.server.strategy import FedAvg as LegacyFedAvg
-    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
-    from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
-    from flwr.serverapp import ServerApp
-
     app = ServerApp()
 
     @app.main()
     def main(grid, context) -> None:
-        cfg = _merged(context, overrides)
+        cfg = context_run_config(context, overrides)
         exp = experiment(cfg)
         k, names = exp.data.num_clients, list(exp.model.state_dict())
         strategy = LegacyFedAvg(
@@ -89,12 +89,12 @@ def make_secagg_server_app(overrides: Mapping[str, object] | None = None, *, rec
         workflow(grid, legacy)
         arrays = legacy.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()
         if cfg["out-dir"]:
-            _write_outputs(str(cfg["out-dir"]), dict(zip(names, arrays)),
+            write_outputs(str(cfg["out-dir"]), dict(zip(names, arrays)),
                            {"config": cfg, "rounds": exp.algorithm.rounds, "secagg": "SecAgg+ (legacy workflow)"})
 
     return app
 
 
-#: The apps a Flower project can name (``privlab.federated.flower_secagg:secagg_server_app`` etc.).
-secagg_client_app = make_secagg_client_app()
-secagg_server_app = make_secagg_server_app()
+#: The apps ``project_secagg/pyproject.toml`` names (``privlab.federated.flower.secaggplus:server_app`` etc.).
+client_app = make_secagg_client_app()
+server_app = make_secagg_server_app()

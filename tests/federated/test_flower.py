@@ -1,8 +1,12 @@
 """Flower: the same experiment in Flower's simulation engine and as real processes equals privlab's FedAvg.
 
-The two end-to-end tests start Ray or a SuperLink with three SuperNodes; each runs
-in its own processes under a generous timeout (a slow shared machine needs 60-90 s
-for either), and the launcher's cleanup is checked: no process it started survives.
+The real-process tests (FedAvg, server-side DP, SecAgg+) share one SuperLink with three
+SuperNodes (the module's ``federation``): a SuperLink runs any number of ``flwr run``
+submissions in sequence, each with fresh ServerApp and ClientApp processes, so only the
+start-up is shared, never a run's state. The simulation-engine test starts Ray. Each
+run has a generous timeout (a slow shared machine needs 60-90 s), and the launchers'
+cleanup is checked: no process they started survives (the shared federation's when
+the module ends).
 """
 
 from __future__ import annotations
@@ -16,15 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from privlab.federated.flower_app import (
-    DEFAULT_RUN_CONFIG,
-    RayStartupError,
-    experiment,
-    make_federated_dataset,
-    privlab_twin,
-    run_flower_simulation,
-)
-from privlab.federated.localhost import run_localhost, toml_run_config
+from privlab.federated.flower.localhost import LocalFederation, run_localhost, toml_run_config
+from privlab.federated.flower.simulation import RayStartupError, run_flower_simulation
+from privlab.federated.flower.task import DEFAULT_RUN_CONFIG, experiment, make_federated_dataset, privlab_twin
 
 TINY = {"dataset": "toy", "num-clients": 3, "num-rounds": 2, "local-lr": 0.2, "batch-size": 16}
 #: Flower averages float32 models in another order than privlab: the stated tolerance.
@@ -37,6 +35,20 @@ def private_tmp():
     path = Path(tempfile.mkdtemp(prefix="privlab-flower-test-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def federation():
+    """One SuperLink and three SuperNodes for every real-process run of this module, stopped at its end."""
+    path = Path(tempfile.mkdtemp(prefix="privlab-flower-federation-"))
+    fed = LocalFederation(3, work_dir=path).start()
+    try:
+        yield fed
+    finally:
+        fed.close()
+        survivors = _processes_with_env(f"FLWR_HOME={path / 'flwr_home'}")
+        shutil.rmtree(path, ignore_errors=True)
+    assert survivors == [], "the shared federation left processes behind"
 
 
 def _max_diff(a: dict, b: dict) -> float:
@@ -71,19 +83,24 @@ def test_experiment_is_the_same_on_every_process():
 def test_flower_project_names_the_apps_and_every_config_key():
     import tomllib
 
-    from privlab.federated.localhost import PROJECT_DIR
+    from privlab.federated.flower.localhost import PROJECT_DIR, SECAGG_PROJECT_DIR
 
     project = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())
     app = project["tool"]["flwr"]["app"]
-    assert app["components"] == {"serverapp": "privlab.federated.flower_app:server_app",
-                                 "clientapp": "privlab.federated.flower_app:client_app"}
+    assert app["components"] == {"serverapp": "privlab.federated.flower.server_app:app",
+                                 "clientapp": "privlab.federated.flower.client_app:app"}
     assert app["config"] == DEFAULT_RUN_CONFIG
+    secagg = tomllib.loads((SECAGG_PROJECT_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert secagg["components"] == {"serverapp": "privlab.federated.flower.secaggplus:server_app",
+                                    "clientapp": "privlab.federated.flower.secaggplus:client_app"}
+    assert secagg["config"] == DEFAULT_RUN_CONFIG and secagg["publisher"] == app["publisher"]
 
 
 def test_localhost_cli_help():
-    out = subprocess.run([sys.executable, "-m", "privlab.federated.localhost", "--help"], capture_output=True,
-                         text=True, timeout=120, check=False)
-    assert out.returncode == 0 and "--supernodes" in out.stdout
+    for cmd in (["-m", "privlab.federated.flower.localhost"], ["-m", "privlab.cli", "localhost"]):
+        out = subprocess.run([sys.executable, *cmd, "--help"], capture_output=True, text=True, timeout=120,
+                             check=False)  # fmt: skip
+        assert out.returncode == 0 and "--supernodes" in out.stdout, out.stderr
 
 
 def test_flower_simulation_engine_matches_privlab():
@@ -95,11 +112,10 @@ def test_flower_simulation_engine_matches_privlab():
     assert _max_diff(privlab_twin(TINY), run.state) < TOLERANCE
 
 
-def test_real_processes_superlink_and_three_supernodes_match_privlab(private_tmp):
-    run = run_localhost(TINY, num_supernodes=3, timeout=480, work_dir=private_tmp)
+def test_real_processes_superlink_and_three_supernodes_match_privlab(federation):
+    run = federation.run(TINY, timeout=480)
     assert run.history["rounds"] == 2 and set(run.history["train"]) == {"1", "2"}
     assert _max_diff(privlab_twin(run.history["config"]), run.state) < TOLERANCE
-    assert _processes_with_env(f"FLWR_HOME={private_tmp / 'flwr_home'}") == []
 
 
 def test_launcher_stops_everything_on_timeout(private_tmp):
@@ -112,16 +128,15 @@ def test_launcher_stops_everything_on_timeout(private_tmp):
 SECAGG_TOLERANCE = 2e-5
 
 
-def test_secagg_plus_over_real_processes_equals_privlab(private_tmp):
+def test_secagg_plus_over_real_processes_equals_privlab(federation):
     """Flower's SecAgg+ (masks, Shamir shares, quantisation) on three supernodes: the sum is FedAvg's."""
-    run = run_localhost({**TINY, "num-rounds": 1}, num_supernodes=3, timeout=480, work_dir=private_tmp, secagg=True)
+    run = federation.run({**TINY, "num-rounds": 1}, timeout=480, secagg=True)
     assert run.history["secagg"].startswith("SecAgg+")
     diff = _max_diff(privlab_twin(run.history["config"]), run.state)
     assert 0 <= diff < SECAGG_TOLERANCE
-    assert _processes_with_env(f"FLWR_HOME={private_tmp / 'flwr_home'}") == []
 
 
-def test_flower_dp_wrapper_adds_calibrated_noise_and_privlab_accounts_for_it(private_tmp):
+def test_flower_dp_wrapper_adds_calibrated_noise_and_privlab_accounts_for_it(federation):
     """Flower's DifferentialPrivacyServerSideFixedClipping, one round, clip norm C above every update norm.
 
     The global model is then the uniform average of the local updates plus N(0, (sigma C / K)^2) per
@@ -135,7 +150,8 @@ def test_flower_dp_wrapper_adds_calibrated_noise_and_privlab_accounts_for_it(pri
 
     sigma, clip, k = 0.01, 100.0, 3
     cfg = {**TINY, "num-rounds": 1, "dp-noise-multiplier": sigma, "dp-clip-norm": clip, "dp-delta": 1e-5}
-    run = run_localhost(cfg, num_supernodes=k, timeout=480, work_dir=private_tmp)
+    run = federation.run(cfg, timeout=480)
+    assert federation.num_supernodes == k
     assert run.history["epsilon"] == [epsilon(noise_multiplier=sigma, sample_rate=1.0, steps=1, delta=1e-5)]
 
     exp = experiment({**cfg})

@@ -1,7 +1,7 @@
 """Process-tree cleanup for the Flower launchers (Linux ``/proc``; elsewhere only process groups).
 
-Used in: chapter 8 (through :mod:`privlab.federated.localhost` and
-:func:`privlab.federated.flower_app.run_flower_simulation`).
+Used in: chapter 8 (through :mod:`privlab.federated.flower.localhost` and
+:func:`privlab.federated.flower.simulation.run_flower_simulation`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,300 @@
+r"""Run the Flower experiment as real processes on this machine: one SuperLink, N SuperNodes.
+
+``privlab localhost --supernodes 3 --rounds 2 --dataset toy --compare`` (or
+``python -m privlab.federated.flower.localhost ...``)
+starts, each in its own process group,
+
+1. ``flower-superlink --insecure --disable-runtime-dependency-installation --port P``
+   (one HTTP port for the Fleet, Control and runtime APIs; its SuperExec starts
+   ``flwr-serverapp`` for each run),
+2. ``flower-supernode --insecure --superlink 127.0.0.1:P --port Q_k
+   --node-config "partition-id=k num-partitions=N"`` for ``k = 0..N-1`` (each on its own
+   runtime port; its SuperExec starts a ``flwr-clientapp`` process per message),
+3. ``flwr run <project> privlab-localhost --run-config "..." --stream`` with a
+   private ``FLWR_HOME`` whose ``config.toml`` names the SuperLink connection,
+
+waits for the ServerApp's ``final.npz`` with a timeout, and always stops every
+process group it started (SIGTERM, then SIGKILL), on success, failure, timeout
+or Ctrl-C. :class:`LocalFederation` keeps the SuperLink and SuperNodes up for
+several runs in sequence (a SuperLink serves any number of runs; Flower starts
+fresh ServerApp and ClientApp processes for each), which is how the tests run
+FedAvg, server-side DP and SecAgg+ on one start-up. ``--compare`` also runs
+:func:`privlab.federated.simulate` with the same config and prints the largest
+parameter difference.
+
+Across machines the commands are the same with real addresses: the SuperLink on
+a reachable host (``--host 0.0.0.0``, TLS certificates instead of ``--insecure``),
+each SuperNode with ``--superlink HOST:PORT`` and its own ``partition-id``, and
+``flwr run`` from any machine whose ``FLWR_HOME/config.toml`` points at the SuperLink.
+
+Used in: chapter 8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from ._procs import stop_processes
+from .task import DEFAULT_RUN_CONFIG, FlowerRun, privlab_twin, read_flower_outputs
+
+__all__ = ["PROJECT_DIR", "SECAGG_PROJECT_DIR", "LocalFederation", "main", "run_localhost", "toml_run_config"]
+
+#: The Flower App folder (``pyproject.toml`` with ``[tool.flwr.app]``), shipped as package data.
+PROJECT_DIR = Path(__file__).resolve().parent / "project"
+#: The same App with the SecAgg+ components (:mod:`privlab.federated.flower.secaggplus`).
+SECAGG_PROJECT_DIR = Path(__file__).resolve().parent / "project_secagg"
+CONNECTION = "privlab-localhost"
+
+
+def toml_run_config(config: Mapping[str, object]) -> str:
+    """``key=value`` pairs in TOML syntax for ``flwr run --run-config``.
+
+    >>> toml_run_config({"dataset": "toy", "num-rounds": 2, "mu": 0.0})
+    'dataset="toy" num-rounds=2 mu=0.0'
+    """
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return json.dumps(v) if isinstance(v, str) else repr(v)
+
+    return " ".join(f"{k}={value(v)}" for k, v in config.items())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, deadline: float, log: Path) -> None:
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{_tail(log)}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after the startup timeout:\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class LocalFederation:
+    """A SuperLink and ``num_supernodes`` SuperNodes on localhost that run one Flower run after another.
+
+    The SuperLink and SuperNodes are long-lived; each :meth:`run` submits the project
+    with ``flwr run`` (Flower starts a fresh ServerApp and ClientApp processes per
+    run), so several experiments (FedAvg, server-side DP, SecAgg+) share one
+    start-up. Use it as a context manager: leaving it stops every process it
+    started (SIGTERM, then SIGKILL), on success, failure, timeout or Ctrl-C.
+
+    Args:
+        num_supernodes: SuperNodes (one partition each), at least 1.
+        startup_timeout: seconds for the SuperLink to listen.
+        work_dir: where logs, ``FLWR_HOME`` and outputs go (default: a new temp folder, kept).
+    """
+
+    def __init__(self, num_supernodes: int = 3, *, startup_timeout: float = 120.0,
+                 work_dir: str | os.PathLike | None = None) -> None:  # fmt: skip
+        if num_supernodes < 1:
+            raise ValueError(f"num_supernodes must be >= 1, got {num_supernodes}")
+        self.num_supernodes, self.startup_timeout = num_supernodes, startup_timeout
+        self.work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="privlab-localhost-"))
+        self.home, self.logs = self.work / "flwr_home", self.work / "logs"
+        self.procs: list[subprocess.Popen] = []
+        self.runs = 0
+        bin_dir = str(Path(sys.executable).parent)
+        self._bin = bin_dir
+        self._env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+                     "FLWR_HOME": str(self.home), "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+
+    @property
+    def marker(self) -> bytes:
+        """The environment entry every process of this federation carries (our private ``FLWR_HOME``)."""
+        return f"FLWR_HOME={self.home}".encode()
+
+    def _spawn(self, cmd: list[str], log: Path, echo: bool = False) -> subprocess.Popen:
+        with open(log, "wb") as fh:  # the child keeps its own copy of the descriptor
+            self.procs.append(subprocess.Popen(cmd, stdout=None if echo else fh, stderr=subprocess.STDOUT,
+                                               env=self._env, cwd=self.work, start_new_session=True))  # fmt: skip
+        return self.procs[-1]
+
+    def start(self) -> LocalFederation:
+        """Start the SuperLink, wait until it listens, then start the SuperNodes."""
+        for d in (self.home, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        port = _free_port()
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{port}"\ninsecure = true\n')  # fmt: skip
+        try:
+            link = self._spawn([f"{self._bin}/flower-superlink", "--insecure",
+                                "--disable-runtime-dependency-installation", "--port", str(port)],
+                               self.logs / "superlink.log")  # fmt: skip
+            _wait_for_port(port, link, time.monotonic() + self.startup_timeout, self.logs / "superlink.log")
+            n = self.num_supernodes
+            for k in range(n):
+                self._spawn([f"{self._bin}/flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
+                             "--port", str(_free_port()), "--node-config", f"partition-id={k} num-partitions={n}"],
+                            self.logs / f"supernode-{k}.log")  # fmt: skip
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def run(self, run_config: Mapping[str, object] | None = None, *, timeout: float = 600.0, secagg: bool = False,
+            verbose: bool = False) -> FlowerRun:  # fmt: skip
+        """Submit one run with ``flwr run``, wait for the ServerApp's ``final.npz``, return the result.
+
+        Args:
+            run_config: overrides of :data:`~privlab.federated.flower.task.DEFAULT_RUN_CONFIG`
+                (``num-clients`` is set to the number of SuperNodes, ``out-dir`` to a new folder).
+            timeout: seconds for this run.
+            secagg: run the SecAgg+ apps (:mod:`~privlab.federated.flower.secaggplus`, the
+                project :data:`SECAGG_PROJECT_DIR`).
+            verbose: echo the ``flwr run`` log stream.
+
+        Raises:
+            TimeoutError: the run exceeded ``timeout`` (the federation keeps running; leave the
+                ``with`` block to stop it). RuntimeError: a process died or the ServerApp wrote no result.
+        """
+        if not self.procs:
+            raise RuntimeError("the federation is not running: call start() or use it in a with block")
+        self.runs += 1
+        out, log = self.work / f"run-{self.runs}" / "out", self.logs / f"flwr-run-{self.runs}.log"
+        cfg = {**DEFAULT_RUN_CONFIG, **dict(run_config or {}), "num-clients": self.num_supernodes, "out-dir": str(out)}
+        project = SECAGG_PROJECT_DIR if secagg else PROJECT_DIR
+        cmd = [f"{self._bin}/flwr", "run", str(project), CONNECTION, "--run-config", toml_run_config(cfg), "--stream"]
+        servers = list(self.procs)
+        run = self._spawn(cmd, log, echo=verbose)
+        try:
+            deadline = time.monotonic() + timeout
+            while not (out / "final.npz").exists():
+                dead = [p for p in servers if p.poll() is not None]
+                if dead:
+                    raise RuntimeError(f"{dead[0].args[0]} exited with {dead[0].returncode}; logs in {self.logs}")
+                if run.poll() is not None and not (out / "final.npz").exists():
+                    time.sleep(2.0)  # the file may land just after the log stream closes
+                    if not (out / "final.npz").exists():
+                        raise RuntimeError(f"flwr run ended ({run.returncode}) without a result:\n"
+                                           f"{_tail(log)}\n--- superlink ---\n"
+                                           f"{_tail(self.logs / 'superlink.log')}")  # fmt: skip
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no result after {timeout} s; logs in {self.logs}")
+                time.sleep(0.5)
+            try:  # the log stream ends with the run (the ServerApp writes its result just before)
+                run.wait(timeout=10.0)
+            except subprocess.TimeoutExpired:
+                pass
+            return read_flower_outputs(out)
+        finally:
+            if run.poll() is None:
+                stop_processes([run], self.marker, grace=5.0)
+            self.procs.remove(run)
+
+    def close(self) -> None:
+        """Stop every process this federation started (idempotent)."""
+        procs, self.procs = self.procs, []
+        if procs:
+            stop_processes(procs, self.marker)
+
+    def __enter__(self) -> LocalFederation:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def run_localhost(run_config: Mapping[str, object] | None = None, *, num_supernodes: int = 3,
+                  timeout: float = 600.0, startup_timeout: float = 120.0, work_dir: str | os.PathLike | None = None,
+                  secagg: bool = False, verbose: bool = False) -> FlowerRun:  # fmt: skip
+    """Start a SuperLink and ``num_supernodes`` SuperNodes, run the app, stop them all, return the result.
+
+    One :class:`LocalFederation` for one run; to run several experiments on the same
+    processes, use :class:`LocalFederation` directly.
+
+    Args:
+        run_config: overrides of :data:`~privlab.federated.flower.task.DEFAULT_RUN_CONFIG`
+            (``num-clients`` is set to ``num_supernodes``).
+        num_supernodes: SuperNodes (one partition each), at least 1.
+        timeout: seconds for the whole run after start-up.
+        startup_timeout: seconds for the SuperLink to listen.
+        work_dir: where logs, ``FLWR_HOME`` and outputs go (default: a new temp folder, kept).
+        secagg: run the SecAgg+ apps (:mod:`~privlab.federated.flower.secaggplus`).
+        verbose: echo the ``flwr run`` log stream.
+
+    Returns:
+        The :class:`~privlab.federated.flower.task.FlowerRun` read from the outputs.
+
+    Raises:
+        TimeoutError: start-up or run exceeded its timeout (all processes are stopped).
+        RuntimeError: a process died or the ServerApp wrote no result (log tails attached).
+
+    Used in: chapter 8.
+    """
+    with LocalFederation(num_supernodes, startup_timeout=startup_timeout, work_dir=work_dir) as federation:
+        return federation.run(run_config, timeout=timeout, secagg=secagg, verbose=verbose)
+
+
+def _parse_overrides(pairs: list[str]) -> dict[str, object]:
+    import tomllib
+
+    return tomllib.loads("\n".join(pairs)) if pairs else {}
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m privlab.federated.flower.localhost") -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run privlab's FedAvg as a Flower SuperLink + SuperNodes on localhost (real processes).")
+    parser.add_argument("--supernodes", type=int, default=3, help="number of SuperNodes, one partition each")
+    parser.add_argument("--dataset", default="toy", help="toy | hospitals (5 nodes) | cps1988 (4 nodes)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--dp-noise-multiplier", type=float, default=0.0, help="> 0: Flower's server-side DP")
+    parser.add_argument("--secagg", action="store_true", help="Flower's SecAgg+ (legacy-API apps)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help='more run-config overrides in TOML syntax, e.g. local-lr=0.05 dataset="toy"')
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds for the run (all processes stopped)")
+    parser.add_argument("--work-dir", default=None, help="logs, FLWR_HOME and outputs (default: a temp folder)")
+    parser.add_argument("--compare", action="store_true", help="also run privlab's in-process FedAvg and compare")
+    parser.add_argument("--verbose", action="store_true", help="echo the flwr run log stream")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM still runs the cleanup in `finally`
+    cfg = {"dataset": args.dataset, "num-rounds": args.rounds, "dp-noise-multiplier": args.dp_noise_multiplier,
+           **_parse_overrides(args.set)}  # fmt: skip
+    start = time.perf_counter()
+    result = run_localhost(cfg, num_supernodes=args.supernodes, timeout=args.timeout, work_dir=args.work_dir,
+                           secagg=args.secagg, verbose=args.verbose)  # fmt: skip
+    print(f"Flower run on {args.supernodes} SuperNodes finished in {time.perf_counter() - start:.1f} s")
+    print(f"output: {result.history['config']['out-dir']}")
+    if "epsilon" in result.history:
+        print("cumulative epsilon per round:", [round(e, 4) for e in result.history["epsilon"]])
+    if args.compare and (args.dp_noise_multiplier > 0 or args.secagg):
+        print("--compare: skipped; DP noise (random) or SecAgg+ quantisation makes the run differ by design")
+    elif args.compare:
+        twin = privlab_twin({**result.history["config"]})
+        diff = max(float((twin[k] - result.state[k]).abs().max()) for k in twin)
+        print(f"max |privlab FedAvg - Flower| over all parameters: {diff:.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

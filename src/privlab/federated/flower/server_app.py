@@ -1,0 +1,82 @@
+r"""The experiment's Flower ServerApp (Flower 1.41 Message API): Flower's FedAvg, optionally with server-side DP.
+
+The ServerApp sends :math:`\theta_t` and a ``base-seed`` each round; Flower's
+``FedAvg`` averages the returned models weighted by ``num-examples``.
+
+Differential privacy: with ``dp-noise-multiplier > 0`` the strategy is wrapped in
+Flower's ``DifferentialPrivacyServerSideFixedClipping`` (clip each update to
+``dp-clip-norm``, Gaussian noise :math:`\sigma C / K` on the average); client
+weights are then uniform (``unit-weight``) so one client's sensitivity is
+:math:`C/K`. The cumulative :math:`\varepsilon` per round comes from
+:func:`privlab.federated.dp.epsilon_per_round` with sample rate 1 (every node,
+every round). SecAgg+ lives in Flower's legacy API only:
+:mod:`privlab.federated.flower.secaggplus`.
+
+Used in: chapter 8.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+
+from ..dp import epsilon_per_round
+from .task import context_run_config, experiment, write_outputs
+
+__all__ = ["app", "make_server_app", "make_strategy"]
+
+
+def make_strategy(cfg: Mapping[str, object], num_clients: int):
+    """Flower's ``FedAvg`` over all ``num_clients`` nodes, in server-side DP when ``dp-noise-multiplier > 0``."""
+    sigma = float(cfg["dp-noise-multiplier"])
+    frac_eval = float(cfg["fraction-evaluate"])
+    base = FlowerFedAvg(fraction_train=1.0, fraction_evaluate=frac_eval, min_train_nodes=num_clients,
+                        min_evaluate_nodes=num_clients if frac_eval else 0, min_available_nodes=num_clients,
+                        weighted_by_key="unit-weight" if sigma > 0 else "num-examples")  # fmt: skip
+    if sigma <= 0:
+        return base
+    return DifferentialPrivacyServerSideFixedClipping(
+        base, noise_multiplier=sigma, clipping_norm=float(cfg["dp-clip-norm"]), num_sampled_clients=num_clients)
+
+
+def make_server_app(overrides: Mapping[str, object] | None = None) -> ServerApp:
+    """A ServerApp whose run config is the SuperLink's, updated by ``overrides``."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        cfg = context_run_config(context, overrides)
+        exp = experiment(cfg)
+        k = exp.data.num_clients
+        strategy = make_strategy(cfg, k)
+        clock: list[float] = []  # wall-clock time when round r (0 = start) ended, for benchmarks
+
+        def tick(server_round: int, arrays) -> None:
+            clock.append(time.time())
+
+        result = strategy.start(
+            grid=grid, initial_arrays=ArrayRecord(exp.model.state_dict()), num_rounds=exp.algorithm.rounds,
+            timeout=float(cfg["round-timeout"]), train_config=ConfigRecord({"base-seed": exp.base_seed}),
+            evaluate_fn=tick,
+        )  # fmt: skip
+        history: dict = {"config": cfg, "rounds": exp.algorithm.rounds, "round-end-times": clock,
+                         "train": {r: dict(m) for r, m in result.train_metrics_clientapp.items()},
+                         "evaluate": {r: dict(m) for r, m in result.evaluate_metrics_clientapp.items()}}  # fmt: skip
+        sigma = float(cfg["dp-noise-multiplier"])
+        if sigma > 0:
+            history["epsilon"] = epsilon_per_round(
+                noise_multiplier=sigma, sample_rate=1.0, rounds=exp.algorithm.rounds,
+                delta=float(cfg["dp-delta"]), accountant=str(cfg["accountant"])).tolist()  # fmt: skip
+        if cfg["out-dir"]:
+            write_outputs(str(cfg["out-dir"]), result.arrays.to_torch_state_dict(), history)
+
+    return app
+
+
+#: The ServerApp ``project/pyproject.toml`` names (``privlab.federated.flower.server_app:app``).
+app = make_server_app()

@@ -33,6 +33,7 @@ from privlab.mechanisms import (
     randomized_response,
     randomized_response_estimate,
     randomized_response_keep_probability,
+    randomized_response_noise_standard_error,
 )
 
 N = 200_000  # draws per statistical test
@@ -289,6 +290,28 @@ def test_randomized_response_estimate_is_unbiased_with_calibrated_standard_error
     big = randomized_response_estimate(reports.ravel(), epsilon=eps)
     assert isinstance(big, RandomizedResponseEstimate)
     assert abs(big.estimate - pi) < Z * big.standard_error
+
+
+def test_randomized_response_noise_standard_error_matches_the_flips_alone():
+    # fixed bits, only the flips random: the spread of the estimates matches the formula
+    eps, reps, n = 2.0, 400, 2_000
+    rng = make_rng(11)
+    bits = (rng.random(n) < 0.3).astype(int)
+    est = np.array([
+        randomized_response_estimate(randomized_response(bits, epsilon=eps, rng=rng), epsilon=eps).estimate
+        for _ in range(reps)
+    ])
+    se = randomized_response_noise_standard_error(epsilon=eps, n=n)
+    p = randomized_response_keep_probability(epsilon=eps)
+    assert se == pytest.approx(math.sqrt(p * (1 - p) / n) / (2 * p - 1), rel=1e-12)
+    assert abs(est.mean() - bits.mean()) < Z * se / math.sqrt(reps)
+    assert abs(est.std(ddof=1) - se) < Z * se / math.sqrt(2 * (reps - 1))
+    # the plug-in (population) standard error is larger: it adds the sampling term
+    plug_in = randomized_response_estimate(randomized_response(bits, epsilon=eps, rng=rng), epsilon=eps)
+    assert plug_in.standard_error > 1.1 * se  # 1.15 here
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError):
+            randomized_response_noise_standard_error(epsilon=eps, n=bad)
 
 
 def test_randomized_response_estimate_exact_values():

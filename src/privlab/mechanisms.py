@@ -38,6 +38,7 @@ __all__ = [
     "gaussian_expected_abs_error", "exponential_log_probabilities", "exponential_mechanism",
     "exponential_mechanism_gumbel", "randomized_response_keep_probability", "randomized_response",
     "randomized_response_estimate", "RandomizedResponseEstimate",
+    "randomized_response_noise_standard_error",
 ]  # fmt: skip
 
 
@@ -381,7 +382,12 @@ def randomized_response_estimate(responses, *, epsilon) -> RandomizedResponseEst
         \qquad 2p - 1 = \tanh(\varepsilon/2).
 
     :math:`\hat\pi` is unbiased (it can leave :math:`[0, 1]`); the standard
-    error is the plug-in one. Reference: Warner (1965).
+    error is Warner's plug-in one, for :math:`\pi` the proportion of a *population*
+    from which the :math:`n` people are a random sample: it counts the sampling
+    variation as well as the flips. For the share of ones in the dataset itself
+    (the bits fixed, only the flips random) use
+    :func:`randomized_response_noise_standard_error`, which is smaller.
+    Reference: Warner (1965).
 
     Args:
         responses: the reported bits :math:`y`, a non-empty array of 0 and 1.
@@ -405,3 +411,41 @@ def randomized_response_estimate(responses, *, epsilon) -> RandomizedResponseEst
     return RandomizedResponseEstimate(
         estimate=(y_bar - flip) / gain, standard_error=math.sqrt(y_bar * (1.0 - y_bar) / y.size) / gain
     )
+
+
+def randomized_response_noise_standard_error(*, epsilon, n) -> float:
+    r"""Standard error of :math:`\hat\pi` due to the flips alone, for fixed true bits.
+
+    When the estimand is the share of ones among the :math:`n` people who answered
+    (their bits fixed), only randomized response's flips are random. Each report
+    is flipped independently with probability :math:`1 - p`, so
+    :math:`\operatorname{Var}(\bar y) = p(1 - p)/n` whatever the bits, and
+
+    .. math::
+
+        \mathrm{se}(\hat\pi) = \frac{\sqrt{p(1 - p)/n}}{2p - 1}
+        = \frac{e^{\varepsilon/2}}{(e^{\varepsilon} - 1)\sqrt{n}}.
+
+    Unlike :func:`randomized_response_estimate`'s plug-in standard error it does
+    not depend on the data, and it leaves out the sampling variation of a
+    population proportion.
+
+    Args:
+        epsilon: :math:`\varepsilon > 0`, as given to :func:`randomized_response`.
+        n: the number of reports, a positive integer.
+
+    Returns:
+        The standard error.
+
+    Raises:
+        ValueError: invalid ``epsilon``; ``n`` not a positive integer.
+
+    >>> round(randomized_response_noise_standard_error(epsilon=math.log(3), n=4), 4)
+    0.433
+
+    Used in: chapter 2.
+    """
+    epsilon = check_epsilon(epsilon)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    return math.exp(epsilon / 2.0) / (math.expm1(epsilon) * math.sqrt(int(n)))

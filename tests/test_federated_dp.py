@@ -134,13 +134,37 @@ def _model_params():
 
 
 def test_sample_level_dp_vectorised_equals_the_dpsgd_kernel_loop(hospitals):
-    rule = SampleLevelDP(clip_norm=0.7, noise_multiplier=0.8, sample_rate=0.05, local_steps=4, delta=1e-5)
+    rule = SampleLevelDP(clip_norm=0.7, noise_multiplier=0.8, sample_rate=0.05, local_steps=4, delta=1e-5,
+                         client_seed=11)
     algo = FedAvg(rounds=2, local_lr=0.3, clients_per_round=4, mu=0.1)
     fast = simulate(_model(), hospitals, algo, rng=make_rng(1), privacy=rule, method="vmap")
     slow = simulate(_model(), hospitals, algo, rng=make_rng(1), privacy=rule, method="loop")
     torch.testing.assert_close(fast.params, slow.params, rtol=0, atol=1e-5)
     want = [accounting_epsilon(noise_multiplier=0.8, sample_rate=0.05, steps=4 * t, delta=1e-5) for t in (1, 2)]
     np.testing.assert_allclose(fast.history["epsilon"], want, rtol=1e-12)
+
+
+def test_sample_level_noise_cannot_be_rebuilt_from_the_servers_seed(hospitals):
+    from privlab.federated.dp import _dp_draws, private_client_rng
+    from privlab.federated.fedavg import ParamSpec
+    from privlab.federated.local import client_rng
+
+    spec, sel = ParamSpec(_model()), np.arange(hospitals.num_clients)
+    base_seed, t = 1234, 3
+    secret = SampleLevelDP(noise_multiplier=1.0, sample_rate=0.1, local_steps=2, client_seed=99)
+    fresh = SampleLevelDP(noise_multiplier=1.0, sample_rate=0.1, local_steps=2)
+    for rule in (secret, fresh):
+        for k, (masks, noise) in zip(sel, _dp_draws(hospitals, sel, spec, rule, base_seed, t)):
+            # what the server can compute: the draws of every stream derived from its own seed
+            for g in (client_rng(base_seed, t, int(k)), private_client_rng(base_seed, t, int(k))):
+                g.random(masks.shape)
+                assert not np.allclose(g.standard_normal(noise.shape), noise)
+    # a client-held seed reproduces the draws whatever the server's seed; OS entropy never repeats
+    a = _dp_draws(hospitals, sel, spec, secret, 1, t)
+    b = _dp_draws(hospitals, sel, spec, secret, 2, t)
+    assert all(np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+    c, d = (_dp_draws(hospitals, sel, spec, fresh, 1, t) for _ in range(2))
+    assert not any(np.array_equal(x[1], y[1]) for x, y in zip(c, d))
 
 
 def test_more_noise_less_epsilon():

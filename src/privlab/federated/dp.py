@@ -26,6 +26,11 @@ is touched only by its own client's DP-SGD, so after :math:`t` rounds of
 :math:`s` local steps its guarantee is that of :math:`s t` DP-SGD steps (assuming,
 conservatively, that its client joined every round).
 
+The DP-SGD noise and Poisson masks come from each client's private stream
+(:func:`private_client_rng`: a seed the clients hold, or OS entropy), never
+from the shuffle seed the server sends, which the server could use to remove
+the noise.
+
 **Client sizes are treated as public** at sample level: each client's size
 :math:`n_k` sets its DP-SGD normalisation :math:`1/(q_\ell n_k)`, and the server
 averages the client updates with weights :math:`n_k / \sum_j n_j`. The DP-SGD
@@ -52,9 +57,9 @@ from torch.func import functional_call, grad, vmap
 
 from .._validate import check_delta, check_int, check_positive, check_probability
 from .fedavg import FedAvg, NoPrivacy
-from .local import LOSSES, client_rng
+from .local import LOSSES
 
-__all__ = ["ClientLevelDP", "SampleLevelDP", "clip_updates", "epsilon_per_round"]
+__all__ = ["ClientLevelDP", "SampleLevelDP", "clip_updates", "epsilon_per_round", "private_client_rng"]
 
 ACCOUNTANTS = ("pld", "rdp")
 
@@ -155,11 +160,33 @@ class ClientLevelDP(NoPrivacy):
                         steps=rounds, delta=self.delta, accountant=self.accountant)  # fmt: skip
 
 
+_PRIVATE_TAG = 0x5EC7E7  # separates the clients' private streams from any shuffle stream
+
+
+def private_client_rng(client_seed: int | None, round_index: int, client_id: int) -> np.random.Generator:
+    """The generator of client ``client_id``'s DP draws (noise, Poisson masks) in one round.
+
+    It never depends on the server's shuffle seed: a server that knew the stream
+    could subtract the noise and see the clipped sums noise-free. ``client_seed``
+    is a secret the clients hold and the server never receives (reproducible
+    simulations); ``None`` draws fresh OS entropy (``SeedSequence()``), as in
+    deployment.
+    """
+    if client_seed is None:
+        return np.random.default_rng(np.random.SeedSequence())
+    return np.random.default_rng([int(client_seed), int(round_index), int(client_id), _PRIVATE_TAG])
+
+
 def _dp_draws(clients, sel, spec, rule, base_seed: int, round_index: int):
-    """Each client's Poisson masks ``(s, n_k)`` and noise ``(s, P)``, from its own generator."""
+    """Each client's Poisson masks ``(s, n_k)`` and noise ``(s, P)``, from its private generator.
+
+    ``base_seed`` (the server's shuffle seed) is deliberately unused: see
+    :func:`private_client_rng`.
+    """
+    del base_seed
     draws = []
     for k in sel:
-        g = client_rng(base_seed, round_index, int(k))
+        g = private_client_rng(rule.client_seed, round_index, int(k))
         masks = g.random((rule.local_steps, int(clients.sizes[k]))) < rule.sample_rate
         draws.append((masks, g.standard_normal((rule.local_steps, spec.size))))
     return draws
@@ -231,6 +258,14 @@ class SampleLevelDP(NoPrivacy):
         sample_rate: the local Poisson rate :math:`q_\ell`. local_steps: :math:`s` per round.
         delta: :math:`\delta`. accountant: ``"pld"`` or ``"rdp"``.
         kernel: the :func:`privlab.dpsgd.clipped_grad_sum` method the ``"loop"`` trainer uses.
+        client_seed: the clients' secret seed for their DP noise and Poisson masks
+            (:func:`private_client_rng`); the server never receives it. ``None``
+            (default) uses fresh OS entropy: not reproducible, as in deployment.
+
+    The noise must come from randomness the server cannot rebuild: were it drawn
+    from the server's shuffle seed, the server would subtract it and see every
+    client's clipped gradient sums without noise, and sample-level DP would give
+    nothing against the server.
 
     The algorithm's ``local_epochs`` and ``batch_size`` are not used (DP-SGD draws
     its own batches); ``local_lr`` and ``mu`` are.
@@ -250,6 +285,7 @@ class SampleLevelDP(NoPrivacy):
     delta: float = 1e-5
     accountant: str = "pld"
     kernel: str = "vmap"
+    client_seed: int | None = None
 
     def __post_init__(self) -> None:
         _check_common(self)

@@ -142,10 +142,12 @@ class ParamSpec:
 
 
 def client_rng(base_seed: int, round_index: int, client_id: int) -> np.random.Generator:
-    """The generator client ``client_id`` uses in round ``round_index`` (1-based) for DP draws.
+    """A generator for client ``client_id`` in round ``round_index`` (1-based), from a shared seed.
 
     Derived from ``(base_seed, round, client)`` by NumPy's SeedSequence, so every
-    (round, client) pair gets an independent stream that any process can rebuild.
+    (round, client) pair gets an independent stream that any process can rebuild,
+    the server included. Use it only for public randomness; DP noise comes from
+    :func:`privlab.federated.dp.private_client_rng`, which the server cannot rebuild.
     """
     return np.random.default_rng([int(base_seed), int(round_index), int(client_id)])
 

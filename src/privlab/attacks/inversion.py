@@ -21,11 +21,16 @@ iDLG, arXiv:2001.02610): for the cross-entropy,
 for the classes present (when the model is not yet confident), so the
 :math:`B` largest entries of :math:`\Delta_b` name them (distinct labels assumed).
 
-DP-FedAvg's defence (McMahan et al. 2018, arXiv:1710.06963) clips the update
-to norm :math:`C` and adds :math:`\mathcal N(0, \sigma^2 C^2 I)`
-(:func:`privatize_update`, the worst case where the server sees this client's
-noisy update alone). Clipping by itself changes only the length, which the
-cosine ignores; the noise is what stops the attack.
+In central DP-FedAvg (McMahan et al. 2018, arXiv:1710.06963) the client only
+clips its update to norm :math:`C` and the *server* adds
+:math:`\mathcal N(0, \sigma^2 C^2 I)` to the sum, so a server that sees
+individual updates sees them clipped and noise-free; clipping changes only the
+length, which the cosine ignores, and the attack succeeds. :func:`privatize_update`
+adds *local* noise, by the client before upload (or the released sum of a round
+with one participant): that noise is what stops the attack. Protecting uploads
+from the server at central noise levels needs secure aggregation with
+distributed noise (Kairouz, Liu, Steinke 2021, arXiv:2102.06387). The clip norm
+must not depend on the client's private data (take it from public data or fix it).
 
 Used in: chapter 8.
 """
@@ -78,7 +83,11 @@ def client_update(model: nn.Module, x, y, *, lr: float) -> Tensor:
 
 def privatize_update(update: Tensor, *, clip_norm: float, noise_multiplier: float,
                      generator: torch.Generator) -> Tensor:  # fmt: skip
-    r"""DP-FedAvg's client step: clip to norm :math:`C`, add Gaussian noise.
+    r"""Local noise on one client's update: clip to norm :math:`C`, add Gaussian noise.
+
+    This is the client adding the noise itself (local DP, or a one-client round's
+    release), not central DP-FedAvg's client step, which clips only (the server
+    adds the noise to the sum).
 
     .. math:: \Delta \min(1, C/\|\Delta\|) + \mathcal N(0, \sigma^2 C^2 I)
 

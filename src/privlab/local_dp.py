@@ -24,9 +24,10 @@ the server does. The server debiases the sum of the reports. With
   functions into :math:`m` buckets, send a :math:`\pm 1` vector with each
   coordinate flipped with probability :math:`1/(1+e^{\varepsilon/2})`.
 
-Against central DP (Laplace on the histogram under add/remove, frequency variance
-:math:`2/(\varepsilon n)^2`), local DP's frequency variance is larger by a factor
-of order :math:`n`.
+Against central DP (Laplace on the histogram, frequency variance
+:math:`8/(\varepsilon n)^2` under replace-one, the relation local DP protects;
+:math:`2/(\varepsilon n)^2` under add/remove), local DP's frequency variance is
+larger by a factor of order :math:`n`.
 
 >>> from privlab.config import make_rng
 >>> values = np.repeat([0, 1, 2], [6000, 3000, 1000])
@@ -53,7 +54,7 @@ from privlab._validate import check_array, check_epsilon, check_int, check_rng
 __all__ = [
     "grr_probabilities", "grr_perturb", "grr_estimate",
     "unary_probabilities", "unary_perturb", "unary_estimate",
-    "cms_client", "cms_estimate", "frequency_variance", "central_laplace_frequency_variance",
+    "cms_client", "cms_estimate", "cms_collision_matrix", "frequency_variance", "central_laplace_frequency_variance",
 ]  # fmt: skip
 
 
@@ -179,13 +180,33 @@ def cms_client(values, *, epsilon, m: int, h: int, rng: np.random.Generator, has
     return j, np.where(flip, -v, v)
 
 
-def cms_estimate(j, signs, candidates, *, epsilon, m: int, h: int, hash_seed: int = 0) -> np.ndarray:
+def cms_collision_matrix(candidates, *, m: int, h: int, hash_seed: int = 0) -> np.ndarray:
+    r""":math:`C[d, e] = \frac1h \sum_j \mathbf 1\{h_j(d) = h_j(e)\}` for the public hash family.
+
+    The sketch's readout at :math:`d` has expectation :math:`\sum_e C[d, e]\, n_e`.
+    """
+    a, b = _hashes(check_int("h", h), hash_seed)
+    cand = np.asarray(candidates, dtype=np.int64)
+    buckets = ((a[:, None] * cand[None, :] + b[:, None]) % _PRIME) % check_int("m", m)
+    return (buckets[:, :, None] == buckets[:, None, :]).mean(axis=0)
+
+
+def cms_estimate(j, signs, candidates, *, epsilon, m: int, h: int, hash_seed: int = 0,
+                 debias: str = "apple") -> np.ndarray:
     r"""Count-mean sketch, server side: estimated counts of each candidate value.
 
     With :math:`c_\varepsilon = (e^{\varepsilon/2}+1)/(e^{\varepsilon/2}-1)`,
     :math:`x = h (c_\varepsilon \tilde v/2 + 1/2)` is added to row :math:`j` of the
-    sketch :math:`M`, and
-    :math:`\hat f(d) = \frac{m}{m-1}\big(\frac1h \sum_{j} M_{j, h_j(d)} - \frac nm\big)`.
+    sketch :math:`M`; the readout :math:`R_d = \frac1h \sum_{j} M_{j, h_j(d)}` has
+    expectation :math:`\sum_e C[d, e]\, n_e` (:func:`cms_collision_matrix`).
+
+    ``debias="apple"`` (Apple 2017):
+    :math:`\hat f(d) = \frac{m}{m-1}\big(R_d - \frac nm\big)`, which assumes every pair
+    of values collides with probability :math:`1/m`: true on average over a *random* hash
+    family, not for the fixed public one, so it is biased (by about
+    :math:`-(n - n_d)/(m-1)` when the candidates rarely collide).
+    ``debias="exact"``: solve :math:`C \hat n = R` over the candidates, unbiased when
+    every value is a candidate and :math:`C` is invertible.
     """
     eps = check_epsilon(epsilon)
     c_eps = (math.exp(eps / 2) + 1) / (math.exp(eps / 2) - 1)
@@ -197,7 +218,13 @@ def cms_estimate(j, signs, candidates, *, epsilon, m: int, h: int, hash_seed: in
     cand = np.asarray(candidates, dtype=np.int64)
     rows = np.arange(h)[:, None]
     buckets = ((a[:, None] * cand[None, :] + b[:, None]) % _PRIME) % m        # (h, candidates)
-    return m / (m - 1) * (sketch[rows, buckets].mean(axis=0) - n / m)
+    readout = sketch[rows, buckets].mean(axis=0)
+    if debias == "apple":
+        return m / (m - 1) * (readout - n / m)
+    if debias == "exact":
+        return np.linalg.solve(cms_collision_matrix(cand, m=m, h=h, hash_seed=hash_seed),
+                               readout)
+    raise ValueError(f"debias must be 'apple' or 'exact', got {debias!r}")
 
 
 # ---------------------------------------------------------------- closed-form variances
@@ -216,8 +243,19 @@ def frequency_variance(*, p: float, q: float, n: int, f: float = 0.0) -> float:
     return q * (1 - q) / (n * (p - q) ** 2) + f * (1 - p - q) / (n * (p - q))
 
 
-def central_laplace_frequency_variance(*, epsilon, n: int) -> float:
-    r"""Central DP baseline: a histogram with :math:`\mathrm{Lap}(1/\varepsilon)` per count
-    (add/remove, L1 sensitivity 1), divided by :math:`n`: variance :math:`2/(\varepsilon n)^2`."""
+def central_laplace_frequency_variance(*, epsilon, n: int, relation: str = "add/remove") -> float:
+    r"""Central DP baseline: a histogram with Laplace noise per count, divided by :math:`n`.
+
+    ``relation="add/remove"``: L1 sensitivity 1, :math:`\mathrm{Lap}(1/\varepsilon)`,
+    variance :math:`2/(\varepsilon n)^2`. ``"replace-one"`` (like for like with local DP,
+    whose reports protect any change of a value): one count -1 and another +1, L1
+    sensitivity 2, :math:`\mathrm{Lap}(2/\varepsilon)`, variance :math:`8/(\varepsilon n)^2`.
+
+    >>> central_laplace_frequency_variance(epsilon=1.0, n=10, relation="replace-one")
+    0.08
+    """
     eps, n = check_epsilon(epsilon), check_int("n", n)
-    return 2 / (eps * n) ** 2
+    if relation not in ("add/remove", "replace-one"):
+        raise ValueError(f"relation must be 'add/remove' or 'replace-one', got {relation!r}")
+    sens = 1.0 if relation == "add/remove" else 2.0
+    return 2 * sens**2 / (eps * n) ** 2

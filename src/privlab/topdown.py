@@ -5,12 +5,14 @@ holds, at every node, a histogram of persons over a few cells (say, ethnicity).
 TopDown (Abowd et al. 2022) releases it in two phases:
 
 1. **Measurement.** Every cell of every node at every level gets discrete Gaussian noise
-   :math:`\mathcal N_{\mathbb Z}(0, \sigma_\ell^2)`. One person is in one cell of one node
-   per level, so each level is a histogram of L2 sensitivity 1 under add/remove and costs
-   :math:`\rho_\ell = 1/(2\sigma_\ell^2)` zCDP; the levels compose to
-   :math:`\rho = \sum_\ell \rho_\ell` (Canonne, Kamath, Steinke 2020). The national total is an
-   *invariant*: published exactly, outside the DP guarantee, as the Bureau did for state
-   populations.
+   :math:`\mathcal N_{\mathbb Z}(0, \sigma_\ell^2)`. The national total is an *invariant*,
+   published exactly (as the Bureau did for state populations). Add/remove neighbours have
+   different totals, so the exact total distinguishes them: the guarantee holds only for
+   neighbours that keep the invariant, **replace-one** (privacy unit: one person's record
+   changed, the total fixed). One person is in one cell of one node per level, and replacing
+   the record moves one cell by -1 and one by +1: L2 sensitivity :math:`\sqrt 2` per level,
+   so a level with :math:`\rho_\ell = 1/(2\sigma_\ell^2)` costs :math:`2\rho_\ell` zCDP and the
+   levels compose to :math:`\rho = 2\sum_\ell \rho_\ell` (Canonne, Kamath, Steinke 2020).
 2. **Post-processing, top down.** At the nation, the noisy histogram is projected (least squares)
    onto non-negative vectors summing to the invariant total, then rounded to integers keeping
    the sum. At each lower level, for every parent and every cell, the children's noisy counts are
@@ -115,9 +117,10 @@ def topdown(h: Hierarchy, *, rho_per_level, rng: np.random.Generator) -> tuple[l
 
     Args:
         h: the true hierarchy.
-        rho_per_level: :math:`\rho_\ell` for each level (nation first); the release is
-            :math:`\sum_\ell \rho_\ell`-zCDP under add/remove of one person, with the national
-            total invariant.
+        rho_per_level: :math:`\rho_\ell = 1/(2\sigma_\ell^2)` for each level (nation first);
+            the release is :math:`2\sum_\ell \rho_\ell`-zCDP under replace-one of one person
+            (L2 sensitivity :math:`\sqrt 2` per level), with the national total invariant;
+            no finite epsilon under add/remove, whose neighbours differ in the total.
         rng: the source of randomness.
 
     Returns:
@@ -132,7 +135,8 @@ def topdown(h: Hierarchy, *, rho_per_level, rng: np.random.Generator) -> tuple[l
     for counts, rho in zip(h.counts, rhos):
         sigma2 = Fraction(1, 1) / (2 * Fraction(rho).limit_denominator(10**6))
         noisy.append(counts + sample_discrete_gaussian(sigma2, rng=rng, size=counts.shape))
-    total = int(h.counts[0].sum())                                  # the invariant
+    # the invariant: exact, so only replace-one neighbours (equal totals) are protected
+    total = int(h.counts[0].sum())
     released = [round_keeping_sum(project_to_simplex(noisy[0][0], total=total), total=total)[None, :]]
     for level in range(1, len(h.counts)):
         out = np.zeros_like(noisy[level])

@@ -360,6 +360,11 @@ _SVT_PAIRS = ((np.array([0.0, 1.0]), np.array([1.0, 0.0])),
               (np.r_[np.ones(10), np.zeros(10)], np.r_[np.zeros(10), np.ones(10)]))
 
 
+# the pairs move two queries in opposite directions, which counts under add/remove cannot:
+# the general-query SVT (monotonic=False, query noise Lap(2c Delta/eps2), Lyu et al. Alg. 1)
+_SVT_UNIT = "record (queries each move by <= 1, in any direction)"
+
+
 def _svt_draw(fn):
     return lambda q, n, rng: fn(q, threshold=0.0, c=1, epsilon=1.0, sensitivity=1.0, rng=rng, size=n)
 
@@ -371,11 +376,11 @@ register(Release(
     name="permute-and-flip", relation="add/remove", epsilon=1.0, delta=0.0, pairs=_SELECT_PAIR,
     draw=lambda q, n, rng: permute_and_flip(q, epsilon=1.0, sensitivity=1.0, rng=rng, monotonic=True, size=n)))
 register(Release(
-    name="sparse vector", relation="add/remove", epsilon=1.0, delta=0.0, unit="record (queries move by <= 1)",
+    name="sparse vector", relation="add/remove", epsilon=1.0, delta=0.0, unit=_SVT_UNIT,
     pairs=_SVT_PAIRS[:1], statistics=(_svt_pattern,), draw=_svt_draw(sparse_vector_mechanism)))
 register(Release(
     name="sparse vector, 20 queries", relation="add/remove", epsilon=1.0, delta=0.0,
-    unit="record (queries move by <= 1)", pairs=_SVT_PAIRS[1:], statistics=(_svt_half_difference,),
+    unit=_SVT_UNIT, pairs=_SVT_PAIRS[1:], statistics=(_svt_half_difference,),
     draw=_svt_draw(sparse_vector_mechanism)))
 register(Release(
     name="k-ary randomized response", relation="replace-one", epsilon=1.0, delta=0.0, unit="person's value",
@@ -412,12 +417,12 @@ register(Release(
     check=_two_odometers(lambda p: StaleLedgerOdometer(total_epsilon=1.0, ledger=p))))
 register(Release(
     name="SVT, threshold noise only", relation="add/remove", epsilon=1.0, delta=0.0,
-    unit="record (queries move by <= 1)", pairs=_SVT_PAIRS[:1], statistics=(_svt_pattern,),
+    unit=_SVT_UNIT, pairs=_SVT_PAIRS[:1], statistics=(_svt_pattern,),
     twin_of="sparse vector", bug="Lyu, Su, Li 2017 Alg. 5 (Stoddard et al. 2014): no noise on the queries",
     draw=_svt_draw(broken_svt_threshold_noise_only)))
 register(Release(
     name="SVT, query noise not scaled by c", relation="add/remove", epsilon=1.0, delta=0.0,
-    unit="record (queries move by <= 1)", pairs=_SVT_PAIRS[1:], statistics=(_svt_half_difference,),
+    unit=_SVT_UNIT, pairs=_SVT_PAIRS[1:], statistics=(_svt_half_difference,),
     twin_of="sparse vector, 20 queries",
     bug="Lyu, Su, Li 2017 Alg. 6 (Chen et al. 2015): query noise Lap(2/eps), no cutoff",
     draw=_svt_draw(broken_svt_unscaled_query_noise)))

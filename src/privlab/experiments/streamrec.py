@@ -564,7 +564,8 @@ def run_sweep(scale: str | Scale | None = None, *, epsilons: Sequence[float] = (
     Keys: ``configuration``, ``privacy_unit``, ``public_proxy`` (:func:`choose_clip_norm`),
     ``data``, ``baselines`` (Recall@20 and NDCG@20 of random scores and of the oracle),
     ``runs`` (one record per epsilon), ``studies`` (``batch_size``, ``clip_norm``,
-    ``clipping_only``, ``seed_replicates``, ``user_level``, ``accounting``), ``privacy_over_time``
+    ``clipping_only``, ``seed_replicates``, ``user_level``, ``accounting``, ``non_private``: a
+    non-private run at the studies' epochs, the sweep's own when they match), ``privacy_over_time``
     (:func:`privacy_over_time`), ``selection`` (:func:`selection_cost`), ``threshold``
     (rows of :func:`threshold_table`, if ``inf`` is swept), ``timing``, ``machine``, ``versions``, ``commit``.
     """
@@ -673,6 +674,9 @@ def _run_sweep(scale, *, epsilons, seed, studies, progress, device, profile) -> 
         large = next(r for r in clip if r["max_grad_norm"] == c_pub)
         s_prof = replace(prof, epochs=prof.study_epochs or prof.epochs)
         small = run_one(data, epsilon=e_s, batch_size=prof.small_batch_size, **{**kw, "profile": s_prof})
+        # the studies' own non-private baseline, at the studies' epochs (the sweep's when they match)
+        np_sweep = next((r for r in runs if math.isinf(r["epsilon_target"]) and r["epochs"] == s_prof.epochs), None)
+        np_study = np_sweep or run_one(data, epsilon=math.inf, **{**kw, "profile": s_prof})
         reps = [run_one(data, epsilon=e_s, **{**kw, "seed": s})
                 for s in spawn_seeds(seed, prof.seed_replicates)] if prof.seed_replicates else []  # fmt: skip
         t_u = time.perf_counter()
@@ -686,12 +690,15 @@ def _run_sweep(scale, *, epsilons, seed, studies, progress, device, profile) -> 
         example_runs = {id(r): r for r in [*runs, *clip, small, *reps]}.values()
         out["studies"] = {"batch_size": [small, large], "clip_norm": clip, "clipping_only": only,
                           "seed_replicates": [base, *reps], "user_level": user, "accounting": acc,
+                          "non_private": np_study,
                           "seconds": time.perf_counter() - t2,
                           "seconds_by_study": {"batch_size": small["wall_seconds"],
                                                "clip_norm": sum(r["wall_seconds"] for r in clip if r is not base),
                                                "clipping_only": sum(r["wall_seconds"] for r in only),
                                                "seed_replicates": sum(r["wall_seconds"] for r in reps),
-                                               "user_level": user_seconds}}  # fmt: skip
+                                               "user_level": user_seconds,
+                                               "non_private": 0.0 if np_sweep else np_study["wall_seconds"],
+                                               }}  # fmt: skip
         out["privacy_over_time"] = {"example_level": privacy_over_time(base, rows=power_rows),
                                     "user_level": privacy_over_time(user)}  # fmt: skip
         out["selection"] = selection_cost([r for r in example_runs if not math.isinf(r["epsilon_pld"])], delta=delta)

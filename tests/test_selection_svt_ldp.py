@@ -163,7 +163,8 @@ def test_exact_permute_and_flip_gain_is_at_most_a_factor_of_two():
     q = np.array([20.0, 19.0, 19.0, 15.0, 3.0])
     for eps in [0.1, 1.0, 3.0]:
         short = {nz: q.max() - selection.selection_probabilities(
-            q, epsilon=eps, sensitivity=1.0, noise=nz) @ q for nz in ["gumbel", "exponential"]}
+            q, epsilon=eps, sensitivity=1.0, noise=nz) @ q
+            for nz in ["gumbel", "exponential"]}
         gain = 1 - short["exponential"] / short["gumbel"]
         assert -1e-8 <= gain <= 0.5 + 1e-6, (eps, gain)
 
@@ -173,19 +174,23 @@ def test_count_mean_sketch_exact_debiasing_removes_the_fixed_hash_bias():
     truth = np.full(10, 2_000.0)
     C = local_dp.cms_collision_matrix(np.arange(10), m=64, h=8)
     assert np.allclose(np.diag(C), 1.0)
-    # Apple's correction in expectation: biased by -(n - n_d)/(m - 1) when nothing collides
+    # Apple's correction in expectation: bias -(n - n_d)/(m - 1) when nothing collides
     apple_mean = 64 / 63 * (C @ truth - truth.sum() / 64)
     assert np.all(apple_mean < truth - 100), apple_mean
-    est = np.mean([local_dp.cms_estimate(*local_dp.cms_client(values, epsilon=4.0, m=64, h=8,
-                                                                 rng=make_rng(s)),
-                                         np.arange(10), epsilon=4.0, m=64, h=8, debias="exact")
-                   for s in range(5)], axis=0)
-    # per-value sd of one run 37-70 (10 seeds); mean of 5 runs: sd <= 32, so 200 allows 6 sd
+    runs = []
+    for s in range(5):
+        j, signs = local_dp.cms_client(values, epsilon=4.0, m=64, h=8, rng=make_rng(s))
+        runs.append(local_dp.cms_estimate(j, signs, np.arange(10), epsilon=4.0, m=64,
+                                          h=8,
+                                          debias="exact"))
+    est = np.mean(runs, axis=0)
+    # per-value sd of one run 37-70 (10 seeds); mean of 5 runs: sd <= 32: 200 is 6 sd
     # (and fails on Apple's debiasing, whose bias here is below -100)
     assert np.all(np.abs(est - truth) < 200), est
 
 
 def test_central_replace_one_has_four_times_the_add_remove_variance():
     ar = local_dp.central_laplace_frequency_variance(epsilon=1.0, n=100)
-    ro = local_dp.central_laplace_frequency_variance(epsilon=1.0, n=100, relation="replace-one")
+    ro = local_dp.central_laplace_frequency_variance(epsilon=1.0, n=100,
+                                                     relation="replace-one")
     assert math.isclose(ro, 4 * ar)

@@ -103,13 +103,14 @@ def binary_tree_counts(x, *, epsilon, rng: np.random.Generator) -> np.ndarray:
 def tree_prefix_noise(T: int, *, std, rng: np.random.Generator, dim: int = 1) -> np.ndarray:
     r"""Gaussian tree noise for DP-FTRL: row :math:`t` is the noise of the prefix :math:`[0, t]`.
 
-    Each node draws :math:`\mathcal N(0, \sigma^2 I_{dim})`; the prefix noise is the sum of at
-    most :math:`L` nodes. With per-step contributions clipped to norm :math:`C` and
-    :math:`\sigma = z C`, one example seen once, added or removed (add/remove), changes
-    :math:`L` nodes by at most :math:`C` each: the release is the Gaussian mechanism with L2
-    sensitivity :math:`\sqrt L C` (zCDP :math:`\rho = L/(2 z^2)`; Kairouz et al. 2021,
-    section 4). Under replace-one (one example's gradient replaced by another) each node moves
-    by up to :math:`2C`: L2 sensitivity :math:`2C\sqrt L`, :math:`\rho = 2L/z^2`.
+    Each node draws :math:`\mathcal N(0, \sigma^2 I_{dim})`; the prefix noise is the sum
+    of at most :math:`L` nodes. With per-step contributions clipped to norm :math:`C`
+    and :math:`\sigma = z C`, one example seen once, added or removed (add/remove),
+    changes :math:`L` nodes by at most :math:`C` each: the release is the Gaussian
+    mechanism with L2 sensitivity :math:`\sqrt L C` (zCDP :math:`\rho = L/(2 z^2)`;
+    Kairouz et al. 2021, section 4). Under replace-one (one example's gradient replaced
+    by another) each node moves by up to :math:`2C`: L2 sensitivity :math:`2C\sqrt L`,
+    :math:`\rho = 2L/z^2`.
 
     Returns:
         An array of shape ``(T, dim)``.

@@ -54,7 +54,8 @@ from privlab._validate import check_array, check_epsilon, check_int, check_rng
 __all__ = [
     "grr_probabilities", "grr_perturb", "grr_estimate",
     "unary_probabilities", "unary_perturb", "unary_estimate",
-    "cms_client", "cms_estimate", "cms_collision_matrix", "frequency_variance", "central_laplace_frequency_variance",
+    "cms_client", "cms_estimate", "cms_collision_matrix",
+    "frequency_variance", "central_laplace_frequency_variance",
 ]  # fmt: skip
 
 
@@ -180,8 +181,9 @@ def cms_client(values, *, epsilon, m: int, h: int, rng: np.random.Generator, has
     return j, np.where(flip, -v, v)
 
 
-def cms_collision_matrix(candidates, *, m: int, h: int, hash_seed: int = 0) -> np.ndarray:
-    r""":math:`C[d, e] = \frac1h \sum_j \mathbf 1\{h_j(d) = h_j(e)\}` for the public hash family.
+def cms_collision_matrix(candidates, *, m: int, h: int,
+                         hash_seed: int = 0) -> np.ndarray:
+    r""":math:`C[d, e] = \frac1h \sum_j \mathbf 1\{h_j(d) = h_j(e)\}` (public hashes).
 
     The sketch's readout at :math:`d` has expectation :math:`\sum_e C[d, e]\, n_e`.
     """
@@ -202,11 +204,11 @@ def cms_estimate(j, signs, candidates, *, epsilon, m: int, h: int, hash_seed: in
 
     ``debias="apple"`` (Apple 2017):
     :math:`\hat f(d) = \frac{m}{m-1}\big(R_d - \frac nm\big)`, which assumes every pair
-    of values collides with probability :math:`1/m`: true on average over a *random* hash
-    family, not for the fixed public one, so it is biased (by about
-    :math:`-(n - n_d)/(m-1)` when the candidates rarely collide).
-    ``debias="exact"``: solve :math:`C \hat n = R` over the candidates, unbiased when
-    every value is a candidate and :math:`C` is invertible.
+    of values collides with probability :math:`1/m`: true on average over a *random*
+    hash family, not for the fixed public one, so it is biased (by about :math:`-(n -
+    n_d)/(m-1)` when the candidates rarely collide). ``debias="exact"``: solve :math:`C
+    \hat n = R` over the candidates, unbiased when every value is a candidate and
+    :math:`C` is invertible.
     """
     eps = check_epsilon(epsilon)
     c_eps = (math.exp(eps / 2) + 1) / (math.exp(eps / 2) - 1)
@@ -222,8 +224,8 @@ def cms_estimate(j, signs, candidates, *, epsilon, m: int, h: int, hash_seed: in
     if debias == "apple":
         return m / (m - 1) * (readout - n / m)
     if debias == "exact":
-        return np.linalg.solve(cms_collision_matrix(cand, m=m, h=h, hash_seed=hash_seed),
-                               readout)
+        C = cms_collision_matrix(cand, m=m, h=h, hash_seed=hash_seed)
+        return np.linalg.solve(C, readout)
     raise ValueError(f"debias must be 'apple' or 'exact', got {debias!r}")
 
 
@@ -243,19 +245,22 @@ def frequency_variance(*, p: float, q: float, n: int, f: float = 0.0) -> float:
     return q * (1 - q) / (n * (p - q) ** 2) + f * (1 - p - q) / (n * (p - q))
 
 
-def central_laplace_frequency_variance(*, epsilon, n: int, relation: str = "add/remove") -> float:
-    r"""Central DP baseline: a histogram with Laplace noise per count, divided by :math:`n`.
+def central_laplace_frequency_variance(*, epsilon, n: int,
+                                       relation: str = "add/remove") -> float:
+    r"""Central DP baseline: a histogram with Laplace noise per count, over :math:`n`.
 
     ``relation="add/remove"``: L1 sensitivity 1, :math:`\mathrm{Lap}(1/\varepsilon)`,
-    variance :math:`2/(\varepsilon n)^2`. ``"replace-one"`` (like for like with local DP,
-    whose reports protect any change of a value): one count -1 and another +1, L1
-    sensitivity 2, :math:`\mathrm{Lap}(2/\varepsilon)`, variance :math:`8/(\varepsilon n)^2`.
+    variance :math:`2/(\varepsilon n)^2`. ``"replace-one"`` (like for like with local
+    DP, whose reports protect any change of a value): one count -1 and another +1, L1
+    sensitivity 2, :math:`\mathrm{Lap}(2/\varepsilon)`, variance :math:`8/(\varepsilon
+    n)^2`.
 
     >>> central_laplace_frequency_variance(epsilon=1.0, n=10, relation="replace-one")
     0.08
     """
     eps, n = check_epsilon(epsilon), check_int("n", n)
     if relation not in ("add/remove", "replace-one"):
-        raise ValueError(f"relation must be 'add/remove' or 'replace-one', got {relation!r}")
+        raise ValueError(
+            f"relation must be 'add/remove' or 'replace-one', got {relation!r}")
     sens = 1.0 if relation == "add/remove" else 2.0
     return 2 * sens**2 / (eps * n) ** 2

@@ -145,13 +145,14 @@ def sample_and_aggregate(data, statistic, *, blocks: int, lower, upper, epsilon,
     one record changes one block's clipped value by at most :math:`b - a`, so the mean moves by
     :math:`(b-a)/m`. :math:`\varepsilon`-DP under add/remove or replace-one.
 
-    The blocks are a uniformly random balanced partition (``permutation(n) % m``: sizes differ
-    by at most one), so adding a record reshuffles them; the coupling still works because the
-    released mean is symmetric in the block labels. Replace-one: use the same permutation for
-    both data sets; only the changed record's block differs. Add/remove: a uniform balanced
-    partition of :math:`D` with the new record added to a uniformly chosen *smallest* block is
-    a uniform balanced partition of :math:`D'` (up to labels: each partition of :math:`D'`
-    arises from exactly one of :math:`D` and one choice of block), and again one block differs.
+    The blocks are a uniformly random balanced partition (``permutation(n) % m``: sizes
+    differ by at most one), so adding a record reshuffles them; the coupling still works
+    because the released mean is symmetric in the block labels. Replace-one: use the
+    same permutation for both data sets; only the changed record's block differs.
+    Add/remove: a uniform balanced partition of :math:`D` with the new record added to a
+    uniformly chosen *smallest* block is a uniform balanced partition of :math:`D'` (up
+    to labels: each partition of :math:`D'` arises from exactly one of :math:`D` and one
+    choice of block), and again one block differs.
 
     Args:
         data: an array (or DataFrame) whose rows are records.

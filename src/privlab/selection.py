@@ -168,15 +168,16 @@ def selection_probabilities(scores, *, epsilon, sensitivity, noise="exponential"
     (:func:`scipy.integrate.quad_vec`) with breakpoints at the scores, where the
     integrand has kinks. No sampling: use it to judge a simulation.
 
-    >>> p = selection_probabilities([1.0, 0.0], epsilon=1.0, sensitivity=1.0, monotonic=True)
+    >>> p = selection_probabilities([1.0, 0.0], epsilon=1.0, sensitivity=1.0,
+    ...                             monotonic=True)
     >>> bool(abs(p.sum() - 1) < 1e-8), bool(p[0] > p[1])
     (True, True)
     """
     from scipy import integrate
 
     q = _scores(scores)
-    b = (1.0 if monotonic else 2.0) * check_positive("sensitivity", sensitivity) / check_epsilon(
-        epsilon)
+    delta_q = check_positive("sensitivity", sensitivity)
+    b = (1.0 if monotonic else 2.0) * delta_q / check_epsilon(epsilon)
     if noise == "gumbel":
         z = (q - q.max()) / b
         return np.exp(z) / np.exp(z).sum()
@@ -199,9 +200,10 @@ def selection_probabilities(scores, *, epsilon, sensitivity, noise="exponential"
         def log_pdf(x):
             return -np.abs(x - q) / b - np.log(2 * b)
     else:
-        raise ValueError(f"noise must be 'laplace', 'gumbel' or 'exponential', got {noise!r}")
+        raise ValueError(
+            f"noise must be 'laplace', 'gumbel' or 'exponential', got {noise!r}")
 
-    def integrand(x):                    # the k densities of "r wins with noisy score x"
+    def integrand(x):          # the k densities of "r wins with noisy score x"
         lc = log_cdf(x)
         dead = np.isneginf(lc)
         n_dead, finite_sum = dead.sum(), np.where(dead, 0.0, lc).sum()

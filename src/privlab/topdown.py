@@ -5,14 +5,15 @@ holds, at every node, a histogram of persons over a few cells (say, ethnicity).
 TopDown (Abowd et al. 2022) releases it in two phases:
 
 1. **Measurement.** Every cell of every node at every level gets discrete Gaussian noise
-   :math:`\mathcal N_{\mathbb Z}(0, \sigma_\ell^2)`. The national total is an *invariant*,
-   published exactly (as the Bureau did for state populations). Add/remove neighbours have
-   different totals, so the exact total distinguishes them: the guarantee holds only for
-   neighbours that keep the invariant, **replace-one** (privacy unit: one person's record
-   changed, the total fixed). One person is in one cell of one node per level, and replacing
-   the record moves one cell by -1 and one by +1: L2 sensitivity :math:`\sqrt 2` per level,
-   so a level with :math:`\rho_\ell = 1/(2\sigma_\ell^2)` costs :math:`2\rho_\ell` zCDP and the
-   levels compose to :math:`\rho = 2\sum_\ell \rho_\ell` (Canonne, Kamath, Steinke 2020).
+   :math:`\mathcal N_{\mathbb Z}(0, \sigma_\ell^2)`. The national total is an
+   *invariant*, published exactly (as the Bureau did for state populations). Add/remove
+   neighbours have different totals, so the exact total distinguishes them: the
+   guarantee holds only for neighbours that keep the invariant, **replace-one** (privacy
+   unit: one person's record changed, the total fixed). One person is in one cell of one
+   node per level, and replacing the record moves one cell by -1 and one by +1: L2
+   sensitivity :math:`\sqrt 2` per level, so a level with :math:`\rho_\ell =
+   1/(2\sigma_\ell^2)` costs :math:`2\rho_\ell` zCDP and the levels compose to
+   :math:`\rho = 2\sum_\ell \rho_\ell` (Canonne, Kamath, Steinke 2020).
 2. **Post-processing, top down.** At the nation, the noisy histogram is projected (least squares)
    onto non-negative vectors summing to the invariant total, then rounded to integers keeping
    the sum. At each lower level, for every parent and every cell, the children's noisy counts are
@@ -117,10 +118,11 @@ def topdown(h: Hierarchy, *, rho_per_level, rng: np.random.Generator) -> tuple[l
 
     Args:
         h: the true hierarchy.
-        rho_per_level: :math:`\rho_\ell = 1/(2\sigma_\ell^2)` for each level (nation first);
-            the release is :math:`2\sum_\ell \rho_\ell`-zCDP under replace-one of one person
-            (L2 sensitivity :math:`\sqrt 2` per level), with the national total invariant;
-            no finite epsilon under add/remove, whose neighbours differ in the total.
+        rho_per_level: :math:`\rho_\ell = 1/(2\sigma_\ell^2)` for each level (nation
+            first); the release is :math:`2\sum_\ell \rho_\ell`-zCDP under replace-one of
+            one person (L2 sensitivity :math:`\sqrt 2` per level), with the national total
+            invariant; no finite epsilon under add/remove, whose neighbours differ in
+            the total.
         rng: the source of randomness.
 
     Returns:

@@ -101,3 +101,26 @@ def test_invalid_config_raises(field, value):
     except TypeError:
         return
     pytest.fail(f"accepted {field}={value!r}: {ok}")
+
+
+def test_records_report_fraction_clipped_and_training_loss(dtype=torch.float64):
+    """Published mode, one epoch: every training point is seen once, so with a learning
+    rate of 1e-12 the last-epoch loss is the initial model's mean cross-entropy."""
+    from privlab.experiments.privacy_cliff import init_params
+
+    cfg = CliffConfig(
+        epochs=1, lr=1e-12, sigmas=(0.0,), clip_norms=(1e-6, 1e6), seeds=(42,),
+        dtype=dtype,
+    )
+    recs = run_sweep(DATA, cfg).records
+    by_c = {r["C"]: r for r in recs if r["private"]}
+    assert by_c[1e-6]["fraction_clipped"] == 1.0
+    assert by_c[1e6]["fraction_clipped"] == 0.0
+    base = next(r for r in recs if not r["private"])
+    assert math.isnan(base["fraction_clipped"])
+    d = DATA.X_train.shape[1]
+    (W1, b1, W2, b2), _ = init_params(42, d, cfg.hidden, 5, dtype=dtype)
+    z = (DATA.X_train.to(dtype) @ W1.T + b1).clamp_min(0) @ W2.T + b2
+    expected = float(torch.nn.functional.cross_entropy(z, DATA.y_train))
+    for r in recs:
+        assert r["train_loss"] == pytest.approx(expected, rel=1e-9)

@@ -320,7 +320,10 @@ def _run_sweep(data: CliffData, cfg: CliffConfig, keep_params: bool) -> SweepRes
     onehot_all = torch.nn.functional.one_hot(y, K).to(dt)
     xsq_all = (X * X).sum(1)
     steps = 0
-    for _ in range(cfg.epochs):
+    # diagnostics: share of sampled examples clipped (all steps), mean loss in the
+    # last epoch
+    clipped, seen, loss_sum, loss_n = torch.zeros(4, R, dtype=torch.float64)
+    for epoch in range(cfg.epochs):
         for batches in zip(*[iter(sm) for sm in samplers]):
             B = max(b.numel() for b in batches)
             idx = torch.zeros(len(batches), B, dtype=torch.int64)
@@ -337,6 +340,12 @@ def _run_sweep(data: CliffData, cfg: CliffConfig, keep_params: bool) -> SweepRes
             g1 = torch.bmm(g2, W2) * (pre > 0)
             norms = ((xsq + 1) * (g1 * g1).sum(-1) + ((h * h).sum(-1) + 1) * (g2 * g2).sum(-1)).sqrt()
             c = torch.where(private[:, None], C[:, None] / torch.maximum(norms, C[:, None]), 1.0) * mask
+            clipped += ((norms > C[:, None]).to(dt) * mask).sum(1).double()
+            seen += mask.sum(1).double()
+            if epoch == cfg.epochs - 1:  # cross-entropy of the batch, before its update
+                li = torch.logsumexp(z, -1) - (z * oh).sum(-1)
+                loss_sum += (li * mask).sum(1).double()
+                loss_n += mask.sum(1).double()
             cg1, cg2 = g1 * c.unsqueeze(-1), g2 * c.unsqueeze(-1)
             grads = [torch.bmm(cg1.transpose(1, 2), xb), cg1.sum(1), torch.bmm(cg2.transpose(1, 2), h), cg2.sum(1)]
             noise = [torch.randn(sum(sizes), generator=ng, dtype=dt) if any_noise[i] else torch.zeros(sum(sizes), dtype=dt)
@@ -358,8 +367,12 @@ def _run_sweep(data: CliffData, cfg: CliffConfig, keep_params: bool) -> SweepRes
         {"task": data.name, "mode": cfg.mode, "seed": seed, "sigma": float(s), "C": c, "private": c is not None,
          "accuracy": float(a), "epsilon": eps_cache[s][0] if c is not None else math.inf,
          "accountant": eps_cache[s][1] if c is not None else "none", "steps": steps,
-         "sample_rate": q, "delta": cfg.delta}
-        for (seed, s, c), a in zip(runs, acc))
+         "sample_rate": q, "delta": cfg.delta,
+         "fraction_clipped": (
+             float(clipped[r] / seen[r])
+             if c is not None and seen[r] > 0 else math.nan),
+         "train_loss": float(loss_sum[r] / loss_n[r]) if loss_n[r] > 0 else math.nan}
+        for r, ((seed, s, c), a) in enumerate(zip(runs, acc)))
     params = (W1, b1, W2, b2) if keep_params else None
     return SweepResult(records, time.perf_counter() - start, cfg, data.name, params)
 

@@ -59,7 +59,9 @@ from privlab.discrete import (
 from privlab.dpsgd import DPOptimizer
 from privlab.federated.dp import ClientLevelDP
 from privlab.federated.fedavg import FedAvg
-from privlab.local_dp import grr_perturb
+from privlab import continual as _continual
+from privlab.local_dp import cms_client, grr_perturb, unary_perturb
+from privlab.local_sensitivity import smooth_median
 from privlab.selection import permute_and_flip, report_noisy_max
 from privlab.sparse_vector import broken_svt_threshold_noise_only, broken_svt_unscaled_query_noise
 from privlab.sparse_vector import sparse_vector as sparse_vector_mechanism
@@ -360,8 +362,9 @@ _SVT_PAIRS = ((np.array([0.0, 1.0]), np.array([1.0, 0.0])),
               (np.r_[np.ones(10), np.zeros(10)], np.r_[np.zeros(10), np.ones(10)]))
 
 
-# the pairs move two queries in opposite directions, which counts under add/remove cannot:
-# the general-query SVT (monotonic=False, query noise Lap(2c Delta/eps2), Lyu et al. Alg. 1)
+# the pairs move two queries in opposite directions, which counts under add/remove
+# cannot: the general-query SVT (monotonic=False, query noise Lap(2c Delta/eps2),
+# Lyu et al. Alg. 1)
 _SVT_UNIT = "record (queries each move by <= 1, in any direction)"
 
 
@@ -385,6 +388,44 @@ register(Release(
 register(Release(
     name="k-ary randomized response", relation="replace-one", epsilon=1.0, delta=0.0, unit="person's value",
     pairs=((0, 1),), draw=lambda v, n, rng: grr_perturb(np.full(n, v), k=4, epsilon=1.0, rng=rng)))
+for _kind in ("optimized", "symmetric"):
+    register(Release(
+        name=f"unary encoding ({_kind})", relation="replace-one", epsilon=1.0, delta=0.0,
+        unit="person's value", pairs=((0, 1),), samples={"smoke": 20_000, "book": 200_000},
+        draw=lambda v, n, rng, kind=_kind: unary_perturb(np.full(n, v), k=4, epsilon=1.0,
+                                                         rng=rng, kind=kind).astype(float)))
+
+
+def _cms_draw(v, n, rng):
+    """The count-mean sketch report: hash index and the m flipped signs, one row each."""
+    j, signs = cms_client(np.full(n, v), epsilon=1.0, m=8, h=2, rng=rng)
+    return np.column_stack([j, signs])
+
+
+register(Release(
+    name="count-mean sketch", relation="replace-one", epsilon=1.0, delta=0.0,
+    unit="person's value", pairs=((0, 1),), draw=_cms_draw))
+# smooth sensitivity: replace-one with n public; the pair moves the median by its local
+# sensitivity (5 -> 8)
+register(Release(
+    name="smooth-sensitivity median", relation="replace-one", epsilon=1.0, delta=1e-6,
+    pairs=((np.array([1.0, 2.0, 5.0, 8.0, 9.0]), np.array([1.0, 2.0, 8.0, 8.0, 9.0])),),
+    draw=lambda x, n, rng: smooth_median(x, upper=10.0, epsilon=1.0, delta=1e-6, rng=rng,
+                                         size=n)))
+
+
+def _stream_draw(fn):
+    """All T = 8 prefix sums of a 0/1 stream, n runs (the mechanism takes one stream)."""
+    return lambda x, n, rng: np.array([fn(x, epsilon=1.0, rng=rng) for _ in range(n)])
+
+
+_STREAM_PAIR = ((np.zeros(8), np.r_[np.zeros(3), 1.0, np.zeros(4)]),)   # one event changed
+for _name, _fn in (("noisy increments", _continual.noisy_increment_counts),
+                   ("binary tree counts", _continual.binary_tree_counts)):
+    register(Release(
+        name=_name, relation="replace-one", epsilon=1.0, delta=0.0,
+        unit="event of the stream (one x_t in {0, 1} changed)", pairs=_STREAM_PAIR,
+        samples={"smoke": 2_000, "book": 40_000}, draw=_stream_draw(_fn)))
 
 
 # ----- planted-broken twins ---------------------------------------------------------------------

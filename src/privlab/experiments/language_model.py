@@ -52,14 +52,15 @@ class LMScale:
     """Sizes of one scale of the experiment."""
 
     seq_len: int = 32
-    n_public: int = 600
+    n_public: int = 400
     n_private: int = 400
     n_users: int = 20
     n_embd: int = 32
     n_layer: int = 1
     n_head: int = 2
     pretrain_epochs: int = 2
-    finetune_epochs: int = 4
+    finetune_epochs: int = 8
+    canaries_per_repetition: int = 3
     batch_size: int = 32
     lr: float = 3e-3
     max_rows_per_user: int = 64
@@ -69,7 +70,7 @@ class LMScale:
 LM_SCALES = {
     "smoke": LMScale(),
     "book": LMScale(seq_len=48, n_public=4_000, n_private=2_000, n_users=40, n_embd=96, n_layer=2, n_head=4,
-                    pretrain_epochs=3, finetune_epochs=6, batch_size=64),
+                    pretrain_epochs=3, finetune_epochs=8, batch_size=64, canaries_per_repetition=4),
     # GPT-2 small's shape (124M parameters with a BPE vocabulary; far fewer with characters): a GPU run
     "paper": LMScale(seq_len=128, n_public=3_000, n_private=1_500, n_users=40, n_embd=768, n_layer=12,
                      n_head=12, pretrain_epochs=5, finetune_epochs=8, batch_size=256, lr=5e-4),
@@ -252,7 +253,9 @@ def default_runs(scale: str, epsilons=None) -> list[tuple[float, str, str]]:
     eps = list(epsilons) if epsilons is not None else ([1.0, 8.0] if scale == "smoke" else [1.0, 3.0, 8.0])
     eps = sorted({float(e) for e in eps} | {math.inf}, key=lambda e: (math.isinf(e), e))
     finite = [e for e in eps if math.isfinite(e)]
-    runs = [(e, "full", "example") for e in eps] + [(math.inf, "lora", "example")]
+    runs = [(e, "full", "example") for e in eps]
+    if scale != "smoke":
+        runs.append((math.inf, "lora", "example"))
     if finite:
         runs += [(finite[-1], "lora", "example"), (finite[-1], "full", "user")]
     return runs
@@ -268,7 +271,7 @@ def run(scale: str = "smoke", *, runs=None, seed: int = 0, progress: bool = True
     runs = default_runs(scale) if runs is None else runs
     rng = np.random.default_rng(seed)
     split = make_text_split(seq_len=s.seq_len, n_private=s.n_private, n_public=s.n_public, n_users=s.n_users,
-                            rng=rng)
+                            canaries_per_repetition=s.canaries_per_repetition, rng=rng)
     t0 = time.perf_counter()
     base = pretrain(split, s, seed=seed)
     results = {"scale": scale, "config": asdict(s), "corpus_fingerprint": split.fingerprint,

@@ -97,3 +97,16 @@ def test_cli_lm_help_has_an_example(capsys):
     with pytest.raises(SystemExit):
         main(["lm", "--help"])
     assert "privlab lm --scale smoke" in capsys.readouterr().out
+
+
+def test_write_results_writes_valid_json_and_the_figure(tmp_path):
+    import json
+
+    run = {"epsilon_target": math.inf, "method": "full", "unit": "example", "tpr_at_1pct_fpr": float("nan"),
+           "exposure": {"1": [1.0], "64": [12.0]}}
+    results = {"scale": "smoke", "runs": [run, {**run, "epsilon_target": 8.0}]}
+    path = lm.write_results(results, tmp_path / "out")
+    data = json.loads(path.read_text())          # strict JSON: no NaN or Infinity tokens
+    assert data["runs"][0]["epsilon_target"] == "inf" and data["runs"][1]["epsilon_target"] == 8.0
+    assert data["runs"][0]["tpr_at_1pct_fpr"] is None
+    assert (tmp_path / "out" / "exposure.png").stat().st_size > 0

@@ -288,8 +288,8 @@ def run(scale: str = "smoke", *, runs=None, seed: int = 0, progress: bool = True
 
 
 def write_results(results: dict, out_dir) -> "Path":
-    """``out_dir/results.json`` (infinite epsilons written as the string ``"inf"``) and ``exposure.png``."""
-    import json
+    """``out_dir/results.json`` (:func:`privlab.experiments.provenance.write_json`: infinite
+    epsilons as ``"inf"``) and ``out_dir/exposure.png``."""
     from pathlib import Path
 
     import matplotlib
@@ -297,25 +297,15 @@ def write_results(results: dict, out_dir) -> "Path":
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from privlab.experiments.provenance import write_json
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return "inf" if v > 0 else "-inf"
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    path = out / "results.json"
-    path.write_text(json.dumps(clean(results), indent=1))
+    path = write_json(results, out / "results.json")
     fig, ax = plt.subplots(figsize=(7, 4))
     for rec in results["runs"]:
         reps = sorted(rec["exposure"], key=int)
         eps = rec["epsilon_target"]
-        label = f"{rec['method']}, {rec['unit']}, eps={'inf' if math.isinf(eps) else eps:g}"
+        label = f"{rec['method']}, {rec['unit']}, eps={'inf' if math.isinf(eps) else f'{eps:g}'}"
         ax.plot([int(r) for r in reps], [np.mean(rec["exposure"][r]) for r in reps], marker="o", label=label)
     ax.set(xscale="log", xlabel="copies of the canary in the private data", ylabel="exposure (bits)",
            title="Canary exposure after fine-tuning")

@@ -338,7 +338,7 @@ def _two_odometers(make) -> Callable:
 
 
 register(Release(
-    name="odometer", relation="add/remove", epsilon=1.0, delta=0.0, unit="data set (budget)",
+    name="odometer", relation="add/remove", epsilon=1.0, delta=1e-6, unit="data set (budget)",
     check=_two_odometers(lambda p: PrivacyOdometer(total_epsilon=1.0, total_delta=1e-6, ledger=p))))
 
 
@@ -435,7 +435,7 @@ register(Release(
     twin_of="laplace count", bug="Laplace scale Delta/(2 eps): half the noise (true eps = 2)",
     draw=lambda c, n, rng: half_noise_laplace(np.full(n, float(c)), sensitivity=1.0, epsilon=1.0, rng=rng)))
 register(Release(
-    name="mean, private subgroup size", relation="add/remove", epsilon=1.0, delta=0.0,
+    name="mean, private subgroup size", relation="replace-one", epsilon=1.0, delta=0.0,
     pairs=(((np.zeros(3), [True, False, False]), (np.zeros(3), [True, True, False])),), twin_of="dp mean",
     bug="sensitivity (b - a)/n_g with n_g the private subgroup count (n_g = 1 vs 2, equal means)",
     draw=lambda d, n, rng: subgroup_mean(d[0], d[1], lower=0.0, upper=1.0, epsilon=1.0, rng=rng, size=n)))

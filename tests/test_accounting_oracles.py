@@ -24,7 +24,6 @@ from privlab.accounting import (
     advanced_composition,
     dpsgd_event,
     epsilon,
-    gaussian_delta,
     gaussian_epsilon,
     gaussian_rdp,
     laplace_rdp,
@@ -32,6 +31,7 @@ from privlab.accounting import (
     subsampled_gaussian_rdp,
     zcdp_to_epsilon,
 )
+from privlab.gaussian import gaussian_delta
 
 opacus_rdp = pytest.importorskip("opacus.accountants.analysis.rdp")
 from opacus.accountants import RDPAccountant as OpacusRDP  # noqa: E402
@@ -157,7 +157,7 @@ def test_pld_gaussian_composition_is_a_tight_upper_bound(sigma, k, delta):
 def test_pld_gaussian_delta_matches_the_analytic_profile():
     acc = PldAccountant().compose(GaussianEvent(1.0), count=4)
     for eps in (0.5, 2.0, 6.0):
-        exact = gaussian_delta(noise_multiplier=0.5, epsilon=eps)
+        exact = gaussian_delta(sigma=0.5, sensitivity=1.0, epsilon=eps)
         assert exact <= acc.get_delta(eps) <= exact * 1.02
 
 
@@ -215,4 +215,4 @@ def test_gaussian_delta_formula():
     # Balle and Wang 2018, Thm 8, written out
     s, e = 0.8, 1.3
     expected = special.ndtr(0.5 / s - e * s) - math.exp(e) * special.ndtr(-0.5 / s - e * s)
-    assert gaussian_delta(noise_multiplier=s, epsilon=e) == pytest.approx(expected, rel=1e-12)
+    assert gaussian_delta(sigma=s, sensitivity=1.0, epsilon=e) == pytest.approx(expected, rel=1e-12)

@@ -43,7 +43,6 @@ from .composition import (
     advanced_crossover,
     advanced_is_worse,
     basic_composition,
-    gaussian_delta,
     gaussian_epsilon,
 )
 from .events import (
@@ -78,7 +77,7 @@ __all__ = [
     "PrivacyEvent", "LaplaceEvent", "GaussianEvent", "EpsilonDeltaEvent", "PoissonSampledEvent",
     "ComposedEvent", "SelfComposedEvent", "dpsgd_event", "event_to_dict", "event_from_dict",
     "basic_composition", "advanced_composition", "advanced_is_worse", "advanced_crossover",
-    "gaussian_delta", "gaussian_epsilon",
+    "gaussian_epsilon",
     "DEFAULT_ORDERS", "gaussian_rdp", "laplace_rdp", "subsampled_gaussian_rdp", "rdp_to_epsilon",
     "rdp_to_delta", "zcdp_to_epsilon", "zcdp_to_delta",
 ]

@@ -41,6 +41,7 @@ import numpy as np
 from scipy import optimize, special
 
 from privlab._validate import check_delta, check_int, check_nonnegative, check_positive
+from privlab.gaussian import gaussian_delta
 
 from .base import Accountant, handles
 from .events import EpsilonDeltaEvent, GaussianEvent, LaplaceEvent, PoissonSampledEvent
@@ -52,44 +53,15 @@ __all__ = [
     "advanced_composition",
     "advanced_is_worse",
     "advanced_crossover",
-    "gaussian_delta",
     "gaussian_epsilon",
 ]
-
-
-def gaussian_delta(*, noise_multiplier: float, epsilon: float) -> float:
-    r"""Exact delta of the Gaussian mechanism at ``epsilon`` (its privacy profile).
-
-    .. math::
-        \delta(\varepsilon) = \Phi\!\left(\frac{1}{2\sigma} - \varepsilon\sigma\right)
-            - e^{\varepsilon}\,\Phi\!\left(-\frac{1}{2\sigma} - \varepsilon\sigma\right)
-
-    Args:
-        noise_multiplier: :math:`\sigma` (noise std over L2 sensitivity).
-        epsilon: :math:`\varepsilon \ge 0`.
-
-    Returns:
-        :math:`\delta(\varepsilon)`.
-
-    Reference: Balle and Wang 2018, Thm 8 (arXiv:1805.06530).
-
-    >>> round(gaussian_delta(noise_multiplier=1.0, epsilon=1.0), 4)
-    0.1269
-
-    Used in: chapters 2, 4.
-    """
-    s = check_positive("noise_multiplier", noise_multiplier)
-    e = check_nonnegative("epsilon", epsilon)
-    a = special.ndtr(0.5 / s - e * s)
-    # e^eps Phi(-x) computed as exp(eps + log Phi(-x)) so that it never overflows
-    b = math.exp(e + special.log_ndtr(-0.5 / s - e * s))
-    return max(0.0, float(a - b))
 
 
 def gaussian_epsilon(*, noise_multiplier: float, delta: float) -> float:
     r"""Smallest epsilon with :math:`\delta(\varepsilon) \le` ``delta`` for the Gaussian mechanism.
 
-    Inverts :func:`gaussian_delta` (monotone decreasing) by Brent's method, then
+    Inverts :func:`privlab.gaussian.gaussian_delta` (monotone decreasing, at
+    sensitivity 1 and :math:`\sigma` the noise multiplier) by Brent's method, then
     moves up until :math:`\delta(\varepsilon) \le` ``delta`` holds as computed, so the
     result is never below the root (an upper bound, within 1e-12 relative).
 
@@ -109,7 +81,12 @@ def gaussian_epsilon(*, noise_multiplier: float, delta: float) -> float:
     """
     s = check_positive("noise_multiplier", noise_multiplier)
     d = check_delta(delta)
-    f = lambda e: gaussian_delta(noise_multiplier=s, epsilon=e) - d  # noqa: E731
+    # at epsilon = 0 the profile is Phi(1/(2 sigma)) - Phi(-1/(2 sigma)) (gaussian_delta takes epsilon > 0)
+    delta_at_zero = float(special.ndtr(0.5 / s) - math.exp(special.log_ndtr(-0.5 / s)))
+
+    def f(e: float) -> float:
+        return (delta_at_zero if e == 0 else gaussian_delta(sigma=s, sensitivity=1.0, epsilon=e)) - d
+
     if f(0.0) <= 0:
         return 0.0
     hi = 1.0

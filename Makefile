@@ -51,10 +51,14 @@ notebooks: $(STAMP)
 	$(BIN)/python -m privlab.book --notebooks $(NBDIR)
 
 # `make test` = the pytest suite, then the rendered book in a real browser (check-book). pdf-deps:
-# poppler-utils, so tests/test_book_pdf.py checks the PDF checker.
+# poppler-utils, so tests/test_book_pdf.py checks the PDF checker. Each chapter runs once: the
+# privlab.nbcache plugin stores every chapter whose cells all passed under nbval in the smoke
+# book's jupyter-cache, and check-book's build renders those outputs (a chapter that failed, or
+# whose code changed since, is executed by the build itself).
 test: notebooks pdf-deps
-	PRIVLAB_SCALE=smoke $(BIN)/python -m pytest tests src/privlab $(NBDIR) --ignore=tests/browser \
-	    --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -q
+	PRIVLAB_SCALE=smoke PRIVLAB_NBVAL_CACHE=$(abspath $(BOOK_OUT))/smoke \
+	    $(BIN)/python -m pytest tests src/privlab $(NBDIR) --ignore=tests/browser \
+	    -p privlab.nbcache --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -q
 	$(MAKE) check-book
 
 lab: $(STAMP)

@@ -119,3 +119,58 @@ def test_smoke_then_book_build_shows_the_book_scale(tmp_path):
     after = (out / "book" / "html" / "chapters" / "99_scale.html").read_text(encoding="utf-8")
     note = before[before.index("privlab-provenance"):].split("</div>")[0]
     assert "Computed on" in note and note in after
+
+TOKEN_CHAPTER = """\
+---
+jupytext:
+  text_representation: {extension: .md, format_name: myst}
+kernelspec: {display_name: Python 3, language: python, name: python3}
+---
+
+# Token
+
+```{code-cell} ipython3
+:tags: [remove-cell]
+
+%s
+```
+
+```{code-cell} ipython3
+import os
+
+print("token:", os.environ.get("PRIVLAB_TOKEN"))
+```
+"""
+
+
+def test_nbval_outputs_serve_the_smoke_build_and_an_edit_misses(tmp_path, monkeypatch):
+    """nbval's run fills the smoke book's jupyter-cache (privlab.nbcache): each chapter runs once in
+    `make test`. The page shows the token of the nbval run, not of the build, with a provenance
+    record; after an edit of the chapter's code the cache misses and the build executes it."""
+    from privlab.book import INSTALL_CELL, to_notebooks
+
+    src = tiny_book(tmp_path)
+    chapter = src / "chapters" / "99_scale.md"
+    chapter.write_text(TOKEN_CHAPTER % INSTALL_CELL)
+    out = tmp_path / "out"
+    [notebook] = to_notebooks(tmp_path / "nb", root=src)
+    env = {**os.environ, "PRIVLAB_SCALE": "smoke", "PRIVLAB_TOKEN": "from-nbval",
+           "PRIVLAB_NBVAL_CACHE": str(out / "smoke"), "PRIVLAB_NBVAL_ROOT": str(src)}  # fmt: skip
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "privlab.nbcache", "-p", "no:cacheprovider",
+                          "--nbval-lax", "--nbval-current-env", "-q", str(notebook)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "privlab.nbcache: 1 of 1 notebooks stored" in run.stdout
+
+    monkeypatch.setenv("PRIVLAB_TOKEN", "from-build")
+    make_book(src, out, "smoke")
+    page = (out / "smoke" / "html" / "chapters" / "99_scale.html").read_text(encoding="utf-8")
+    assert "token: from-nbval" in page and "token: from-build" not in page
+    assert "Scale: smoke. Computed on" in page and "were not recorded" not in page
+    [record] = json.loads((out / "smoke" / "provenance.json").read_text())["chapters/99_scale"].values()
+    assert record["scale"] == "smoke" and record["runtime"] > 0
+
+    chapter.write_text(chapter.read_text() + '\n```{code-cell} ipython3\nprint("edited")\n```\n')
+    make_book(src, out, "smoke")
+    page = (out / "smoke" / "html" / "chapters" / "99_scale.html").read_text(encoding="utf-8")
+    assert "token: from-build" in page and "edited" in page

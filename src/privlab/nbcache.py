@@ -1,0 +1,136 @@
+"""Run every chapter once in ``make test``: nbval's outputs fill the smoke book's jupyter-cache.
+
+``make test`` executes every chapter under nbval at smoke scale, then builds the smoke-scale book
+and checks it in a browser. Without this pytest plugin the book build would execute every
+chapter a second time, with the same code at the same scale. With the plugin (``pytest -p
+privlab.nbcache``) and ``PRIVLAB_NBVAL_CACHE=<the scale's build folder>``, each chapter whose
+code cells **all passed** under nbval is stored in that folder's jupyter-cache exactly as
+myst-nb stores a notebook it executed itself, with a record in the folder's provenance ledger
+(scale, commit, machine, run time; see :mod:`privlab.book`). The book build then finds the
+chapter in its cache and renders nbval's outputs instead of running it again.
+
+Nothing is weakened: a chapter with a failed, skipped or errored cell is not stored (the build
+executes it, and the test run has failed anyway); a chapter whose code cells, as myst-nb reads
+them, differ from the ones nbval ran (an edit between the two steps) misses the cache, which is
+keyed on the code cells' source and metadata, and is executed by the build. The book-scale
+build has its own cache folder and never sees smoke outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections import defaultdict
+from pathlib import Path
+
+#: The environment variable naming the scale's build folder (``book/_build/smoke``).
+ENV_FOLDER = "PRIVLAB_NBVAL_CACHE"
+#: Optional: the book's root (default: the checkout's root, :data:`privlab.config.ROOT`).
+ENV_ROOT = "PRIVLAB_NBVAL_ROOT"
+
+#: What an IPython kernel reports as ``language_info`` (myst-nb picks the code lexer from it).
+LANGUAGE_INFO = {
+    "codemirror_mode": {"name": "ipython", "version": 3},
+    "file_extension": ".py",
+    "mimetype": "text/x-python",
+    "name": "python",
+    "nbconvert_exporter": "python",
+    "pygments_lexer": "ipython3",
+    "version": platform.python_version(),
+}
+
+
+def myst_notebook(chapter: Path, root: Path):
+    """The chapter as the book build reads it: myst-nb's reader, repository URL filled in.
+
+    The book's ``source-read`` hook fills ``{{ repository_url }}`` before myst-nb parses the page,
+    so the code cells (and hence the jupyter-cache key) are those of the filled text.
+    """
+    from myst_nb.core.read import read_myst_markdown_notebook
+
+    from privlab.book import fill_repository, repository_url
+
+    text = fill_repository(chapter.read_text(encoding="utf-8"), repository_url(root))
+    return read_myst_markdown_notebook(text, add_source_map=True, path=str(chapter))
+
+
+def store(chapter: Path, outputs: list[list], *, folder: Path, root: Path, runtime: float) -> bool:
+    """Store ``chapter`` with the given outputs (one list per code cell) in ``folder``'s cache.
+
+    Returns False, storing nothing, when the number of code cells differs from ``len(outputs)``.
+    """
+    import nbformat
+    from jupyter_cache import get_cache
+    from jupyter_cache.base import CacheBundleIn
+
+    from privlab.book import _code_hash, _Ledger, _utc, git_commit, machine, package_version
+
+    nb = myst_notebook(chapter, root)
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    if len(code) != len(outputs):
+        return False
+    for count, (cell, outs) in enumerate(zip(code, outputs), start=1):
+        cell.outputs = [nbformat.from_dict(dict(o)) for o in outs]
+        cell.execution_count = count
+        for out in cell.outputs:
+            if out.get("output_type") == "execute_result":
+                out["execution_count"] = count
+    nb.metadata["language_info"] = dict(LANGUAGE_INFO)
+    cache = get_cache(str(folder / ".jupyter_cache"))
+    cache.cache_notebook_bundle(CacheBundleIn(nb, str(chapter), data={"execution_seconds": runtime}),
+                                check_validity=False, overwrite=True)  # fmt: skip
+    docname = chapter.relative_to(root).with_suffix("").as_posix()
+    record = {
+        "scale": os.environ.get("PRIVLAB_SCALE", "smoke"),
+        "commit": git_commit(root, (chapter.relative_to(root).as_posix(),)),
+        "date": _utc(time.time()),
+        "machine": machine(),
+        "privlab": package_version(),
+        "runtime": runtime,
+    }
+    _Ledger(folder / "provenance.json").put(docname, _code_hash(chapter), record)
+    return True
+
+
+# --- the pytest plugin ---------------------------------------------------------------------------
+
+_outcomes: dict[str, list[str]] = defaultdict(list)
+_durations: dict[str, float] = defaultdict(float)
+
+
+def pytest_runtest_logreport(report) -> None:
+    _outcomes[report.nodeid].append(report.outcome)
+    _durations[report.nodeid] += report.duration
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    folder = os.environ.get(ENV_FOLDER)
+    if not folder:
+        return
+    from privlab.book import chapter_files
+    from privlab.config import ROOT
+
+    root = Path(os.environ.get(ENV_ROOT) or ROOT).resolve()
+    chapters = {path.stem: path for path in chapter_files(root)}
+    notebooks = defaultdict(list)
+    for item in session.items:
+        if type(item).__name__ == "IPyNbCell":
+            notebooks[item.parent].append(item)
+    stored = []
+    for nbfile, cells in notebooks.items():
+        chapter = chapters.get(Path(str(nbfile.fspath)).stem)
+        passed = all(_outcomes.get(c.nodeid) and set(_outcomes[c.nodeid]) == {"passed"} for c in cells)
+        if chapter is None or not passed or any(c.test_outputs is None for c in cells):
+            continue
+        sources_match = [c.cell.source for c in cells] == [
+            cell.source for cell in myst_notebook(chapter, root).cells if cell.cell_type == "code"
+        ]
+        runtime = sum(_durations[c.nodeid] for c in cells)
+        if sources_match and store(chapter, [c.test_outputs for c in cells], folder=Path(folder),
+                                   root=root, runtime=runtime):  # fmt: skip
+            stored.append(chapter.stem)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"privlab.nbcache: {len(stored)} of {len(notebooks)} notebooks stored in "
+                            f"{folder}/.jupyter_cache for the book build")  # fmt: skip

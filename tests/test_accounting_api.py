@@ -17,8 +17,8 @@ from privlab.accounting import (
     SelfComposedEvent,
     calibrate,
     calibrate_noise,
+    dpsgd_epsilon,
     dpsgd_event,
-    epsilon,
     gaussian_epsilon,
     make_accountant,
 )
@@ -41,7 +41,7 @@ not_steps = st.one_of(st.integers(max_value=0), st.floats(min_value=0.1, max_val
 @given(q=not_a_probability)
 def test_bad_sample_rate(q):
     with pytest.raises(ValueError, match="sample_rate"):
-        epsilon(**{**GOOD, "sample_rate": q})
+        dpsgd_epsilon(**{**GOOD, "sample_rate": q})
     with pytest.raises(ValueError, match="sample_rate"):
         calibrate_noise(target_epsilon=1.0, delta=1e-5, sample_rate=q, steps=10)
 
@@ -49,7 +49,7 @@ def test_bad_sample_rate(q):
 @given(d=not_a_delta)
 def test_bad_delta(d):
     with pytest.raises(ValueError, match="delta"):
-        epsilon(**{**GOOD, "delta": d})
+        dpsgd_epsilon(**{**GOOD, "delta": d})
     with pytest.raises(ValueError, match="delta"):
         make_accountant("pld").compose(GaussianEvent(1.0)).get_epsilon(d)
 
@@ -57,7 +57,7 @@ def test_bad_delta(d):
 @given(s=not_positive)
 def test_bad_noise(s):
     with pytest.raises(ValueError, match="noise_multiplier"):
-        epsilon(**{**GOOD, "noise_multiplier": s})
+        dpsgd_epsilon(**{**GOOD, "noise_multiplier": s})
     with pytest.raises(ValueError, match="noise_multiplier"):
         GaussianEvent(noise_multiplier=s)
 
@@ -65,7 +65,7 @@ def test_bad_noise(s):
 @given(k=not_steps)
 def test_bad_steps(k):
     with pytest.raises(ValueError, match="steps"):
-        epsilon(**{**GOOD, "steps": k})
+        dpsgd_epsilon(**{**GOOD, "steps": k})
 
 
 @given(e=not_positive)
@@ -88,9 +88,9 @@ def test_bad_events(scale, q, count):
 
 def test_bad_names_and_types():
     with pytest.raises(ValueError, match="accountant"):
-        epsilon(**GOOD, accountant="moments")
+        dpsgd_epsilon(**GOOD, accountant="moments")
     with pytest.raises(ValueError, match="zcdp"):
-        epsilon(**GOOD, accountant="zcdp")  # subsampled: no zCDP analysis
+        dpsgd_epsilon(**GOOD, accountant="zcdp")  # subsampled: no zCDP analysis
     with pytest.raises(ValueError, match="sample_rate"):
         calibrate_noise(target_epsilon=1.0, delta=1e-5, sample_rate=0.5, steps=10, accountant="zcdp")
     with pytest.raises(ValueError, match="event"):
@@ -118,25 +118,25 @@ def test_calibrate_is_bounded_for_a_flat_function():
 def test_a_million_steps_and_tiny_delta():
     run = dict(noise_multiplier=1.0, sample_rate=1e-3, steps=10**6)
     for delta in (1e-5, 1e-12):
-        pld = epsilon(**run, delta=delta)
-        rdp = epsilon(**run, delta=delta, accountant="rdp")
+        pld = dpsgd_epsilon(**run, delta=delta)
+        rdp = dpsgd_epsilon(**run, delta=delta, accountant="rdp")
         assert 0 < pld < rdp < 100
-    assert epsilon(**run, delta=1e-12) > epsilon(**run, delta=1e-5)
+    assert dpsgd_epsilon(**run, delta=1e-12) > dpsgd_epsilon(**run, delta=1e-5)
 
 
 def test_large_epsilon_and_full_batch():
     # 10 full-batch steps at sigma 0.3 compose to one Gaussian with sigma 0.3 / sqrt(10): epsilon > 50
     exact = gaussian_epsilon(noise_multiplier=0.3 / math.sqrt(10), delta=1e-5)
     assert exact > 50
-    ours = epsilon(noise_multiplier=0.3, sample_rate=1.0, steps=10, delta=1e-5)
+    ours = dpsgd_epsilon(noise_multiplier=0.3, sample_rate=1.0, steps=10, delta=1e-5)
     assert exact <= ours <= exact * 1.003
     for accountant in ("rdp", "zcdp", "basic", "advanced"):
-        assert epsilon(noise_multiplier=0.3, sample_rate=1.0, steps=10, delta=1e-5, accountant=accountant) > ours
+        assert dpsgd_epsilon(noise_multiplier=0.3, sample_rate=1.0, steps=10, delta=1e-5, accountant=accountant) > ours
 
 
 def test_tiny_delta_streamrec_is_resolved():
-    eps_12 = epsilon(noise_multiplier=0.879, **{**STREAMREC, "delta": 1e-12})
-    assert epsilon(noise_multiplier=0.879, **STREAMREC) < eps_12 < epsilon(
+    eps_12 = dpsgd_epsilon(noise_multiplier=0.879, **{**STREAMREC, "delta": 1e-12})
+    assert dpsgd_epsilon(noise_multiplier=0.879, **STREAMREC) < eps_12 < dpsgd_epsilon(
         noise_multiplier=0.879, **{**STREAMREC, "delta": 1e-12}, accountant="rdp")
 
 
@@ -146,8 +146,8 @@ def test_tiny_delta_streamrec_is_resolved():
 def test_calibration_returns_the_smallest_sigma_to_a_tenth_of_a_percent(accountant, target):
     run = dict(sample_rate=0.01, steps=1000, delta=1e-5, accountant=accountant)
     sigma = calibrate_noise(target_epsilon=target, **run)
-    assert epsilon(noise_multiplier=sigma, **run) <= target
-    assert epsilon(noise_multiplier=sigma / 1.001, **run) > target
+    assert dpsgd_epsilon(noise_multiplier=sigma, **run) <= target
+    assert dpsgd_epsilon(noise_multiplier=sigma / 1.001, **run) > target
 
 
 def test_zcdp_calibration_inverts_the_closed_form():
@@ -167,7 +167,7 @@ def test_streamrec_rdp_sigmas(target, published):
 
 @pytest.mark.parametrize("sigma,eps", [(2.41, 0.184), (0.92, 0.910), (0.44, 7.351)])
 def test_streamrec_rdp_epsilons_of_the_published_sigmas(sigma, eps):
-    assert epsilon(noise_multiplier=sigma, **STREAMREC, accountant="rdp") == pytest.approx(eps, abs=6e-4)
+    assert dpsgd_epsilon(noise_multiplier=sigma, **STREAMREC, accountant="rdp") == pytest.approx(eps, abs=6e-4)
 
 
 PINNED = [  # (accountant, sigma, config, epsilon): regression values, computed once and checked by the oracles
@@ -180,15 +180,15 @@ PINNED = [  # (accountant, sigma, config, epsilon): regression values, computed 
 
 @pytest.mark.parametrize("accountant,sigma,config,expected", PINNED)
 def test_pinned_epsilons(accountant, sigma, config, expected):
-    value = epsilon(noise_multiplier=sigma, **config, accountant=accountant)
+    value = dpsgd_epsilon(noise_multiplier=sigma, **config, accountant=accountant)
     assert value == pytest.approx(expected, rel=1e-9 if accountant == "rdp" else 2e-5)
 
 
 def test_pld_is_far_tighter_than_rdp_for_streamrec():
     # COURSE.md quotes "about 0.53" for PLD at sigma 0.879; a fine PLD gives about 0.25
     # (0.53 is what dp_accounting reports with a coarse grid of 1e-3)
-    pld = epsilon(noise_multiplier=0.879, **STREAMREC)
-    assert 0.24 < pld < 0.27 and epsilon(noise_multiplier=0.879, **STREAMREC, accountant="rdp") > 3.5 * pld
+    pld = dpsgd_epsilon(noise_multiplier=0.879, **STREAMREC)
+    assert 0.24 < pld < 0.27 and dpsgd_epsilon(noise_multiplier=0.879, **STREAMREC, accountant="rdp") > 3.5 * pld
 
 
 def test_dpsgd_event_shape():
@@ -199,7 +199,7 @@ def test_dpsgd_event_shape():
 def test_pld_with_vanishing_noise_is_a_clear_error_not_a_memory_error():
     import pytest
 
-    from privlab.accounting import epsilon
+    from privlab.accounting import dpsgd_epsilon
 
     with pytest.raises(ValueError, match="noise_multiplier=1e-09"):
-        epsilon(noise_multiplier=1e-9, sample_rate=0.01, steps=100, delta=1e-5, accountant="pld")
+        dpsgd_epsilon(noise_multiplier=1e-9, sample_rate=0.01, steps=100, delta=1e-5, accountant="pld")

@@ -22,8 +22,8 @@ from privlab.accounting import (
     RdpAccountant,
     ZcdpAccountant,
     advanced_composition,
+    dpsgd_epsilon,
     dpsgd_event,
-    epsilon,
     gaussian_epsilon,
     gaussian_rdp,
     laplace_rdp,
@@ -58,7 +58,7 @@ def test_rdp_epsilon_equals_opacus(q, sigma):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Opacus warns when the best order is at the edge
                 theirs, _ = opacus_rdp.get_privacy_spent(orders=orders, rdp=theirs_curve * steps, delta=delta)
-            ours = epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, accountant="rdp")
+            ours = dpsgd_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, accountant="rdp")
             assert ours == pytest.approx(theirs, rel=1e-6), (q, sigma, steps, delta)
 
 
@@ -193,7 +193,7 @@ def _dp_accounting(q, sigma, steps, delta, pessimistic):
 @pytest.mark.parametrize("q,sigma,steps,delta", PLD_CONFIGS)
 def test_pld_within_one_percent_of_dp_accounting_and_above_its_lower_bound(q, sigma, steps, delta):
     # at these settings dp_accounting's grid of 1e-3 is fine: the per-step loss spread is >> 1e-3
-    ours = epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta)
+    ours = dpsgd_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta)
     assert ours == pytest.approx(_dp_accounting(q, sigma, steps, delta, True), rel=1e-2)
     assert ours >= _dp_accounting(q, sigma, steps, delta, False)  # optimistic PLD: a lower bound
 
@@ -208,7 +208,7 @@ def test_pld_handles_mixed_compositions_like_dp_accounting():
 
 def test_pld_is_tighter_than_rdp_and_rdp_than_zcdp_on_full_batch():
     run = dict(noise_multiplier=1.0, sample_rate=1.0, steps=100, delta=1e-5)
-    assert epsilon(**run) < epsilon(**run, accountant="rdp") < epsilon(**run, accountant="zcdp")
+    assert dpsgd_epsilon(**run) < dpsgd_epsilon(**run, accountant="rdp") < dpsgd_epsilon(**run, accountant="zcdp")
 
 
 def test_gaussian_delta_formula():

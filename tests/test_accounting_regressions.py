@@ -17,7 +17,7 @@ from privlab.accounting import (
     LaplaceEvent,
     PldAccountant,
     calibrate_noise,
-    epsilon,
+    dpsgd_epsilon,
     gaussian_epsilon,
 )
 from privlab.accounting.composition import _amplify
@@ -53,7 +53,7 @@ def test_pld_at_small_delta_agrees_with_dp_accounting():
     pldlib = pytest.importorskip("dp_accounting.pld.privacy_loss_distribution")
     logging.getLogger().setLevel(logging.ERROR)
     for q, sigma, steps, delta in [(0.01, 1.0, 1000, 1e-10), (0.1, 2.0, 100, 1e-12)]:
-        ours = epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta)
+        ours = dpsgd_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta)
         theirs = pldlib.from_gaussian_mechanism(sigma, sampling_prob=q, value_discretization_interval=1e-3,
                                                 use_connect_dots=True).self_compose(steps)
         assert ours == pytest.approx(theirs.get_epsilon_for_delta(delta), rel=1e-3)
@@ -106,7 +106,7 @@ def test_calibrate_noise_with_basic_composition_at_a_huge_target():
     # the issue's input: raised OverflowError
     sigma = calibrate_noise(target_epsilon=5e4, delta=1e-5, sample_rate=0.01, steps=100, accountant="basic")
     assert 0 < sigma < 1
-    assert epsilon(noise_multiplier=sigma, sample_rate=0.01, steps=100, delta=1e-5, accountant="basic") <= 5e4
+    assert dpsgd_epsilon(noise_multiplier=sigma, sample_rate=0.01, steps=100, delta=1e-5, accountant="basic") <= 5e4
 
 
 # ----- issue 15: the PLD never reports more than basic composition ----------------------------

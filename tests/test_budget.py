@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from privlab.accounting import GaussianEvent, LaplaceEvent, PoissonSampledEvent, epsilon
+from privlab.accounting import GaussianEvent, LaplaceEvent, PoissonSampledEvent, dpsgd_epsilon
 from privlab.budget import BudgetExceededError, Ledger, LedgerCorruptError, LedgerRecord, PrivacyOdometer
 
 settings.register_profile("budget", max_examples=30, deadline=None)
@@ -58,7 +58,7 @@ def test_no_overspend_at_all():
         lap.spend("l3", event=LaplaceEvent(1e300))
     # other accountants: a strict comparison of their epsilon, no tolerance
     rdp = PrivacyOdometer(total_epsilon=1.0, total_delta=1e-6, composition="rdp")
-    spent = epsilon(noise_multiplier=5.0, sample_rate=1.0, steps=1, delta=1e-6, accountant="rdp")
+    spent = dpsgd_epsilon(noise_multiplier=5.0, sample_rate=1.0, steps=1, delta=1e-6, accountant="rdp")
     tight = PrivacyOdometer(total_epsilon=spent, total_delta=1e-6, composition="rdp")
     tight.spend("g", event=GaussianEvent(5.0))  # exactly at the budget
     with pytest.raises(BudgetExceededError):
@@ -115,8 +115,8 @@ def test_odometer_with_mechanism_events_under_rdp():
                            metadata={"steps": 1})
     assert record.accounting == "rdp" and record.event["type"] == "PoissonSampledEvent"
     assert odo.report()["zcdp"] is None  # zCDP cannot analyse a subsampled Gaussian
-    assert odo.spent_epsilon == pytest.approx(epsilon(noise_multiplier=1.0, sample_rate=0.01, steps=3,
-                                                      delta=1e-5, accountant="rdp"))
+    assert odo.spent_epsilon == pytest.approx(dpsgd_epsilon(noise_multiplier=1.0, sample_rate=0.01, steps=3,
+                                                            delta=1e-5, accountant="rdp"))
     with pytest.raises(ValueError, match="cannot analyse"):
         PrivacyOdometer(total_epsilon=1.0, total_delta=1e-5, composition="zcdp").spend("x", event=step)
 

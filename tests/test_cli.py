@@ -42,7 +42,7 @@ import json  # noqa: E402
 
 import pytest  # noqa: E402
 
-from privlab.accounting import epsilon as accounting_epsilon  # noqa: E402
+from privlab.accounting import dpsgd_epsilon  # noqa: E402
 
 
 @pytest.mark.parametrize("command", ["info", "epsilon", "calibrate", "streamrec", "cliff", "chapters"])
@@ -63,15 +63,15 @@ def test_epsilon_json_from_batch_shape_equals_the_library(capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["sample_rate"] == 0.01 and doc["steps"] == 10_000 and doc["delta"] == 1e-5
     for name in ("pld", "rdp"):
-        assert doc["epsilon"][name] == accounting_epsilon(noise_multiplier=1.1, sample_rate=0.01, steps=10_000,
-                                                          delta=1e-5, accountant=name)
+        assert doc["epsilon"][name] == dpsgd_epsilon(noise_multiplier=1.1, sample_rate=0.01, steps=10_000,
+                                                     delta=1e-5, accountant=name)
     assert doc["epsilon"]["pld"] < doc["epsilon"]["rdp"]
 
 
 def test_calibrate_json_meets_its_target(capsys):
     assert main(["calibrate", "--target-epsilon", "2", "--sample-rate", "0.01", "--steps", "1000", "--json"]) == 0
     sigma = json.loads(capsys.readouterr().out)["noise_multiplier"]["pld"]
-    eps = accounting_epsilon(noise_multiplier=sigma, sample_rate=0.01, steps=1000, delta=1e-5)
+    eps = dpsgd_epsilon(noise_multiplier=sigma, sample_rate=0.01, steps=1000, delta=1e-5)
     assert 1.95 < eps <= 2.0 + 1e-9
 
 

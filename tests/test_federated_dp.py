@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from privlab.accounting import epsilon as accounting_epsilon
+from privlab.accounting import dpsgd_epsilon
 from privlab.config import make_rng, make_torch_generator
 from privlab.federated import (
     ClientLevelDP,
@@ -75,7 +75,7 @@ def test_epsilon_is_cumulative_and_comes_from_privlab_accounting(hospitals):
     eps = h["epsilon"].to_numpy()
     assert np.all(np.diff(eps) > 0)  # composed over rounds, never reset
     for t, e in enumerate(eps, start=1):
-        assert e == pytest.approx(accounting_epsilon(noise_multiplier=1.1, sample_rate=0.6, steps=t, delta=1e-4))
+        assert e == pytest.approx(dpsgd_epsilon(noise_multiplier=1.1, sample_rate=0.6, steps=t, delta=1e-4))
     np.testing.assert_allclose(
         epsilon_per_round(noise_multiplier=1.1, sample_rate=0.6, rounds=4, delta=1e-4), eps, rtol=1e-12)
 
@@ -140,7 +140,7 @@ def test_sample_level_dp_vectorised_equals_the_dpsgd_kernel_loop(hospitals):
     fast = simulate(_model(), hospitals, algo, rng=make_rng(1), privacy=rule, method="vmap")
     slow = simulate(_model(), hospitals, algo, rng=make_rng(1), privacy=rule, method="loop")
     torch.testing.assert_close(fast.params, slow.params, rtol=0, atol=1e-5)
-    want = [accounting_epsilon(noise_multiplier=0.8, sample_rate=0.05, steps=4 * t, delta=1e-5) for t in (1, 2)]
+    want = [dpsgd_epsilon(noise_multiplier=0.8, sample_rate=0.05, steps=4 * t, delta=1e-5) for t in (1, 2)]
     np.testing.assert_allclose(fast.history["epsilon"], want, rtol=1e-12)
 
 

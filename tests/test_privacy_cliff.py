@@ -69,20 +69,20 @@ def test_corrected_mode_uses_poisson_steps_and_tight_accounting():
     cfg = CliffConfig(mode="corrected", epochs=1, sigmas=(1.0, 0.1), clip_norms=(1.0,), seeds=(42,), baselines=False)
     recs = run_sweep(DATA, cfg).records
     assert recs[0]["steps"] == 6 and recs[0]["accountant"] == "pld" and recs[1]["accountant"] == "rdp"
-    from privlab.accounting import epsilon
+    from privlab.accounting import dpsgd_epsilon
 
     assert recs[0]["epsilon"] == pytest.approx(
-        epsilon(noise_multiplier=1.0, sample_rate=0.16, steps=6, delta=1e-5, accountant="pld"))
+        dpsgd_epsilon(noise_multiplier=1.0, sample_rate=0.16, steps=6, delta=1e-5, accountant="pld"))
 
 
 def test_simplified_bound_formula_and_looseness():
     # closed form at one order
     val = simplified_rdp_epsilon(noise_multiplier=2.0, sample_rate=0.1, steps=10, delta=1e-5, orders=(5.0,))
     assert val == pytest.approx(10 * 0.01 * 5 / 8 + math.log(1e5) / 4)
-    from privlab.accounting import epsilon
+    from privlab.accounting import dpsgd_epsilon
 
     # at small sigma the simplified bound is far below the real RDP bound
-    assert simplified_rdp_epsilon(noise_multiplier=0.5, sample_rate=0.16, steps=120, delta=1e-5) < epsilon(
+    assert simplified_rdp_epsilon(noise_multiplier=0.5, sample_rate=0.16, steps=120, delta=1e-5) < dpsgd_epsilon(
         noise_multiplier=0.5, sample_rate=0.16, steps=120, delta=1e-5, accountant="rdp")
 
 

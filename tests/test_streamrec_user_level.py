@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from privlab.accounting import epsilon
+from privlab.accounting import dpsgd_epsilon
 from privlab.dpsgd import DPSGDConfig, clipped_grad_sum
 from privlab.experiments.streamrec_privacy import (
     group_privacy,
@@ -86,8 +86,8 @@ def test_train_user_level_samples_users():
     res = train_user_level(StreamRecClickPredictor(), p, row_loss=BCE, config=cfg,
                            generator=torch.Generator().manual_seed(0))
     assert res.sample_rate == pytest.approx(10 / p.n_users) and res.steps == 2 * round(p.n_users / 10)
-    assert res.epsilon == pytest.approx(epsilon(noise_multiplier=1.0, sample_rate=10 / p.n_users,
-                                                steps=res.steps, delta=1e-4), rel=1e-6)
+    assert res.epsilon == pytest.approx(dpsgd_epsilon(noise_multiplier=1.0, sample_rate=10 / p.n_users,
+                                                      steps=res.steps, delta=1e-4), rel=1e-6)
 
 
 def test_group_privacy():
@@ -101,7 +101,7 @@ def test_retraining_and_study_composition():
     kw = dict(noise_multiplier=1.0, sample_rate=0.02, steps=50, delta=1e-6)
     e = [retraining_epsilon(**kw, trainings=w) for w in (1, 30, 365)]
     assert e[0] < e[1] < e[2]
-    assert e[1] == pytest.approx(epsilon(noise_multiplier=1.0, sample_rate=0.02, steps=1500, delta=1e-6))
+    assert e[1] == pytest.approx(dpsgd_epsilon(noise_multiplier=1.0, sample_rate=0.02, steps=1500, delta=1e-6))
     run = {"noise_multiplier": 1.0, "sample_rate": 0.02, "steps": 50}
     assert study_epsilon([run] * 30, delta=1e-6) == pytest.approx(e[1], rel=1e-3)
     with pytest.raises(ValueError):
@@ -110,7 +110,7 @@ def test_retraining_and_study_composition():
 
 def test_random_stopping_bound():
     run = dict(noise_multiplier=1.0, sample_rate=0.02, steps=500)
-    single = epsilon(**run, delta=1e-6, accountant="rdp")
+    single = dpsgd_epsilon(**run, delta=1e-6, accountant="rdp")
     r = [random_stopping_epsilon(candidates=[run], delta=1e-6, mean_candidates=m) for m in (1, 5, 50)]
     assert single < r[0] < r[1] < r[2]  # tuning always costs, more candidates cost more
     assert r[2] < 50 * single  # far below composing 50 runs

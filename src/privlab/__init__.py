@@ -1,7 +1,7 @@
 """privlab: the package behind the course on privacy-preserving machine learning.
 
 One module per concept; the chapters import them directly, for example
-``from privlab import mechanisms`` or ``from privlab.accounting import epsilon``.
+``from privlab import mechanisms`` or ``from privlab.accounting import dpsgd_epsilon``.
 """
 
 from importlib.metadata import PackageNotFoundError, version as _version

@@ -104,11 +104,11 @@ def _run_shape(args: argparse.Namespace) -> tuple[float, int]:
 
 
 def _epsilon(args: argparse.Namespace) -> int:
-    from privlab.accounting import epsilon
+    from privlab.accounting import dpsgd_epsilon
 
     q, steps = _run_shape(args)
-    out = {name: epsilon(noise_multiplier=args.noise_multiplier, sample_rate=q, steps=steps, delta=args.delta,
-                         accountant=name) for name in args.accountant}
+    out = {name: dpsgd_epsilon(noise_multiplier=args.noise_multiplier, sample_rate=q, steps=steps,
+                               delta=args.delta, accountant=name) for name in args.accountant}
     if args.json:
         _print_json({"command": "epsilon", "sample_rate": q, "steps": steps, "delta": args.delta,
                      "noise_multiplier": args.noise_multiplier, "epsilon": out})

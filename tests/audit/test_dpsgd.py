@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from privlab.accounting import epsilon as accountant_epsilon
+from privlab.accounting import dpsgd_epsilon
 from privlab.audit import (
     PLANTED_BUGS,
     NoClipOptimizer,
@@ -47,7 +47,7 @@ SHUFFLE = dict(noise_multiplier=1.0, sample_rate=0.01, steps=800, delta=1e-5)
 def _shuffle_runs():
     """Runs per world for the leak alone (a Gaussian threshold test, ignoring the canary coordinate, which only
     helps) to clear the claim by 1 with counts 3 binomial sd on the unlucky side."""
-    claim = accountant_epsilon(noise_multiplier=1.0, sample_rate=0.01, steps=800, delta=1e-5)
+    claim = dpsgd_epsilon(noise_multiplier=1.0, sample_rate=0.01, steps=800, delta=1e-5)
     return gaussian_test_runs(math.sqrt(8) / 1.0, epsilon=claim, delta=1e-5, margin=1.0, z=3.0)
 
 
@@ -165,14 +165,14 @@ INPUT = dict(noise_multiplier=3.0, sample_rate=0.5, epochs=2, delta=1e-5)
 def _input_runs():
     """Runs per world from the power computation: the no-noise bug separates the worlds perfectly except when the
     canary is never sampled (probability (1 - q)^T), so TPR = 1 - 2^-4 and FPR = 0; 3 binomial sd of margin."""
-    claim = accountant_epsilon(noise_multiplier=3.0, sample_rate=0.5, steps=4, delta=1e-5)
+    claim = dpsgd_epsilon(noise_multiplier=3.0, sample_rate=0.5, steps=4, delta=1e-5)
     return runs_for_power(tpr=1 - 0.5**4, fpr=0.0, epsilon=claim, delta=1e-5, margin=0.5, z=3.0)
 
 
 def test_input_space_audit_honest_below_accountant():
     r = audit_dpsgd_input(n_runs=_input_runs(), generator=torch.Generator().manual_seed(21), **INPUT)
-    assert r.epsilon_accountant == pytest.approx(accountant_epsilon(noise_multiplier=3.0, sample_rate=0.5,
-                                                                    steps=4, delta=1e-5))
+    assert r.epsilon_accountant == pytest.approx(dpsgd_epsilon(noise_multiplier=3.0, sample_rate=0.5,
+                                                               steps=4, delta=1e-5))
     assert not r.caught and r.epsilon_lower < r.epsilon_accountant, r
 
 

@@ -143,7 +143,7 @@ def test_flower_dp_wrapper_adds_calibrated_noise_and_privlab_accounts_for_it(fed
     parameter, so (Flower - clean) / (sigma C / K) is standard normal over the P parameters; the
     cumulative epsilon in the run's history is privlab's accountant's for q = 1.
     """
-    from privlab.accounting import epsilon
+    from privlab.accounting import dpsgd_epsilon
     from privlab.config import make_rng
     from privlab.federated import simulate
     from privlab.federated.dp import ClientLevelDP
@@ -152,7 +152,7 @@ def test_flower_dp_wrapper_adds_calibrated_noise_and_privlab_accounts_for_it(fed
     cfg = {**TINY, "num-rounds": 1, "dp-noise-multiplier": sigma, "dp-clip-norm": clip, "dp-delta": 1e-5}
     run = federation.run(cfg, timeout=480)
     assert federation.num_supernodes == k
-    assert run.history["epsilon"] == [epsilon(noise_multiplier=sigma, sample_rate=1.0, steps=1, delta=1e-5)]
+    assert run.history["epsilon"] == [dpsgd_epsilon(noise_multiplier=sigma, sample_rate=1.0, steps=1, delta=1e-5)]
 
     exp = experiment({**cfg})
     clean = simulate(exp.model, exp.data, exp.algorithm, rng=make_rng(0),  # noise 1e-12 * C: negligible

@@ -2,8 +2,8 @@ r"""Privacy accounting: events, one accountant interface, five accountants, cali
 
 The two functions the chapters and the CLI use:
 
->>> from privlab.accounting import epsilon, calibrate_noise
->>> eps = epsilon(noise_multiplier=1.0, sample_rate=0.01, steps=10_000, delta=1e-5)   # PLD
+>>> from privlab.accounting import dpsgd_epsilon, calibrate_noise
+>>> eps = dpsgd_epsilon(noise_multiplier=1.0, sample_rate=0.01, steps=10_000, delta=1e-5)   # PLD
 >>> 6.18 < eps < 6.20
 True
 >>> sigma = calibrate_noise(target_epsilon=eps, delta=1e-5, sample_rate=0.01, steps=10_000)
@@ -35,7 +35,7 @@ Used in: chapters 3, 4, 5, 6, 7, 8, 9, 11, 12.
 """
 
 from .base import Accountant, UnsupportedEventError, handles
-from .calibration import ACCOUNTANTS, calibrate, calibrate_noise, epsilon, make_accountant
+from .calibration import ACCOUNTANTS, calibrate, calibrate_noise, dpsgd_epsilon, make_accountant
 from .composition import (
     AdvancedCompositionAccountant,
     BasicCompositionAccountant,
@@ -71,7 +71,7 @@ from .zcdp import ZcdpAccountant, zcdp_to_delta, zcdp_to_epsilon
 
 __all__ = [
     "Accountant", "UnsupportedEventError", "handles",
-    "ACCOUNTANTS", "make_accountant", "epsilon", "calibrate_noise", "calibrate",
+    "ACCOUNTANTS", "make_accountant", "dpsgd_epsilon", "calibrate_noise", "calibrate",
     "BasicCompositionAccountant", "AdvancedCompositionAccountant", "RdpAccountant", "ZcdpAccountant",
     "PldAccountant",
     "PrivacyEvent", "LaplaceEvent", "GaussianEvent", "EpsilonDeltaEvent", "PoissonSampledEvent",

@@ -1,6 +1,6 @@
 r"""Functional entry points: epsilon of a DP-SGD run, and the noise that meets a target.
 
-:func:`epsilon` composes ``steps`` Poisson-sampled Gaussian steps in the chosen
+:func:`dpsgd_epsilon` composes ``steps`` Poisson-sampled Gaussian steps in the chosen
 accountant and reads off epsilon; :func:`calibrate_noise` inverts it with one
 generic routine, :func:`calibrate`, used for every accountant: it brackets the
 answer by doubling, then shrinks the bracket on :math:`\log\sigma` by false
@@ -9,7 +9,7 @@ Jarratt 1971), until :math:`\sigma_{hi}/\sigma_{lo} \le 1 + 10^{-3}`. Every loop
 is bounded, so a target that cannot be met raises ``ValueError`` instead of
 running forever.
 
->>> round(epsilon(noise_multiplier=1.0, sample_rate=1.0, steps=1, delta=1e-5, accountant="zcdp"), 4)
+>>> round(dpsgd_epsilon(noise_multiplier=1.0, sample_rate=1.0, steps=1, delta=1e-5, accountant="zcdp"), 4)
 5.2985
 >>> sigma = calibrate_noise(target_epsilon=5.2985, delta=1e-5, sample_rate=1.0, steps=1, accountant="zcdp")
 >>> abs(sigma - 1.0) < 1e-3
@@ -33,7 +33,7 @@ from .pld import PldAccountant
 from .rdp import RdpAccountant
 from .zcdp import ZcdpAccountant
 
-__all__ = ["ACCOUNTANTS", "make_accountant", "epsilon", "calibrate_noise", "calibrate"]
+__all__ = ["ACCOUNTANTS", "make_accountant", "dpsgd_epsilon", "calibrate_noise", "calibrate"]
 
 #: the accountants by name
 ACCOUNTANTS: dict[str, type[Accountant]] = {
@@ -69,8 +69,8 @@ def _check_run(sample_rate, steps, delta, accountant) -> tuple[float, int, float
     return q, k, d
 
 
-def epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float,
-            accountant: str = "pld") -> float:
+def dpsgd_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float,
+                  accountant: str = "pld") -> float:
     r"""Epsilon of DP-SGD: ``steps`` Poisson-sampled Gaussian steps, at ``delta``.
 
     Args:
@@ -89,7 +89,7 @@ def epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: f
 
     Reference: Abadi et al. 2016 (arXiv:1607.00133) for the algorithm; see each accountant.
 
-    >>> round(epsilon(noise_multiplier=1.0, sample_rate=0.01, steps=10_000, delta=1e-5, accountant="rdp"), 3)
+    >>> round(dpsgd_epsilon(noise_multiplier=1.0, sample_rate=0.01, steps=10_000, delta=1e-5, accountant="rdp"), 3)
     6.713
 
     Used in: chapters 4, 5, 6, 7, 12.

@@ -296,7 +296,7 @@ def train_mlps(X, y, keep, *, hidden: int, epochs: int, sample_rate: float, lr: 
     Without ``max_grad_norm`` (and :math:`\sigma = 0`) it is plain minibatch SGD.
     An epoch is :math:`\mathrm{round}(1/q)` steps. The privacy unit is one
     training example (add/remove); account with
-    :func:`privlab.accounting.epsilon` at :math:`(\sigma, q, T)`.
+    :func:`privlab.accounting.dpsgd_epsilon` at :math:`(\sigma, q, T)`.
 
     Args:
         X: ``(N, d)`` float features. y: ``(N,)`` integer labels.

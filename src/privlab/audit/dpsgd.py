@@ -63,7 +63,7 @@ import torch
 from torch import nn
 
 from privlab._validate import check_delta, check_int, check_positive, check_probability
-from privlab.accounting import epsilon as accountant_epsilon
+from privlab.accounting import dpsgd_epsilon
 from privlab.audit.stats import DPSGDAuditResult, pilot_then_main
 from privlab.dpsgd import DPOptimizer, DPSGDConfig, PoissonAccountingWarning, train
 from privlab.dpsgd.train import SAMPLERS
@@ -86,7 +86,7 @@ def check_dpsgd_claim(*, noise_multiplier: float, max_grad_norm: float, sample_r
     r"""Validate a DP-SGD audit's setting and return it with the accountant's claim.
 
     The claim is :math:`\varepsilon(\sigma, q, T, \delta)` of Poisson-sampled DP-SGD
-    (:func:`privlab.accounting.epsilon`), whatever the audited implementation really runs.
+    (:func:`privlab.accounting.dpsgd_epsilon`), whatever the audited implementation really runs.
 
     Returns:
         ``(sigma, C, q, T, delta, epsilon_claim)``.
@@ -101,8 +101,8 @@ def check_dpsgd_claim(*, noise_multiplier: float, max_grad_norm: float, sample_r
     delta = check_delta(delta)
     if not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got {generator!r}")
-    eps_claim = float(accountant_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta,
-                                         accountant=accountant))
+    eps_claim = float(dpsgd_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta,
+                                    accountant=accountant))
     return sigma, c, q, steps, delta, eps_claim
 
 

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from privlab import sensitivity as sens
-from privlab.accounting import epsilon as accountant_epsilon
+from privlab.accounting import dpsgd_epsilon
 from privlab.audit.planted import (
     StaleLedgerOdometer,
     classic_gaussian_any_epsilon,
@@ -264,7 +264,7 @@ def _dpsgd_step_draw(sigma: float, q: float, clip: float):
 _SGD = dict(sigma=1.0, q=0.5, clip=1.0)
 register(Release(
     name="dp-sgd step", relation="add/remove", delta=1e-5,
-    epsilon=float(accountant_epsilon(noise_multiplier=_SGD["sigma"], sample_rate=_SGD["q"], steps=1, delta=1e-5)),
+    epsilon=float(dpsgd_epsilon(noise_multiplier=_SGD["sigma"], sample_rate=_SGD["q"], steps=1, delta=1e-5)),
     pairs=(((0, 1), (0,)),), draw=_dpsgd_step_draw(**_SGD), samples={"smoke": 20_000, "book": 400_000}))
 
 

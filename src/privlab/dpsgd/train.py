@@ -9,7 +9,7 @@ Per epoch, :math:`T = \mathrm{round}(1/q)` steps of
 
 after which the loop records the mean training loss, the privacy spent so far,
 :math:`\varepsilon(\sigma, q, \text{steps}, \delta)` from
-:func:`privlab.accounting.epsilon`, the wall-clock time and an optional
+:func:`privlab.accounting.dpsgd_epsilon`, the wall-clock time and an optional
 evaluation.
 
 Engineering, as the house style asks:
@@ -217,10 +217,10 @@ class TrainResult:
 
 @functools.lru_cache(maxsize=4096)
 def _epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str) -> float:
-    from privlab.accounting import epsilon  # imported lazily: accounting is a sibling package
+    from privlab.accounting import dpsgd_epsilon  # imported lazily: accounting is a sibling package
 
-    return float(epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps,
-                         delta=delta, accountant=accountant))
+    return float(dpsgd_epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps,
+                               delta=delta, accountant=accountant))
 
 
 def epsilon_spent(config: DPSGDConfig, *, sample_rate: float, steps: int, delta: float) -> float:

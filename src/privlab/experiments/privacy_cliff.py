@@ -10,7 +10,7 @@ baselines. Two modes:
 * ``"published"``: shuffled fixed-size batches (7 per epoch, the last of 16)
   and the *simplified* RDP bound of :func:`simplified_rdp_epsilon`;
 * ``"corrected"``: true Poisson sampling (:class:`privlab.dpsgd.PoissonSampler`,
-  6 steps per epoch) and the PLD accountant (:func:`privlab.accounting.epsilon`).
+  6 steps per epoch) and the PLD accountant (:func:`privlab.accounting.dpsgd_epsilon`).
 
 **The batched engine.** The :math:`R` runs share nothing but the data, so their
 parameters are stacked, :math:`W_1 \in \mathbb{R}^{R\times H\times d}`,
@@ -261,10 +261,11 @@ def _epsilon(cfg: CliffConfig, sigma: float, q: float, steps: int) -> tuple[floa
         return math.inf, "none"
     if cfg.mode == "published":
         return simplified_rdp_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=cfg.delta), "simplified"
-    from privlab.accounting import epsilon
+    from privlab.accounting import dpsgd_epsilon
 
     name = "pld" if sigma >= PLD_MIN_SIGMA else "rdp"
-    return float(epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=cfg.delta, accountant=name)), name
+    eps = dpsgd_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=cfg.delta, accountant=name)
+    return float(eps), name
 
 
 def run_sweep(data: CliffData, config: CliffConfig | None = None, *, keep_params: bool = False) -> SweepResult:

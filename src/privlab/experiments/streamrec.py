@@ -264,8 +264,7 @@ def calibrate_sigma(epsilon: float, *, sample_rate: float, steps: int, delta: fl
 
     ``epsilon = inf`` gives sigma 0 (the non-private baseline).
     """
-    from privlab.accounting import calibrate_noise
-    from privlab.accounting import epsilon as eps_of
+    from privlab.accounting import calibrate_noise, dpsgd_epsilon
 
     epsilon = check_epsilon(epsilon, allow_inf=True)
     if math.isinf(epsilon):
@@ -273,16 +272,16 @@ def calibrate_sigma(epsilon: float, *, sample_rate: float, steps: int, delta: fl
     sigma = calibrate_noise(target_epsilon=epsilon, delta=delta, sample_rate=sample_rate, steps=steps,
                             accountant="pld")  # fmt: skip
     run = {"noise_multiplier": sigma, "sample_rate": sample_rate, "steps": steps, "delta": delta}
-    return {"sigma": float(sigma), "epsilon_pld": float(eps_of(**run, accountant="pld")),
-            "epsilon_rdp": float(eps_of(**run, accountant="rdp"))}  # fmt: skip
+    return {"sigma": float(sigma), "epsilon_pld": float(dpsgd_epsilon(**run, accountant="pld")),
+            "epsilon_rdp": float(dpsgd_epsilon(**run, accountant="rdp"))}  # fmt: skip
 
 
 def accounting_study(*, sigma: float, sample_rate: float, steps: int, delta: float) -> dict[str, float]:
     """Epsilon of one and the same training under basic, advanced, RDP and PLD accounting."""
-    from privlab.accounting import epsilon as eps_of
+    from privlab.accounting import dpsgd_epsilon
 
-    return {m: float(eps_of(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta,
-                            accountant=m)) for m in ACCOUNTING_METHODS}  # fmt: skip
+    return {m: float(dpsgd_epsilon(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta,
+                                   accountant=m)) for m in ACCOUNTING_METHODS}  # fmt: skip
 
 
 def _steps(n: int, batch_size: int, epochs: int) -> tuple[float, int]:

@@ -55,11 +55,11 @@ def retraining_epsilon(*, noise_multiplier: float, sample_rate: float, steps: in
     >>> e1 < e30 < 30 * e1
     True
     """
-    from privlab.accounting import epsilon
+    from privlab.accounting import dpsgd_epsilon
 
     w = check_int("trainings", trainings)
-    return float(epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-                         steps=check_int("steps", steps) * w, delta=delta, accountant=accountant))  # fmt: skip
+    return float(dpsgd_epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+                               steps=check_int("steps", steps) * w, delta=delta, accountant=accountant))  # fmt: skip
 
 
 def group_privacy(*, epsilon: float, delta: float, k: int) -> tuple[float, float]:
@@ -91,9 +91,9 @@ def study_epsilon(runs: Iterable[dict], *, delta: float, accountant: str = "pld"
         delta: :math:`\delta` of the composed guarantee.
 
     >>> r = {"noise_multiplier": 1.0, "sample_rate": 0.01, "steps": 100}
-    >>> from privlab.accounting import epsilon
-    >>> abs(study_epsilon([r, r], delta=1e-6) - epsilon(noise_multiplier=1.0, sample_rate=0.01, steps=200,
-    ...                                                   delta=1e-6)) < 1e-3
+    >>> from privlab.accounting import dpsgd_epsilon
+    >>> abs(study_epsilon([r, r], delta=1e-6) - dpsgd_epsilon(noise_multiplier=1.0, sample_rate=0.01,
+    ...                                                         steps=200, delta=1e-6)) < 1e-3
     True
     """
     from privlab.accounting import dpsgd_event, make_accountant

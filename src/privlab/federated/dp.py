@@ -15,7 +15,7 @@ Adding or removing one client moves the clipped sum by at most :math:`C`, so a
 round is the Poisson-subsampled Gaussian mechanism with noise multiplier
 :math:`\sigma` and rate :math:`q`; :math:`T` rounds compose, and the cumulative
 :math:`\varepsilon` after round :math:`t` is
-``privlab.accounting.epsilon(noise_multiplier=sigma, sample_rate=q, steps=t, delta=delta)``
+``privlab.accounting.dpsgd_epsilon(noise_multiplier=sigma, sample_rate=q, steps=t, delta=delta)``
 -- reported every round, never reset.
 
 **Sample level** (DP-SGD inside every client, Abadi et al. 2016,
@@ -65,9 +65,9 @@ ACCOUNTANTS = ("pld", "rdp")
 
 
 def _epsilon(**kwargs) -> float:
-    from ..accounting import epsilon
+    from ..accounting import dpsgd_epsilon
 
-    return float(epsilon(**kwargs))
+    return float(dpsgd_epsilon(**kwargs))
 
 
 def epsilon_per_round(*, noise_multiplier: float, sample_rate: float, rounds: int, delta: float,
@@ -79,7 +79,7 @@ def epsilon_per_round(*, noise_multiplier: float, sample_rate: float, rounds: in
         rounds: :math:`T`. delta: :math:`\delta`.
         steps_per_round: mechanism invocations per round (1 at client level;
             the local DP-SGD steps at sample level).
-        accountant: ``"pld"`` or ``"rdp"`` (:func:`privlab.accounting.epsilon`).
+        accountant: ``"pld"`` or ``"rdp"`` (:func:`privlab.accounting.dpsgd_epsilon`).
 
     Returns:
         ``(T,)`` array, non-decreasing.

@@ -53,6 +53,16 @@ def test_generalise_and_suppress(table):
     assert an.k_anonymity(s, ["zip", "sex"]) == 2 and len(s) == 4
 
 
+def test_band_labels_each_row():
+    v = pd.Series([0, 9, 10, 25, -3, 10, 7], index=list("abcdefg"))
+    b = an.band(v, 10)
+    assert list(b) == ["0-9", "0-9", "10-19", "20-29", "-10--1", "10-19", "0-9"]
+    assert list(b.index) == list(v.index) and b.dtype == object
+    floored = an.band(v, 10, lower=0)
+    assert list(floored) == ["0-9", "0-9", "10-19", "20-29", "0-9", "10-19", "0-9"]
+    assert len(an.band(v.iloc[:0], 10)) == 0
+
+
 @pytest.mark.parametrize(
     "call",
     [

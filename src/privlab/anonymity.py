@@ -135,7 +135,9 @@ def band(values: pd.Series, width: int, *, lower: int | None = None) -> pd.Serie
         raise ValueError(f"width must be >= 1, got {width}")
     v = np.asarray(values, dtype=int)
     lo = (v // width) * width if lower is None else np.maximum(lower, (v // width) * width)
-    return pd.Series([f"{a}-{a + width - 1}" for a in lo], index=values.index)
+    starts, which = np.unique(lo, return_inverse=True)  # format each band once, not each row
+    labels = np.array([f"{a}-{a + width - 1}" for a in starts], dtype=object)
+    return pd.Series(labels[which.reshape(-1)], index=values.index)
 
 
 def suppress_small_classes(df: pd.DataFrame, qi: Sequence[str], *, k: int) -> pd.DataFrame:

@@ -30,9 +30,8 @@ import sys
 from collections.abc import Callable
 
 from privlab import __version__
+from privlab.accounting import ACCOUNTANTS
 from privlab.config import get_scale
-
-ACCOUNTANTS = ["pld", "rdp", "zcdp", "basic", "advanced"]
 
 
 def _print_json(obj) -> None:
@@ -142,7 +141,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset-size", type=int, default=None, help="number of training examples N")
     g.add_argument("--epochs", type=float, default=None, help="epochs E (T = ceil(E N / B))")
     p.add_argument("--delta", type=float, default=1e-5, help="target delta (default 1e-5; use < 1/N)")
-    p.add_argument("--accountant", nargs="+", default=["pld"], choices=ACCOUNTANTS,
+    p.add_argument("--accountant", nargs="+", default=["pld"], choices=list(ACCOUNTANTS),
                    help="one or more accountants (default: pld)")
 
 

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from privlab._validate import check_delta, check_epsilon, check_int
+from privlab.accounting import DPSGD_ACCOUNTANTS
 from privlab.budget import Ledger, LedgerRecord, PrivacyOdometer
 
 __all__ = [
@@ -110,7 +111,7 @@ class PrivacyConfig:
         check_delta(self.delta)
         if self.dpsgd_target_epsilon is not None:
             check_epsilon(self.dpsgd_target_epsilon, name="dpsgd_target_epsilon")
-        if self.dpsgd_accountant not in ("pld", "rdp"):
+        if self.dpsgd_accountant not in DPSGD_ACCOUNTANTS:
             raise ValueError(f"dpsgd_accountant must be 'pld' or 'rdp', got {self.dpsgd_accountant!r}")
         if self.synthetic_dp_epsilon is not None:
             check_epsilon(self.synthetic_dp_epsilon, name="synthetic_dp_epsilon")

@@ -35,7 +35,7 @@ Used in: chapters 3, 4, 5, 6, 7, 8, 9, 11, 12.
 """
 
 from .base import Accountant, UnsupportedEventError, handles
-from .calibration import ACCOUNTANTS, calibrate, calibrate_noise, dpsgd_epsilon, make_accountant
+from .calibration import ACCOUNTANTS, DPSGD_ACCOUNTANTS, calibrate, calibrate_noise, dpsgd_epsilon, make_accountant
 from .composition import (
     AdvancedCompositionAccountant,
     BasicCompositionAccountant,
@@ -71,7 +71,7 @@ from .zcdp import ZcdpAccountant, zcdp_to_delta, zcdp_to_epsilon
 
 __all__ = [
     "Accountant", "UnsupportedEventError", "handles",
-    "ACCOUNTANTS", "make_accountant", "dpsgd_epsilon", "calibrate_noise", "calibrate",
+    "ACCOUNTANTS", "DPSGD_ACCOUNTANTS", "make_accountant", "dpsgd_epsilon", "calibrate_noise", "calibrate",
     "BasicCompositionAccountant", "AdvancedCompositionAccountant", "RdpAccountant", "ZcdpAccountant",
     "PldAccountant",
     "PrivacyEvent", "LaplaceEvent", "GaussianEvent", "EpsilonDeltaEvent", "PoissonSampledEvent",

@@ -33,14 +33,17 @@ from .pld import PldAccountant
 from .rdp import RdpAccountant
 from .zcdp import ZcdpAccountant
 
-__all__ = ["ACCOUNTANTS", "make_accountant", "dpsgd_epsilon", "calibrate_noise", "calibrate"]
+__all__ = ["ACCOUNTANTS", "DPSGD_ACCOUNTANTS", "make_accountant", "dpsgd_epsilon", "calibrate_noise", "calibrate"]
 
-#: the accountants by name
+#: The accountants by name: the one registry every name check (CLI, configs) reads.
 ACCOUNTANTS: dict[str, type[Accountant]] = {
     cls.name: cls
     for cls in (BasicCompositionAccountant, AdvancedCompositionAccountant, RdpAccountant, ZcdpAccountant,
                 PldAccountant)
 }
+#: The accountants whose epsilon for Poisson-subsampled Gaussian steps is tight enough to state for
+#: DP-SGD training (:class:`privlab.dpsgd.DPSGDConfig`, DP-FedAvg, a pipeline's plan): PLD, then RDP.
+DPSGD_ACCOUNTANTS: tuple[str, ...] = ("pld", "rdp")
 
 MIN_NOISE, MAX_NOISE = 1e-3, 1e5
 

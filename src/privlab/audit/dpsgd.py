@@ -65,8 +65,7 @@ from torch import nn
 from privlab._validate import check_delta, check_int, check_positive, check_probability
 from privlab.accounting import dpsgd_epsilon
 from privlab.audit.stats import DPSGDAuditResult, pilot_then_main
-from privlab.dpsgd import DPOptimizer, DPSGDConfig, PoissonAccountingWarning, train
-from privlab.dpsgd.train import SAMPLERS
+from privlab.dpsgd import SAMPLERS, DPOptimizer, DPSGDConfig, PoissonAccountingWarning, train
 
 __all__ = [
     "InputCanaryTask", "audit_dpsgd", "audit_dpsgd_input", "canary_presence", "canary_scores", "check_dpsgd_claim",
@@ -75,7 +74,7 @@ __all__ = [
 
 
 def check_sampler(sampler: str) -> str:
-    """``sampler`` if it is one of :data:`privlab.dpsgd.train.SAMPLERS`, else ``ValueError``."""
+    """``sampler`` if it is one of :data:`privlab.dpsgd.SAMPLERS`, else ``ValueError``."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     return sampler

@@ -41,17 +41,18 @@ import numpy as np
 from privlab._validate import check_array, check_delta, check_epsilon, check_int, check_positive, check_rng
 
 __all__ = [
-    "SAMPLERS", "AttackResult", "distinguishing_attack", "dp_success_bound", "grid_reachable",
+    "LAPLACE_SAMPLERS", "AttackResult", "distinguishing_attack", "dp_success_bound", "grid_reachable",
     "textbook_laplace_mechanism", "textbook_laplace_noise", "textbook_laplace_reachable",
 ]  # fmt: skip
 
-SAMPLERS = ("numpy", "inverse_cdf")
+#: The float64 Laplace samplers the attack replays bit for bit: numpy's, and the textbook inverse CDF.
+LAPLACE_SAMPLERS = ("numpy", "inverse_cdf")
 _K_MAX = 2**53 - 1  # U = k 2^-53 with 1 <= k <= 2^53 - 1 (U = 0 is never used)
 
 
 def _check_sampler(sampler: str) -> str:
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if sampler not in LAPLACE_SAMPLERS:
+        raise ValueError(f"sampler must be one of {LAPLACE_SAMPLERS}, got {sampler!r}")
     return sampler
 
 

@@ -36,11 +36,12 @@ from .optimizer import DPOptimizer, StepStats
 from .per_sample import per_example_losses, per_sample_grads
 from .profile import GradNormProfile, profile_grad_norms, summarize_grad_norms
 from .rules import covered_types, register_rule
-from .sampling import PoissonAccountingWarning, PoissonSampler, ShuffleSampler, uniform_subset
+from .sampling import SAMPLERS, PoissonAccountingWarning, PoissonSampler, ShuffleSampler, uniform_subset
 from .train import DPSGDConfig, TrainResult, epsilon_spent, train
 
 __all__ = [
     "METHODS",
+    "SAMPLERS",
     "ClippedSum",
     "DPOptimizer",
     "DPSGDConfig",

@@ -55,7 +55,11 @@ from torch import Tensor
 
 from .._validate import check_int, check_probability
 
-__all__ = ["PoissonAccountingWarning", "PoissonSampler", "ShuffleSampler", "uniform_subset"]
+__all__ = ["SAMPLERS", "PoissonAccountingWarning", "PoissonSampler", "ShuffleSampler", "uniform_subset"]
+
+#: The batch samplers a DP-SGD run can name (:attr:`privlab.dpsgd.DPSGDConfig.sampler`):
+#: :class:`PoissonSampler` and :class:`ShuffleSampler`.
+SAMPLERS = ("poisson", "shuffle")
 
 
 class PoissonAccountingWarning(UserWarning):

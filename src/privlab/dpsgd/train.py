@@ -55,17 +55,16 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .._validate import check_delta, check_int, check_nonnegative, check_positive, check_probability
+from ..accounting import DPSGD_ACCOUNTANTS
 from .clipping import METHODS
 from .optimizer import DPOptimizer
 from .per_sample import as_input_tuple, batch_size_of
-from .sampling import PoissonSampler, ShuffleSampler, local_slice
+from .sampling import SAMPLERS, PoissonSampler, ShuffleSampler, local_slice
 
 __all__ = ["DEFAULT_DELTA_RULE", "DPSGDConfig", "TrainResult", "train"]
 
-SAMPLERS = ("poisson", "shuffle")
 #: The default delta when none is given: well below 1/N (see :meth:`DPSGDConfig.delta_for`).
 DEFAULT_DELTA_RULE = "min(1e-5, 1/(10 N))"
-ACCOUNTANTS = ("pld", "rdp", None)
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 
 
@@ -141,7 +140,7 @@ class DPSGDConfig:
         if self.delta is not None:
             check_delta(self.delta)
         for name, value, allowed in [("method", self.method, METHODS), ("sampler", self.sampler, SAMPLERS),
-                                     ("accountant", self.accountant, ACCOUNTANTS)]:
+                                     ("accountant", self.accountant, (*DPSGD_ACCOUNTANTS, None))]:
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 

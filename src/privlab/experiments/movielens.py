@@ -54,9 +54,9 @@ from torch import nn
 
 from privlab._validate import check_epsilon, check_int, check_probability, check_rng
 
-__all__ = ["MovieLensData", "MovieLensFeatureModel", "MovieLensRecommender", "prepare_movielens", "run_movielens"]
+from .streamrec import METRICS
 
-METRICS = ("accuracy", "auc", "f1", "recall@20", "ndcg@20")
+__all__ = ["MovieLensData", "MovieLensFeatureModel", "MovieLensRecommender", "prepare_movielens", "run_movielens"]
 
 
 @dataclass(frozen=True, eq=False)

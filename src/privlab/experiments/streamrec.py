@@ -85,6 +85,8 @@ __all__ = [
     "threshold_table", "torch_threads",
 ]  # fmt: skip
 
+#: The metrics every case-study run reports (StreamRec and MovieLens), columns of
+#: :func:`privlab.metrics.evaluate` at K = 20.
 METRICS = ("accuracy", "auc", "f1", "recall@20", "ndcg@20")
 ACCOUNTING_METHODS = ("basic", "advanced", "rdp", "pld")
 

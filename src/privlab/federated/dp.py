@@ -56,12 +56,11 @@ from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
 from .._validate import check_delta, check_int, check_positive, check_probability
+from ..accounting import DPSGD_ACCOUNTANTS
 from .fedavg import FedAvg, NoPrivacy
 from .local import LOSSES
 
 __all__ = ["ClientLevelDP", "SampleLevelDP", "clip_updates", "epsilon_per_round", "private_client_rng"]
-
-ACCOUNTANTS = ("pld", "rdp")
 
 
 def _epsilon(**kwargs) -> float:
@@ -108,8 +107,8 @@ def _check_common(obj) -> None:
     check_positive("clip_norm", obj.clip_norm)
     check_positive("noise_multiplier", obj.noise_multiplier)
     check_delta(obj.delta)
-    if obj.accountant not in ACCOUNTANTS:
-        raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {obj.accountant!r}")
+    if obj.accountant not in DPSGD_ACCOUNTANTS:
+        raise ValueError(f"accountant must be one of {DPSGD_ACCOUNTANTS}, got {obj.accountant!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -96,6 +96,55 @@ def set_parameters(text: str, params: dict) -> str:
     return _PARAMETERS_LINE.sub(lambda m: f"{m['indent']}P = {params!r}{m['tail']}", text)
 
 
+def privlab_requirement() -> str:
+    """The pip requirement that installs privlab in the autograder's image (Docker and Gradescope).
+
+    The repository set in ``_config.yml`` (the same URL the chapters' install cell uses), so the
+    image installs privlab with its pinned dependencies (torch, opacus, ...) from the published
+    repository: for GitHub its default branch's archive (Otter's image has no ``git``), otherwise
+    ``git+URL``. ``PRIVLAB_AUTOGRADER_REQUIREMENT`` overrides it, e.g. to pin a tag
+    (``privlab @ https://github.com/you/privlab/archive/refs/tags/v0.1.0.zip``) or a wheel URL.
+    """
+    override = os.environ.get("PRIVLAB_AUTOGRADER_REQUIREMENT", "").strip()
+    if override:
+        return override
+    from privlab.book import repository_url
+
+    url = repository_url(HERE.parent)
+    if url.startswith("https://github.com/"):
+        return f"privlab @ {url}/archive/HEAD.zip"
+    return f"privlab @ git+{url}"
+
+
+#: The Python of the autograder's image: the version the course is tested with.
+GRADING_PYTHON = "3.11"
+_CONFIG_NAME = re.compile(r"^(# ASSIGNMENT CONFIG\nname: [^\n]*\n)", re.M)
+
+
+def set_requirements(text: str, requirements: list[str]) -> str:
+    """Add ``requirements:`` (pip lines for the autograder's image) to a master's ASSIGNMENT CONFIG.
+
+    Otter's non-containerised runner (``grade`` below) ignores them; ``otter grade`` (Docker) and
+    Gradescope install them into the grading environment next to otter-grader, on Python
+    :data:`GRADING_PYTHON`.
+
+    >>> print(set_requirements("# ASSIGNMENT CONFIG\\nname: x\\nfiles: []\\n", ["privlab"]), end="")
+    # ASSIGNMENT CONFIG
+    name: x
+    python_version: '3.11'
+    requirements:
+      - "privlab"
+    files: []
+    """
+    if not _CONFIG_NAME.search(text):
+        raise ValueError("the master has no '# ASSIGNMENT CONFIG' block starting with 'name:'")
+    if re.search(r"^requirements:", text, flags=re.M):
+        raise ValueError("the master already sets requirements:")
+    lines = "".join(f"  - {json.dumps(r)}\n" for r in requirements)
+    extra = f"python_version: '{GRADING_PYTHON}'\nrequirements:\n{lines}"
+    return _CONFIG_NAME.sub(lambda m: m.group(1) + extra, text, count=1)
+
+
 def make_all_public(text: str) -> str:
     """Turn every hidden test of a master into a public one (for a self-study build)."""
     return re.sub(r"^hidden: true[ \t]*\n", "", text, flags=re.M)
@@ -146,7 +195,7 @@ def build(name: str, out: Path = DEFAULT_OUT, *, run_tests: bool = True, variant
     sources = masters()
     if name not in sources:
         raise ValueError(f"unknown assignment {name!r}; choose from {sorted(sources)}")
-    text = sources[name].read_text()
+    text = set_requirements(sources[name].read_text(), [privlab_requirement()])
     folder = name
     if variant is not None:
         params = variant_parameters(name, variant)

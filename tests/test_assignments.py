@@ -237,3 +237,24 @@ def test_variants_and_self_study_build(built, tmp_path, test_files):
     copied = grading.grade_overrides(solution, tests, f"max_steps = {int(env['max_steps'])}\n"
                                      f"pld_epsilon_at_max_steps = {float(env['pld_epsilon_at_max_steps'])!r}\n")
     assert copied["q4_budget"] == 0.25  # only the public smoke test (a finite PLD epsilon) passes
+
+
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_autograder_image_installs_privlab(name, built):
+    """The zip's environment.yml (what `otter grade`'s Docker image and Gradescope install) has
+    privlab from the configured repository, on the Python the course is tested with."""
+    import yaml
+
+    with zipfile.ZipFile(build_tool.autograder_zip(built[name])) as zf:
+        env = yaml.safe_load(zf.read("environment.yml"))
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert f"python={build_tool.GRADING_PYTHON}" in env["dependencies"]
+    assert build_tool.privlab_requirement() in pip and any(p.startswith("otter-grader") for p in pip)
+    assert build_tool.privlab_requirement().startswith("privlab @ https://github.com/")
+
+
+def test_privlab_requirement_override(monkeypatch):
+    monkeypatch.setenv("PRIVLAB_AUTOGRADER_REQUIREMENT", "privlab @ https://example.org/privlab-0.1.0.whl")
+    assert build_tool.privlab_requirement() == "privlab @ https://example.org/privlab-0.1.0.whl"
+    with pytest.raises(ValueError, match="already sets requirements"):
+        build_tool.set_requirements("# ASSIGNMENT CONFIG\nname: x\nrequirements: []\n", ["privlab"])

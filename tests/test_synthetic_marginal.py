@@ -17,15 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.sparse.csgraph import minimum_spanning_tree
 
-from privlab.accounting import GaussianEvent, ZcdpAccountant
+from privlab.accounting import GaussianEvent, ZcdpAccountant, epsilon_from_rho, rho_from_epsilon
 from privlab.datasets import load_cps1988
 from privlab.synthetic import (
     CategoricalDomain,
     MarginalSynthesizer,
     NumericDomain,
     cps1988_domain,
-    epsilon_from_rho,
-    rho_from_epsilon,
 )
 from privlab.synthetic.domain import dp_numeric_domain
 from privlab.synthetic.marginal import fit_table_to_margins, project_to_simplex

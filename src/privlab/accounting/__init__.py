@@ -67,7 +67,7 @@ from .rdp import (
     rdp_to_epsilon,
     subsampled_gaussian_rdp,
 )
-from .zcdp import ZcdpAccountant, zcdp_to_delta, zcdp_to_epsilon
+from .zcdp import ZcdpAccountant, epsilon_from_rho, rho_from_epsilon, zcdp_to_delta, zcdp_to_epsilon
 
 __all__ = [
     "Accountant", "UnsupportedEventError", "handles",
@@ -79,5 +79,5 @@ __all__ = [
     "basic_composition", "advanced_composition", "advanced_is_worse", "advanced_crossover",
     "gaussian_epsilon",
     "DEFAULT_ORDERS", "gaussian_rdp", "laplace_rdp", "subsampled_gaussian_rdp", "rdp_to_epsilon",
-    "rdp_to_delta", "zcdp_to_epsilon", "zcdp_to_delta",
+    "rdp_to_delta", "zcdp_to_epsilon", "zcdp_to_delta", "rho_from_epsilon", "epsilon_from_rho",
 ]

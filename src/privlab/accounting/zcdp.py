@@ -38,12 +38,12 @@ import math
 
 from scipy import optimize
 
-from privlab._validate import check_delta, check_nonnegative
+from privlab._validate import check_delta, check_epsilon, check_nonnegative
 
 from .base import Accountant, handles
 from .events import EpsilonDeltaEvent, GaussianEvent, LaplaceEvent
 
-__all__ = ["ZcdpAccountant", "zcdp_to_epsilon", "zcdp_to_delta"]
+__all__ = ["ZcdpAccountant", "zcdp_to_epsilon", "zcdp_to_delta", "rho_from_epsilon", "epsilon_from_rho"]
 
 _CONVERSIONS = ("classic", "optimal")
 
@@ -119,6 +119,36 @@ def zcdp_to_delta(*, rho: float, epsilon: float, conversion: str = "classic") ->
     if _check_conversion(conversion) == "classic":
         return 1.0 if e <= r else math.exp(-((e - r) ** 2) / (4 * r))
     return math.exp(_optimal_log_delta(r, e))
+
+
+def rho_from_epsilon(*, epsilon: float, delta: float) -> float:
+    r"""The zCDP budget :math:`\rho` whose classic conversion at ``delta`` is ``epsilon``.
+
+    Solves :math:`\varepsilon = \rho + 2\sqrt{\rho L}`, :math:`L = \ln(1/\delta)`, a
+    quadratic in :math:`\sqrt\rho`: :math:`\rho = (\sqrt{L+\varepsilon} - \sqrt L)^2`.
+    Reference: Bun and Steinke 2016, Prop 1.3.
+
+    >>> round(rho_from_epsilon(epsilon=1.0, delta=1e-6), 6)
+    0.017469
+
+    Used in: chapter 9.
+    """
+    eps, log_inv_delta = check_epsilon(epsilon), math.log(1 / check_delta(delta))
+    # (sqrt(L + eps) - sqrt(L))^2 = eps^2 / (sqrt(L + eps) + sqrt(L))^2, stable for small eps
+    return eps**2 / (math.sqrt(log_inv_delta + eps) + math.sqrt(log_inv_delta)) ** 2
+
+
+def epsilon_from_rho(*, rho: float, delta: float) -> float:
+    r""":math:`\varepsilon = \rho + 2\sqrt{\rho\ln(1/\delta)}` (Bun and Steinke 2016, Prop 1.3).
+
+    :func:`zcdp_to_epsilon` with the classic conversion; the inverse of :func:`rho_from_epsilon`.
+
+    >>> round(epsilon_from_rho(rho=rho_from_epsilon(epsilon=3.0, delta=1e-5), delta=1e-5), 9)
+    3.0
+
+    Used in: chapter 9.
+    """
+    return zcdp_to_epsilon(rho=rho, delta=delta, conversion="classic")
 
 
 class ZcdpAccountant(Accountant):

@@ -30,20 +30,14 @@ from __future__ import annotations
 from privlab.synthetic.baselines import CopySynthesizer, IndependentSynthesizer
 from privlab.synthetic.domain import CategoricalDomain, NumericDomain, cps1988_domain, dp_numeric_domain
 from privlab.synthetic.evaluate import SyntheticEvaluation, evaluate
-from privlab.synthetic.marginal import (
-    MarginalSynthesizer,
-    Measurement,
-    PrivacyReport,
-    epsilon_from_rho,
-    rho_from_epsilon,
-)
+from privlab.synthetic.marginal import MarginalSynthesizer, Measurement, PrivacyReport
 from privlab.synthetic.metrics import association_matrix, correlation_distance, correlation_ratio, cramers_v
 from privlab.synthetic.sdv_models import SDV_MODELS, SdvConfig, SdvSynthesizer, sdv_config, sdv_metadata
 
 __all__ = [
     "make_synthesizer", "SYNTHESIZERS",
     "SdvSynthesizer", "SdvConfig", "sdv_config", "sdv_metadata", "SDV_MODELS",
-    "MarginalSynthesizer", "PrivacyReport", "Measurement", "rho_from_epsilon", "epsilon_from_rho",
+    "MarginalSynthesizer", "PrivacyReport", "Measurement",
     "IndependentSynthesizer", "CopySynthesizer",
     "CategoricalDomain", "NumericDomain", "cps1988_domain", "dp_numeric_domain",
     "evaluate", "SyntheticEvaluation",

@@ -70,41 +70,12 @@ import numpy as np
 import pandas as pd
 
 from privlab._validate import check_delta, check_epsilon, check_int, check_probability
+from privlab.accounting.zcdp import epsilon_from_rho, rho_from_epsilon
 from privlab.mechanisms import exponential_mechanism_gumbel
 from privlab.synthetic.domain import NumericDomain, dp_numeric_domain, resolve_domain
 from privlab.synthetic.tables import as_rng, check_frame, restore_dtypes
 
-__all__ = ["MarginalSynthesizer", "Measurement", "PrivacyReport", "rho_from_epsilon", "epsilon_from_rho"]
-
-
-def rho_from_epsilon(*, epsilon: float, delta: float) -> float:
-    r"""The zCDP budget :math:`\rho` whose classic conversion at ``delta`` is ``epsilon``.
-
-    Solves :math:`\varepsilon = \rho + 2\sqrt{\rho L}`, :math:`L = \ln(1/\delta)`, a
-    quadratic in :math:`\sqrt\rho`: :math:`\rho = (\sqrt{L+\varepsilon} - \sqrt L)^2`.
-    Reference: Bun and Steinke 2016, Prop 1.3.
-
-    >>> round(rho_from_epsilon(epsilon=1.0, delta=1e-6), 6)
-    0.017469
-
-    Used in: chapter 9.
-    """
-    eps, log_inv_delta = check_epsilon(epsilon), math.log(1 / check_delta(delta))
-    # (sqrt(L + eps) - sqrt(L))^2 = eps^2 / (sqrt(L + eps) + sqrt(L))^2, stable for small eps
-    return eps**2 / (math.sqrt(log_inv_delta + eps) + math.sqrt(log_inv_delta)) ** 2
-
-
-def epsilon_from_rho(*, rho: float, delta: float) -> float:
-    r""":math:`\varepsilon = \rho + 2\sqrt{\rho\ln(1/\delta)}` (Bun and Steinke 2016, Prop 1.3).
-
-    Uses :func:`privlab.accounting.zcdp.zcdp_to_epsilon` (classic conversion).
-
-    >>> round(epsilon_from_rho(rho=rho_from_epsilon(epsilon=3.0, delta=1e-5), delta=1e-5), 9)
-    3.0
-    """
-    from privlab.accounting.zcdp import zcdp_to_epsilon
-
-    return zcdp_to_epsilon(rho=rho, delta=delta, conversion="classic")
+__all__ = ["MarginalSynthesizer", "Measurement", "PrivacyReport"]
 
 
 @dataclass(frozen=True)

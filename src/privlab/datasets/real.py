@@ -22,6 +22,50 @@ CPS1988_CATEGORIES = {
     "parttime": ["no", "yes"],
 }
 
+# Public constants for CPS1988, fixed from the data set's documentation, never from its rows.
+# AER's ?CPS1988: "A sample of men aged 18 to 70 with positive annual income greater than
+# USD 50 in 1992"; experience is "age - education - 6". Education is years of school in the
+# pre-1992 CPS coding, 0 to 18 (18: six or more years of college). So experience lies in
+# 18 - 18 - 6 = -6 .. 70 - 0 - 6 = 64, and experience squared in 0 .. 64**2.
+#: Public ranges ``(lower, upper)`` of the numeric features (the codebook's, see above).
+CPS1988_RANGES = {"education": (0, 18), "experience": (-6, 64), "experience_sq": (0, 64**2)}
+#: The label threshold: a weekly wage above USD 500 (1992 dollars). A round constant we declare
+#: public and fix in code; it is not computed from the rows (the pooled median, which earlier
+#: versions used, is a statistic of the private data and no DP release).
+CPS1988_WAGE_THRESHOLD = 500.0
+
+
+def cps1988_public_features(df: pd.DataFrame) -> pd.DataFrame:
+    r"""Education, experience and experience squared mapped onto :math:`[-1, 1]` by public ranges.
+
+    .. math::  x \mapsto \frac{2 (x - \ell)}{u - \ell} - 1, \qquad (\ell, u) = \texttt{CPS1988\_RANGES}[\text{column}]
+
+    The ranges come from the codebook (:data:`CPS1988_RANGES`), so the scaling reads nothing
+    from the data: unlike standardisation by the sample mean and standard deviation, it is
+    the same map on neighbouring data sets, and a DP release built on it needs no extra
+    accounting. (Out-of-range values, which the codebook excludes, would map outside
+    :math:`[-1, 1]`.)
+
+    >>> import pandas as pd
+    >>> cps1988_public_features(pd.DataFrame({"education": [0, 18], "experience": [-6, 64]})).to_numpy().tolist()
+    [[-1.0, -1.0, -0.982421875], [1.0, 1.0, 1.0]]
+
+    Used in: chapters 7, 8.
+    """
+    exp = df["experience"].astype(float)
+    raw = {"education": df["education"].astype(float), "experience": exp, "experience_sq": exp**2}
+    return pd.DataFrame(
+        {c: 2.0 * (v - CPS1988_RANGES[c][0]) / (CPS1988_RANGES[c][1] - CPS1988_RANGES[c][0]) - 1.0
+         for c, v in raw.items()}, index=df.index)  # fmt: skip
+
+
+def cps1988_high_wage(df: pd.DataFrame) -> "pd.Series":
+    """The binary label: weekly wage above the public :data:`CPS1988_WAGE_THRESHOLD` (1 or 0, float32).
+
+    Used in: chapters 7, 8.
+    """
+    return (df["wage"] > CPS1988_WAGE_THRESHOLD).astype("float32")
+
 
 def _cached(name: str, package: str, item: str, cache: Path | None) -> pd.DataFrame:
     path = (cache or data_dir()) / f"{name}.csv"

@@ -26,7 +26,7 @@ import pandas as pd
 
 from privlab.config import get_device
 from privlab.datasets import load_cps1988
-from privlab.synthetic import SDV_MODELS, cps1988_domain, evaluate, make_synthesizer
+from privlab.synthetic import SDV_MODELS, cps1988_domain, evaluate_synthetic, make_synthesizer
 
 TARGET_S = 10.0
 
@@ -84,7 +84,8 @@ def main(argv=None) -> int:
                 # the DP synthesizer samples its own DP estimate of N; the others release len(train)
                 size = None if name == "marginal" else len(train)
                 syn = make_synthesizer(name, seed=args.seed, **kw).fit(train).sample(size, rng=args.seed + 1)
-                runs[-1]["evaluation"] = evaluate(train, hold, syn, target="parttime", rng=args.seed).summary()
+                runs[-1]["evaluation"] = evaluate_synthetic(train, hold, syn, target="parttime",
+                                                                   rng=args.seed).summary()
 
     table = pd.DataFrame(runs).set_index("generator")
     print("\n" + table[["fit_s", "sample_s", "total_s"]].round(3).to_string())

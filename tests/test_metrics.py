@@ -14,7 +14,15 @@ from hypothesis import strategies as st
 from sklearn import metrics as skm
 
 from privlab.config import make_rng
-from privlab.metrics import accuracy, evaluate, f1_score, ndcg_at_k, ranking_per_user, recall_at_k, roc_auc
+from privlab.metrics import (
+    accuracy,
+    f1_score,
+    metrics_table,
+    ndcg_at_k,
+    ranking_per_user,
+    recall_at_k,
+    roc_auc,
+)
 
 L2, L4, L5, L6 = math.log2(3), math.log2(4), math.log2(5), math.log2(6)  # discounts of ranks 2, 3, 4, 5
 
@@ -134,7 +142,7 @@ def test_evaluate_groups_equal_filtered_subsets():
     cl, cs = (rng.random(m) < 0.1).astype(int), rng.random(m)
     user_seg = rng.integers(0, 3, 300)
     groups = {f"g{j}": (seg == j, user_seg[cu] == j) for j in range(3)}
-    df = evaluate(y, s, cu, cl, cs, k=10, groups=groups)
+    df = metrics_table(y, s, cu, cl, cs, k=10, groups=groups)
     assert list(df.index) == ["overall", "g0", "g1", "g2"]
     for name, (tm, cm) in groups.items():
         row = df.loc[name]
@@ -146,7 +154,7 @@ def test_evaluate_groups_equal_filtered_subsets():
         assert row["n_rows"] == tm.sum()
     assert df.loc["overall", "recall@10"] == pytest.approx(recall_at_k(cu, cl, cs, k=10))
     # a group with one class gets AUC NaN, not an error
-    one = evaluate([1, 1], [0.2, 0.9], [0], [1], [0.5], k=1)
+    one = metrics_table([1, 1], [0.2, 0.9], [0], [1], [0.5], k=1)
     assert np.isnan(one.loc["overall", "auc"])
 
 
@@ -198,4 +206,4 @@ def test_other_bad_input_raises():
     with pytest.raises(ValueError, match="threshold must be finite, got nan"):
         accuracy([0], [0.1], threshold=float("nan"))
     with pytest.raises(ValueError, match="group 'g'"):
-        evaluate([0, 1], [0.1, 0.9], [0], [1], [0.5], groups={"g": (np.ones(3, bool), np.ones(1, bool))})
+        metrics_table([0, 1], [0.1, 0.9], [0], [1], [0.5], groups={"g": (np.ones(3, bool), np.ones(1, bool))})

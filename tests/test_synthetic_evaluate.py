@@ -14,7 +14,7 @@ from scipy import stats
 from scipy.stats.contingency import association
 
 from privlab.datasets import load_cps1988
-from privlab.synthetic import CopySynthesizer, IndependentSynthesizer, evaluate
+from privlab.synthetic import CopySynthesizer, IndependentSynthesizer, evaluate_synthetic
 from privlab.synthetic.metrics import (
     association_matrix,
     correlation_distance,
@@ -48,7 +48,7 @@ def tables():
 
 def test_identical_data_has_zero_distance(tables):
     train, hold, _ = tables
-    res = evaluate(train, hold, train.copy(), target="t", rng=0)
+    res = evaluate_synthetic(train, hold, train.copy(), target="t", rng=0)
     assert all(v == 0 for v in res.marginal.values())
     assert res.marginal_metric == {"x": "KS", "y": "KS", "c": "TV", "d": "TV", "t": "TV"}
     assert res.correlation_frobenius == 0 and res.correlation_mean_abs == 0
@@ -57,7 +57,7 @@ def test_identical_data_has_zero_distance(tables):
 
 def test_exact_copies_are_caught(tables):
     train, hold, _ = tables
-    res = evaluate(train, hold, train.sample(frac=1.0, random_state=1), target="t", rng=0)
+    res = evaluate_synthetic(train, hold, train.sample(frac=1.0, random_state=1), target="t", rng=0)
     assert res.dcr_synthetic_median == 0 and res.nndr_mean == 0
     assert res.dcr_share == 1.0
     assert res.mia_auc > 0.99  # continuous columns: no holdout record sits on a training record
@@ -65,7 +65,7 @@ def test_exact_copies_are_caught(tables):
 
 def test_an_independent_sample_leaks_nothing(tables):
     train, hold, fresh = tables
-    res = evaluate(train, hold, fresh, target="t", rng=0, max_records=2000)
+    res = evaluate_synthetic(train, hold, fresh, target="t", rng=0, max_records=2000)
     n1 = n2 = 2000
     se_auc = math.sqrt((n1 + n2 + 1) / (12 * n1 * n2))  # Mann-Whitney AUC under the null
     assert abs(res.mia_auc - 0.5) < Z * se_auc
@@ -78,7 +78,7 @@ def test_an_independent_sample_leaks_nothing(tables):
 def test_independent_columns_lose_the_correlations(tables):
     train, hold, _ = tables
     bad = IndependentSynthesizer(seed=0).fit(train).sample(2000, rng=1)
-    res = evaluate(train, hold, bad, target="t", rng=0)
+    res = evaluate_synthetic(train, hold, bad, target="t", rng=0)
     a = res.association_real.to_numpy()
     # every real association is lost: the distance is about the real associations themselves
     iu = np.triu_indices(a.shape[0], 1)
@@ -90,7 +90,7 @@ def test_independent_columns_lose_the_correlations(tables):
 
 def test_summary_and_frame(tables):
     train, hold, fresh = tables
-    res = evaluate(train, hold, fresh, target="x", rng=0, model="logistic")
+    res = evaluate_synthetic(train, hold, fresh, target="x", rng=0, model="logistic")
     s = res.summary()
     assert list(s.index) == ["marginal_mean", "marginal_max", "corr_frobenius", "corr_mean_abs", "tstr_auc",
                              "trtr_auc", "utility_ratio", "nndr_mean", "dcr_share", "mia_auc"]
@@ -102,7 +102,7 @@ def test_summary_and_frame(tables):
 def test_evaluate_runs_on_cps_with_copies_caught():
     df = load_cps1988().sample(3000, random_state=0).reset_index(drop=True)
     train, hold = df.iloc[:1500], df.iloc[1500:]
-    res = evaluate(train, hold, CopySynthesizer(seed=0).fit(train).sample(1500, rng=0), target="parttime", rng=0)
+    res = evaluate_synthetic(train, hold, CopySynthesizer(seed=0).fit(train).sample(1500, rng=0), target="parttime", rng=0)
     assert res.dcr_synthetic_median == 0 and res.dcr_share > 0.9 and res.mia_auc > 0.7
 
 
@@ -145,25 +145,25 @@ def test_bias_corrected_cramers_v_is_near_zero_for_independent_columns():
 def test_bad_input_is_refused(tables):
     train, hold, fresh = tables
     with pytest.raises(ValueError, match="at least one row"):
-        evaluate(train, hold, fresh.iloc[:0], target="t", rng=0)
+        evaluate_synthetic(train, hold, fresh.iloc[:0], target="t", rng=0)
     with pytest.raises(ValueError, match="missing"):
-        evaluate(train, hold.drop(columns="y"), fresh, target="t", rng=0)
+        evaluate_synthetic(train, hold.drop(columns="y"), fresh, target="t", rng=0)
     with pytest.raises(ValueError, match="entirely NaN"):
-        evaluate(train, hold, fresh.assign(x=np.nan), target="t", rng=0)
+        evaluate_synthetic(train, hold, fresh.assign(x=np.nan), target="t", rng=0)
     unseen = fresh.astype({"d": object})
     unseen.loc[0, "d"] = "w"
     with pytest.raises(ValueError, match="value\(s\) not in real_train's categories"):
-        evaluate(train, hold, unseen, target="t", rng=0)
+        evaluate_synthetic(train, hold, unseen, target="t", rng=0)
     with pytest.raises(ValueError, match="numeric in real_train"):
-        evaluate(train, hold, fresh.assign(x="a"), target="t", rng=0)
+        evaluate_synthetic(train, hold, fresh.assign(x="a"), target="t", rng=0)
     with pytest.raises(ValueError, match="not a column"):
-        evaluate(train, hold, fresh, target="z", rng=0)
+        evaluate_synthetic(train, hold, fresh, target="z", rng=0)
     three = train.assign(d=np.resize(["u", "v", "w"], len(train)))
     with pytest.raises(ValueError, match="two values"):
-        evaluate(three, hold, fresh, target="d", rng=0)
+        evaluate_synthetic(three, hold, fresh, target="d", rng=0)
     with pytest.raises(ValueError, match="one class"):
-        evaluate(train, hold.assign(t=pd.Categorical(["no"] * len(hold), ["no", "yes"])), fresh, target="t", rng=0)
+        evaluate_synthetic(train, hold.assign(t=pd.Categorical(["no"] * len(hold), ["no", "yes"])), fresh, target="t", rng=0)
     with pytest.raises(ValueError, match="model"):
-        evaluate(train, hold, fresh, target="t", rng=0, model="forest")
+        evaluate_synthetic(train, hold, fresh, target="t", rng=0, model="forest")
     with pytest.raises(ValueError, match="rng"):
-        evaluate(train, hold, fresh, target="t", rng="seed")
+        evaluate_synthetic(train, hold, fresh, target="t", rng="seed")

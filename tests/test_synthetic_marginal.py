@@ -287,7 +287,7 @@ def test_sample_size_is_a_dp_estimate_or_declared_public(cps):
 
 
 def test_no_data_value_in_any_error_message(cps):
-    from privlab.synthetic import evaluate
+    from privlab.synthetic import evaluate_synthetic
     from privlab.synthetic.tables import restore_dtypes
 
     secret, number = "SECRET-5e1d", 987654.321
@@ -298,7 +298,7 @@ def test_no_data_value_in_any_error_message(cps):
         lambda: MarginalSynthesizer(epsilon=1.0, delta=DELTA, domain={"x": (0, 10)}).fit(frame.astype({"c": "category"})),
         lambda: CategoricalDomain(("a", "b")).encode(frame["c"], column="c"),
         lambda: restore_dtypes(frame[["c"]], {"c": pd.CategoricalDtype(["a", "b"])}),
-        lambda: evaluate(frame.iloc[:100].assign(t=[0, 1] * 50), frame.iloc[1:].assign(t=[0, 1] * 50),
+        lambda: evaluate_synthetic(frame.iloc[:100].assign(t=[0, 1] * 50), frame.iloc[1:].assign(t=[0, 1] * 50),
                          frame.iloc[:100].assign(t=[0, 1] * 50), target="t", rng=0),
     ]
     for call in calls:

@@ -54,7 +54,7 @@ from scipy.stats import rankdata
 from privlab._validate import check_array, check_int
 
 __all__ = [
-    "RankingResult", "accuracy", "evaluate", "f1_score", "ndcg_at_k", "ranking_per_user", "recall_at_k",
+    "RankingResult", "accuracy", "f1_score", "metrics_table", "ndcg_at_k", "ranking_per_user", "recall_at_k",
     "roc_auc",
 ]  # fmt: skip
 
@@ -353,7 +353,7 @@ def _row(y, s, cu, cl, cs, k: int, threshold: float) -> dict:
     return out
 
 
-def evaluate(
+def metrics_table(
     y_true, y_score, cand_user, cand_label, cand_score, *, k: int = 20, threshold: float = 0.5,
     groups: Mapping[str, tuple] | None = None,
 ) -> pd.DataFrame:  # fmt: skip
@@ -381,7 +381,7 @@ def evaluate(
     Raises:
         ValueError: as the individual metrics; masks of the wrong length.
 
-    >>> df = evaluate([0, 1], [0.2, 0.9], [0, 0], [1, 0], [0.9, 0.1], k=1)
+    >>> df = metrics_table([0, 1], [0.2, 0.9], [0, 0], [1, 0], [0.9, 0.1], k=1)
     >>> df.loc["overall", ["accuracy", "auc", "recall@1"]].tolist()
     [1.0, 1.0, 1.0]
 

@@ -249,7 +249,7 @@ class StreamRecData:
     cand_market = property(lambda self: self.user_market[self.cand_user], doc="Market code per candidate.")
 
     def groups(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """``{name: (test_mask, cand_mask)}`` for the six reported groups, for :func:`privlab.metrics.evaluate`.
+        """``{name: (test_mask, cand_mask)}`` for the six reported groups, for :func:`privlab.metrics.metrics_table`.
 
         Names: power_users, casual, new_users, eu_market, us_market, jp_market.
         """
@@ -267,9 +267,9 @@ class StreamRecData:
         model, not of every ranker: sampled negatives are label 0 whatever their
         click probability.
         """
-        from privlab.metrics import evaluate
+        from privlab.metrics import metrics_table
 
-        return evaluate(self.y_test, expit(self.oracle_logit(self.test_user, self.test_item)),
+        return metrics_table(self.y_test, expit(self.oracle_logit(self.test_user, self.test_item)),
                         self.cand_user, self.cand_label, self.oracle_logit(self.cand_user, self.cand_item),
                         k=k, groups=self.groups())  # fmt: skip
 

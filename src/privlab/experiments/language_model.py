@@ -43,8 +43,8 @@ from privlab.datasets.text import CharTokenizer, TextSplit, canary_text, make_te
 from privlab.dpsgd import DPSGDConfig, lm_loss, train
 
 __all__ = ["LMScale", "LM_SCALES", "build_model", "sequence_losses", "canary_space_losses", "exposure", "membership_attack",
-           "pack_users", "UserLM", "user_lm_loss", "finetune", "pretrain", "evaluate", "default_runs", "run",
-           "write_results"]
+           "pack_users", "UserLM", "user_lm_loss", "finetune", "pretrain", "evaluate_language_model", "default_runs",
+           "run", "write_results"]
 
 
 @dataclass(frozen=True)
@@ -232,7 +232,8 @@ def pretrain(split: TextSplit, s: LMScale, *, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def evaluate(model: nn.Module, split: TextSplit, s: LMScale, *, rng: np.random.Generator) -> dict:
+def evaluate_language_model(model: nn.Module, split: TextSplit, s: LMScale, *,
+                            rng: np.random.Generator) -> dict:  # fmt: skip
     """Exposure of every canary, validation perplexity, and the loss-threshold attack."""
     canary_rows = sum(c.repetitions for c in split.canaries)
     members = split.private[: len(split.private) - canary_rows]           # the non-canary private rows
@@ -277,12 +278,12 @@ def run(scale: str = "smoke", *, runs=None, seed: int = 0, progress: bool = True
     results = {"scale": scale, "config": asdict(s), "corpus_fingerprint": split.fingerprint,
                "device": "cpu", "canaries": [asdict(c) for c in split.canaries],
                "users": {u: int(n) for u, n in zip(*np.unique(split.private_users, return_counts=True))},
-               "public_model": evaluate(base, split, s, rng=np.random.default_rng(seed)),
+               "public_model": evaluate_language_model(base, split, s, rng=np.random.default_rng(seed)),
                "pretrain_seconds": time.perf_counter() - t0, "runs": []}
     for eps, method, unit in tqdm(runs, desc="fine-tuning", disable=not progress):
         model, rec = finetune(base, split, s, epsilon=eps, method=method, unit=unit, seed=seed)
         rec.update({"method": method, "unit": unit})
-        rec.update(evaluate(model, split, s, rng=np.random.default_rng(seed)))
+        rec.update(evaluate_language_model(model, split, s, rng=np.random.default_rng(seed)))
         results["runs"].append(rec)
     return results
 

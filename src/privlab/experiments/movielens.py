@@ -288,7 +288,7 @@ def run_movielens(data: MovieLensData, *, epsilons: Sequence[float] = (1, 3, 8, 
 
 def _run_movielens(data, *, epsilons, epochs, batch_size, lr, max_rows, kind, quantile, seed, progress):
     from privlab.dpsgd import DPSGDConfig, summarize_grad_norms
-    from privlab.metrics import evaluate
+    from privlab.metrics import metrics_table
 
     from .streamrec import _steps, calibrate_sigma, prior_log_odds
     from .user_level import pack_by_user, train_user_level
@@ -327,7 +327,7 @@ def _run_movielens(data, *, epsilons, epochs, batch_size, lr, max_rows, kind, qu
         with torch.no_grad():
             s_test = net(*_inputs(kind, data, data.test_user, data.test_item)).numpy()
             s_cand = net(*_inputs(kind, data, data.cand_user, data.cand_item)).numpy()
-        table = evaluate(data.y_test, s_test, data.cand_user, data.cand_label, s_cand, k=20, threshold=0.0,
+        table = metrics_table(data.y_test, s_test, data.cand_user, data.cand_label, s_cand, k=20, threshold=0.0,
                          groups=data.groups())  # fmt: skip
         losses = [float(v) / rows_per_user for v in res.losses]
         frac = (float(summarize_grad_norms(res.grad_norms, clip_norms=[c]).fraction_clipped[c])

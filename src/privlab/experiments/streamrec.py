@@ -43,7 +43,7 @@ processes (a batch-4096 step measured 10 times slower with 2 threads than with
 1 on a loaded 2-core machine), so :func:`run_sweep` uses one thread by default
 and restores torch's setting afterwards (:func:`torch_threads`).
 
-**Per run** (:func:`run_one`): every metric of :func:`privlab.metrics.evaluate`
+**Per run** (:func:`run_one`): every metric of :func:`privlab.metrics.metrics_table`
 overall and per segment and market, the loss per epoch and the final loss, the
 *convergence epoch* (:func:`convergence_epoch`: the first epoch from which
 the training loss stays within 1% of its final value), the wall-clock training
@@ -86,7 +86,7 @@ __all__ = [
 ]  # fmt: skip
 
 #: The metrics every case-study run reports (StreamRec and MovieLens), columns of
-#: :func:`privlab.metrics.evaluate` at K = 20.
+#: :func:`privlab.metrics.metrics_table` at K = 20.
 METRICS = ("accuracy", "auc", "f1", "recall@20", "ndcg@20")
 ACCOUNTING_METHODS = ("basic", "advanced", "rdp", "pld")
 
@@ -348,13 +348,13 @@ def choose_clip_norm(proxy, *, profile: StreamRecProfile, seed: int, device=None
 
 
 def _evaluate(model, data, dev) -> tuple[pd.DataFrame, np.ndarray]:
-    from privlab.metrics import evaluate
+    from privlab.metrics import metrics_table
 
     model.eval()
     with torch.no_grad():
         s_test = torch.cat([model(xb) for xb, _ in data.iter_chunks("test", device=dev)]).cpu().numpy()
         s_cand = torch.cat([model(xb) for xb, _ in data.iter_chunks("cand", device=dev)]).cpu().numpy()
-    table = evaluate(data.y_test, s_test, data.cand_user, data.cand_label, s_cand, k=20, threshold=0.0,
+    table = metrics_table(data.y_test, s_test, data.cand_user, data.cand_label, s_cand, k=20, threshold=0.0,
                      groups=data.groups())  # fmt: skip
     return table, s_test
 

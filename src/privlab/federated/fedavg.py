@@ -53,10 +53,10 @@ from .local import (
     ParamSpec,
     batch_plan,
     batch_plans,
-    evaluate,
     local_update,
     local_updates_bmm,
     local_updates_vmap,
+    loss_and_accuracy,
     supports_bmm,
 )
 from .partitions import FederatedDataset
@@ -400,7 +400,7 @@ def simulate(model: nn.Module, data: FederatedDataset, algorithm: FedAvg, *, rng
         row = {"round": t, "clients": len(sel), "epsilon": privacy.epsilon(t, data.num_clients, algorithm),
                "seconds": time.perf_counter() - start}  # fmt: skip
         for name, (x, y) in evals.items():
-            row[f"{name}_loss"], row[f"{name}_accuracy"] = evaluate(
+            row[f"{name}_loss"], row[f"{name}_accuracy"] = loss_and_accuracy(
                 model, spec.unflatten(params), x, y, loss=algorithm.loss)
         rows.append(row)
     return FedResult(params, spec, pd.DataFrame(rows))

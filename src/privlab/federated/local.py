@@ -52,10 +52,10 @@ __all__ = [
     "batch_plan",
     "batch_plans",
     "client_rng",
-    "evaluate",
     "local_update",
     "local_updates_bmm",
     "local_updates_vmap",
+    "loss_and_accuracy",
     "make_model",
     "shuffle_keys",
     "supports_bmm",
@@ -419,8 +419,8 @@ def local_updates_bmm(model: nn.Module, params: Mapping[str, Tensor], x: Tensor,
     return {k: v.detach() for k, v in theta.items()}
 
 
-def evaluate(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *,
-             loss: str = "bce") -> tuple[float, float]:  # fmt: skip
+def loss_and_accuracy(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor, *,
+                      loss: str = "bce") -> tuple[float, float]:  # fmt: skip
     """Mean loss and accuracy of the model with these parameters on ``(x, y)``."""
     with torch.no_grad():
         out = functional_call(model, dict(params), (x,))

@@ -54,9 +54,9 @@ from .fedavg import (
 from .local import (
     ParamSpec,
     batch_plans,
-    evaluate,
     local_update,
     local_updates_bmm,
+    loss_and_accuracy,
     supports_bmm,
 )
 from .partitions import FederatedDataset
@@ -190,7 +190,7 @@ def simulate_scaffold(
         row = {"round": t, "clients": len(sel), "epsilon": float("inf"),
                "seconds": time.perf_counter() - start, "drift": drift}  # fmt: skip
         if evals is not None:
-            row["test_loss"], row["test_accuracy"] = evaluate(
+            row["test_loss"], row["test_accuracy"] = loss_and_accuracy(
                 model, spec.unflatten(params), *evals, loss=algorithm.loss
             )
         rows.append(row)

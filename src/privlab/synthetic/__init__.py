@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from privlab.synthetic.baselines import CopySynthesizer, IndependentSynthesizer
 from privlab.synthetic.domain import CategoricalDomain, NumericDomain, cps1988_domain, dp_numeric_domain
-from privlab.synthetic.evaluate import SyntheticEvaluation, evaluate
+from privlab.synthetic.evaluate import SyntheticEvaluation, evaluate_synthetic
 from privlab.synthetic.marginal import MarginalSynthesizer, Measurement, PrivacyReport
 from privlab.synthetic.metrics import association_matrix, correlation_distance, correlation_ratio, cramers_v
 from privlab.synthetic.sdv_models import SDV_MODELS, SdvConfig, SdvSynthesizer, sdv_config, sdv_metadata
@@ -40,7 +40,7 @@ __all__ = [
     "MarginalSynthesizer", "PrivacyReport", "Measurement",
     "IndependentSynthesizer", "CopySynthesizer",
     "CategoricalDomain", "NumericDomain", "cps1988_domain", "dp_numeric_domain",
-    "evaluate", "SyntheticEvaluation",
+    "evaluate_synthetic", "SyntheticEvaluation",
     "association_matrix", "correlation_distance", "cramers_v", "correlation_ratio",
 ]  # fmt: skip
 

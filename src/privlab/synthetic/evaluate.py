@@ -1,6 +1,6 @@
 r"""An honest evaluation of synthetic data: fidelity, utility, and what it leaks.
 
-:func:`evaluate` compares a synthetic table with the real table it was fitted
+:func:`evaluate_synthetic` compares a synthetic table with the real table it was fitted
 on (``real_train``) and with real records it never saw (``real_holdout``):
 
 * **marginal fidelity** per column, synthetic against train: KS statistic for
@@ -58,14 +58,14 @@ from privlab.synthetic.metrics import (
 )
 from privlab.synthetic.tables import as_rng, check_frame
 
-__all__ = ["SyntheticEvaluation", "evaluate", "binary_target", "encode_features"]
+__all__ = ["SyntheticEvaluation", "evaluate_synthetic", "binary_target", "encode_features"]
 
 _MODELS = ("hgb", "logistic")
 
 
 @dataclass(frozen=True)
 class SyntheticEvaluation:
-    """The numbers :func:`evaluate` computes (see the module docstring for each)."""
+    """The numbers :func:`evaluate_synthetic` computes (see the module docstring for each)."""
 
     marginal: dict  # column -> KS (numeric) or TV (categorical), synthetic vs train
     marginal_metric: dict  # column -> "KS" or "TV"
@@ -169,9 +169,9 @@ def _subsample(x: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
     return x if len(x) <= m else x[rng.choice(len(x), m, replace=False)]
 
 
-def evaluate(real_train: pd.DataFrame, real_holdout: pd.DataFrame, synthetic: pd.DataFrame, *, target: str,
-             rng: np.random.Generator | int, positive=None, model: str = "hgb", max_records: int = 5_000,
-             bias_corrected: bool = True) -> SyntheticEvaluation:
+def evaluate_synthetic(real_train: pd.DataFrame, real_holdout: pd.DataFrame, synthetic: pd.DataFrame, *,
+                       target: str, rng: np.random.Generator | int, positive=None, model: str = "hgb",
+                       max_records: int = 5_000, bias_corrected: bool = True) -> SyntheticEvaluation:
     """Fidelity, utility and privacy metrics of ``synthetic`` (see the module docstring).
 
     Args:

@@ -1,4 +1,4 @@
-r"""The fidelity and privacy metrics of :func:`privlab.synthetic.evaluate`, one function each.
+r"""The fidelity and privacy metrics of :func:`privlab.synthetic.evaluate_synthetic`, one function each.
 
 Fidelity of one column: the Kolmogorov-Smirnov statistic
 :math:`\sup_x |F(x) - G(x)|` for a numeric column, the total variation distance
@@ -14,7 +14,7 @@ Soc. 42: 323-328), which is about 0 for independent columns instead of
 :math:`O(1/\sqrt n)`. A constant column has association 0 with everything.
 
 Distances between records (:func:`nearest_distances`) are Euclidean on the
-encoded features of :func:`privlab.synthetic.evaluate` and found with
+encoded features of :func:`privlab.synthetic.evaluate_synthetic` and found with
 scikit-learn's :class:`~sklearn.neighbors.NearestNeighbors`.
 
 >>> ks_statistic([1, 2, 3], [1, 2, 3])

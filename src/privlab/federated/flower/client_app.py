@@ -18,7 +18,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from ..local import batch_plan, evaluate, local_update
+from ..local import batch_plan, local_update, loss_and_accuracy
 from .task import context_run_config, experiment
 
 __all__ = ["app", "make_client_app"]
@@ -45,14 +45,14 @@ def make_client_app(overrides: Mapping[str, object] | None = None) -> ClientApp:
                           base_seed=int(conf["base-seed"]), round_index=int(conf["server-round"]),
                           client_id=pid)  # fmt: skip
         new = local_update(exp.model, params, x, y, plan=plan, lr=algo.local_lr, mu=algo.mu, loss=algo.loss)
-        loss, acc = evaluate(exp.model, new, x, y, loss=algo.loss)
+        loss, acc = loss_and_accuracy(exp.model, new, x, y, loss=algo.loss)
         metrics = MetricRecord({"num-examples": len(y), "unit-weight": 1, "train-loss": loss, "train-accuracy": acc})
         return Message(RecordDict({"arrays": ArrayRecord(new), "metrics": metrics}), reply_to=msg)
 
     @app.evaluate()
     def evaluate_(msg: Message, context: Context) -> Message:
         _, exp, _, x, y, params = _local(msg, context)
-        loss, acc = evaluate(exp.model, params, x, y, loss=exp.algorithm.loss)
+        loss, acc = loss_and_accuracy(exp.model, params, x, y, loss=exp.algorithm.loss)
         metrics = MetricRecord({"num-examples": len(y), "unit-weight": 1, "eval-loss": loss, "eval-accuracy": acc})
         return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 

@@ -27,6 +27,8 @@ Used in: chapter 9.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from privlab.synthetic.baselines import CopySynthesizer, IndependentSynthesizer
 from privlab.synthetic.domain import CategoricalDomain, NumericDomain, cps1988_domain, dp_numeric_domain
 from privlab.synthetic.evaluate import SyntheticEvaluation, evaluate_synthetic
@@ -44,8 +46,25 @@ __all__ = [
     "association_matrix", "correlation_distance", "cramers_v", "correlation_ratio",
 ]  # fmt: skip
 
-#: Every name :func:`make_synthesizer` knows.
-SYNTHESIZERS = (*SDV_MODELS, "marginal", "independent", "copy")
+
+def _sdv_synthesizer(name: str, *, seed: int | None, scale=None, **kwargs) -> SdvSynthesizer:
+    if seed is None:
+        raise ValueError(f"{name} needs an int seed, got None")
+    return SdvSynthesizer(name, seed=seed, scale=scale, **kwargs)
+
+
+def _scale_free(cls: type) -> Callable:
+    """A factory for a generator whose size does not depend on the scale profile."""
+    return lambda name, *, seed, scale=None, **kwargs: cls(seed=seed, **kwargs)
+
+
+#: Every generator :func:`make_synthesizer` knows: name -> ``factory(name, *, seed, scale, **kwargs)``.
+SYNTHESIZERS: dict[str, Callable] = {
+    **dict.fromkeys(SDV_MODELS, _sdv_synthesizer),
+    "marginal": _scale_free(MarginalSynthesizer),
+    "independent": _scale_free(IndependentSynthesizer),
+    "copy": _scale_free(CopySynthesizer),
+}
 
 
 def make_synthesizer(name: str, *, seed: int | None, scale=None, **kwargs):
@@ -72,14 +91,6 @@ def make_synthesizer(name: str, *, seed: int | None, scale=None, **kwargs):
 
     Used in: chapter 9.
     """
-    if name in SDV_MODELS:
-        if seed is None:
-            raise ValueError(f"{name} needs an int seed, got None")
-        return SdvSynthesizer(name, seed=seed, scale=scale, **kwargs)
-    if name == "marginal":
-        return MarginalSynthesizer(seed=seed, **kwargs)
-    if name == "independent":
-        return IndependentSynthesizer(seed=seed, **kwargs)
-    if name == "copy":
-        return CopySynthesizer(seed=seed, **kwargs)
-    raise ValueError(f"name must be one of {SYNTHESIZERS}, got {name!r}")
+    if name not in SYNTHESIZERS:
+        raise ValueError(f"name must be one of {tuple(SYNTHESIZERS)}, got {name!r}")
+    return SYNTHESIZERS[name](name, seed=seed, scale=scale, **kwargs)

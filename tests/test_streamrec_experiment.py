@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from privlab.cli import main
-from privlab.experiments.provenance import to_jsonable
+from privlab.provenance import to_jsonable
 from privlab.experiments.streamrec import (
     accounting_study,
     calibrate_sigma,

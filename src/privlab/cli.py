@@ -35,7 +35,7 @@ from privlab.config import get_scale
 
 
 def _print_json(obj) -> None:
-    from privlab.experiments.provenance import to_jsonable
+    from privlab.provenance import to_jsonable
 
     print(json.dumps(to_jsonable(obj), allow_nan=False))
 

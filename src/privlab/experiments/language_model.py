@@ -289,7 +289,7 @@ def run(scale: str = "smoke", *, runs=None, seed: int = 0, progress: bool = True
 
 
 def write_results(results: dict, out_dir) -> "Path":
-    """``out_dir/results.json`` (:func:`privlab.experiments.provenance.write_json`: infinite
+    """``out_dir/results.json`` (:func:`privlab.provenance.write_json`: infinite
     epsilons as ``"inf"``) and ``out_dir/exposure.png``."""
     from pathlib import Path
 
@@ -298,7 +298,7 @@ def write_results(results: dict, out_dir) -> "Path":
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from privlab.experiments.provenance import write_json
+    from privlab.provenance import write_json
 
     out = Path(out_dir)
     path = write_json(results, out / "results.json")

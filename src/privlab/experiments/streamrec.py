@@ -637,7 +637,7 @@ def selection_cost(dp_runs: Sequence[dict], *, delta: float) -> dict:
 def _run_sweep(scale, *, epsilons, seed, studies, progress, device, profile) -> dict:
     from privlab.datasets.streamrec import StreamRecConfig, generate_streamrec
 
-    from .provenance import git_commit, library_versions, machine_info
+    from privlab.provenance import git_commit, library_versions, machine_info
 
     prof = profile if profile is not None else streamrec_profile(scale)
     eps_list = [check_epsilon(e, allow_inf=True) for e in epsilons]

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .provenance import write_json
+from privlab.provenance import write_json
+
 from .streamrec import METRICS, _label, threshold_table
 
 __all__ = ["aggregate_table", "clip_table", "degradation_table", "save_figures", "segment_recall", "write_results"]

@@ -142,3 +142,37 @@ def test_train_mlps_trains_and_validates():
             noise_multiplier=1.0,
             generator=torch.Generator(),
         )
+
+
+def test_train_mlps_divides_by_a_public_constant():
+    """The step is lr / (q p N) with p N public: it ignores the private N_m of each model."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(60, 3)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    keep = np.zeros((2, 60), dtype=bool)
+    keep[0, :40] = True  # N_m = 40 and 0: an empty model still takes finite noise steps
+    kw = dict(hidden=4, epochs=2, sample_rate=0.5, noise_multiplier=1.0, max_grad_norm=1.0)
+    a = train_mlps(X, y, keep, lr=0.2, inclusion_rate=0.5, generator=torch.Generator().manual_seed(1), **kw)
+    b = train_mlps(X, y, keep, lr=0.4, inclusion_rate=1.0, generator=torch.Generator().manual_seed(1), **kw)
+    np.testing.assert_allclose(a.logits, b.logits, rtol=1e-5, atol=1e-6)
+    assert np.isfinite(a.logits).all()
+    with pytest.raises(ValueError, match="inclusion_rate"):
+        train_mlps(X, y, keep, lr=0.2, inclusion_rate=0.0, generator=torch.Generator(), **kw)
+
+
+def test_bootstrap_tpr_matches_tpr_at_fpr():
+    """The bootstrap's fast TPR equals tpr_at_fpr, ties and nan included; replicates are paired."""
+    from privlab.attacks import bootstrap_tpr
+    from privlab.attacks.lira import _tpr_at_fpr_fast
+
+    rng = np.random.default_rng(7)
+    mem = rng.random((4, 500)) < 0.5
+    s = rng.normal(size=(4, 500)) + 0.5 * mem
+    s_tied = np.round(s, 1)
+    s_tied[0, :5] = np.nan
+    for a in (s, s_tied):
+        for f in (0.0, 0.001, 0.01, 0.1, 0.5, 1.0):
+            assert _tpr_at_fpr_fast(a.ravel(), mem.ravel(), f) == pytest.approx(tpr_at_fpr(a, mem, f))
+    reps = bootstrap_tpr([s, s], mem, 0.05, n_boot=50, rng=np.random.default_rng(0))
+    assert reps.shape == (50, 2) and (reps[:, 0] == reps[:, 1]).all()
+    assert abs(reps[:, 0].mean() - tpr_at_fpr(s, mem, 0.05)) < 4 * reps[:, 0].std()

@@ -209,7 +209,8 @@ class PrivacyPipeline:
             epsilon, delta: what the step spent (as computed by ``accounting``).
             techniques: e.g. ``["DP-SGD", "federated learning", "secure aggregation"]``.
             accounting: how the step's epsilon was computed (``"pld"``, ``"rdp"``, ``"laplace"``, ...).
-            quality: model or release quality (e.g. ``{"auc": 0.81}``).
+            quality: model or release quality (e.g. ``{"auc": 0.81}``), computed on public or proxy
+                data: a metric of the private data is itself a release the budget does not cover.
             details: anything else worth keeping (sigma, steps, ...), JSON-serialisable.
 
         Raises:

@@ -15,6 +15,7 @@ from .inversion import (
 )
 from .lira import (
     MLPEnsemble,
+    bootstrap_tpr,
     dp_tpr_bound,
     lira_scores,
     logit_confidence,
@@ -30,6 +31,7 @@ __all__ = [
     "matched_mse",
     "privatize_update",
     "MLPEnsemble",
+    "bootstrap_tpr",
     "dp_tpr_bound",
     "lira_scores",
     "logit_confidence",

@@ -51,10 +51,13 @@ from .._validate import (
     check_int,
     check_nonnegative,
     check_positive,
+    check_probability,
 )
+from ..dpsgd.sampling import steps_per_epoch
 
 __all__ = [
     "MLPEnsemble",
+    "bootstrap_tpr",
     "dp_tpr_bound",
     "lira_scores",
     "logit_confidence",
@@ -285,12 +288,12 @@ def _clipped_sums(params, xb, yb, wts, c):
 
 def train_mlps(X, y, keep, *, hidden: int, epochs: int, sample_rate: float, lr: float,
                noise_multiplier: float = 0.0, max_grad_norm: float | None = None,
-               generator: torch.Generator) -> MLPEnsemble:  # fmt: skip
+               inclusion_rate: float = 0.5, generator: torch.Generator) -> MLPEnsemble:  # fmt: skip
     r"""Train :math:`M` one-hidden-layer ReLU classifiers at once, model m on keep[m].
 
     Each step draws a Poisson batch :math:`S_m` (rate :math:`q` over model
     :math:`m`'s :math:`N_m` examples) and takes the DP-SGD step
-    :math:`\theta \leftarrow \theta - \frac{\eta}{qN_m}\bigl(\sum_{i\in S_m} \bar g_i
+    :math:`\theta \leftarrow \theta - \frac{\eta}{qN_{\rm pub}}\bigl(\sum_{i\in S_m} \bar g_i
     + \mathcal N(0, \sigma^2 C^2 I)\bigr)` with :math:`\bar g_i` the gradient of the
     cross-entropy clipped to norm :math:`C` (Abadi et al. 2016, arXiv:1607.00133).
     Without ``max_grad_norm`` (and :math:`\sigma = 0`) it is plain minibatch SGD.
@@ -298,11 +301,19 @@ def train_mlps(X, y, keep, *, hidden: int, epochs: int, sample_rate: float, lr: 
     training example (add/remove); account with
     :func:`privlab.accounting.dpsgd_epsilon` at :math:`(\sigma, q, T)`.
 
+    The denominator is the public constant :math:`N_{\rm pub} = pN` (``inclusion_rate``
+    :math:`p` times the pool size :math:`N`, both fixed before the inclusion coins are
+    drawn), never :math:`N_m` or the realised :math:`|S_m|`: under add/remove :math:`N_m`
+    differs between neighbours, and an update scaled by it would release it through
+    the noise norm, a leak the accountant does not charge (chapter 11).
+
     Args:
         X: ``(N, d)`` float features. y: ``(N,)`` integer labels.
         keep: ``(M, N)`` booleans. hidden: width :math:`h`. epochs: :math:`E`.
         sample_rate: :math:`q \in (0, 1]`. lr: :math:`\eta`.
         noise_multiplier: :math:`\sigma \ge 0`. max_grad_norm: :math:`C` or ``None``.
+        inclusion_rate: the public :math:`p \in (0, 1]` behind ``keep`` (LiRA's coin
+            flip: 0.5); only the constant :math:`qpN` uses it.
         generator: the run's only source of randomness (initialisation, batches, noise).
 
     Returns:
@@ -339,6 +350,7 @@ def train_mlps(X, y, keep, *, hidden: int, epochs: int, sample_rate: float, lr: 
     )
     if sigma > 0 and c is None:
         raise ValueError("noise_multiplier > 0 needs max_grad_norm")
+    p_in = check_probability("inclusion_rate", inclusion_rate)
     g = generator
     m_models, (n, d), k = keep_np.shape[0], X.shape, int(yt.max()) + 1
     keep_t = torch.as_tensor(keep_np)
@@ -346,10 +358,9 @@ def train_mlps(X, y, keep, *, hidden: int, epochs: int, sample_rate: float, lr: 
     b1 = torch.zeros(m_models, 1, h)
     w2 = torch.randn(m_models, h, k, generator=g) * math.sqrt(1 / h)
     b2 = torch.zeros(m_models, 1, k)
-    denom = (q * keep_t.sum(1).float()).view(
-        m_models, 1, 1
-    )  # q N_m, never the realised |S| (N_m public, as in Opacus)
-    per_epoch = max(1, round(1 / q))
+    # q p N: a public constant, never N_m (private under add/remove) nor |S|
+    denom = q * p_in * n
+    per_epoch = steps_per_epoch(q)
     losses, n_clipped, n_seen = np.zeros((epochs, m_models)), 0, 0
     for e in range(epochs):
         for _ in range(per_epoch):
@@ -382,3 +393,55 @@ def train_mlps(X, y, keep, *, hidden: int, epochs: int, sample_rate: float, lr: 
         steps=epochs * per_epoch,
         sample_rate=q,
     )
+
+
+def bootstrap_tpr(scores_list, members, fpr: float, *, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    r"""TPR at ``fpr`` of several attacks on the same guesses, over a paired bootstrap of examples.
+
+    Each replicate draws the :math:`N` examples (columns of the ``(M, N)`` arrays) with
+    replacement, the same draw for every attack, and recomputes :func:`tpr_at_fpr`
+    (its threshold included). Resampling examples, not single guesses, keeps the
+    :math:`M` guesses about one example together, which share the example's
+    difficulty; the standard deviation of a column (or of a difference of columns)
+    is then a standard error that counts that correlation, unlike a binomial one.
+
+    Returns:
+        ``(n_boot, len(scores_list))`` TPRs.
+
+    >>> s = np.array([[3.0, 2.0, 1.0, 0.0]]); m = np.array([[1, 0, 1, 0]], bool)
+    >>> bootstrap_tpr([s, s], m, 0.5, n_boot=3, rng=np.random.default_rng(0)).shape
+    (3, 2)
+
+    Used in: chapter 11.
+    """
+    members = np.asarray(members, dtype=bool)
+    arrays = [np.asarray(s, dtype=float) for s in scores_list]
+    if members.ndim != 2 or any(a.shape != members.shape for a in arrays):
+        raise ValueError(f"need (M, N) scores and members of one shape, got {[a.shape for a in arrays]}, "
+                         f"{members.shape}")  # fmt: skip
+    n_boot = check_int("n_boot", n_boot)
+    f = check_nonnegative("fpr", fpr)
+    out = np.empty((n_boot, len(arrays)))
+    for b in range(n_boot):
+        cols = rng.integers(0, members.shape[1], members.shape[1])
+        mem = members[:, cols]
+        for j, a in enumerate(arrays):
+            out[b, j] = _tpr_at_fpr_fast(a[:, cols].ravel(), mem.ravel(), f)
+    return out
+
+
+def _tpr_at_fpr_fast(s: np.ndarray, m: np.ndarray, f: float) -> float:
+    """:func:`tpr_at_fpr` without the sort: with k the most false positives allowed, the best
+    threshold sits just above the (k+1)-th largest non-member score."""
+    ok = ~np.isnan(s)
+    s, m = s[ok], m[ok]
+    neg, pos = s[~m], s[m]
+    k = int(math.floor(f * neg.size))
+    while (k + 1) / neg.size <= f:
+        k += 1
+    while k > 0 and k / neg.size > f:
+        k -= 1
+    if k >= neg.size:
+        return 1.0
+    t_star = -np.partition(-neg, k)[k]  # the (k+1)-th largest
+    return float((pos > t_star).sum() / pos.size)

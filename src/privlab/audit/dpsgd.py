@@ -333,6 +333,10 @@ def audit_dpsgd_input(
 
     The claim is the accountant's :math:`\varepsilon(\sigma, q, T, \delta)` for Poisson
     DP-SGD with :math:`T = \text{epochs} \cdot \mathrm{round}(1/q)`, whatever the pipeline runs.
+    ``train`` with a ``sample_rate`` divides by :math:`q` ``len(X)``, so the two worlds
+    (:math:`N` and :math:`N + 1` rows) use denominators that differ by a factor
+    :math:`(N+1)/N`: the audit measures the pipeline with that size leak, which can
+    only help the auditor, so the lower bound stays valid for the pipeline as run.
 
     Args:
         dp_optimizer_cls: :class:`~privlab.dpsgd.DPOptimizer` or a planted-bug subclass.

@@ -77,6 +77,8 @@ class DPSGDConfig:
         max_grad_norm: :math:`C > 0`; ``None`` (with :math:`\sigma = 0`) trains non-privately.
         epochs: passes over the data; an epoch is :math:`\mathrm{round}(1/q)` steps.
         sample_rate: Poisson rate :math:`q`; give this or ``batch_size`` (then :math:`q = b/N`).
+            Both read :math:`N` = ``len(X)`` (the update divides by :math:`qN`): the guarantee treats the data set's
+            size as public, Opacus's convention (strict add/remove needs :math:`q` and :math:`qN` fixed in advance).
         batch_size: expected batch size :math:`b = qN`.
         lr: learning rate for the named optimizers.
         optimizer: ``"sgd"``, ``"adam"`` or a factory ``params -> torch.optim.Optimizer``.

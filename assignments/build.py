@@ -56,6 +56,12 @@ VARIANT_CHOICES = {
     "01_mechanisms": {"epsilon": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], "delta": [1e-05, 1e-06, 1e-07, 1e-08]},
     "02_accounting": {"sample_rate": [0.005, 0.01, 0.02], "noise_multiplier": [1.0, 1.2, 1.5],
                       "delta": [1e-05, 1e-06], "target_epsilon": [2.0, 3.0, 4.0]},
+    # question 4's training run: from 300 random starts at every (q, sigma) here the reference
+    # never scored below 0.94 (the hidden test asks > 0.9)
+    "03_dpsgd": {"sample_rate": [0.05, 0.1, 0.2], "noise_multiplier": [0.8, 1.0, 1.3],
+                 "delta": [1e-05, 1e-06, 1e-07]},
+    "04_federated": {"sample_rate": [0.02, 0.05, 0.1], "noise_multiplier": [0.9, 1.2, 1.5],
+                     "delta": [1e-05, 1e-06, 1e-07]},
 }
 _PARAMETERS_LINE = re.compile(r"^(?P<indent>[ \t]*)P = \{.*\}(?P<tail>[ \t]*# PARAMETERS)[ \t]*$", re.M)
 
@@ -82,7 +88,7 @@ def autograder_zip(dist: Path) -> Path:
 def variant_parameters(name: str, variant: int) -> dict:
     """The parameters of student variant ``variant`` of assignment ``name`` (deterministic)."""
     if name not in VARIANT_CHOICES:
-        raise ValueError(f"{name} has no per-student parameters; variants exist for {sorted(VARIANT_CHOICES)}")
+        raise ValueError(f"unknown assignment {name!r}; variants exist for {sorted(VARIANT_CHOICES)}")
     if not (isinstance(variant, int) and variant >= 0):
         raise ValueError(f"variant must be an integer >= 0, got {variant!r}")
     rng = random.Random(f"{name}:{variant}")  # string seeds are hashed with SHA-512: stable across runs

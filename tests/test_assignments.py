@@ -49,8 +49,8 @@ def test_build_tool_rejects_bad_input(tmp_path):
         build_tool.grade_many([], timeout=0)
     with pytest.raises(FileNotFoundError, match="expected one autograder zip"):
         build_tool.autograder_zip(tmp_path)
-    with pytest.raises(ValueError, match="has no per-student parameters"):
-        build_tool.variant_parameters("03_dpsgd", 1)
+    with pytest.raises(ValueError, match="unknown assignment 'nope'"):
+        build_tool.variant_parameters("nope", 1)
     with pytest.raises(ValueError, match="variant must be an integer >= 0, got -1"):
         build_tool.variant_parameters("02_accounting", -1)
 
@@ -258,3 +258,23 @@ def test_privlab_requirement_override(monkeypatch):
     assert build_tool.privlab_requirement() == "privlab @ https://example.org/privlab-0.1.0.whl"
     with pytest.raises(ValueError, match="already sets requirements"):
         build_tool.set_requirements("# ASSIGNMENT CONFIG\nname: x\nrequirements: []\n", ["privlab"])
+
+
+@pytest.mark.parametrize("name, question, answer", [("03_dpsgd", "q4_training", "dp_epsilon"),
+                                                    ("04_federated", "q3_client_dp", "epsilon_100_rounds")])
+def test_variants_of_assignments_3_and_4(name, question, answer, built, tmp_path):
+    """A variant's solution gets full marks; the default build's numeric answer loses the hidden
+    epsilon test's points for that student."""
+    text = build_tool.masters()[name].read_text()
+    base = eval(build_tool._PARAMETERS_LINE.search(text).group(0).split("=", 1)[1].split("#")[0])  # noqa: S307
+    assert set(build_tool.variant_parameters(name, 1)) == set(base)
+    variant = next(v for v in range(1, 50) if all(build_tool.variant_parameters(name, v)[k] != base[k] for k in base))
+    dist = build_tool.build(name, tmp_path, run_tests=False, variant=variant)
+    assert json.loads((dist / "parameters.json").read_text())["variant"] == variant
+    tests = grading.autograder_tests(build_tool.autograder_zip(dist), tmp_path / "tests")
+    solution = dist / "autograder" / f"{STEMS[name]}.ipynb"
+    scores = grading.grade_overrides(solution, tests, "")
+    assert scores["total"] == scores["possible"] > 0
+    env = grading.run_cells(grading.notebook_cells(built[name] / "autograder" / f"{STEMS[name]}.ipynb"))
+    copied = grading.grade_overrides(solution, tests, f"{answer} = {float(env[answer])!r}\n")
+    assert copied[question] < scores[question]

@@ -87,6 +87,44 @@ def test_broken_threshold_only_svt_has_an_impossible_output_on_the_neighbour():
     assert (oa == [0, 1]).all(1).mean() > 0.1 and not (ob == [0, 1]).all(1).any()
 
 
+def _late_low_answer_rate(fn, q, n, seed):
+    """P[bot for the first m - 1 queries, then a top whose noisy answer is <= 0] (c = 1, T = 0)."""
+    out = fn(q, threshold=0.0, c=1, epsilon=1.0, sensitivity=1.0, rng=make_rng(seed), size=n)
+    codes, answers = out if isinstance(out, tuple) else (out, None)
+    hit = np.all(codes[:, :-1] == 0, axis=1) & (codes[:, -1] == 1)
+    if answers is not None:
+        hit &= answers[:, -1] <= 0
+    return hit.mean()
+
+
+def test_noisy_answer_svt_releases_the_noisy_answer_of_tops_only():
+    q = np.array([0.0, 5.0, -5.0, 5.0])
+    codes, answers = sparse_vector.broken_svt_noisy_answer(q, threshold=0.0, c=2, epsilon=1.0, sensitivity=1.0,
+                                                           rng=make_rng(7), size=2_000)
+    assert np.array_equal(np.isfinite(answers), codes == 1)
+    assert np.all((codes == 1).sum(1) <= 2)
+    # the released answers are q_i + Lap(c / eps2) = q_i + Lap(4): mean q_i given top is biased up,
+    # but the answer of query 1 (q = 5) is above the noisy threshold with probability > 1/2
+    assert np.mean(codes[:, 1] == 1) > 0.5
+
+
+def test_noisy_answer_svt_has_privacy_loss_m_eps_over_2_on_the_monotone_pair():
+    # Lyu et al. Alg. 3, the docstring's counterexample with m = 3: the event's probability ratio is
+    # exactly e^(m eps / 2) = e^1.5 (> e^eps); 400k draws give ~2,000 and ~470 events: log-ratio se
+    # sqrt(1/2000 + 1/470) = 0.05, tolerance 5 se
+    m, n = 3, 400_000
+    f = sparse_vector.broken_svt_noisy_answer
+    p, p_prime = _late_low_answer_rate(f, np.zeros(m), n, 1), _late_low_answer_rate(f, np.ones(m), n, 2)
+    log_ratio = math.log(p / p_prime)
+    se = math.sqrt(1 / (p * n) + 1 / (p_prime * n))
+    assert abs(log_ratio - m / 2) < 5 * se and log_ratio - 5 * se > 1.0, (log_ratio, se)
+    # the honest SVT on the same pair and event (without the answer): within e^eps
+    h = sparse_vector.sparse_vector
+    ph, ph_prime = _late_low_answer_rate(h, np.zeros(m), n, 3), _late_low_answer_rate(h, np.ones(m), n, 4)
+    se_h = math.sqrt(1 / (ph * n) + 1 / (ph_prime * n))
+    assert abs(math.log(ph / ph_prime)) < 1.0 + 5 * se_h, (ph, ph_prime)
+
+
 def test_grr_and_unary_estimates_are_unbiased_with_the_closed_form_variance():
     k, n, eps = 5, 2_000, 1.0
     truth = np.array([0.4, 0.3, 0.15, 0.1, 0.05])

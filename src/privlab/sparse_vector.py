@@ -24,9 +24,13 @@ is that of the queries: every :math:`q_i` moves by at most :math:`\Delta`
 (e.g. counting queries, one record added or removed).
 
 **Broken variants.** Lyu, Su and Li (2017) show that several published SVT
-variants are not :math:`\varepsilon`-DP. Two are implemented here as
+variants are not :math:`\varepsilon`-DP. Three are implemented here as
 *planted-broken twins* (for the DP test suite to catch, never for use):
 
+* :func:`broken_svt_noisy_answer` (their Algorithm 3, from Roth's 2011 lecture
+  notes): releases the noisy answer :math:`q_i + \nu_i` of every query above the
+  threshold instead of :math:`\top`; the privacy loss grows with the number of
+  :math:`\bot` answers before it, so no finite :math:`\varepsilon'` holds;
 * :func:`broken_svt_threshold_noise_only` (their Algorithm 5, Stoddard et al.
   2014): no noise on the queries and no cutoff; not :math:`\varepsilon'`-DP
   for any finite :math:`\varepsilon'`;
@@ -54,7 +58,8 @@ from privlab._validate import check_array, check_epsilon, check_int, check_posit
 
 __all__ = [
     "sparse_vector", "above_threshold",
-    "broken_svt_threshold_noise_only", "broken_svt_unscaled_query_noise", "BROKEN_VARIANTS",
+    "broken_svt_threshold_noise_only", "broken_svt_unscaled_query_noise", "broken_svt_noisy_answer",
+    "BROKEN_VARIANTS",
 ]  # fmt: skip
 
 
@@ -181,11 +186,65 @@ def broken_svt_unscaled_query_noise(values, *, threshold, c: int, epsilon, sensi
     return out[0] if size is None else out
 
 
-#: name -> (function, a worst-case pair of neighbouring query vectors, threshold, c)
+def broken_svt_noisy_answer(values, *, threshold, c: int, epsilon, sensitivity,
+                            rng: np.random.Generator, size=None) -> tuple[np.ndarray, np.ndarray]:
+    r"""NOT DP: Lyu, Su and Li (2017), Algorithm 3 (from Roth 2011). A planted-broken twin.
+
+    As :func:`sparse_vector` (threshold noise :math:`\rho \sim \mathrm{Lap}(\Delta/\varepsilon_1)`,
+    cutoff after :math:`c` answers above, :math:`\varepsilon_1 = \varepsilon_2 = \varepsilon/2`),
+    with query noise :math:`\nu_i \sim \mathrm{Lap}(c\Delta/\varepsilon_2)`, but every
+    answer above the threshold is the *noisy answer* :math:`a_i = q_i + \nu_i`, not
+    :math:`\top`. Releasing :math:`a_i` pins :math:`\nu_i`, so the proof's shift of the
+    :math:`\top` query's noise is no longer free, and each :math:`\bot` before it leaks.
+
+    Counterexample (:math:`c = 1`, :math:`T = 0`): :math:`q = 0^m` against
+    :math:`q' = (\Delta)^m` (every query up by :math:`\Delta`, a monotone pair) and the
+    output "the first :math:`m - 1` answers :math:`\bot`, then :math:`a_m \le 0`". It
+    needs :math:`\rho \le a_m \le 0`, where every factor of its probability is in the
+    left Laplace tail: :math:`\Pr[\nu_i < \rho - \Delta] = e^{-\Delta/b}\Pr[\nu_i < \rho]`
+    and the density of :math:`a_m` likewise, with :math:`b = c\Delta/\varepsilon_2`. The
+    ratio of the two probabilities is exactly
+
+    .. math::
+        e^{m\Delta/b} = e^{m\varepsilon/(2c)},
+
+    which exceeds :math:`e^{\varepsilon'}` for any :math:`\varepsilon'` once
+    :math:`m > 2c\varepsilon'/\varepsilon` (privacy loss 3 at :math:`m = 6`,
+    :math:`\varepsilon = 1`).
+
+    Returns:
+        ``(codes, answers)``: the ``int8`` codes of :func:`sparse_vector` (1 above, 0 below,
+        -1 not answered) and a float array of the same shape holding :math:`a_i` where the
+        code is 1 and NaN elsewhere.
+
+    >>> from privlab.config import make_rng
+    >>> codes, answers = broken_svt_noisy_answer([0, 100, 0], threshold=50, c=1, epsilon=1e6,
+    ...                                          sensitivity=1.0, rng=make_rng(0))
+    >>> codes.tolist(), round(float(answers[1]), 3)
+    ([0, 1, -1], 100.0)
+    """
+    q = _queries(values)
+    c = check_int("c", c)
+    eps = check_epsilon(epsilon)
+    d = check_positive("sensitivity", sensitivity)
+    rng = check_rng(rng)
+    n = _draws(size)
+    eps1 = eps2 = eps / 2
+    rho = rng.laplace(scale=d / eps1, size=(n, 1))
+    noisy = q + rng.laplace(scale=c * d / eps2, size=(n, q.size))
+    codes = _code(noisy >= _threshold(threshold) + rho, c)
+    answers = np.where(codes == 1, noisy, np.nan)
+    return (codes[0], answers[0]) if size is None else (codes, answers)
+
+
+#: name -> (function, a worst-case pair of neighbouring query vectors, threshold, c). The
+#: functions of the first two return codes; Alg. 3's returns ``(codes, answers)``.
 BROKEN_VARIANTS = {
     "SVT, threshold noise only (Lyu et al. Alg. 5)": (
         broken_svt_threshold_noise_only, (np.array([0.0, 1.0]), np.array([1.0, 0.0])), 0.0, 1),
     "SVT, query noise not scaled by c (Lyu et al. Alg. 6)": (
         broken_svt_unscaled_query_noise,
         (np.r_[np.ones(10), np.zeros(10)], np.r_[np.zeros(10), np.ones(10)]), 0.0, 1),
+    "SVT, noisy answer output (Lyu et al. Alg. 3)": (
+        broken_svt_noisy_answer, (np.zeros(6), np.ones(6)), 0.0, 1),
 }

@@ -467,3 +467,34 @@ register(Release(
     twin_of="sparse vector, 20 queries",
     bug="Lyu, Su, Li 2017 Alg. 6 (Chen et al. 2015): query noise Lap(2/eps), no cutoff",
     draw=_svt_draw(broken_svt_unscaled_query_noise)))
+
+
+# ----- Lyu, Su, Li 2017 Alg. 3: the SVT that outputs the noisy answer (privlab.sparse_vector) --------
+from privlab.sparse_vector import broken_svt_noisy_answer  # noqa: E402  (appended section)
+
+_ALG3_M = 6  # queries; the privacy loss of the event below is exactly m eps / 2 = 3 (docstring)
+
+
+def _svt_noisy_answer_draw(q, n, rng):
+    """Alg. 3 with c = 1, encoded without loss as (index of the first top, or m; its noisy answer, or 0)."""
+    codes, answers = broken_svt_noisy_answer(q, threshold=0.0, c=1, epsilon=1.0, sensitivity=1.0, rng=rng,
+                                             size=n)
+    top = codes == 1
+    first = np.where(top.any(axis=1), top.argmax(axis=1), codes.shape[1])
+    return np.column_stack([first, np.nan_to_num(answers, nan=0.0).sum(axis=1)])
+
+
+def _svt_late_low_answer(out) -> np.ndarray:
+    """-a if the first m - 1 answers are bot and the m-th is top with noisy answer a, else -1e6:
+    {s >= t} is the event (bot^(m-1), a <= -t), whose probability ratio is e^(m eps / 2) for t >= 0."""
+    y = np.asarray(out)
+    return np.where(y[:, 0] == _ALG3_M - 1, -y[:, 1], -1e6)
+
+
+register(Release(
+    name="SVT, noisy answer output", relation="add/remove", epsilon=1.0, delta=0.0,
+    unit="record (counting queries, all up by <= 1 together)",
+    pairs=((np.zeros(_ALG3_M), np.ones(_ALG3_M)),), statistics=(_svt_late_low_answer,),
+    twin_of="sparse vector", samples={"smoke": 100_000, "book": 400_000},
+    bug="Lyu, Su, Li 2017 Alg. 3 (Roth 2011): releases q_i + nu_i for the answer above the threshold",
+    draw=_svt_noisy_answer_draw))

@@ -87,6 +87,68 @@ def privlab_step(method):
     return factory
 
 
+#: The fast path as it was before issue 18 (recomputed norm inputs, unfused rules), loaded from git so the
+#: gain shows in one run without a second copy of the code in the repository.
+PREVIOUS_FAST_COMMIT = "aed51482e78181f0ae8f7783d7d4d8fee0a5dc26"
+
+
+def previous_fast():
+    """``fast_norms_and_clipped_sum`` of privlab at :data:`PREVIOUS_FAST_COMMIT` (its fast.py, rules.py and
+    per_sample.py, which import nothing else of privlab), imported from ``git show`` into a private package."""
+    import importlib
+    import pathlib
+    import subprocess
+    import sys
+    import tempfile
+
+    name = "_privlab_dpsgd_previous"
+    if name not in sys.modules:
+        root = pathlib.Path(__file__).resolve().parent.parent
+        pkg = pathlib.Path(tempfile.mkdtemp(prefix="privlab_prev_")) / name
+        pkg.mkdir()
+        (pkg / "__init__.py").write_text("")
+        for f in ("fast.py", "rules.py", "per_sample.py"):
+            src = subprocess.run(["git", "-C", str(root), "show", f"{PREVIOUS_FAST_COMMIT}:src/privlab/dpsgd/{f}"],
+                                 check=True, capture_output=True, text=True).stdout
+            (pkg / f).write_text(src)
+        sys.path.insert(0, str(pkg.parent))
+    return importlib.import_module(f"{name}.fast").fast_norms_and_clipped_sum
+
+
+def privlab_previous_step(model, args):
+    """privlab's DPOptimizer with the kernel's fast path swapped for the previous one during each step."""
+    from privlab.dpsgd import clipping
+
+    previous, inner = previous_fast(), privlab_step("fast")(model, args)
+    step, release = inner
+
+    def swapped(x, y):
+        current = clipping.fast_norms_and_clipped_sum
+        clipping.fast_norms_and_clipped_sum = previous
+        try:
+            step(x, y)
+        finally:
+            clipping.fast_norms_and_clipped_sum = current
+
+    return swapped, release
+
+
+def privlab_recompute_step(model, args):
+    """privlab's fast path with its memory option on: norm-layer inputs recomputed after the backward."""
+    from privlab.dpsgd import fast
+
+    step, release = privlab_step("fast")(model, args)
+
+    def recomputing(x, y):
+        default, fast.RECOMPUTE_NORM_INPUTS = fast.RECOMPUTE_NORM_INPUTS, True
+        try:
+            step(x, y)
+        finally:
+            fast.RECOMPUTE_NORM_INPUTS = default
+
+    return recomputing, release
+
+
 def opacus_step(mode):
     def factory(model, args):
         from opacus.grad_sample.utils import prepare_module
@@ -122,6 +184,8 @@ def opacus_step(mode):
 METHODS = {
     "non-private": nonprivate_step,
     "privlab fast": privlab_step("fast"),
+    "privlab fast recomp": privlab_recompute_step,
+    "privlab fast prev": privlab_previous_step,
     "privlab vmap": privlab_step("vmap"),
     "privlab loop": privlab_step("loop"),
     "opacus hooks": opacus_step("hooks"),

@@ -227,3 +227,24 @@ def test_windows_without_the_private_sequence_accessor(monkeypatch, modes):
     test_root_parameters_fall_back(modes)
     modes.clear()
     test_tied_embedding_and_output_layer_stay_fast(modes)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_norm_inputs_kept_or_recomputed(monkeypatch, modes, recompute):
+    """Both settings of the memory option agree with the loop; the norm layers stay on their rules
+    (kept: the rule runs in a pre-hook during the backward; recomputed: from the Linear's saved input)."""
+    monkeypatch.setattr(fast, "RECOMPUTE_NORM_INPUTS", recompute)
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.ReLU(), nn.Linear(6, 5), nn.RMSNorm(5), nn.Tanh(),
+                          nn.LayerNorm(5), nn.Linear(5, 1))  # the second LayerNorm is not fed by a Linear
+    check_fast_matches(model, mse, (torch.randn(7, 4),), torch.randn(7, 1, dtype=torch.float64))
+    assert set(modes.values()) == {"fast"}
+
+
+def test_norm_layer_first_gets_its_rule_after_the_backward(modes):
+    """A LayerNorm on the raw input: no gradient flows past it, so its pre-hook never runs; the rule is
+    applied after the backward instead."""
+    torch.manual_seed(11)
+    model = nn.Sequential(nn.LayerNorm(4), nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 1))
+    check_fast_matches(model, mse, (torch.randn(6, 4),), torch.randn(6, 1, dtype=torch.float64))
+    assert modes["0"] == "fast"

@@ -33,7 +33,7 @@ def test_cli_smoke_writes_results_and_figures(tmp_path, capsys):
     # C and the prior come from the public proxy, never a training seed
     assert res["public_proxy"]["proxy_seed"] != res["configuration"]["seed"]
     assert res["configuration"]["max_grad_norm"] == res["public_proxy"]["max_grad_norm"] > 0
-    assert res["configuration"]["delta_used"] == 1 / (10 * res["data"]["n_train"])
+    assert res["configuration"]["delta_used"] == 1 / (100 * res["data"]["n_train"])
     assert res["configuration"]["scale"] == "smoke" and res["configuration"]["epsilons"] == [3.0, "inf"]
     assert {"platform", "cpu_count", "cuda_device"} <= set(res["machine"])
     assert res["versions"]["torch"] and res["versions"]["privlab"]
@@ -117,7 +117,7 @@ def test_profiles_and_json():
     p = streamrec_profile("paper")
     assert (p.batch_size, p.epochs, p.max_grad_norm, p.lr, p.delta) == (4096, 15, None, 5e-4, None)
     assert p.published_clip_norm == 1.0
-    assert streamrec_profile("smoke").delta_for(1000) == 1e-4  # 1/(10 N): well below 1/N
+    assert streamrec_profile("smoke").delta_for(1000) == 1e-5  # 1/(100 N): well below 1/N
     assert to_jsonable({"a": np.float32(1.5), "b": float("inf"), "c": np.arange(2)}) == {"a": 1.5, "b": "inf",
                                                                                        "c": [0, 1]}  # fmt: skip
 
@@ -189,7 +189,7 @@ def test_user_level_run_and_privacy_over_time(tiny_streamrec):
         rec = run_user_level(tiny_streamrec, epsilon=3.0, profile=prof, seed=0, max_grad_norm=5.0, progress=False)
     assert rec["privacy_unit"] == "user" and rec["sigma"] > 0 and rec["epsilon_pld"] <= 3.0 * 1.001
     assert rec["n_units"] == np.unique(tiny_streamrec.train_user).size
-    assert rec["delta"] == 1 / (10 * rec["n_units"]) and rec["n_train"] <= 8 * rec["n_units"]
+    assert rec["delta"] == 1 / (100 * rec["n_units"]) and rec["n_train"] <= 8 * rec["n_units"]
     t = privacy_over_time(rec)
     assert rec["epsilon_pld"] < t["per_30_days"] < t["per_year"]
     ex = privacy_over_time({**rec, "privacy_unit": "interaction"}, rows=130)
@@ -208,3 +208,16 @@ def test_torch_threads_restores():
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="threads"), torch_threads(0):
         pass
+
+
+def test_public_proxy_keeps_the_private_rows_per_user():
+    from privlab.experiments.streamrec import public_proxy
+
+    p = streamrec_profile("smoke", n_interactions=6000, n_users=300, n_items=60, n_eval_users=60)
+    full = public_proxy(p, seed=0)
+    small = public_proxy(streamrec_profile("smoke", n_interactions=6000, n_users=300, n_items=60, n_eval_users=60,
+                                           proxy_interactions=3000), seed=0)  # fmt: skip
+    assert (full.config.n_users, small.config.n_users, small.config.n_eval_users) == (300, 150, 30)
+    rows = [np.bincount(d.train_user)[np.unique(d.train_user)] for d in (full, small)]
+    se = math.hypot(*(r.std(ddof=1) / math.sqrt(r.size) for r in rows))
+    assert abs(rows[0].mean() - rows[1].mean()) < 3 * se  # the same rows per user, within 3 standard errors

@@ -63,6 +63,23 @@ def test_split_of_a_user_does_not_depend_on_other_users():
     np.testing.assert_array_equal(full.user_activity[1:], fewer.user_activity)
 
 
+def test_public_catalogue_does_not_depend_on_the_users():
+    df = _ratings()
+    cat = pd.DataFrame({"movieId": np.arange(100, 150), "genres": ["Drama"] * 50})
+    cat.loc[cat["movieId"] < 140, "genres"] = [["Drama", "Comedy", "Action|Drama", "Horror", "Comedy|Romance"][i % 5]
+                                               for i in range(40)]
+    full = prepare_movielens(df, rng=np.random.default_rng(0), n_negatives=5, catalogue=cat)
+    # a user who rated a movie nobody else rated: without a catalogue, that movie leaves with them
+    only = df.groupby("movieId")["userId"].nunique()
+    u = int(df.loc[df["movieId"].isin(only[only == 1].index), "userId"].iloc[0]) if (only == 1).any() else 1
+    fewer = prepare_movielens(df[df["userId"] != u], rng=np.random.default_rng(0), n_negatives=5, catalogue=cat)
+    assert full.n_items == fewer.n_items == 50  # unrated movies keep their rows
+    np.testing.assert_array_equal(full.genres, fewer.genres)
+    assert full.genres[:, 0].sum() > 0  # genres come from the catalogue
+    with pytest.raises(ValueError, match="catalogue"):
+        prepare_movielens(df, rng=np.random.default_rng(0), catalogue=cat[cat["movieId"] != 100])
+
+
 def test_user_profile_is_mean_genres_of_liked_training_items(prepared):
     _, d = prepared
     assert d.user_profile.shape == (d.n_users, d.genres.shape[1])
@@ -86,7 +103,7 @@ def test_run_movielens_user_level(prepared, model):
     recs = run_movielens(d, epsilons=(3, math.inf), epochs=1, batch_size=8, max_rows=16, model=model)
     dp, base = recs
     n_priv = int((~d.public_user).sum())
-    assert dp["privacy_unit"] == "user" and dp["n_units"] == n_priv and dp["delta"] == 1 / (10 * n_priv)
+    assert dp["privacy_unit"] == "user" and dp["n_units"] == n_priv and dp["delta"] == 1 / (100 * n_priv)
     assert dp["sigma"] > 0 and dp["epsilon_pld"] <= 3 * 1.001 and dp["max_grad_norm"] > 0
     assert 0 <= dp["fraction_clipped"] <= 1 and base["fraction_clipped"] is None and base["sigma"] == 0
     assert dp["rows_kept"] <= 16 * n_priv and dp["model"] == model

@@ -8,7 +8,13 @@ Both are *per-user* transformations (a user's rows depend on that user's
 ratings only), so under user-level DP they cost nothing: removing a user
 changes no other user's rows. What the release assumes public: the item
 catalogue (ids and genres; a service's catalogue is public) and the sizes
-(``n_users``, ``n_items``) that fix the embedding tables.
+(``n_users``, ``n_items``) that fix the embedding tables. The catalogue must
+not be computed from the private users' ratings: the embedding rows, the
+``genres`` buffer and the negative-sampling universe all depend on it, and a
+movie with a single rater would appear or vanish with that user. Pass it as
+``catalogue`` to :func:`prepare_movielens` (items nobody in ``df`` rated keep
+their rows); without it the catalogue is the movies rated in ``df``, which is
+only right if that set is public.
 
 Data (:func:`prepare_movielens`, from :func:`privlab.datasets.load_movielens`):
 a rating :math:`r_{ui} \ge 4` is a positive (*liked*), a lower rating a
@@ -103,8 +109,8 @@ def _sample_unrated(users: np.ndarray, rated: set, n_items: int, rng: np.random.
 
 
 def prepare_movielens(df: pd.DataFrame, *, rng: np.random.Generator, test_fraction: float = 0.2,
-                      n_negatives: int = 100, like_threshold: float = 4.0,
-                      public_fraction: float = 0.1) -> MovieLensData:  # fmt: skip
+                      n_negatives: int = 100, like_threshold: float = 4.0, public_fraction: float = 0.1,
+                      catalogue: pd.DataFrame | None = None) -> MovieLensData:  # fmt: skip
     """Implicit feedback, public panel, per-user time split, sampled negatives, candidates (module docstring).
 
     Args:
@@ -114,9 +120,11 @@ def prepare_movielens(df: pd.DataFrame, *, rng: np.random.Generator, test_fracti
         n_negatives: unrated items added to each test user's candidates.
         like_threshold: a rating at or above it is a positive.
         public_fraction: share of users in the public panel (at least one).
+        catalogue: the public item catalogue, columns ``movieId, genres`` (one row per movie);
+            every rated movie must be in it. ``None``: the movies rated in ``df`` (module docstring).
 
     Raises:
-        ValueError: a bad fraction or count, or missing columns.
+        ValueError: a bad fraction or count, missing columns, or a rated movie not in the catalogue.
 
     >>> df = pd.DataFrame({"userId": [1, 1, 1, 2, 2, 2], "movieId": [10, 11, 12, 10, 11, 13],
     ...                    "rating": [5, 2, 4, 4, 1, 5], "timestamp": [1, 2, 3, 1, 2, 3],
@@ -124,6 +132,10 @@ def prepare_movielens(df: pd.DataFrame, *, rng: np.random.Generator, test_fracti
     >>> d = prepare_movielens(df, rng=np.random.default_rng(0), n_negatives=1, public_fraction=0.5)
     >>> d.n_users, d.n_items, int(d.public_user.sum()), d.train_user.size, d.pub_user.size
     (2, 4, 1, 4, 4)
+    >>> cat = pd.DataFrame({"movieId": [10, 11, 12, 13, 14], "genres": ["A", "B", "A|B", "B", "C"]})
+    >>> prepare_movielens(df, rng=np.random.default_rng(0), n_negatives=1, public_fraction=0.5,
+    ...                   catalogue=cat).n_items
+    5
     """
     rng = check_rng(rng)
     check_probability("test_fraction", test_fraction, open_low=True, open_high=True)
@@ -134,10 +146,15 @@ def prepare_movielens(df: pd.DataFrame, *, rng: np.random.Generator, test_fracti
         raise ValueError(f"df lacks the columns {sorted(missing)}")
     df = df.sort_values(["userId", "timestamp", "movieId"], kind="stable").reset_index(drop=True)
     user = pd.factorize(df["userId"], sort=True)[0].astype(np.int64)
-    item_codes, item_ids = pd.factorize(df["movieId"], sort=True)
-    item = item_codes.astype(np.int64)
+    if catalogue is None:
+        catalogue = df[["movieId", "genres"]]
+    cat = catalogue.drop_duplicates("movieId").sort_values("movieId", kind="stable").reset_index(drop=True)
+    item_ids = pd.Index(cat["movieId"])
+    item = item_ids.get_indexer(df["movieId"]).astype(np.int64)
+    if (item < 0).any():
+        raise ValueError(f"{int((item < 0).sum())} ratings name movies that are not in the catalogue")
     n_users, n_items = int(user.max()) + 1, len(item_ids)
-    first = df.groupby(item, sort=True)["genres"].first()
+    first = cat["genres"].astype(str)
     genre_lists = first.str.split("|")
     vocab = sorted({g for gs in genre_lists for g in gs})
     genres = np.zeros((n_items, len(vocab)), np.float32)
@@ -258,7 +275,7 @@ def run_movielens(data: MovieLensData, *, epsilons: Sequence[float] = (1, 3, 8, 
     Users are Poisson-sampled (``batch_size`` users expected per step), each
     contributes at most ``max_rows`` rows and its summed gradient is clipped to
     :math:`C` (:mod:`privlab.experiments.user_level`); :math:`\sigma` is
-    PLD-calibrated with :math:`N = U` users and :math:`\delta = 1/(10U)`.
+    PLD-calibrated with :math:`N = U` users and :math:`\delta = 1/(100U)`.
     :math:`C` is the ``clip_quantile`` of the per-user gradient norms of a
     non-private run on the public panel, and the output bias starts at the
     panel's prior log-odds: neither spends privacy. ``epsilon = inf`` trains
@@ -271,7 +288,8 @@ def run_movielens(data: MovieLensData, *, epsilons: Sequence[float] = (1, 3, 8, 
     Returns:
         Records: ``privacy_unit, model, epsilon_target, sigma, epsilon_pld, epsilon_rdp, delta,
         sample_rate, steps, n_units, max_grad_norm, n_parameters, metrics, segments, train_loss``
-        (per row, per epoch), ``loss_falls, mean_logit, prior_log_odds, fraction_predicted_positive,
+        (per row, per epoch), ``loss_falls, mean_logit, prior_log_odds, output_bias`` (the output bias
+        after training; it starts at ``prior_log_odds``), ``fraction_predicted_positive,
         fraction_clipped, wall_seconds``.
     """
     from .streamrec import torch_threads
@@ -309,7 +327,7 @@ def _run_movielens(data, *, epsilons, epochs, batch_size, lr, max_rows, kind, qu
     u = packed.n_users
     b = min(batch_size, u)
     q, steps = _steps(u, b, epochs)
-    delta = 1.0 / (10 * u)
+    delta = 1.0 / (100 * u)
     rows_per_user = packed.rows_kept / u
     records = []
     for eps in epsilons:
@@ -342,6 +360,7 @@ def _run_movielens(data, *, epsilons, epochs, batch_size, lr, max_rows, kind, qu
             "segments": {g: {m: float(table.loc[g, m]) for m in METRICS} for g in table.index if g != "overall"},
             "train_loss": losses, "losses": losses, "final_loss": losses[-1], "loss_falls": losses[-1] < losses[0],
             "mean_logit": float(np.mean(s_test)), "prior_log_odds": prior,
+            "output_bias": float(net.mlp[-1].bias.detach()[0]), "lr": lr,
             "test_log_odds": prior_log_odds(data.y_test),
             "fraction_predicted_positive": float(np.mean(s_test > 0)), "fraction_clipped": frac,
             "wall_seconds": wall,

@@ -14,13 +14,17 @@ interaction (one row), neighbouring datasets differ by adding or removing one
 row. :func:`run_user_level` trains the same model with *user-level* DP (one
 user with all their rows; :mod:`privlab.experiments.user_level`), and
 :func:`privacy_over_time` states both guarantees under daily retraining on a
-sliding 30-day window. :math:`\delta = 1/(10N)`, :math:`N` the number of
-units (rows or users), well below :math:`1/N`.
+sliding 30-day window. :math:`\delta = 1/(100N)`, :math:`N` the number of
+units (rows or users), well below :math:`1/N`: the mechanism that publishes each
+unit's record with probability :math:`\delta` would publish at least one of the
+:math:`N` with probability :math:`1 - e^{-0.01} \approx 1\%`.
 
 **Clipping and initialisation from public data** (:func:`choose_clip_norm`).
 :math:`C` is the median per-example gradient norm of a short non-private run on
 a *public proxy* sample (:func:`public_proxy`: the generator with a seed that
-is never a training seed), and the output bias starts at the proxy's prior
+is never a training seed, with as many rows per user as the private data, so
+the per-user norms that choose the user-level :math:`C_u` have the private
+users' scale), and the output bias starts at the proxy's prior
 log-odds, so neither choice spends privacy. The published :math:`C = 1` is a
 row of the clip study, and the clipping-only ablation (:math:`\sigma = 0`,
 same :math:`C`) separates what clipping does from what noise does.
@@ -108,19 +112,19 @@ class StreamRecProfile:
     published_clip_norm: float = 1.0  # the published C, a row of the clip study and its ablation
     clip_quantile: float = 0.5  # C = this quantile of the proxy's per-example norms
     clip_norms: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0)
-    delta: float | None = None  # None: 1/(10 N), N the number of privacy units
+    delta: float | None = None  # None: 1/(100 N), N the number of privacy units
     seed_replicates: int = 2  # extra seeds of the epsilon-3 run, for the seed variation
     study_epsilon: float = 3.0
     study_epochs: int | None = None  # epochs of the batch and clip studies; None: the sweep's epochs
-    proxy_interactions: int | None = None  # size of the public proxy sample; None: n_interactions
+    proxy_interactions: int | None = None  # public proxy rows (users scaled to keep rows per user); None: n_interactions
     profile_epochs: int = 2  # non-private epochs on the proxy whose per-example norms choose C
     user_max_rows: int = 32  # user-level DP: at most this many rows per user (public cap)
     user_batch_size: int = 256  # user-level DP: expected users per step
     user_epochs: int | None = None  # user-level run's epochs; None: study_epochs (or the sweep's)
 
     def delta_for(self, n: int) -> float:
-        r"""The profile's delta, or :math:`1/(10N)`: well below :math:`1/N` (chapter 2)."""
-        return self.delta if self.delta is not None else 1.0 / (10 * n)
+        r"""The profile's delta, or :math:`1/(100N)`: well below :math:`1/N` (chapter 2)."""
+        return self.delta if self.delta is not None else 1.0 / (100 * n)
 
 
 #: Seeds of the public proxy samples: ``PUBLIC_SEED_OFFSET + seed`` is never a training seed of the study.
@@ -135,7 +139,7 @@ def streamrec_profile(scale: str | Scale | None = None, **overrides) -> StreamRe
     (50000000, 4096, 15, 0.0005, None)
     >>> b = streamrec_profile("book")
     >>> (b.batch_size, b.epochs, b.lr, b.max_grad_norm, b.study_epochs, b.delta_for(100_000))
-    (4096, 15, 0.0005, None, 5, 1e-06)
+    (4096, 15, 0.0005, None, 5, 1e-07)
     >>> streamrec_profile("smoke").batch_size
     1024
     """
@@ -156,7 +160,6 @@ def streamrec_profile(scale: str | Scale | None = None, **overrides) -> StreamRe
         proxy_interactions=s.pick(smoke=None, book=50_000, paper=1_000_000),
         profile_epochs=s.pick(smoke=1, book=2, paper=1),
         user_batch_size=s.pick(smoke=128, book=256, paper=4096),
-        user_epochs=s.pick(smoke=4, book=None, paper=None),
     )
     return replace(base, **overrides)
 
@@ -297,13 +300,18 @@ def public_proxy(profile: StreamRecProfile, *, seed: int, progress: bool = False
     It stands for data the service may use without privacy cost (an opt-in
     panel, last year's logs released for research): the norm profile that
     chooses :math:`C` and the prior click rate that initialises the output bias
-    come from it, so neither spends privacy.
+    come from it, so neither spends privacy. A proxy smaller than the private data
+    (``profile.proxy_interactions``) has proportionally fewer users, so its users
+    have as many rows as the private ones: the user-level :math:`C_u` is a norm of
+    *summed* gradients, whose scale grows with a user's rows.
     """
     from privlab.datasets.streamrec import StreamRecConfig, generate_streamrec
 
-    cfg = StreamRecConfig.for_scale(profile.scale, n_interactions=profile.proxy_interactions or profile.n_interactions,
-                                    n_users=profile.n_users, n_items=profile.n_items,
-                                    n_eval_users=profile.n_eval_users)  # fmt: skip
+    n = profile.proxy_interactions or profile.n_interactions
+    frac = n / profile.n_interactions
+    cfg = StreamRecConfig.for_scale(profile.scale, n_interactions=n, n_users=max(1, round(profile.n_users * frac)),
+                                    n_items=profile.n_items,
+                                    n_eval_users=max(1, round(profile.n_eval_users * frac)))  # fmt: skip
     return generate_streamrec(profile.scale, rng=make_rng(PUBLIC_SEED_OFFSET + seed), config=cfg, progress=progress)
 
 
@@ -320,7 +328,8 @@ def choose_clip_norm(proxy, *, profile: StreamRecProfile, seed: int, device=None
 
     Returns:
         ``{"max_grad_norm", "user_max_grad_norm", "prior_log_odds", "median", "p95",
-        "user_median", "quantile", "proxy_rows", "proxy_seed"}``.
+        "user_median", "quantile", "proxy_rows", "proxy_seed", "proxy_users",
+        "user_rows_mean", "user_rows_sd"}`` (the last two: rows per proxy user after the cap).
     """
     from privlab.dpsgd import DPSGDConfig, profile_grad_norms, summarize_grad_norms
 
@@ -335,16 +344,20 @@ def choose_clip_norm(proxy, *, profile: StreamRecProfile, seed: int, device=None
                               config=cfg, generator=make_torch_generator(seed),
                               percentiles=(50.0, 95.0, 100 * profile.clip_quantile))  # fmt: skip
     uprof = summarize_grad_norms([], percentiles=(50.0, 100 * profile.clip_quantile))
+    rows_mean = rows_sd = math.nan
+    n_proxy_users = int(np.unique(proxy.train_user).size)
     if user_level:
         packed = pack_by_user(proxy.train_user, [X], y, max_rows=profile.user_max_rows, rng=make_rng(seed))
         ucfg = replace(cfg, batch_size=min(profile.user_batch_size, packed.n_users), record_grad_norms=True)
         ures = train_user_level(_model(seed, prior), packed, row_loss=torch.nn.BCEWithLogitsLoss(reduction="none"),
                                 config=ucfg, generator=make_torch_generator(seed))  # fmt: skip
         uprof = summarize_grad_norms(ures.grad_norms, percentiles=(50.0, 100 * profile.clip_quantile))
+        rows_mean, rows_sd = float(packed.rows_per_user.mean()), float(packed.rows_per_user.std(ddof=1))
     return {"max_grad_norm": prof.percentiles[100 * profile.clip_quantile], "median": prof.median,
             "p95": prof.percentiles[95.0], "quantile": profile.clip_quantile, "prior_log_odds": prior,
             "user_max_grad_norm": uprof.percentiles[100 * profile.clip_quantile], "user_median": uprof.median,
-            "proxy_rows": proxy.n_train, "proxy_seed": PUBLIC_SEED_OFFSET + seed}  # fmt: skip
+            "proxy_rows": proxy.n_train, "proxy_seed": PUBLIC_SEED_OFFSET + seed, "proxy_users": n_proxy_users,
+            "user_rows_mean": rows_mean, "user_rows_sd": rows_sd}  # fmt: skip
 
 
 def _evaluate(model, data, dev) -> tuple[pd.DataFrame, np.ndarray]:
@@ -449,9 +462,11 @@ def run_user_level(data, *, epsilon: float, profile: StreamRecProfile, seed: int
     Users are Poisson-sampled with :math:`q = b_u / U` (``profile.user_batch_size``
     users expected per step), each contributes at most ``profile.user_max_rows``
     rows, and each user's summed gradient is clipped to ``max_grad_norm``
-    (:mod:`privlab.experiments.user_level`); :math:`\delta = 1/(10U)`. The
-    record is :func:`run_one`'s; ``train_loss`` is per row (the per-user loss
-    divided by the mean rows per user) and ``fraction_clipped`` counts users.
+    (:mod:`privlab.experiments.user_level`); :math:`\delta = 1/(100U)` (the profile's
+    ``delta_for``). The record is :func:`run_one`'s; ``train_loss`` is per row (the
+    per-user loss divided by the mean rows per user), ``fraction_clipped`` counts
+    users, ``n_train`` is the rows kept after the cap and ``rows_per_user_mean`` /
+    ``rows_per_user_sd`` their mean and standard deviation per user.
     """
     from privlab.config import get_device
     from privlab.dpsgd import DPSGDConfig, summarize_grad_norms
@@ -487,6 +502,8 @@ def run_user_level(data, *, epsilon: float, profile: StreamRecProfile, seed: int
         "steps": result.steps, "batch_size": b, "max_grad_norm": c, "clipping_only": False,
         "epochs": profile.epochs, "lr": profile.lr, "seed": seed, "n_train": packed.rows_kept, "n_units": u,
         "max_rows_per_user": profile.user_max_rows, "rows_total": packed.rows_total,
+        "rows_per_user_mean": float(packed.rows_per_user.mean()),
+        "rows_per_user_sd": float(packed.rows_per_user.std(ddof=1)),
         **_record(table, s_test, result, wall, prior=bias_init),
         "fraction_clipped": prof.fraction_clipped[c],
         "grad_norms": {"median": prof.median, "p95": prof.percentiles[95.0],

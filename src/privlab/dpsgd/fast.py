@@ -638,7 +638,10 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
     norm2_of: dict[_Site, Tensor] = {}  # per site: sum over its parameters of ||grad_i||^2, (B,)
     weighted: dict[_Site, Callable] = {}  # per site: c -> {attr: sum_i c_i grad_i}
     tied_grads = {s: None for pair in tied for s in pair}
-    for s, b in zip(backward_sites, out_grads):  # b = d(sum_j loss_j)/d(output of s) = per-example b_i rows
+    out_grads = list(out_grads)
+    producers = {t.producer for t in sites if t.producer is not None}
+    for i, s in enumerate(backward_sites):  # b = d(sum_j loss_j)/d(output of s) = per-example b_i rows
+        b, out_grads[i] = out_grads[i], None  # held from here on only by what the rule keeps
         if s in tied_grads:
             tied_grads[s] = b
         if b is None:  # cannot happen when a parameter is used (the output's edge dominates it); be exact anyway
@@ -665,7 +668,7 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
             else:
                 norm2_of[s] = sum(_row_sq_norms(g).to(dtype) for g in grads.values())
                 weighted[s] = lambda c, grads=grads: {k: weighted_rows(c, g) for k, g in grads.items()}
-        if modes[s] == "local":
+        if modes[s] == "local" or (modes[s] == "fast" and s not in tied_grads and s not in producers):
             s.args = s.kwargs = None  # let activations no longer needed be freed now
     cross = []
     for emb, lin in tied:

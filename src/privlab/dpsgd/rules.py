@@ -106,6 +106,7 @@ def _affine(a: Tensor, b: Tensor, d_in: int, d_out: int, want_w: bool, want_b: b
     """Rule for ``s = a W^T + beta`` (``W`` stored ``(d_out, d_in)``, or ``(d_in, d_out)`` if ``weight_in_out``)."""
     batch = a.shape[0]
     norm2 = a.new_zeros(batch)
+    per_example = b_sum = None
     if a.ndim == 2:  # (B, d_in), (B, d_out): ||b_i a_i^T||^2 + ||b_i||^2 = (||a_i||^2 + 1) ||b_i||^2
         b_sq = _row_sq_norms(b)
         if want_w:
@@ -121,20 +122,31 @@ def _affine(a: Tensor, b: Tensor, d_in: int, d_out: int, want_w: bool, want_b: b
         if want_w and steps * (d_in + d_out) <= d_in * d_out:
             norm2 = norm2 + (a3 @ a3.transpose(1, 2) * (b3 @ b3.transpose(1, 2))).sum((1, 2))
         elif want_w:
-            norm2 = norm2 + _row_sq_norms(b3.transpose(1, 2) @ a3)
+            # Instantiated, exactly when T (d_in + d_out) > d_in d_out: the per-example gradients are then
+            # smaller than the activation and output gradient they come from, so they are kept instead of
+            # (a, b) and the clipped sum is one weighted sum over them (c @ G), not a second matmul over
+            # the sequence (book-keeping with the mixed choice: Bu et al. 2023, arXiv:2210.00038).
+            per_example = b3.transpose(1, 2) @ a3  # (B, d_out, d_in)
+            norm2 = norm2 + _row_sq_norms(per_example)
+            a = b = a3 = None
+        b_sum = b3.sum(1) if want_b else None  # (B, d_out): the per-example bias gradients
+        b3 = None
         if want_b:
-            norm2 = norm2 + _row_sq_norms(b3.sum(1))
+            norm2 = norm2 + _row_sq_norms(b_sum)
 
     def weighted_sum(c: Tensor) -> dict[str, Tensor]:
         out = {}
-        if want_w:  # sum_i c_i b_i^T a_i = b^T diag(c) a; scale whichever side is narrower
+        if want_w and a is None:  # instantiated per-example gradients
+            w = weighted_rows(c, per_example)
+            out["weight"] = w.t() if weight_in_out else w
+        elif want_w:  # sum_i c_i b_i^T a_i = b^T diag(c) a; scale whichever side is narrower
             if d_in <= d_out:
                 w = b.reshape(-1, d_out).t() @ scale_rows(a, c).reshape(-1, d_in)
             else:
                 w = scale_rows(b, c).reshape(-1, d_out).t() @ a.reshape(-1, d_in)
             out["weight"] = w.t() if weight_in_out else w
         if want_b:
-            out["bias"] = weighted_rows(c, b.reshape(batch, -1, d_out).sum(1) if b.ndim > 2 else b)
+            out["bias"] = weighted_rows(c, b_sum if b_sum is not None else b)
         return out
 
     return LayerContribution(norm2, weighted_sum)

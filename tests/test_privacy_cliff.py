@@ -109,7 +109,7 @@ def test_records_report_fraction_clipped_and_training_loss(dtype=torch.float64):
     from privlab.experiments.privacy_cliff import init_params
 
     cfg = CliffConfig(
-        epochs=1, lr=1e-12, sigmas=(0.0,), clip_norms=(1e-6, 1e6), seeds=(42,),
+        epochs=2, lr=1e-12, sigmas=(0.0,), clip_norms=(1e-6, 1e6), seeds=(42,),
         dtype=dtype,
     )
     recs = run_sweep(DATA, cfg).records
@@ -124,3 +124,48 @@ def test_records_report_fraction_clipped_and_training_loss(dtype=torch.float64):
     expected = float(torch.nn.functional.cross_entropy(z, DATA.y_train))
     for r in recs:
         assert r["train_loss"] == pytest.approx(expected, rel=1e-9)
+        assert len(r["loss_curve"]) == 2 and r["loss_curve"][-1] == r["train_loss"]
+        assert r["loss_curve"][0] == pytest.approx(expected, rel=1e-9)
+    result = run_sweep(DATA, cfg)
+    assert result.step_losses.shape == (len(recs), 2 * 7)  # runs x steps (7 batches an epoch)
+    # the epoch means weight each step by its batch size (the last batch holds 16 of 400)
+    w = np.array([64] * 6 + [16])
+    for r, steps in zip(result.records, result.step_losses):
+        assert np.dot(steps[7:], w) / 400 == pytest.approx(r["train_loss"], rel=1e-9)
+
+
+def test_accuracy_on_rescores_the_final_models():
+    cfg = CliffConfig(epochs=1, sigmas=(1.0,), clip_norms=(1.0,), seeds=(42, 123))
+    result = run_sweep(DATA, cfg, keep_params=True)
+    assert result.accuracy_on(DATA.X_test, DATA.y_test) == [r["accuracy"] for r in result.records]
+    with pytest.raises(ValueError, match="keep_params"):
+        run_sweep(DATA, cfg).accuracy_on(DATA.X_test, DATA.y_test)
+
+
+def test_cliff_data_scaling_reads_no_point():
+    """Standardised by the mixture's population moments (public centres), not the sample's."""
+    from sklearn.datasets import make_blobs
+
+    X, y, centres = make_blobs(n_samples=500, n_features=10, centers=5, cluster_std=1.5, random_state=42,
+                               return_centers=True)
+    Z = (X - centres.mean(0)) / np.sqrt(1.5**2 + centres.var(0))
+    both = torch.cat([DATA.X_train, DATA.X_test]).double().numpy()
+    np.testing.assert_allclose(np.sort(both, axis=0), np.sort(Z, axis=0), rtol=1e-6, atol=1e-6)
+    assert np.abs(both.mean(0)).max() > 1e-3  # not the sample's own centring
+
+
+def test_cps1988_task_uses_public_constants():
+    from privlab.datasets import CPS1988_WAGE_THRESHOLD, cps1988_public_features, load_cps1988
+    from privlab.experiments.privacy_cliff import cps1988_task
+
+    t = cps1988_task(seed=0, train_rows=200)
+    full = cps1988_task(seed=0)
+    # the first 200 training rows are the same rows with the same features and labels
+    assert torch.equal(t.X_train, full.X_train[:200]) and torch.equal(t.y_train, full.y_train[:200])
+    df = load_cps1988()
+    public = cps1988_public_features(df)[["education", "experience"]].to_numpy(np.float32)
+    perm = np.random.default_rng(0).permutation(len(df))  # the task's split, rebuilt
+    tr = perm[int(round(0.2 * len(df))):][:200]
+    np.testing.assert_array_equal(t.X_train[:, :2].numpy(), public[tr])
+    np.testing.assert_array_equal(t.y_train.numpy(), (df["wage"].to_numpy()[tr] > CPS1988_WAGE_THRESHOLD))
+    assert int(full.y_train.sum() + full.y_test.sum()) == int((df["wage"] > CPS1988_WAGE_THRESHOLD).sum())

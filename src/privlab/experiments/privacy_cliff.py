@@ -47,10 +47,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
+from sklearn.datasets import make_blobs
+from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 from .._validate import check_delta, check_int, check_nonnegative, check_positive, check_probability
+from ..accounting import dpsgd_epsilon
+from ..datasets import cps1988_high_wage, cps1988_public_features, load_cps1988
 from ..dpsgd import DPSGDConfig, PoissonSampler, ShuffleSampler, train
 from ..models import MLP
 
@@ -116,17 +121,35 @@ class CliffConfig:
 
 @dataclass(frozen=True)
 class SweepResult:
-    """Per-run records (``seed, sigma, C, private, accuracy, epsilon, ...``) and the sweep's wall-clock time."""
+    """Per-run records and the sweep's wall-clock time.
+
+    Each record: ``seed, sigma, C, private, accuracy, epsilon, accountant, steps,
+    sample_rate, delta``, ``fraction_clipped`` (share of sampled examples clipped, all
+    steps), ``loss_curve`` (mean training cross-entropy of each epoch, each batch's before
+    its update) and ``train_loss`` (its last entry).
+    """
 
     records: tuple[dict, ...]
     seconds: float
     config: CliffConfig
     task: str
     params: tuple | None = field(default=None, repr=False)  # final (W1, b1, W2, b2), stacked over runs
+    step_losses: np.ndarray | None = field(default=None, repr=False)  # (R, steps): each step's batch loss
+
+    def accuracy_on(self, X: Tensor, y: Tensor) -> list[float]:
+        """Each run's accuracy on ``X (n, d)``, ``y (n,)`` (run order = ``records`` order).
+
+        Needs the final parameters (``run_sweep(..., keep_params=True)``); used to score
+        runs selected on a validation split on the test split.
+
+        Raises:
+            ValueError: if the sweep did not keep its parameters.
+        """
+        if self.params is None:
+            raise ValueError("accuracy_on needs run_sweep(..., keep_params=True)")
+        return _stacked_accuracy(self.params, X, y)
 
     def to_frame(self):
-        import pandas as pd
-
         return pd.DataFrame(list(self.records))
 
     def write_json(self, path) -> Path:
@@ -143,18 +166,24 @@ class SweepResult:
 
 def cliff_data(*, n_samples: int = 500, n_features: int = 10, n_clusters: int = 5, cluster_std: float = 1.5,
                test_fraction: float = 0.2, seed: int = 42) -> CliffData:
-    """The published data: ``sklearn.datasets.make_blobs``, standardised, 80/20 split (all seeded by ``seed``).
+    r"""The published data: ``sklearn.datasets.make_blobs``, standardised, 80/20 split (all seeded by ``seed``).
+
+    Standardised with the *population* mean and s.d. of the mixture, not with the
+    sample's: with centres :math:`\mu_k` (drawn from ``seed``, before any point) and
+    equal cluster weights, feature :math:`j` has mean :math:`\bar\mu_j = \frac1K\sum_k \mu_{kj}`
+    and variance :math:`s^2 + \frac1K\sum_k (\mu_{kj} - \bar\mu_j)^2` (``s = cluster_std``).
+    These depend on no point, so the map is the same on neighbouring data sets and the
+    training points' privacy is not spent on it (the published code standardised with the
+    mean and s.d. of all 500 points, a statistic of the private data).
 
     >>> d = cliff_data()
     >>> tuple(d.X_train.shape), tuple(d.X_test.shape), d.n_classes
     ((400, 10), (100, 10), 5)
     """
-    from sklearn.datasets import make_blobs
-    from sklearn.model_selection import train_test_split
-
-    X, y = make_blobs(n_samples=check_int("n_samples", n_samples, minimum=2), n_features=n_features,
-                      centers=n_clusters, cluster_std=check_positive("cluster_std", cluster_std), random_state=seed)
-    X = (X - X.mean(0)) / X.std(0)
+    X, y, centres = make_blobs(n_samples=check_int("n_samples", n_samples, minimum=2), n_features=n_features,
+                               centers=n_clusters, cluster_std=check_positive("cluster_std", cluster_std),
+                               random_state=seed, return_centers=True)
+    X = (X - centres.mean(0)) / np.sqrt(cluster_std**2 + centres.var(0))  # population, not sample, moments
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=check_probability("test_fraction", test_fraction),
                                           random_state=seed)
     t = lambda a, dt: torch.as_tensor(np.ascontiguousarray(a), dtype=dt)  # noqa: E731
@@ -164,19 +193,23 @@ def cliff_data(*, n_samples: int = 500, n_features: int = 10, n_clusters: int = 
 
 def cps1988_task(*, seed: int = 0, test_fraction: float = 0.2,
                  max_rows: int | None = None, train_rows: int | None = None) -> CliffData:
-    """CPS1988: predict a wage above the training median from education, experience and the categoricals.
+    """CPS1988: predict a weekly wage above a public threshold from education, experience and the categoricals.
 
-    Numeric columns standardised with training statistics, categoricals one-hot (12 features).
+    The label is :func:`privlab.datasets.cps1988_high_wage` (wage above the public
+    constant ``CPS1988_WAGE_THRESHOLD``, USD 500) and education and experience are
+    scaled by the codebook's ranges (:func:`privlab.datasets.cps1988_public_features`);
+    categoricals one-hot (12 features). Neither the label nor the scaling reads a
+    statistic of the rows (a training median or mean would be one, outside any DP
+    accounting), so every row's features and label are the same on neighbouring data sets.
     ``max_rows`` subsamples the table before the split; ``train_rows`` keeps the
     full test split (so accuracies are measured precisely) and trains on the first
-    ``train_rows`` of the training split only. Privacy unit of a model trained on it: one worker's record.
+    ``train_rows`` of the training split only. Privacy unit of a model trained on it:
+    one worker's record.
 
     >>> t = cps1988_task(seed=0, train_rows=500)
     >>> tuple(t.X_train.shape), len(t.y_test)
     ((500, 12), 5631)
     """
-    from privlab.datasets import load_cps1988
-
     df = load_cps1988()
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(df))
@@ -186,12 +219,11 @@ def cps1988_task(*, seed: int = 0, test_fraction: float = 0.2,
     test, tr = perm[:n_test], perm[n_test:]
     if train_rows is not None:
         tr = tr[: check_int("train_rows", train_rows, minimum=10)]
-    num = df[["education", "experience"]].to_numpy(float)
-    mu, sd = num[tr].mean(0), num[tr].std(0)
+    num = cps1988_public_features(df)[["education", "experience"]].to_numpy(float)
     cats = [np.eye(len(df[c].cat.categories))[df[c].cat.codes.to_numpy()]
             for c in ("ethnicity", "smsa", "region", "parttime")]
-    X = np.hstack([(num - mu) / sd, *cats]).astype(np.float32)
-    y = (df["wage"].to_numpy() > np.median(df["wage"].to_numpy()[tr])).astype(np.int64)
+    X = np.hstack([num, *cats]).astype(np.float32)
+    y = cps1988_high_wage(df).to_numpy().astype(np.int64)
     return CliffData(torch.from_numpy(X[tr]), torch.from_numpy(y[tr]), torch.from_numpy(X[test]),
                      torch.from_numpy(y[test]), 2, "cps1988")
 
@@ -261,8 +293,6 @@ def _epsilon(cfg: CliffConfig, sigma: float, q: float, steps: int) -> tuple[floa
         return math.inf, "none"
     if cfg.mode == "published":
         return simplified_rdp_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=cfg.delta), "simplified"
-    from privlab.accounting import dpsgd_epsilon
-
     name = "pld" if sigma >= PLD_MIN_SIGMA else "rdp"
     eps = dpsgd_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=cfg.delta, accountant=name)
     return float(eps), name
@@ -321,9 +351,10 @@ def _run_sweep(data: CliffData, cfg: CliffConfig, keep_params: bool) -> SweepRes
     onehot_all = torch.nn.functional.one_hot(y, K).to(dt)
     xsq_all = (X * X).sum(1)
     steps = 0
-    # diagnostics: share of sampled examples clipped (all steps), mean loss in the
-    # last epoch
-    clipped, seen, loss_sum, loss_n = torch.zeros(4, R, dtype=torch.float64)
+    # diagnostics: share of sampled examples clipped (all steps), mean loss of each epoch
+    clipped, seen = torch.zeros(2, R, dtype=torch.float64)
+    loss_sum, loss_n = torch.zeros(2, cfg.epochs, R, dtype=torch.float64)
+    step_loss = []  # per step: (R,) mean cross-entropy of the sampled batch
     for epoch in range(cfg.epochs):
         for batches in zip(*[iter(sm) for sm in samplers]):
             B = max(b.numel() for b in batches)
@@ -343,10 +374,10 @@ def _run_sweep(data: CliffData, cfg: CliffConfig, keep_params: bool) -> SweepRes
             c = torch.where(private[:, None], C[:, None] / torch.maximum(norms, C[:, None]), 1.0) * mask
             clipped += ((norms > C[:, None]).to(dt) * mask).sum(1).double()
             seen += mask.sum(1).double()
-            if epoch == cfg.epochs - 1:  # cross-entropy of the batch, before its update
-                li = torch.logsumexp(z, -1) - (z * oh).sum(-1)
-                loss_sum += (li * mask).sum(1).double()
-                loss_n += mask.sum(1).double()
+            li = torch.logsumexp(z, -1) - (z * oh).sum(-1)  # cross-entropy, before the update
+            loss_sum[epoch] += (li * mask).sum(1).double()
+            loss_n[epoch] += mask.sum(1).double()
+            step_loss.append((li * mask).sum(1).double() / mask.sum(1).double().clamp_min(1))
             cg1, cg2 = g1 * c.unsqueeze(-1), g2 * c.unsqueeze(-1)
             grads = [torch.bmm(cg1.transpose(1, 2), xb), cg1.sum(1), torch.bmm(cg2.transpose(1, 2), h), cg2.sum(1)]
             noise = [torch.randn(sum(sizes), generator=ng, dtype=dt) if any_noise[i] else torch.zeros(sum(sizes), dtype=dt)
@@ -357,13 +388,11 @@ def _run_sweep(data: CliffData, cfg: CliffConfig, keep_params: bool) -> SweepRes
                 upd = (gsum + zz.view_as(gsum)) / den.view(-1, *([1] * (gsum.ndim - 1)))
                 p.add_(upd, alpha=-cfg.lr)
             steps += 1
-    with torch.no_grad():
-        Xt = data.X_test.to(dt).expand(R, *data.X_test.shape)
-        zt = torch.baddbmm(b2.unsqueeze(1), torch.baddbmm(b1.unsqueeze(1), Xt, W1.transpose(1, 2)).clamp_min(0),
-                           W2.transpose(1, 2))
-        acc = (zt.argmax(-1) == data.y_test).to(torch.float64).mean(1).tolist()
+    acc = _stacked_accuracy((W1, b1, W2, b2), data.X_test, data.y_test)
     q = cfg.batch_size / n
     eps_cache = {s: _epsilon(cfg, s, q, steps) for s in set(cfg.sigmas)}
+    mean_loss = torch.where(loss_n > 0, loss_sum / loss_n.clamp_min(1), torch.tensor(math.nan, dtype=torch.float64))
+    curves = [tuple(mean_loss[:, r].tolist()) for r in range(R)]  # per run: mean loss of each epoch
     records = tuple(
         {"task": data.name, "mode": cfg.mode, "seed": seed, "sigma": float(s), "C": c, "private": c is not None,
          "accuracy": float(a), "epsilon": eps_cache[s][0] if c is not None else math.inf,
@@ -372,10 +401,22 @@ def _run_sweep(data: CliffData, cfg: CliffConfig, keep_params: bool) -> SweepRes
          "fraction_clipped": (
              float(clipped[r] / seen[r])
              if c is not None and seen[r] > 0 else math.nan),
-         "train_loss": float(loss_sum[r] / loss_n[r]) if loss_n[r] > 0 else math.nan}
+         "train_loss": curves[r][-1],
+         "loss_curve": curves[r]}
         for r, ((seed, s, c), a) in enumerate(zip(runs, acc)))
     params = (W1, b1, W2, b2) if keep_params else None
-    return SweepResult(records, time.perf_counter() - start, cfg, data.name, params)
+    losses = torch.stack(step_loss, 1).numpy() if step_loss else np.zeros((R, 0))
+    return SweepResult(records, time.perf_counter() - start, cfg, data.name, params, losses)
+
+
+def _stacked_accuracy(params, X: Tensor, y: Tensor) -> list[float]:
+    """Accuracy of every stacked run ``(W1 (R, H, d), b1 (R, H), W2 (R, K, H), b2 (R, K))`` on ``X``, ``y``."""
+    W1, b1, W2, b2 = params
+    with torch.no_grad():
+        Xt = X.to(W1.dtype).expand(W1.shape[0], *X.shape)  # (R, n, d)
+        zt = torch.baddbmm(b2.unsqueeze(1), torch.baddbmm(b1.unsqueeze(1), Xt, W1.transpose(1, 2)).clamp_min(0),
+                           W2.transpose(1, 2))  # (R, n, K)
+        return (zt.argmax(-1) == y).to(torch.float64).mean(1).tolist()
 
 
 def reference_run(data: CliffData, config: CliffConfig, *, seed: int, sigma: float, max_grad_norm: float | None):
@@ -403,8 +444,6 @@ def reference_run(data: CliffData, config: CliffConfig, *, seed: int, sigma: flo
 
 def summarize(result_or_records):
     """Mean, std and count of accuracy per ``(C, sigma)``, with epsilon and accuracy relative to the baseline."""
-    import pandas as pd
-
     recs = result_or_records.records if isinstance(result_or_records, SweepResult) else result_or_records
     df = pd.DataFrame(list(recs))
     base = df[~df.private]["accuracy"].mean()

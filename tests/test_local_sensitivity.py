@@ -81,6 +81,22 @@ def test_sample_and_aggregate_is_unbiased_for_a_clipped_statistic():
     assert abs(np.mean(vals) - 5.0) < 0.05
 
 
+def test_sample_and_aggregate_maps_undefined_blocks_to_the_midpoint():
+    # a block statistic that is NaN (log of 0) or infinite must not make the release NaN: it counts
+    # as the public default (a + b) / 2, so one record still moves the mean by at most (b - a) / m
+    data = np.r_[np.zeros(4), np.ones(4)]
+    log_mean = lambda rows: float(np.log(np.mean(rows)))  # noqa: E731  (-inf on an all-zero block)
+    nan_stat = lambda rows: math.nan  # noqa: E731
+    for stat in (log_mean, nan_stat):
+        with np.errstate(divide="ignore"):
+            out = ls.sample_and_aggregate(data, stat, blocks=4, lower=-1.0, upper=1.0, epsilon=1e9,
+                                          rng=make_rng(0))
+        assert math.isfinite(out) and -1.0 <= out <= 1.0
+    # every block undefined: exactly the midpoint (up to the vanishing noise)
+    assert ls.sample_and_aggregate(data, nan_stat, blocks=4, lower=0.0, upper=1.0, epsilon=1e9,
+                                   rng=make_rng(1)) == pytest.approx(0.5, abs=1e-6)
+
+
 @pytest.mark.parametrize("x", [[1.0, 2.0], [1.0, 2.0, 11.0]])
 def test_median_tools_refuse_even_length_or_out_of_range(x):
     with pytest.raises(ValueError, match="odd length|upper"):

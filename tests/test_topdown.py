@@ -30,11 +30,48 @@ def test_rounding_keeps_the_sum_and_stays_within_one():
     assert r.sum() == 100 and np.all(np.abs(r - x) < 1)
 
 
-def _toy():
+DOMAINS = {"region": list("ab"), "area": list("xyz")}
+CELLS = ["u", "v", "w"]
+
+
+def _toy_frame():
     rng = make_rng(2)
-    df = pd.DataFrame({"region": rng.choice(list("ab"), 3000), "area": rng.choice(list("xyz"), 3000),
-                       "cell": rng.choice(["u", "v", "w"], 3000, p=[0.9, 0.08, 0.02])})
-    return topdown.build_hierarchy(df, levels=["region", "area"], cell="cell")
+    return pd.DataFrame({"region": rng.choice(list("ab"), 3000), "area": rng.choice(list("xyz"), 3000),
+                         "cell": rng.choice(CELLS, 3000, p=[0.9, 0.08, 0.02])})
+
+
+def _toy():
+    return topdown.build_hierarchy(_toy_frame(), levels=["region", "area"], cell="cell", level_domains=DOMAINS,
+                                   cell_domain=CELLS)
+
+
+def test_hierarchy_counts_match_a_groupby_and_parents_are_consistent():
+    df, h = _toy_frame(), _toy()
+    assert [c.shape for c in h.counts] == [(1, 3), (2, 3), (6, 3)]
+    full = df.groupby(["region", "area", "cell"]).size()
+    for j, name in enumerate(h.names[2]):
+        r, a = name.split(" / ")
+        assert h.counts[2][j].tolist() == [int(full.get((r, a, c), 0)) for c in CELLS]
+    for level in (1, 2):
+        for p in range(h.counts[level - 1].shape[0]):
+            np.testing.assert_array_equal(h.counts[level][h.parent[level] == p].sum(0), h.counts[level - 1][p])
+
+
+def test_hierarchy_shape_comes_from_the_public_domain_not_the_data():
+    # a neighbour that empties a node or a cell must not change the shape of the release
+    df = _toy_frame()
+    emptied = df[~((df["region"] == "b") & (df["area"] == "z")) & (df["cell"] != "w")]
+    h = topdown.build_hierarchy(emptied, levels=["region", "area"], cell="cell", level_domains=DOMAINS,
+                                cell_domain=CELLS)
+    assert [c.shape for c in h.counts] == [c.shape for c in _toy().counts]
+    assert h.names == _toy().names and h.cells == CELLS
+    assert h.counts[2][h.names[2].index("b / z")].sum() == 0 and h.counts[0][0, 2] == 0
+    with pytest.raises(ValueError, match="public domain"):
+        topdown.build_hierarchy(df.assign(area="q"), levels=["region", "area"], cell="cell",
+                                level_domains=DOMAINS, cell_domain=CELLS)
+    with pytest.raises(ValueError, match="level_domains"):
+        topdown.build_hierarchy(df, levels=["region", "area"], cell="cell", level_domains={"region": ["a", "b"]},
+                                cell_domain=CELLS)
 
 
 def test_release_is_consistent_nonnegative_integer_with_the_invariant_total():

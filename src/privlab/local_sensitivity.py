@@ -154,13 +154,26 @@ def sample_and_aggregate(data, statistic, *, blocks: int, lower, upper, epsilon,
     to labels: each partition of :math:`D'` arises from exactly one of :math:`D` and one
     choice of block), and again one block differs.
 
+    The guarantee needs every block's value in :math:`[a, b]`: a block on which the
+    statistic is undefined (NaN or infinite, e.g. a regression on a block whose records
+    all share one x, or a log of 0) counts as the public default :math:`(a + b)/2`, so a
+    degenerate block, which one record can create, still moves the mean by at most
+    :math:`(b - a)/m` and never makes the release NaN.
+
     Args:
         data: an array (or DataFrame) whose rows are records.
-        statistic: ``statistic(rows) -> float``, any function (no sensitivity bound needed).
+        statistic: ``statistic(rows) -> float``, any function (no sensitivity bound needed);
+            a non-finite value counts as :math:`(a + b)/2`.
         blocks: :math:`m`.
         lower, upper: the public clipping range :math:`[a, b]` of the statistic.
         epsilon: :math:`\varepsilon`.
         rng: the source of randomness (the block assignment and the noise).
+
+    >>> from privlab.config import make_rng
+    >>> x = np.full(10, np.nan)                         # every block's mean is NaN: counts as 0.5
+    >>> round(sample_and_aggregate(x, np.mean, blocks=2, lower=0, upper=1, epsilon=1e9,
+    ...                            rng=make_rng(0)), 6)
+    0.5
     """
     eps = check_epsilon(epsilon)
     m = check_int("blocks", blocks, minimum=1)
@@ -173,5 +186,6 @@ def sample_and_aggregate(data, statistic, *, blocks: int, lower, upper, epsilon,
         raise ValueError(f"need at least one record per block: {n} records, blocks={m}")
     block_of = rng.permutation(n) % m
     take = (lambda idx: data.iloc[idx]) if hasattr(data, "iloc") else (lambda idx: data[idx])
-    values = np.array([np.clip(statistic(take(np.flatnonzero(block_of == j))), lo, hi) for j in range(m)])
+    raw = np.array([float(statistic(take(np.flatnonzero(block_of == j)))) for j in range(m)])
+    values = np.clip(np.where(np.isfinite(raw), raw, (lo + hi) / 2), lo, hi)   # undefined: public default
     return float(values.mean() + rng.laplace(scale=(hi - lo) / (m * eps)))

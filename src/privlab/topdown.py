@@ -4,6 +4,9 @@ A geographic hierarchy (nation :math:`\to` regions :math:`\to` areas within regi
 holds, at every node, a histogram of persons over a few cells (say, ethnicity).
 TopDown (Abowd et al. 2022) releases it in two phases:
 
+The nodes (the geography) and the cells come from public domains, empty ones included
+(:func:`build_hierarchy`), so the shape of the release does not depend on the data.
+
 1. **Measurement.** Every cell of every node at every level gets discrete Gaussian noise
    :math:`\mathcal N_{\mathbb Z}(0, \sigma_\ell^2)`. The national total is an
    *invariant*, published exactly (as the Bureau did for state populations). Add/remove
@@ -94,23 +97,63 @@ class Hierarchy:
     cells: list[str]
 
 
-def build_hierarchy(df: pd.DataFrame, *, levels: list[str], cell: str) -> Hierarchy:
-    """A nation -> ``levels[0]`` -> ``levels[0] x levels[1]`` ... hierarchy of ``cell`` histograms from records."""
-    cells = sorted(df[cell].astype(str).unique())
-    names, counts, parents = [["nation"]], [], []
-    keys_prev = [()]
-    counts.append(np.array([[np.sum(df[cell].astype(str) == c) for c in cells]], dtype=np.int64))
-    parents.append(np.zeros(1, dtype=np.int64))
-    for depth in range(1, len(levels) + 1):
-        cols = levels[:depth]
-        grouped = df.groupby(cols, observed=True)[cell].apply(
-            lambda s: np.array([np.sum(s.astype(str) == c) for c in cells]))
-        keys = [k if isinstance(k, tuple) else (k,) for k in grouped.index]
-        counts.append(np.stack(grouped.to_numpy()).astype(np.int64))
-        parents.append(np.array([keys_prev.index(k[:-1]) for k in keys], dtype=np.int64))
-        names.append([" / ".join(map(str, k)) for k in keys])
-        keys_prev = keys
-    return Hierarchy(names, counts, parents, cells)
+def _codes(values: pd.Series, domain, what: str) -> np.ndarray:
+    """Positions of ``values`` in the public ``domain``; a value outside it is an error."""
+    codes = pd.Categorical(values, categories=list(domain)).codes.astype(np.int64)
+    if np.any(codes < 0):
+        bad = sorted(set(values[codes < 0].astype(str)))[:5]
+        raise ValueError(f"{what}: values {bad} are not in the public domain {list(domain)}")
+    return codes
+
+
+def build_hierarchy(df: pd.DataFrame, *, levels: list[str], cell: str, level_domains: dict,
+                    cell_domain) -> Hierarchy:
+    r"""A nation -> ``levels[0]`` -> ``levels[0] x levels[1]`` ... hierarchy of ``cell`` histograms.
+
+    The nodes and cells come from *public* domains, never from the data: level
+    :math:`\ell` has one node per element of ``level_domains[levels[0]] x ... x
+    level_domains[levels[l-1]]`` (in that order) and every node one count per element of
+    ``cell_domain``; a node or cell no record falls in is there with count 0. Were they
+    read off the data (``unique()``, ``groupby(observed=True)``), a neighbour that empties
+    or creates a node would change the shape of the release.
+
+    Args:
+        df: one row per person.
+        levels: the geography columns, coarsest first.
+        cell: the column of the histogram's categories.
+        level_domains: ``{column: its public categories}`` for every column in ``levels``.
+        cell_domain: the public categories of ``cell``.
+
+    Raises:
+        ValueError: a record's value is not in its public domain, or a domain is missing.
+
+    >>> h = build_hierarchy(pd.DataFrame({"r": ["a", "a"], "c": ["x", "x"]}), levels=["r"],
+    ...                     cell="c", level_domains={"r": ["a", "b"]}, cell_domain=["x", "y"])
+    >>> h.names, [c.tolist() for c in h.counts]
+    ([['nation'], ['a', 'b']], [[[2, 0]], [[2, 0], [0, 0]]])
+    """
+    missing = [c for c in levels if c not in level_domains]
+    if missing:
+        raise ValueError(f"level_domains must give the public categories of {missing}")
+    cell_domain = list(cell_domain)
+    cell_code = _codes(df[cell], cell_domain, f"column {cell!r}")
+    k = len(cell_domain)
+    names = [["nation"]]
+    counts = [np.bincount(cell_code, minlength=k)[None, :].astype(np.int64)]
+    parents = [np.zeros(1, dtype=np.int64)]
+    node = np.zeros(len(df), dtype=np.int64)          # each record's node at the current depth
+    keys: list[tuple] = [()]
+    for col in levels:
+        domain = list(level_domains[col])
+        node = node * len(domain) + _codes(df[col], domain, f"column {col!r}")
+        n_nodes = len(keys) * len(domain)
+        table = np.zeros((n_nodes, k), dtype=np.int64)
+        np.add.at(table, (node, cell_code), 1)
+        counts.append(table)
+        parents.append(np.arange(n_nodes, dtype=np.int64) // len(domain))   # mixed radix: drop the last digit
+        keys = [key + (v,) for key in keys for v in domain]
+        names.append([" / ".join(map(str, key)) for key in keys])
+    return Hierarchy(names, counts, parents, [str(c) for c in cell_domain])
 
 
 def topdown(h: Hierarchy, *, rho_per_level, rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -1,5 +1,6 @@
 """The command line answers --help and its subcommands."""
 
+import math
 import subprocess
 import sys
 
@@ -110,3 +111,15 @@ def test_cliff_text_output(capsys):
                  "--epochs", "2"]) == 0
     out = capsys.readouterr().out
     assert "runs on blobs (corrected mode)" in out and "checks:" in out
+
+
+def test_distributed_subcommand_is_the_module_entry_point(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["distributed", "--help"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("usage: privlab distributed")
+    # without torchrun: one process, the same run as python -m privlab.dpsgd.distributed
+    argv = ["--examples", "64", "--features", "4", "--hidden", "8", "--epochs", "1", "--batch-size", "16",
+            "--out", str(tmp_path / "run.json")]
+    assert main(["distributed", *argv]) == 0
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["world_size"] == 1 and run["steps"] == 4 and math.isfinite(run["epsilon"])

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -128,7 +126,7 @@ def test_epsilon_comes_from_privlab_accounting(monkeypatch):
         calls.append((noise_multiplier, sample_rate, steps, delta, accountant))
         return 0.1 * steps
 
-    monkeypatch.setitem(sys.modules, "privlab.accounting", types.SimpleNamespace(dpsgd_epsilon=fake_epsilon))
+    monkeypatch.setattr(train_module, "dpsgd_epsilon", fake_epsilon)
     train_module._epsilon.cache_clear()
     X, y = data()
     r = train(model(), X, y, loss_fn=ce, config=config(accountant="rdp", delta=1e-3, epochs=3),

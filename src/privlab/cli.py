@@ -3,7 +3,8 @@
 Subcommands are registered in :data:`COMMANDS`, one small function each, so a new chapter's
 experiment adds one entry rather than another branch. Every subcommand takes ``--json`` to
 print one JSON document instead of text; bad arguments end with a one-line error and exit
-status 2.
+status 2. Each subcommand imports its implementation when it runs, so ``privlab --help`` and
+the accounting commands start without loading torch or the experiments.
 
 >>> main(["info", "--scale", "smoke"])  # doctest: +ELLIPSIS
 privlab ...
@@ -30,13 +31,12 @@ import sys
 from collections.abc import Callable
 
 from privlab import __version__
-from privlab.accounting import ACCOUNTANTS
+from privlab.accounting import ACCOUNTANTS, calibrate_noise, dpsgd_epsilon
 from privlab.config import get_scale
+from privlab.provenance import to_jsonable
 
 
 def _print_json(obj) -> None:
-    from privlab.provenance import to_jsonable
-
     print(json.dumps(to_jsonable(obj), allow_nan=False))
 
 
@@ -103,8 +103,6 @@ def _run_shape(args: argparse.Namespace) -> tuple[float, int]:
 
 
 def _epsilon(args: argparse.Namespace) -> int:
-    from privlab.accounting import dpsgd_epsilon
-
     q, steps = _run_shape(args)
     out = {name: dpsgd_epsilon(noise_multiplier=args.noise_multiplier, sample_rate=q, steps=steps,
                                delta=args.delta, accountant=name) for name in args.accountant}
@@ -118,8 +116,6 @@ def _epsilon(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from privlab.accounting import calibrate_noise
-
     q, steps = _run_shape(args)
     out = {name: calibrate_noise(target_epsilon=args.target_epsilon, delta=args.delta, sample_rate=q, steps=steps,
                                  accountant=name) for name in args.accountant}
@@ -240,9 +236,6 @@ def _add_cliff(sub) -> None:
 
 
 def _lm(args: argparse.Namespace) -> int:
-    import math
-
-    from privlab.config import get_scale
     from privlab.experiments import language_model as lm
 
     scale = get_scale(args.scale).name
@@ -290,6 +283,21 @@ def _add_localhost(sub) -> None:
     p.set_defaults(func=_localhost)
 
 
+def _distributed(args: argparse.Namespace) -> int:
+    from privlab.dpsgd.distributed import main as distributed_main
+
+    distributed_main(args.args, prog="privlab distributed")
+    return 0
+
+
+def _add_distributed(sub) -> None:
+    p = sub.add_parser("distributed", add_help=False, prefix_chars="\0",
+                       help="multi-process DP-SGD, one process per rank (chapter 7): "
+                            "torchrun --nproc_per_node=N $(which privlab) distributed ...")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="see privlab distributed --help")
+    p.set_defaults(func=_distributed)
+
+
 # --- the parser -----------------------------------------------------------------------------------
 
 
@@ -306,7 +314,7 @@ def _scale_argument(p: argparse.ArgumentParser) -> None:
 
 #: Each entry adds one subcommand to the parser.
 COMMANDS: list[Callable] = [_add_info, _add_chapters, _add_accounting, _add_streamrec, _add_cliff, _add_lm,
-                            _add_localhost]
+                            _add_localhost, _add_distributed]
 
 
 def build_parser() -> argparse.ArgumentParser:

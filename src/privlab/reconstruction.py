@@ -34,6 +34,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import linprog
+from scipy.sparse import bmat, eye
 
 from ._validate import check_int, check_nonnegative
 
@@ -132,9 +134,6 @@ def reconstruct(queries, answers) -> np.ndarray:
     >>> reconstruct(q, q @ x).tolist()
     [1, 0, 0, 1, 1, 0, 1, 0]
     """
-    from scipy.optimize import linprog
-    from scipy.sparse import bmat, eye
-
     Q = np.asarray(queries, dtype=float)
     a = np.asarray(answers, dtype=float)
     if Q.ndim != 2 or a.shape != (Q.shape[0],):

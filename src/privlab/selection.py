@@ -37,6 +37,7 @@ Used in: the chapter "Selection, the sparse vector and local DP".
 from __future__ import annotations
 
 import numpy as np
+from scipy import integrate
 
 from privlab._validate import check_array, check_epsilon, check_int, check_positive, check_rng
 from privlab.mechanisms import exponential_mechanism_gumbel
@@ -173,8 +174,6 @@ def selection_probabilities(scores, *, epsilon, sensitivity, noise="exponential"
     >>> bool(abs(p.sum() - 1) < 1e-8), bool(p[0] > p[1])
     (True, True)
     """
-    from scipy import integrate
-
     q = _scores(scores)
     delta_q = check_positive("sensitivity", sensitivity)
     b = (1.0 if monotonic else 2.0) * delta_q / check_epsilon(epsilon)

@@ -65,7 +65,7 @@ from torch import nn
 from privlab._validate import check_delta, check_int, check_positive, check_probability
 from privlab.accounting import dpsgd_epsilon
 from privlab.audit.stats import DPSGDAuditResult, pilot_then_main
-from privlab.dpsgd import SAMPLERS, DPOptimizer, DPSGDConfig, PoissonAccountingWarning, train
+from privlab.dpsgd import SAMPLERS, DPOptimizer, DPSGDConfig, PoissonAccountingWarning, steps_per_epoch, train
 
 __all__ = [
     "InputCanaryTask", "audit_dpsgd", "audit_dpsgd_input", "canary_presence", "canary_scores", "check_dpsgd_claim",
@@ -111,7 +111,7 @@ def canary_presence(shape_runs: tuple, *, steps: int, sample_rate: float, sample
     if sampler == "poisson":
         hit = torch.rand((steps, *shape_runs), generator=generator, dtype=torch.float64) < sample_rate
     else:
-        per_epoch = max(1, round(1 / sample_rate))
+        per_epoch = steps_per_epoch(sample_rate)
         epochs = math.ceil(steps / per_epoch)
         pos = torch.randint(0, per_epoch, (epochs, *shape_runs), generator=generator)
         t = torch.arange(steps)
@@ -123,7 +123,7 @@ def _background_counts(presence: torch.Tensor, *, present: bool, batch_size: int
                        sampler: str, generator: torch.Generator) -> torch.Tensor:
     """(T, R) number of background examples in each batch; the data set has ``N = b * round(1/q)`` examples with
     the canary, ``N - 1`` without it (add/remove neighbours)."""
-    per_epoch = max(1, round(1 / sample_rate))
+    per_epoch = steps_per_epoch(sample_rate)
     n_bg = batch_size * per_epoch - 1  # background examples (both worlds)
     if sampler == "poisson":
         return torch.binomial(torch.full(presence.shape, float(n_bg), dtype=torch.float64),
@@ -172,7 +172,7 @@ def canary_scores(updates: torch.Tensor, *, noise_multiplier: float, max_grad_no
         q = sample_rate
         score = torch.logaddexp(torch.full_like(log_lr, math.log1p(-q)), log_lr + math.log(q)).sum(0)
     else:
-        per_epoch = max(1, round(1 / sample_rate))
+        per_epoch = steps_per_epoch(sample_rate)
         steps = log_lr.shape[0]
         score = torch.zeros(log_lr.shape[1:], dtype=log_lr.dtype)
         for start in range(0, steps, per_epoch):
@@ -368,7 +368,7 @@ def audit_dpsgd_input(
     q = check_probability("sample_rate", sample_rate)
     sigma, c, q, steps, delta, eps_claim = check_dpsgd_claim(
         noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, sample_rate=q,
-        steps=epochs * max(1, round(1 / q)), delta=delta, generator=generator, accountant=accountant)
+        steps=epochs * steps_per_epoch(q), delta=delta, generator=generator, accountant=accountant)
     n_pilot = max(10, n_runs // 2) if n_pilot is None else check_int("n_pilot", n_pilot)
     task = input_canary_task(generator=generator) if task is None else task
     cfg = DPSGDConfig(noise_multiplier=sigma, max_grad_norm=c, sample_rate=q, epochs=epochs, lr=lr,

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -65,6 +66,7 @@ from privlab.local_sensitivity import smooth_median
 from privlab.selection import permute_and_flip, report_noisy_max
 from privlab.sparse_vector import broken_svt_threshold_noise_only, broken_svt_unscaled_query_noise
 from privlab.sparse_vector import sparse_vector as sparse_vector_mechanism
+from privlab.synthetic.marginal import MarginalSynthesizer
 from privlab.mechanisms import (
     exponential_mechanism,
     exponential_mechanism_gumbel,
@@ -299,10 +301,6 @@ register(Release(
 # ----- the marginal synthesizer's measurements (privlab.synthetic.marginal) --------------------------
 def _marginal_draw(data, n, rng):
     """The raw noisy measurements of :class:`~privlab.synthetic.marginal.MarginalSynthesizer` (1-way, 2-way)."""
-    import pandas as pd
-
-    from privlab.synthetic.marginal import MarginalSynthesizer
-
     df = pd.DataFrame(data, columns=["a", "b"])
     out = []
     for _ in range(n):

@@ -93,6 +93,7 @@ from tqdm.auto import tqdm
 
 from privlab._validate import check_int, check_nonnegative, check_rng
 from privlab.config import Scale, get_scale
+from privlab.metrics import metrics_table
 
 __all__ = ["MARKETS", "SEGMENTS", "StreamRecConfig", "StreamRecData", "generate_streamrec"]
 
@@ -267,8 +268,6 @@ class StreamRecData:
         model, not of every ranker: sampled negatives are label 0 whatever their
         click probability.
         """
-        from privlab.metrics import metrics_table
-
         return metrics_table(self.y_test, expit(self.oracle_logit(self.test_user, self.test_item)),
                         self.cand_user, self.cand_label, self.oracle_logit(self.cand_user, self.cand_item),
                         k=k, groups=self.groups())  # fmt: skip
@@ -311,7 +310,7 @@ class StreamRecData:
         row instead of 164). Needs ``40 * 4`` bytes a row on the device: 6.7 GB
         for the paper-scale training split; use :meth:`iter_chunks` if that is too much.
         """
-        import torch
+        import torch  # only the tensor views need torch: the generator itself is numpy
 
         user, item, y = self._split(split)
         dev = torch.device(device if device is not None else "cpu")
@@ -327,7 +326,7 @@ class StreamRecData:
 
         On CUDA each chunk goes through pinned memory with a non-blocking copy.
         """
-        import torch
+        import torch  # only the tensor views need torch: the generator itself is numpy
 
         chunk_size = check_int("chunk_size", chunk_size, minimum=1)
         user, item, y = self._split(split)

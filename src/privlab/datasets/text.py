@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import string
 from dataclasses import dataclass, field
+from pydoc_data.topics import topics
 
 import numpy as np
 import torch
@@ -82,8 +83,6 @@ def canary_text(code: int) -> str:
 
 def load_topics() -> dict[str, str]:
     """The Python documentation topics bundled with CPython (``pydoc_data.topics``)."""
-    from pydoc_data.topics import topics
-
     return dict(sorted(topics.items()))
 
 

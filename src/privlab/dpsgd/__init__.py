@@ -36,7 +36,14 @@ from .optimizer import DPOptimizer, StepStats
 from .per_sample import per_example_losses, per_sample_grads
 from .profile import GradNormProfile, profile_grad_norms, summarize_grad_norms
 from .rules import covered_types, register_rule
-from .sampling import SAMPLERS, PoissonAccountingWarning, PoissonSampler, ShuffleSampler, uniform_subset
+from .sampling import (
+    SAMPLERS,
+    PoissonAccountingWarning,
+    PoissonSampler,
+    ShuffleSampler,
+    steps_per_epoch,
+    uniform_subset,
+)
 from .train import DPSGDConfig, TrainResult, epsilon_spent, train
 
 __all__ = [
@@ -62,6 +69,7 @@ __all__ = [
     "per_sample_grads",
     "profile_grad_norms",
     "register_rule",
+    "steps_per_epoch",
     "summarize_grad_norms",
     "train",
     "uniform_subset",

@@ -51,8 +51,9 @@ masks are drawn per rank, for the rank's slice, so with dropout the run is
 equally private but not the same draw.
 
 Backends: ``gloo`` on CPU, ``nccl`` on CUDA (each rank on ``cuda:LOCAL_RANK``).
-Run with ``torchrun --nproc_per_node=N -m privlab.dpsgd.distributed ...``
-(``--help`` lists the options).
+Run with ``torchrun --nproc_per_node=N -m privlab.dpsgd.distributed ...``, or through the
+command line, ``torchrun --nproc_per_node=N $(which privlab) distributed ...`` (``--help``
+lists the options; without torchrun either runs as one process).
 
 Reference: Abadi et al. 2016 (arXiv:1607.00133), Algorithm 1; Li et al.,
 *PyTorch Distributed: Experiences on Accelerating Data Parallel Training*,
@@ -74,6 +75,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..models import StreamRecClickPredictor
 from .optimizer import DPOptimizer
 from .sampling import local_slice  # noqa: F401  (re-exported: part of this module's API)
 from .train import DPSGDConfig, TrainResult, train
@@ -199,12 +201,10 @@ def _bce(logits: Tensor, target: Tensor) -> Tensor:
     return nn.functional.binary_cross_entropy_with_logits(logits.reshape(-1), target, reduction="none")
 
 
-def main(argv=None) -> dict:
+def main(argv=None, prog: str = "python -m privlab.dpsgd.distributed") -> dict:
     """Train the StreamRec click MLP (dropout off) with DP-SGD on every rank; rank 0 prints and writes JSON."""
-    from privlab.models import StreamRecClickPredictor
-
     p = argparse.ArgumentParser(
-        prog="python -m privlab.dpsgd.distributed",
+        prog=prog,
         description="Multi-process DP-SGD (clipped sums all-reduced, noise added once per step). "
                     "Launch: torchrun --nproc_per_node=N -m privlab.dpsgd.distributed [options]; "
                     "without torchrun it runs as one process.")

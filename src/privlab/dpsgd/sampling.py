@@ -55,11 +55,32 @@ from torch import Tensor
 
 from .._validate import check_int, check_probability
 
-__all__ = ["SAMPLERS", "PoissonAccountingWarning", "PoissonSampler", "ShuffleSampler", "uniform_subset"]
+__all__ = ["SAMPLERS", "PoissonAccountingWarning", "PoissonSampler", "ShuffleSampler", "steps_per_epoch",
+           "uniform_subset"]
 
 #: The batch samplers a DP-SGD run can name (:attr:`privlab.dpsgd.DPSGDConfig.sampler`):
 #: :class:`PoissonSampler` and :class:`ShuffleSampler`.
 SAMPLERS = ("poisson", "shuffle")
+
+
+def steps_per_epoch(sample_rate: float) -> int:
+    r"""Steps in one epoch at sample rate :math:`q`: :math:`\max(1, \mathrm{round}(1/q))`.
+
+    An epoch then sees :math:`N` examples in expectation (:math:`qN` per step), so
+    :math:`E` epochs are :math:`T = E \cdot \max(1, \mathrm{round}(1/q))` steps:
+    the convention of :func:`privlab.dpsgd.train` and of every experiment that
+    accounts a run by its epochs. (Opacus and ``privlab epsilon`` count
+    :math:`\lceil EN/B \rceil` instead.)
+
+    Raises:
+        ValueError: ``sample_rate`` not in :math:`(0, 1]`.
+
+    >>> steps_per_epoch(0.16), steps_per_epoch(0.01), steps_per_epoch(0.9)
+    (6, 100, 1)
+
+    Used in: chapters 5, 6, 11, 12.
+    """
+    return max(1, round(1 / check_probability("sample_rate", sample_rate)))
 
 
 class PoissonAccountingWarning(UserWarning):
@@ -138,7 +159,7 @@ class PoissonSampler:
     def __init__(self, n: int, *, sample_rate: float, generator, steps: int | None = None):
         self.n = check_int("n", n, minimum=1)
         self.sample_rate = check_probability("sample_rate", sample_rate)
-        default = max(1, round(1 / self.sample_rate))
+        default = steps_per_epoch(self.sample_rate)
         self.steps = default if steps is None else check_int("steps", steps, minimum=1)
         self.rng = _numpy_rng(generator)
 

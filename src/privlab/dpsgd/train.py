@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .._validate import check_delta, check_int, check_nonnegative, check_positive, check_probability
-from ..accounting import DPSGD_ACCOUNTANTS
+from ..accounting import DPSGD_ACCOUNTANTS, dpsgd_epsilon
 from .clipping import METHODS
 from .optimizer import DPOptimizer
 from .per_sample import as_input_tuple, batch_size_of
@@ -218,8 +218,6 @@ class TrainResult:
 
 @functools.lru_cache(maxsize=4096)
 def _epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str) -> float:
-    from privlab.accounting import dpsgd_epsilon  # imported lazily: accounting is a sibling package
-
     return float(dpsgd_epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps,
                                delta=delta, accountant=accountant))
 

@@ -29,18 +29,23 @@ Used in: the language-model chapter.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score, roc_curve
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from privlab.accounting import calibrate_noise
 from privlab.datasets.text import CharTokenizer, TextSplit, canary_text, make_text_split
 from privlab.dpsgd import DPSGDConfig, lm_loss, train
+from privlab.provenance import write_json
 
 __all__ = ["LMScale", "LM_SCALES", "build_model", "sequence_losses", "canary_space_losses", "exposure", "membership_attack",
            "pack_users", "UserLM", "user_lm_loss", "finetune", "pretrain", "evaluate_language_model", "default_runs",
@@ -79,7 +84,7 @@ LM_SCALES = {
 
 def build_model(vocab_size: int, s: LMScale, *, seed: int = 0) -> nn.Module:
     """A GPT-2 from a configuration class (random initial weights; nothing is downloaded)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config, GPT2LMHeadModel  # an optional extra ([book], [dev]): imported on use
 
     torch.manual_seed(seed)  # transformers initialises from the global generator
     cfg = GPT2Config(vocab_size=vocab_size, n_positions=s.seq_len, n_embd=s.n_embd, n_layer=s.n_layer,
@@ -120,8 +125,6 @@ def exposure(space_losses: np.ndarray, code: int) -> float:
 
 def membership_attack(member_losses: np.ndarray, nonmember_losses: np.ndarray) -> dict:
     """Loss-threshold membership inference (Yeom et al. 2018): AUC and TPR at 1% and 10% FPR."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
     y = np.r_[np.ones(member_losses.size), np.zeros(nonmember_losses.size)]
     score = -np.r_[member_losses, nonmember_losses]
     fpr, tpr, _ = roc_curve(y, score)
@@ -170,7 +173,7 @@ def pack_users(ids: Tensor, users: np.ndarray, *, max_rows: int, rng: np.random.
 
 
 def _lora(model: nn.Module, rank: int) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # an optional extra ([book], [dev]): imported on use
 
     cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["c_attn", "c_proj", "c_fc"],
                      fan_in_fan_out=True, lora_dropout=0.0, bias="none")
@@ -186,8 +189,6 @@ def finetune(base: nn.Module, split: TextSplit, s: LMScale, *, epsilon: float, m
     sampling, Adam. Returns the model and a record (sigma, delta, epsilon spent, losses, seconds,
     trainable parameters).
     """
-    import copy
-
     if method not in ("full", "lora") or unit not in ("example", "user"):
         raise ValueError(f"method must be 'full' or 'lora' and unit 'example' or 'user', got {method!r}, {unit!r}")
     model = copy.deepcopy(base)
@@ -264,8 +265,6 @@ def default_runs(scale: str, epsilons=None) -> list[tuple[float, str, str]]:
 
 def run(scale: str = "smoke", *, runs=None, seed: int = 0, progress: bool = True) -> dict:
     """The whole experiment: the public model, then one record per (epsilon, method, unit) in ``runs``."""
-    from tqdm.auto import tqdm
-
     if scale not in LM_SCALES:
         raise ValueError(f"scale must be one of {sorted(LM_SCALES)}, got {scale!r}")
     s = LM_SCALES[scale]
@@ -288,17 +287,13 @@ def run(scale: str = "smoke", *, runs=None, seed: int = 0, progress: bool = True
     return results
 
 
-def write_results(results: dict, out_dir) -> "Path":
+def write_results(results: dict, out_dir) -> Path:
     """``out_dir/results.json`` (:func:`privlab.provenance.write_json`: infinite
     epsilons as ``"inf"``) and ``out_dir/exposure.png``."""
-    from pathlib import Path
-
-    import matplotlib
+    import matplotlib  # imported here: the Agg backend is chosen before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from privlab.provenance import write_json
 
     out = Path(out_dir)
     path = write_json(results, out / "results.json")

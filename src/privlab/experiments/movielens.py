@@ -59,8 +59,11 @@ import torch
 from torch import nn
 
 from privlab._validate import check_epsilon, check_int, check_probability, check_rng
+from privlab.dpsgd import DPSGDConfig, steps_per_epoch, summarize_grad_norms
+from privlab.metrics import metrics_table
 
-from .streamrec import METRICS
+from .streamrec import METRICS, calibrate_sigma, prior_log_odds, torch_threads
+from .user_level import pack_by_user, train_user_level
 
 __all__ = ["MovieLensData", "MovieLensFeatureModel", "MovieLensRecommender", "prepare_movielens", "run_movielens"]
 
@@ -292,8 +295,6 @@ def run_movielens(data: MovieLensData, *, epsilons: Sequence[float] = (1, 3, 8, 
         after training; it starts at ``prior_log_odds``), ``fraction_predicted_positive,
         fraction_clipped, wall_seconds``.
     """
-    from .streamrec import torch_threads
-
     if model not in ("embedding", "features"):
         raise ValueError(f"model must be 'embedding' or 'features', got {model!r}")
     with torch_threads(threads):
@@ -305,12 +306,6 @@ def run_movielens(data: MovieLensData, *, epsilons: Sequence[float] = (1, 3, 8, 
 
 
 def _run_movielens(data, *, epsilons, epochs, batch_size, lr, max_rows, kind, quantile, seed, progress):
-    from privlab.dpsgd import DPSGDConfig, summarize_grad_norms
-    from privlab.metrics import metrics_table
-
-    from .streamrec import _steps, calibrate_sigma, prior_log_odds
-    from .user_level import pack_by_user, train_user_level
-
     bce = nn.BCEWithLogitsLoss(reduction="none")
     prior = prior_log_odds(data.y_pub)
     rng = np.random.default_rng(seed)
@@ -326,7 +321,8 @@ def _run_movielens(data, *, epsilons, epochs, batch_size, lr, max_rows, kind, qu
                           max_rows=max_rows, rng=rng)  # fmt: skip
     u = packed.n_users
     b = min(batch_size, u)
-    q, steps = _steps(u, b, epochs)
+    q = b / u
+    steps = epochs * steps_per_epoch(q)
     delta = 1.0 / (100 * u)
     rows_per_user = packed.rows_kept / u
     records = []

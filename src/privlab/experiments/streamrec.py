@@ -80,7 +80,16 @@ from privlab._validate import (
     check_positive,
     check_probability,
 )
-from privlab.config import Scale, get_scale, make_rng, make_torch_generator, spawn_seeds
+from privlab.accounting import calibrate_noise, dpsgd_epsilon
+from privlab.config import Scale, get_device, get_scale, make_rng, make_torch_generator, spawn_seeds
+from privlab.datasets.streamrec import StreamRecConfig, generate_streamrec
+from privlab.dpsgd import DPSGDConfig, profile_grad_norms, steps_per_epoch, summarize_grad_norms, train
+from privlab.metrics import metrics_table
+from privlab.models import StreamRecClickPredictor
+from privlab.provenance import git_commit, library_versions, machine_info
+
+from .streamrec_privacy import group_privacy, random_stopping_epsilon, retraining_epsilon, study_epsilon
+from .user_level import pack_by_user, train_user_level
 
 __all__ = [
     "METRICS", "PRIVACY_UNITS", "PUBLIC_SEED_OFFSET", "StreamRecProfile", "accounting_study", "calibrate_sigma",
@@ -269,8 +278,6 @@ def calibrate_sigma(epsilon: float, *, sample_rate: float, steps: int, delta: fl
 
     ``epsilon = inf`` gives sigma 0 (the non-private baseline).
     """
-    from privlab.accounting import calibrate_noise, dpsgd_epsilon
-
     epsilon = check_epsilon(epsilon, allow_inf=True)
     if math.isinf(epsilon):
         return {"sigma": 0.0, "epsilon_pld": math.inf, "epsilon_rdp": math.inf}
@@ -283,15 +290,8 @@ def calibrate_sigma(epsilon: float, *, sample_rate: float, steps: int, delta: fl
 
 def accounting_study(*, sigma: float, sample_rate: float, steps: int, delta: float) -> dict[str, float]:
     """Epsilon of one and the same training under basic, advanced, RDP and PLD accounting."""
-    from privlab.accounting import dpsgd_epsilon
-
     return {m: float(dpsgd_epsilon(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta,
                                    accountant=m)) for m in ACCOUNTING_METHODS}  # fmt: skip
-
-
-def _steps(n: int, batch_size: int, epochs: int) -> tuple[float, int]:
-    q = batch_size / n
-    return q, epochs * max(1, round(1 / q))
 
 
 def public_proxy(profile: StreamRecProfile, *, seed: int, progress: bool = False):
@@ -305,8 +305,6 @@ def public_proxy(profile: StreamRecProfile, *, seed: int, progress: bool = False
     have as many rows as the private ones: the user-level :math:`C_u` is a norm of
     *summed* gradients, whose scale grows with a user's rows.
     """
-    from privlab.datasets.streamrec import StreamRecConfig, generate_streamrec
-
     n = profile.proxy_interactions or profile.n_interactions
     frac = n / profile.n_interactions
     cfg = StreamRecConfig.for_scale(profile.scale, n_interactions=n, n_users=max(1, round(profile.n_users * frac)),
@@ -331,10 +329,6 @@ def choose_clip_norm(proxy, *, profile: StreamRecProfile, seed: int, device=None
         "user_median", "quantile", "proxy_rows", "proxy_seed", "proxy_users",
         "user_rows_mean", "user_rows_sd"}`` (the last two: rows per proxy user after the cap).
     """
-    from privlab.dpsgd import DPSGDConfig, profile_grad_norms, summarize_grad_norms
-
-    from .user_level import pack_by_user, train_user_level
-
     prior = prior_log_odds(proxy.y_train)
     X, y = proxy.tensors("train")
     cfg = DPSGDConfig(noise_multiplier=0.0, max_grad_norm=None, epochs=profile.profile_epochs,
@@ -361,8 +355,6 @@ def choose_clip_norm(proxy, *, profile: StreamRecProfile, seed: int, device=None
 
 
 def _evaluate(model, data, dev) -> tuple[pd.DataFrame, np.ndarray]:
-    from privlab.metrics import metrics_table
-
     model.eval()
     with torch.no_grad():
         s_test = torch.cat([model(xb) for xb, _ in data.iter_chunks("test", device=dev)]).cpu().numpy()
@@ -410,9 +402,6 @@ def run_one(data, *, epsilon: float, profile: StreamRecProfile, seed: int, max_g
         ``logit_std`` on the test rows, ``prior_log_odds``, ``fraction_predicted_positive``,
         ``both_classes_predicted``, ``fraction_clipped`` and the norm profile ``grad_norms``.
     """
-    from privlab.config import get_device
-    from privlab.dpsgd import DPSGDConfig, summarize_grad_norms, train
-
     epsilon = check_epsilon(epsilon, allow_inf=True)
     b = check_int("batch_size", batch_size if batch_size is not None else profile.batch_size)
     private = not math.isinf(epsilon)
@@ -422,7 +411,8 @@ def run_one(data, *, epsilon: float, profile: StreamRecProfile, seed: int, max_g
     c = check_positive("max_grad_norm", c) if private else None
     dev = get_device(device)
     n = data.n_train
-    q, steps = _steps(n, b, profile.epochs)
+    q = b / n
+    steps = profile.epochs * steps_per_epoch(q)
     delta = profile.delta_for(n)
     cal = calibrate_sigma(epsilon, sample_rate=q, steps=steps, delta=delta)
     if not noise:
@@ -468,11 +458,6 @@ def run_user_level(data, *, epsilon: float, profile: StreamRecProfile, seed: int
     users, ``n_train`` is the rows kept after the cap and ``rows_per_user_mean`` /
     ``rows_per_user_sd`` their mean and standard deviation per user.
     """
-    from privlab.config import get_device
-    from privlab.dpsgd import DPSGDConfig, summarize_grad_norms
-
-    from .user_level import pack_by_user, train_user_level
-
     epsilon = check_epsilon(epsilon)
     c = check_positive("max_grad_norm", max_grad_norm)
     dev = get_device(device)
@@ -481,7 +466,8 @@ def run_user_level(data, *, epsilon: float, profile: StreamRecProfile, seed: int
     del X, y
     u = packed.n_users
     b = min(profile.user_batch_size, u)
-    q, steps = _steps(u, b, profile.epochs)
+    q = b / u
+    steps = profile.epochs * steps_per_epoch(q)
     delta = profile.delta_for(u)
     cal = calibrate_sigma(epsilon, sample_rate=q, steps=steps, delta=delta)
     cfg = DPSGDConfig(noise_multiplier=cal["sigma"], max_grad_norm=c, epochs=profile.epochs, batch_size=b,
@@ -514,8 +500,6 @@ def run_user_level(data, *, epsilon: float, profile: StreamRecProfile, seed: int
 
 def _model(seed: int, bias_init: float = 0.0):
     """The click predictor with a seeded initialisation (global RNG untouched) and the output bias at ``bias_init``."""
-    from privlab.models import StreamRecClickPredictor
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = StreamRecClickPredictor()
@@ -610,8 +594,6 @@ def privacy_over_time(run: dict, *, window_days: int = 30, rows: int | None = No
     User-level: a user who stays is in 30 trainings per 30 days and 365 per year.
     Each training is the run's DP-SGD; delta is the run's for every figure.
     """
-    from .streamrec_privacy import group_privacy, retraining_epsilon
-
     kw = {"noise_multiplier": run["sigma"], "sample_rate": run["sample_rate"], "steps": run["steps"],
           "delta": run["delta"]}  # fmt: skip
     per_training = run["epsilon_pld"]
@@ -638,8 +620,6 @@ def selection_cost(dp_runs: Sequence[dict], *, delta: float) -> dict:
     Papernot-Steinke style (a geometric number with mean ``len(dp_runs)``, each
     bounded by the pointwise maximum of the runs' RDP curves), the epsilon of the best one.
     """
-    from .streamrec_privacy import random_stopping_epsilon, study_epsilon
-
     events = [{"noise_multiplier": r["sigma"], "sample_rate": r["sample_rate"], "steps": r["steps"]}
               for r in dp_runs if r["sigma"] > 0]  # fmt: skip
     worst = max((r for r in dp_runs if r["sigma"] > 0), key=lambda r: r["epsilon_pld"])
@@ -652,10 +632,6 @@ def selection_cost(dp_runs: Sequence[dict], *, delta: float) -> dict:
 
 
 def _run_sweep(scale, *, epsilons, seed, studies, progress, device, profile) -> dict:
-    from privlab.datasets.streamrec import StreamRecConfig, generate_streamrec
-
-    from privlab.provenance import git_commit, library_versions, machine_info
-
     prof = profile if profile is not None else streamrec_profile(scale)
     eps_list = [check_epsilon(e, allow_inf=True) for e in epsilons]
     if not eps_list:
@@ -677,7 +653,8 @@ def _run_sweep(scale, *, epsilons, seed, studies, progress, device, profile) -> 
     runs = [run_one(data, epsilon=e, **kw) for e in eps_list]
     sweep_seconds = time.perf_counter() - t1
     out: dict = {"runs": runs, "studies": {}}
-    q, steps = _steps(data.n_train, prof.batch_size, prof.epochs)
+    q = prof.batch_size / data.n_train
+    steps = prof.epochs * steps_per_epoch(q)
     delta = prof.delta_for(data.n_train)
     power = data.user_segment == 0
     rows_30 = np.bincount(np.concatenate([data.train_user, data.test_user]), minlength=prof.n_users)

@@ -37,6 +37,8 @@ from collections.abc import Iterable
 import numpy as np
 
 from privlab._validate import check_delta, check_int, check_nonnegative, check_positive
+from privlab.accounting import dpsgd_epsilon, dpsgd_event, make_accountant
+from privlab.accounting.rdp import DEFAULT_ORDERS, rdp_to_epsilon, subsampled_gaussian_rdp
 
 __all__ = ["group_privacy", "random_stopping_epsilon", "retraining_epsilon", "study_epsilon"]
 
@@ -55,8 +57,6 @@ def retraining_epsilon(*, noise_multiplier: float, sample_rate: float, steps: in
     >>> e1 < e30 < 30 * e1
     True
     """
-    from privlab.accounting import dpsgd_epsilon
-
     w = check_int("trainings", trainings)
     return float(dpsgd_epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
                                steps=check_int("steps", steps) * w, delta=delta, accountant=accountant))  # fmt: skip
@@ -96,8 +96,6 @@ def study_epsilon(runs: Iterable[dict], *, delta: float, accountant: str = "pld"
     ...                                                         steps=200, delta=1e-6)) < 1e-3
     True
     """
-    from privlab.accounting import dpsgd_event, make_accountant
-
     acc = make_accountant(accountant)
     n = 0
     for r in runs:
@@ -127,8 +125,6 @@ def random_stopping_epsilon(*, candidates: Iterable[dict], delta: float, mean_ca
     >>> one < ten
     True
     """
-    from privlab.accounting.rdp import DEFAULT_ORDERS, rdp_to_epsilon, subsampled_gaussian_rdp
-
     mean_k = check_positive("mean_candidates", mean_candidates)
     if mean_k < 1:
         raise ValueError(f"mean_candidates must be >= 1, got {mean_candidates}")

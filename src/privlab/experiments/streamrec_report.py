@@ -82,7 +82,7 @@ def write_results(results: dict, out_dir) -> Path:
 
 def save_figures(results: dict, out_dir) -> list[Path]:
     """PNG figures: metrics against epsilon, segment Recall@20 with the threshold, loss curves."""
-    import matplotlib
+    import matplotlib  # imported here: the Agg backend is chosen before pyplot (and privlab.plotting) load
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt

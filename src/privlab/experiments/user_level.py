@@ -33,6 +33,7 @@ Used in: chapter 12.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from privlab._validate import check_int, check_positive, check_rng
+from privlab.dpsgd import train
 
 __all__ = ["PackedUsers", "masked_loss", "pack_by_user", "train_user_level", "user_clipped_sum_reference"]
 
@@ -176,10 +178,6 @@ def train_user_level(model: nn.Module, packed: PackedUsers, *, row_loss, config,
     :math:`N` is ``packed.n_users``. The recorded losses are per *user* (the sum
     over their rows); divide by the mean rows per user for a per-row loss.
     """
-    import warnings
-
-    from privlab.dpsgd import train
-
     inputs = packed.inputs if len(packed.inputs) > 1 else packed.inputs[0]
     with warnings.catch_warnings():
         # the per-user loss is (B, R) by design; when a Poisson batch has B == R users the

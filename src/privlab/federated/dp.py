@@ -56,7 +56,8 @@ from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
 from .._validate import check_delta, check_int, check_positive, check_probability
-from ..accounting import DPSGD_ACCOUNTANTS
+from ..accounting import DPSGD_ACCOUNTANTS, dpsgd_epsilon
+from ..dpsgd import clipped_grad_sum
 from .fedavg import FedAvg, NoPrivacy
 from .local import LOSSES
 
@@ -64,8 +65,6 @@ __all__ = ["ClientLevelDP", "SampleLevelDP", "clip_updates", "epsilon_per_round"
 
 
 def _epsilon(**kwargs) -> float:
-    from ..accounting import dpsgd_epsilon
-
     return float(dpsgd_epsilon(**kwargs))
 
 
@@ -199,8 +198,6 @@ def _dp_step(flat_sum: Tensor, noise: Tensor, theta_flat: Tensor, anchor: Tensor
 
 def dp_train_loop(model, spec, params, clients, sel, algo, base_seed, round_index, *, rule) -> Tensor:
     """Client-by-client DP-SGD, through :func:`privlab.dpsgd.clipped_grad_sum`."""
-    from ..dpsgd import clipped_grad_sum
-
     local = copy.deepcopy(model)
     out = []
     for k, (masks, noise) in zip(sel, _dp_draws(clients, sel, spec, rule, base_seed, round_index)):

@@ -60,6 +60,7 @@ from .local import (
     supports_bmm,
 )
 from .partitions import FederatedDataset
+from .secagg import secure_sum
 
 __all__ = [
     "ClientTensors", "FedAdam", "FedAvg", "FedProx", "FedResult", "NoPrivacy", "check_updates",
@@ -328,8 +329,6 @@ class FedResult:
 
 
 def _secure_total(vectors: Tensor, secure, rng: np.random.Generator) -> Tensor:
-    from .secagg import secure_sum
-
     result = secure_sum(vectors.double().cpu().numpy(), threshold=secure.threshold(len(vectors)),
                         frac_bits=secure.frac_bits, modulus_bits=secure.modulus_bits, rng=rng)  # fmt: skip
     return torch.as_tensor(result.total, dtype=vectors.dtype, device=vectors.device)

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from .._validate import check_int, check_nonnegative, check_positive
+from ..models import MLP
 
 __all__ = [
     "LOSSES",
@@ -98,8 +99,6 @@ def make_model(in_features: int, hidden: int | Sequence[int] = (32,), out_featur
 
     Used in: chapter 8.
     """
-    from ..models import MLP
-
     model = MLP(in_features, hidden, out_features)
     with torch.no_grad():
         for layer in model.modules():

@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from privlab._validate import check_int, check_positive, check_rng
+from privlab.datasets.real import CPS1988_CATEGORIES
 
 __all__ = [
     "CategoricalDomain", "NumericDomain", "ColumnDomain", "cps1988_domain",
@@ -196,8 +197,6 @@ def cps1988_domain(bins: int = 16) -> dict[str, ColumnDomain]:
 
     Used in: chapter 9.
     """
-    from privlab.datasets.real import CPS1988_CATEGORIES
-
     domain: dict[str, ColumnDomain] = {
         "wage": NumericDomain.log(50.0, 20_000.0, bins),
         "education": NumericDomain.integers(0, 18, max_bins=max(bins, 19)),

@@ -45,6 +45,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from threadpoolctl import threadpool_limits
 
 from privlab._validate import check_int
 from privlab.synthetic.domain import is_numeric_column
@@ -150,11 +154,6 @@ def encode_features(frames: list, numeric: list, categories: dict, *, reference:
 
 
 def _fit_predict_auc(model: str, x_train, y_train, x_test, y_test, seed: int) -> float:
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from threadpoolctl import threadpool_limits
-
     if np.unique(y_train).size < 2:  # a constant training label: a constant predictor
         return 0.5
     clf = (HistGradientBoostingClassifier(max_iter=100, random_state=seed) if model == "hgb"
@@ -254,8 +253,6 @@ def evaluate_synthetic(real_train: pd.DataFrame, real_holdout: pd.DataFrame, syn
     dcr_hold = nearest_distances(x_train, _subsample(x_hold, max_records, rng))[:, 0]
     med = float(np.median(dcr_hold))
     share = float(np.mean(dcr_syn < med) + 0.5 * np.mean(dcr_syn == med))
-    from sklearn.metrics import roc_auc_score
-
     members, non_members = _subsample(x_train, max_records, rng), _subsample(x_hold, max_records, rng)
     dist = nearest_distances(x_syn, np.vstack([members, non_members]))[:, 0]
     labels = np.r_[np.ones(len(members)), np.zeros(len(non_members))]

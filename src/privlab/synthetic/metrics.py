@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy import stats
+from sklearn.neighbors import NearestNeighbors
 
 __all__ = [
     "ks_statistic", "total_variation", "cramers_v", "correlation_ratio", "pearson",
@@ -136,8 +137,6 @@ def correlation_distance(a, b) -> tuple[float, float]:
 
 def nearest_distances(reference: np.ndarray, queries: np.ndarray, k: int = 1) -> np.ndarray:
     """Euclidean distances from each query row to its ``k`` nearest reference rows, shape ``(m, k)``."""
-    from sklearn.neighbors import NearestNeighbors
-
     nn = NearestNeighbors(n_neighbors=k, algorithm="auto").fit(reference)
     dist, _ = nn.kneighbors(queries)
     return dist

@@ -52,6 +52,8 @@ from dataclasses import dataclass
 import joblib
 import numpy as np
 import pandas as pd
+import torch
+from threadpoolctl import threadpool_limits
 
 from privlab._validate import check_int
 from privlab.config import get_device, get_scale
@@ -102,7 +104,7 @@ def sdv_metadata(df: pd.DataFrame):
     guesses (an integer column with few values becomes categorical, a unique
     column becomes an id) change the model.
     """
-    from sdv.metadata import Metadata
+    from sdv.metadata import Metadata  # sdv is an optional extra ([book]): imported on use
 
     cols = {str(c): {"sdtype": "numerical" if is_numeric_column(df[c]) else "categorical"} for c in df.columns}
     return Metadata.load_from_dict({"tables": {_TABLE: {"columns": cols}}, "relationships": []})
@@ -111,8 +113,6 @@ def sdv_metadata(df: pd.DataFrame):
 @contextlib.contextmanager
 def _scoped_global_seed(seed: int, cuda: bool):
     """Seed numpy's and torch's global generators for the block, then put the caller's states back."""
-    import torch
-
     np_state, torch_state = np.random.get_state(), torch.get_rng_state()
     cuda_states = torch.cuda.get_rng_state_all() if cuda else None
     np.random.seed(seed % 2**32)
@@ -129,9 +129,6 @@ def _scoped_global_seed(seed: int, cuda: bool):
 @contextlib.contextmanager
 def _scoped_threads(threads: int | None):
     """torch's, BLAS's and OpenMP's thread counts for the block (``None``: unchanged), then the caller's back."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
     if threads is None:
         yield
         return
@@ -182,7 +179,7 @@ class SdvSynthesizer:
         self.fit_seconds_: float | None = None
 
     def _make(self, metadata):
-        import sdv.single_table as st
+        import sdv.single_table as st  # optional extra, see sdv_metadata
 
         cls = getattr(st, SDV_MODELS[self.name])
         kwargs = dict(self.sdv_kwargs)

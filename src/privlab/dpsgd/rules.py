@@ -42,7 +42,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
-from torch.func import functional_call
 
 __all__ = ["LayerContribution", "covered_types", "register_rule", "rule_for", "scale_rows", "weighted_rows"]
 

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from privlab.config import make_rng
+from privlab.datasets import CPS1988_WAGE_THRESHOLD, cps1988_public_features, load_cps1988
 from privlab.federated import (
     HOSPITAL_SITES,
     FederatedDataset,
@@ -36,13 +37,29 @@ def test_cps1988_silos_are_four_regions_of_different_size_and_label_rate():
     assert list(s["client"]) == ["northeast", "midwest", "south", "west"]
     assert s["samples"].sum() == 28155 and s["samples"].nunique() == 4
     assert np.isclose(s["share"].sum(), 1.0)
-    # label = wage above the pooled median: about half overall, different per region
+    # label = wage above the public USD 500 threshold: about half overall, different per region
     pooled_rate = (s["samples"] * s["positive_rate"]).sum() / s["samples"].sum()
-    assert abs(pooled_rate - 0.5) < 0.01
+    assert abs(pooled_rate - 0.5) < 0.03
     assert s["positive_rate"].max() - s["positive_rate"].min() > 0.1
-    x, _ = fd.pooled()
+    x, y = fd.pooled()
     assert fd.num_features == len(fd.feature_names) == 6
-    np.testing.assert_allclose(x[:, :3].mean(axis=0), 0.0, atol=1e-4)  # standardised
+    # public scaling: the uniform distribution on the codebook's ranges, not the rows' mean and std
+    assert x[:, :2].min() >= -np.sqrt(3) - 1e-6 and x[:, :2].max() <= np.sqrt(3) + 1e-6
+    np.testing.assert_allclose(x[:, 2], (x[:, 1].astype(float) ** 2 - 1) / np.sqrt(0.8), atol=1e-5)
+    df = load_cps1988()
+    order = np.concatenate([np.flatnonzero(df["region"].astype(str) == r) for r in fd.names])
+    edu = (df["education"].to_numpy()[order] - 9) / (18 / np.sqrt(12))
+    np.testing.assert_allclose(x[:, 0], edu, atol=1e-5)
+    np.testing.assert_array_equal(y, (df["wage"].to_numpy()[order] > 500).astype(np.float32))
+
+
+def test_cps1988_public_constants_do_not_read_the_rows():
+    df = load_cps1988()
+    shifted = df.assign(wage=df["wage"] * 3, education=df["education"].clip(upper=12))
+    a, b = cps1988_public_features(df.head(5)), cps1988_public_features(shifted.head(5))
+    np.testing.assert_allclose(a["experience"], b["experience"])  # the map is fixed, not fitted
+    assert np.isclose(a.loc[0, "education"], (df.loc[0, "education"] - 9) / (18 / np.sqrt(12)))
+    assert CPS1988_WAGE_THRESHOLD == 500.0
 
 
 def test_hospital_sites_match_the_published_demo_and_are_learnable():

@@ -9,6 +9,7 @@ Used in: chapters 1, 6, 8, 9, 12.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -26,9 +27,9 @@ CPS1988_CATEGORIES = {
 # AER's ?CPS1988: "A sample of men aged 18 to 70 with positive annual income greater than
 # USD 50 in 1992"; experience is "age - education - 6". Education is years of school in the
 # pre-1992 CPS coding, 0 to 18 (18: six or more years of college). So experience lies in
-# 18 - 18 - 6 = -6 .. 70 - 0 - 6 = 64, and experience squared in 0 .. 64**2.
-#: Public ranges ``(lower, upper)`` of the numeric features (the codebook's, see above).
-CPS1988_RANGES = {"education": (0, 18), "experience": (-6, 64), "experience_sq": (0, 64**2)}
+# 18 - 18 - 6 = -6 .. 70 - 0 - 6 = 64.
+#: Public ranges ``(lower, upper)`` of the numeric columns (the codebook's, see above).
+CPS1988_RANGES = {"education": (0, 18), "experience": (-6, 64)}
 #: The label threshold: a weekly wage above USD 500 (1992 dollars). A round constant we declare
 #: public and fix in code; it is not computed from the rows (the pooled median, which earlier
 #: versions used, is a statistic of the private data and no DP release).
@@ -36,27 +37,33 @@ CPS1988_WAGE_THRESHOLD = 500.0
 
 
 def cps1988_public_features(df: pd.DataFrame) -> pd.DataFrame:
-    r"""Education, experience and experience squared mapped onto :math:`[-1, 1]` by public ranges.
+    r"""Education, experience and experience squared, standardised by their public ranges.
 
-    .. math::  x \mapsto \frac{2 (x - \ell)}{u - \ell} - 1, \qquad (\ell, u) = \texttt{CPS1988\_RANGES}[\text{column}]
+    .. math::  z = \frac{x - (\ell + u)/2}{(u - \ell)/\sqrt{12}}, \qquad
+        z_{\text{sq}} = \frac{z_{\text{experience}}^2 - 1}{\sqrt{4/5}}
 
-    The ranges come from the codebook (:data:`CPS1988_RANGES`), so the scaling reads nothing
-    from the data: unlike standardisation by the sample mean and standard deviation, it is
-    the same map on neighbouring data sets, and a DP release built on it needs no extra
-    accounting. (Out-of-range values, which the codebook excludes, would map outside
-    :math:`[-1, 1]`.)
+    with :math:`(\ell, u)` the codebook's range of the column (:data:`CPS1988_RANGES`): the
+    mean and standard deviation of the uniform distribution on that range, so
+    :math:`z \in [-\sqrt 3, \sqrt 3]`. The Mincer square term is the square of the
+    standardised experience, standardised under the same uniform model
+    (:math:`\mathbb E z^2 = 1`, :math:`\operatorname{Var} z^2 = 9/5 - 1`). The scaling reads
+    nothing from the data: unlike standardisation by the sample's mean and standard
+    deviation, it is the same map on neighbouring data sets, and a DP release built on it
+    needs no extra accounting.
 
     >>> import pandas as pd
-    >>> cps1988_public_features(pd.DataFrame({"education": [0, 18], "experience": [-6, 64]})).to_numpy().tolist()
-    [[-1.0, -1.0, -0.982421875], [1.0, 1.0, 1.0]]
+    >>> z = cps1988_public_features(pd.DataFrame({"education": [0, 9, 18], "experience": [-6, 29, 64]}))
+    >>> z.round(4).to_numpy().tolist()
+    [[-1.7321, -1.7321, 2.2361], [0.0, 0.0, -1.118], [1.7321, 1.7321, 2.2361]]
 
     Used in: chapters 7, 8.
     """
-    exp = df["experience"].astype(float)
-    raw = {"education": df["education"].astype(float), "experience": exp, "experience_sq": exp**2}
-    return pd.DataFrame(
-        {c: 2.0 * (v - CPS1988_RANGES[c][0]) / (CPS1988_RANGES[c][1] - CPS1988_RANGES[c][0]) - 1.0
-         for c, v in raw.items()}, index=df.index)  # fmt: skip
+    out = {}
+    for c in ("education", "experience"):
+        lower, upper = CPS1988_RANGES[c]
+        out[c] = (df[c].astype(float) - (lower + upper) / 2) / ((upper - lower) / math.sqrt(12))
+    out["experience_sq"] = (out["experience"] ** 2 - 1.0) / math.sqrt(0.8)
+    return pd.DataFrame(out, index=df.index)
 
 
 def cps1988_high_wage(df: pd.DataFrame) -> "pd.Series":

@@ -208,7 +208,10 @@ def dirichlet_label_skew(
     :math:`\alpha` (100) approaches IID. Draws are repeated until every client
     has at least ``min_size`` records.
 
-    Reference: Hsu, Qi, Brown 2019, arXiv:1909.06335, section 3.
+    This is the per-class variant (Yurochkin et al. 2019, arXiv:1905.12022; Wang et
+    al. 2020, arXiv:2002.06440; Li, Diao, Chen, He 2022, arXiv:2102.02079, the
+    NIID-Bench's distribution-based label imbalance). Hsu, Qi, Brown 2019 (arXiv:1909.06335) draw the
+    other way round: each client's class proportions :math:`q \sim \mathrm{Dir}(\alpha p)`.
 
     Args:
         x, y: the pooled records; ``y`` integer class labels.
@@ -277,12 +280,16 @@ def quantity_skew(
 def cps1988_silos(*, df: pd.DataFrame | None = None) -> FederatedDataset:
     r"""The real CPS1988 table as four silos, one per US region; label: a high wage.
 
-    Label :math:`y = 1` when the weekly wage exceeds the pooled median. Features
-    (pooled standardisation, which a federation computes with one secure sum):
-    education, experience and experience squared (the Mincer equation's terms),
-    and indicators for ``ethnicity == afam``, ``smsa == yes``, ``parttime == yes``.
-    The silos differ in size (south 8,760 ... west 6,091) and label rate
-    (northeast 0.55 ... south 0.43): natural non-IID data.
+    Label :math:`y = 1` when the weekly wage exceeds the public threshold
+    :data:`privlab.datasets.real.CPS1988_WAGE_THRESHOLD` (USD 500 a week, 1992 dollars).
+    Features: education, experience and experience squared (the Mincer equation's
+    terms) standardised by the uniform distribution on the codebook's ranges
+    (:func:`privlab.datasets.real.cps1988_public_features`), and indicators for
+    ``ethnicity == afam``, ``smsa == yes``, ``parttime == yes``. Nothing is computed
+    from the rows: a pooled mean, standard deviation or median would be a release of
+    the clients' data (secure aggregation publishes the sum it hides the inputs of),
+    outside any DP guarantee. The silos differ in size (south 8,760 ... west 6,091)
+    and label rate (northeast 0.58 ... south 0.46): natural non-IID data.
 
     Args:
         df: the table (default :func:`privlab.datasets.load_cps1988`).
@@ -297,17 +304,16 @@ def cps1988_silos(*, df: pd.DataFrame | None = None) -> FederatedDataset:
         from ..datasets import load_cps1988
 
         df = load_cps1988()
-    exp = df["experience"].to_numpy(float)
-    cont = np.column_stack([df["education"].to_numpy(float), exp, exp**2])
-    cont = (cont - cont.mean(axis=0)) / cont.std(axis=0)
+    from ..datasets.real import cps1988_high_wage, cps1988_public_features
+
+    cont = cps1988_public_features(df).to_numpy(float)
     ind = np.column_stack([
         (df["ethnicity"] == "afam").to_numpy(float),
         (df["smsa"] == "yes").to_numpy(float),
         (df["parttime"] == "yes").to_numpy(float),
     ])
     x = np.hstack([cont, ind]).astype(np.float32)
-    wage = df["wage"].to_numpy(float)
-    y = (wage > np.median(wage)).astype(np.float32)
+    y = cps1988_high_wage(df).to_numpy(np.float32)
     region = df["region"].astype(str).to_numpy()
     names = ("northeast", "midwest", "south", "west")
     features = ("education", "experience", "experience_sq", "ethnicity_afam", "smsa_yes", "parttime_yes")

@@ -81,6 +81,30 @@ def test_sample_and_aggregate_is_unbiased_for_a_clipped_statistic():
     assert abs(np.mean(vals) - 5.0) < 0.05
 
 
+def test_ptr_answer_rate_matches_the_laplace_test_closed_form():
+    # answers iff gamma + Lap(1/eps) > ln(1/delta)/eps: P = 1 - exp(-(gamma - thr) eps)/2 above the
+    # threshold, exp((gamma - thr) eps)/2 below; 20k draws: binomial se <= 0.0036, tolerance 5 se
+    x = np.sort(np.r_[np.zeros(30), 5 + 0.035 * np.arange(-40, 41), np.full(30, 10.0)])
+    eps, delta, n = 0.5, 1e-6, 20_000
+    gamma = ls.distance_to_instability_median(x, upper=10.0, bound=1.0)
+    thr = math.log(1 / delta) / eps
+    p = 1 - math.exp(-(gamma - thr) * eps) / 2 if gamma > thr else math.exp((gamma - thr) * eps) / 2
+    out = ls.ptr_median(x, upper=10.0, bound=1.0, epsilon=eps, delta=delta, rng=make_rng(4), size=n)
+    answered = ~np.isnan(out)
+    assert abs(answered.mean() - p) < 5 * math.sqrt(p * (1 - p) / n), (answered.mean(), p)
+    # the answers are median + Lap(b / eps): mean absolute deviation b / eps = 2 (se 0.02 at ~12k)
+    assert abs(np.mean(np.abs(out[answered] - 5.0)) - 2.0) < 0.1
+    single = [ls.ptr_median(x, upper=10.0, bound=1.0, epsilon=eps, delta=delta, rng=make_rng(i)) for i in range(50)]
+    assert all(v is None or isinstance(v, float) for v in single)
+
+
+def test_local_sensitivity_noise_twin_releases_the_exact_median_on_d_only():
+    d, d_prime = np.array([3.0, 5.0, 5.0, 5.0, 9.0]), np.array([3.0, 5.0, 5.0, 7.0, 9.0])
+    on_d = ls.broken_local_sensitivity_median(d, upper=10.0, epsilon=1.0, rng=make_rng(5), size=1_000)
+    on_d_prime = ls.broken_local_sensitivity_median(d_prime, upper=10.0, epsilon=1.0, rng=make_rng(6), size=1_000)
+    assert np.all(on_d == 5.0) and not np.any(on_d_prime == 5.0)
+
+
 def test_sample_and_aggregate_maps_undefined_blocks_to_the_midpoint():
     # a block statistic that is NaN (log of 0) or infinite must not make the release NaN: it counts
     # as the public default (a + b) / 2, so one record still moves the mean by at most (b - a) / m

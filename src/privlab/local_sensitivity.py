@@ -53,7 +53,7 @@ import numpy as np
 from privlab._validate import check_array, check_delta, check_epsilon, check_int, check_positive, check_rng
 
 __all__ = [
-    "local_sensitivity_median", "smooth_sensitivity_median", "smooth_median",
+    "local_sensitivity_median", "smooth_sensitivity_median", "smooth_median", "broken_local_sensitivity_median",
     "distance_to_instability_median", "ptr_median", "sample_and_aggregate",
 ]  # fmt: skip
 
@@ -83,6 +83,26 @@ def local_sensitivity_median(x, *, upper) -> float:
     r"""Local sensitivity of the median under replace-one, :math:`A^{(0)} = \max(x_m - x_{m-1}, x_{m+1} - x_m)`."""
     xs, lam = _sorted_odd(x, upper)
     return _gaps(xs, lam, 0)
+
+
+def broken_local_sensitivity_median(x, *, upper, epsilon, rng: np.random.Generator, size=None):
+    r"""NOT DP: the median plus :math:`\mathrm{Lap}(LS(D)/\varepsilon)`. A planted-broken twin.
+
+    The noise scale is the *local* sensitivity, a function of the data: on a data set
+    whose three middle values are equal, :math:`LS(D) = 0` and the exact median comes out;
+    on a neighbour with :math:`LS(D') > 0` the output is continuous. The event
+    "output = the median" has probability 1 against 0: no finite :math:`\varepsilon` holds.
+    For the DP test suite to catch (and the chapter's computed example), never for use.
+
+    >>> from privlab.config import make_rng
+    >>> broken_local_sensitivity_median([300.0, 500.0, 500.0, 500.0, 900.0], upper=5000.0,
+    ...                                 epsilon=1.0, rng=make_rng(0))
+    500.0
+    """
+    eps = check_epsilon(epsilon)
+    xs, lam = _sorted_odd(x, upper)
+    noisy = np.median(xs) + _gaps(xs, lam, 0) / eps * check_rng(rng).laplace(size=size)
+    return float(noisy) if size is None else noisy
 
 
 def smooth_sensitivity_median(x, *, upper, beta) -> float:
@@ -124,18 +144,29 @@ def distance_to_instability_median(x, *, upper, bound) -> int:
     return xs.size + 1
 
 
-def ptr_median(x, *, upper, bound, epsilon, delta, rng: np.random.Generator):
+def ptr_median(x, *, upper, bound, epsilon, delta, rng: np.random.Generator, size=None):
     r"""Propose-test-release for the median (Dwork and Lei 2009): :math:`(2\varepsilon, \delta)`-DP.
 
     Returns ``None`` (refuse) when :math:`\gamma + \mathrm{Lap}(1/\varepsilon) \le \ln(1/\delta)/\varepsilon`,
-    else :math:`\mathrm{med}(x) + \mathrm{Lap}(b/\varepsilon)`.
+    else :math:`\mathrm{med}(x) + \mathrm{Lap}(b/\varepsilon)`. With ``size``, that many
+    independent releases as an array, NaN for a refusal (:math:`\gamma` computed once).
+
+    >>> from privlab.config import make_rng
+    >>> x = np.r_[np.zeros(40), np.full(41, 5.0), np.full(40, 10.0)]   # gamma = 20
+    >>> r = ptr_median(x, upper=10.0, bound=1.0, epsilon=1.0, delta=1e-6, rng=make_rng(0), size=1000)
+    >>> bool(np.isnan(r).mean() < 0.01), bool(abs(np.nanmedian(r) - 5.0) < 0.2)
+    (True, True)
     """
     eps, delta = check_epsilon(epsilon), check_delta(delta)
     rng = check_rng(rng)
     gamma = distance_to_instability_median(x, upper=upper, bound=bound)
-    if gamma + rng.laplace(scale=1 / eps) <= math.log(1 / delta) / eps:
-        return None
-    return float(np.median(np.asarray(x, dtype=float)) + rng.laplace(scale=bound / eps))
+    n = 1 if size is None else check_int("size", size)
+    answer = gamma + rng.laplace(scale=1 / eps, size=n) > math.log(1 / delta) / eps
+    out = np.where(answer, np.median(np.asarray(x, dtype=float)) + rng.laplace(scale=bound / eps, size=n),
+                   np.nan)
+    if size is None:
+        return None if np.isnan(out[0]) else float(out[0])
+    return out
 
 
 def sample_and_aggregate(data, statistic, *, blocks: int, lower, upper, epsilon, rng: np.random.Generator):

@@ -467,6 +467,7 @@ register(Release(
     draw=_svt_draw(broken_svt_unscaled_query_noise)))
 
 
+
 # ----- Lyu, Su, Li 2017 Alg. 3: the SVT that outputs the noisy answer (privlab.sparse_vector) --------
 from privlab.sparse_vector import broken_svt_noisy_answer  # noqa: E402  (appended section)
 
@@ -496,3 +497,95 @@ register(Release(
     twin_of="sparse vector", samples={"smoke": 100_000, "book": 400_000},
     bug="Lyu, Su, Li 2017 Alg. 3 (Roth 2011): releases q_i + nu_i for the answer above the threshold",
     draw=_svt_noisy_answer_draw))
+
+
+# ----- local sensitivity and TopDown (privlab.local_sensitivity, privlab.topdown) -------------------
+import pandas as _pd  # noqa: E402  (appended section)
+
+from privlab import topdown as _topdown  # noqa: E402
+from privlab.accounting.zcdp import zcdp_to_epsilon as _zcdp_to_epsilon  # noqa: E402
+from privlab.local_sensitivity import ptr_median as _ptr_median  # noqa: E402
+from privlab.local_sensitivity import sample_and_aggregate as _sample_and_aggregate  # noqa: E402
+
+# propose-test-release at eps = 0.5 per step, (2 eps, delta) = (1, 1e-6), replace-one (n public). D: 141
+# values in [0, 10], the 81 middle ones 0.035 apart, so gamma(D) = 28 sits at the test's threshold
+# ln(1/delta)/eps = 27.6 (answers 58% of the time); D' replaces the median's upper neighbour by 0:
+# gamma 27 (answers 36%) and the median moves down by 0.035
+_PTR_D = np.sort(np.r_[np.zeros(30), 5 + 0.035 * np.arange(-40, 41), np.full(30, 10.0)])
+_PTR_D1 = np.sort(np.r_[np.zeros(31), 5 + 0.035 * np.r_[np.arange(-40, 1), np.arange(2, 41)], np.full(30, 10.0)])
+
+
+def _ptr_draw(x, n, rng):
+    """(refused, released median or 0): the release's two parts."""
+    out = _ptr_median(x, upper=10.0, bound=1.0, epsilon=0.5, delta=1e-6, rng=rng, size=n)
+    return np.column_stack([np.isnan(out), np.nan_to_num(out, nan=0.0)])
+
+
+register(Release(
+    name="propose-test-release median", relation="replace-one", epsilon=1.0, delta=1e-6,
+    pairs=((_PTR_D, _PTR_D1),), draw=_ptr_draw, samples={"smoke": 20_000, "book": 200_000}))
+
+
+# sample-and-aggregate, add/remove: the block maximum clipped to [0, 1] over m = 3 random blocks; D' adds a
+# record at 1, which moves exactly one block's value from 0 to 1, the mean by (b - a)/m: the Laplace
+# mechanism's worst case (privacy loss exactly eps in the tails)
+def _sample_and_aggregate_draw(x, n, rng):
+    return np.array([_sample_and_aggregate(np.asarray(x, dtype=float), np.max, blocks=3, lower=0.0, upper=1.0,
+                                           epsilon=1.0, rng=rng) for _ in range(n)])
+
+
+register(Release(
+    name="sample-and-aggregate", relation="add/remove", epsilon=1.0, delta=0.0,
+    pairs=((np.r_[np.zeros(6), 1.0], np.zeros(6)),), draw=_sample_and_aggregate_draw,
+    samples={"smoke": 3_000, "book": 50_000}))
+
+
+# TopDown in miniature, replace-one with the national total invariant: nation -> 2 regions -> 2 areas
+# each, 2 cells; D' moves one person to another region, area and cell (one cell -1, one +1 per level).
+# Claim: 2 sum_l rho_l zCDP (L2 sensitivity sqrt 2 per level) converted at delta = 1e-6. The output is
+# the raw measurements and the post-processed release, concatenated. The exact sampler is slow
+# (a few ms a release): few samples at smoke scale.
+_TD_DOMAINS = {"region": ["a", "b"], "area": ["x", "y"]}
+_TD_ROWS = [("a", "x", "u"), ("a", "y", "v"), ("b", "x", "u"), ("b", "y", "v")] * 2
+_TD_RHO = 0.02  # per level
+
+
+def _td_hierarchy(rows):
+    frame = _pd.DataFrame(rows, columns=["region", "area", "cell"])
+    return _topdown.build_hierarchy(frame, levels=["region", "area"], cell="cell", level_domains=_TD_DOMAINS,
+                                    cell_domain=["u", "v"])
+
+
+def _topdown_draw(rows, n, rng):
+    h = _td_hierarchy(rows)
+    out = []
+    for _ in range(n):
+        noisy, released = _topdown.topdown(h, rho_per_level=[_TD_RHO] * 3, rng=rng)
+        out.append(np.concatenate([a.ravel() for a in noisy + released]))
+    return np.array(out, dtype=float)
+
+
+register(Release(
+    name="topdown", relation="replace-one", unit="person (national total invariant)",
+    epsilon=float(_zcdp_to_epsilon(rho=2 * 3 * _TD_RHO, delta=1e-6)), delta=1e-6,
+    pairs=((tuple(_TD_ROWS), tuple([("b", "y", "v")] + _TD_ROWS[1:])),), draw=_topdown_draw,
+    samples={"smoke": 300, "book": 5_000}))
+
+
+# the mistake the local-sensitivity section starts from: Laplace noise scaled to the local sensitivity
+from privlab.local_sensitivity import broken_local_sensitivity_median as _broken_ls_median  # noqa: E402
+
+register(Release(
+    name="median, local-sensitivity noise", relation="replace-one", epsilon=1.0, delta=1e-6,
+    pairs=((np.array([3.0, 5.0, 5.0, 5.0, 9.0]), np.array([3.0, 5.0, 5.0, 7.0, 9.0])),),
+    twin_of="smooth-sensitivity median", samples={"smoke": 2_000, "book": 20_000},
+    bug="noise Lap(LS(D)/eps): LS = 0 on D (three equal middle values) releases the exact median",
+    draw=lambda x, n, rng: _broken_ls_median(x, upper=10.0, epsilon=1.0, rng=rng, size=n)))
+
+
+# continual release, the third answer the chapter compares: fresh Lap(T/eps) on every prefix sum; the
+# event changed at t = 1 moves all T = 8 releases (the worst case)
+register(Release(
+    name="fresh noise per release", relation="replace-one", epsilon=1.0, delta=0.0,
+    unit="event of the stream (one x_t in {0, 1} changed)", pairs=((np.zeros(8), np.r_[1.0, np.zeros(7)]),),
+    samples={"smoke": 2_000, "book": 40_000}, draw=_stream_draw(_continual.naive_fresh_counts)))

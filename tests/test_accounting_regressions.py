@@ -20,7 +20,7 @@ from privlab.accounting import (
     dpsgd_epsilon,
     gaussian_epsilon,
 )
-from privlab.accounting.composition import _amplify
+from privlab.accounting.composition import amplify_by_sampling
 
 
 # ----- 7(a): PLD accuracy at small delta ------------------------------------------------------
@@ -94,12 +94,12 @@ def test_amplify_never_overflows():
     # ln(1 + q(e^eps - 1)): the old code computed e^eps and raised OverflowError for eps > 709
     for q in (1e-6, 0.01, 0.5, 1.0):
         for eps in (1e-8, 1.0, 700.0, 709.5, 710.0, 5e4):
-            got, _ = _amplify(eps, 0.0, q)
+            got, _ = amplify_by_sampling(eps, 0.0, q)
             want = math.log1p(q * math.expm1(eps)) if eps < 709 else eps + math.log(q)  # e^-eps (1-q)/q: nil
             assert got == pytest.approx(want, rel=1e-14)
-    assert _amplify(5e4, 1e-6, 0.5) == (5e4 + math.log(0.5), 5e-7)
+    assert amplify_by_sampling(5e4, 1e-6, 0.5) == (5e4 + math.log(0.5), 5e-7)
     # continuity across the switch at 700: both forms agree there
-    assert _amplify(700.0, 0.0, 0.01)[0] == pytest.approx(math.log1p(0.01 * math.expm1(700.0)), rel=1e-15)
+    assert amplify_by_sampling(700.0, 0.0, 0.01)[0] == pytest.approx(math.log1p(0.01 * math.expm1(700.0)), rel=1e-15)
 
 
 def test_calibrate_noise_with_basic_composition_at_a_huge_target():

@@ -14,7 +14,7 @@ from privlab.attacks import (
     tpr_at_fpr,
     train_mlps,
 )
-from privlab.attacks.lira import _clipped_sums
+from privlab.attacks.lira import clipped_grad_sums
 
 
 def test_logit_confidence_matches_the_probability_form():
@@ -95,7 +95,7 @@ def test_clipped_sums_match_autograd_per_example():
     ]
     x, y = torch.randn(1, b, d, generator=g), torch.randint(0, k, (1, b), generator=g)
     wts = torch.tensor([[1.0, 1.0, 0.0, 1.0, 1.0, 1.0]])
-    grads, loss_sum, norms = _clipped_sums(params, x, y, wts, 0.5)
+    grads, loss_sum, norms = clipped_grad_sums(params, x, y, wts, 0.5)
     ref = [torch.zeros_like(p[0]) for p in params]
     for i in range(b):
         ps = [p[0].clone().requires_grad_() for p in params]

@@ -23,7 +23,6 @@ from scipy import stats
 from privlab import _discrete_core as core
 from privlab.config import make_rng
 from privlab.discrete import (
-    _grid_index,
     discrete_gaussian_delta,
     discrete_gaussian_epsilon,
     discrete_gaussian_mechanism,
@@ -33,6 +32,7 @@ from privlab.discrete import (
     sample_bernoulli_exp,
     sample_discrete_gaussian,
     sample_discrete_laplace,
+    snapping_grid_index,
     snapping_grid_sensitivity,
     snapping_mechanism,
 )
@@ -236,7 +236,7 @@ def test_snapping_rounding_adds_at_most_one_grid_step(x, shift, delta, k):
     xp = x + shift * delta
     if abs(xp - x) > delta:
         return
-    n = _grid_index(np.array([x, xp]), -1e7, 1e7, k)
+    n = snapping_grid_index(np.array([x, xp]), -1e7, 1e7, k)
     assert abs(int(n[1]) - int(n[0])) <= math.ceil(Fraction(delta) * 2**k)
 
 
@@ -246,7 +246,7 @@ def test_snapping_vector_is_calibrated_to_the_grid_l1_sensitivity():
     # The noise must be Lap_Z(100 / eps) per coordinate (the old calibration used ceil(Delta / gamma) = 1).
     d = 100
     x, xp = np.full(d, 0.495), np.full(d, 0.505)
-    n, n_p = _grid_index(x, -1e3, 1e3, 0), _grid_index(xp, -1e3, 1e3, 0)
+    n, n_p = snapping_grid_index(x, -1e3, 1e3, 0), snapping_grid_index(xp, -1e3, 1e3, 0)
     assert np.abs(n_p - n).sum() == d == snapping_grid_sensitivity(sensitivity=1.0, grid_bits=0, size=d)
     out = snapping_mechanism(x, sensitivity=1.0, epsilon=1, lower=-1e4, upper=1e4, grid_bits=0, rng=make_rng(21))
     draws = np.concatenate([snapping_mechanism(x, sensitivity=1.0, epsilon=1, lower=-1e4, upper=1e4, grid_bits=0,
@@ -270,7 +270,7 @@ def test_snapping_vector_grid_indices_within_the_stated_sensitivity(x, w, delta,
     xp = x + shift
     if not np.all(np.isfinite(xp)) or np.abs(xp - x).sum() > delta:
         return
-    n, n_p = _grid_index(x, -1e7, 1e7, k), _grid_index(xp, -1e7, 1e7, k)
+    n, n_p = snapping_grid_index(x, -1e7, 1e7, k), snapping_grid_index(xp, -1e7, 1e7, k)
     diff = sum(abs(int(a) - int(b)) for a, b in zip(n, n_p))
     assert diff <= snapping_grid_sensitivity(sensitivity=delta, grid_bits=k, size=x.size)
 
@@ -280,7 +280,7 @@ def test_snapping_vector_grid_indices_within_the_stated_sensitivity(x, w, delta,
 def test_grid_index_float_path_is_exact(m, k, frac):
     x = math.ldexp(m + frac, -k)  # includes exact ties (m + 1/2) gamma
     exact = math.floor(Fraction(x) * Fraction(2) ** k + Fraction(1, 2))
-    assert int(_grid_index(np.array([x]), -math.inf, math.inf, k)[0]) == exact
+    assert int(snapping_grid_index(np.array([x]), -math.inf, math.inf, k)[0]) == exact
 
 
 # ----------------------------------------------------------------------------- invalid input

@@ -145,7 +145,7 @@ def test_sample_level_dp_vectorised_equals_the_dpsgd_kernel_loop(hospitals):
 
 
 def test_sample_level_noise_cannot_be_rebuilt_from_the_servers_seed(hospitals):
-    from privlab.federated.dp import _dp_draws, private_client_rng
+    from privlab.federated.dp import private_client_rng, sample_level_draws
     from privlab.federated.fedavg import ParamSpec
     from privlab.federated.local import client_rng
 
@@ -154,16 +154,16 @@ def test_sample_level_noise_cannot_be_rebuilt_from_the_servers_seed(hospitals):
     secret = SampleLevelDP(noise_multiplier=1.0, sample_rate=0.1, local_steps=2, client_seed=99)
     fresh = SampleLevelDP(noise_multiplier=1.0, sample_rate=0.1, local_steps=2)
     for rule in (secret, fresh):
-        for k, (masks, noise) in zip(sel, _dp_draws(hospitals, sel, spec, rule, base_seed, t)):
+        for k, (masks, noise) in zip(sel, sample_level_draws(hospitals, sel, spec, rule, base_seed, t)):
             # what the server can compute: the draws of every stream derived from its own seed
             for g in (client_rng(base_seed, t, int(k)), private_client_rng(base_seed, t, int(k))):
                 g.random(masks.shape)
                 assert not np.allclose(g.standard_normal(noise.shape), noise)
     # a client-held seed reproduces the draws whatever the server's seed; OS entropy never repeats
-    a = _dp_draws(hospitals, sel, spec, secret, 1, t)
-    b = _dp_draws(hospitals, sel, spec, secret, 2, t)
+    a = sample_level_draws(hospitals, sel, spec, secret, 1, t)
+    b = sample_level_draws(hospitals, sel, spec, secret, 2, t)
     assert all(np.array_equal(x[1], y[1]) for x, y in zip(a, b))
-    c, d = (_dp_draws(hospitals, sel, spec, fresh, 1, t) for _ in range(2))
+    c, d = (sample_level_draws(hospitals, sel, spec, fresh, 1, t) for _ in range(2))
     assert not any(np.array_equal(x[1], y[1]) for x, y in zip(c, d))
 
 

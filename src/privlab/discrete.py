@@ -46,7 +46,7 @@ from privlab._validate import check_array, check_int, check_positive, check_prob
 __all__ = [
     "discrete_gaussian_delta", "discrete_gaussian_epsilon", "discrete_gaussian_mechanism", "discrete_gaussian_pmf",
     "discrete_laplace_mechanism", "discrete_laplace_pmf", "sample_bernoulli_exp", "sample_discrete_gaussian",
-    "sample_discrete_laplace", "snapping_grid_sensitivity", "snapping_mechanism",
+    "sample_discrete_laplace", "snapping_grid_index", "snapping_grid_sensitivity", "snapping_mechanism",
 ]  # fmt: skip
 
 _TAIL = 50.0  # terms below e^-50 (2e-22) of the largest are dropped from pmf sums
@@ -468,7 +468,7 @@ def snapping_mechanism(value, *, sensitivity, epsilon, lower, upper, rng, grid_b
         raise ValueError(f"elementwise must be True or False, got {elementwise!r}")
     size = 1 if elementwise else x.size
     step = snapping_grid_sensitivity(sensitivity=sensitivity, grid_bits=grid_bits, size=size)
-    n = _grid_index(x, float(lo), float(hi), int(grid_bits))
+    n = snapping_grid_index(x, float(lo), float(hi), int(grid_bits))
     z = sample_discrete_laplace(step / eps, rng=rng, size=x.shape)
     out = np.clip(np.ldexp((n + z).astype(float), -int(grid_bits)), float(lo), float(hi))
     return float(out) if np.ndim(value) == 0 else out
@@ -500,8 +500,15 @@ def snapping_grid_sensitivity(*, sensitivity, grid_bits: int, size: int) -> int:
     return math.ceil(delta * Fraction(2) ** int(grid_bits)) + d - 1
 
 
-def _grid_index(x: np.ndarray, lo: float, hi: float, k: int) -> np.ndarray:
-    """floor(clamp(x) 2^k + 1/2), exactly: in floats where the scaling is exact, else in Fractions."""
+def snapping_grid_index(x: np.ndarray, lo: float, hi: float, k: int) -> np.ndarray:
+    r"""Snapping's grid index of each clamped input, :math:`\lfloor \mathrm{clamp}(x)\,2^k + 1/2 \rfloor`, exactly.
+
+    In floats where the scaling by :math:`2^k` is exact, else in Fractions (Python integers of
+    any size). Used by :func:`snapping_mechanism`.
+
+    >>> snapping_grid_index(np.array([0.3, -2.0]), -1.0, 1.0, 2).tolist()
+    [1, -4]
+    """
     v = np.ldexp(np.clip(x, lo, hi), k)  # clamp(x) / gamma
     if np.all(np.abs(v) < 2**52) and np.array_equal(np.ldexp(v, -k), np.clip(x, lo, hi)):
         f = np.floor(v)

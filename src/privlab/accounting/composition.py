@@ -53,6 +53,7 @@ __all__ = [
     "advanced_composition",
     "advanced_is_worse",
     "advanced_crossover",
+    "amplify_by_sampling",
     "gaussian_epsilon",
 ]
 
@@ -175,12 +176,13 @@ def advanced_crossover(*, k: int, delta_prime: float) -> float:
     return math.log(2 - r) if r < 1 else 0.0
 
 
-def _amplify(eps: float, delta: float, q: float) -> tuple[float, float]:
+def amplify_by_sampling(eps: float, delta: float, q: float) -> tuple[float, float]:
     r"""(eps, delta) of a mechanism run on a Poisson subsample of rate q: :math:`\ln(1 + q(e^\varepsilon - 1))`, :math:`q\delta`.
 
-    Computed in log space so that it never overflows (``e^eps`` does for eps > 709):
+    Amplification by Poisson subsampling (Balle, Barthe, Gaboardi 2018, arXiv:1807.01647),
+    computed in log space so that it never overflows (``e^eps`` does for eps > 709):
 
-    >>> _amplify(5e4, 0.0, 0.5)[0] == 5e4 + math.log(0.5)
+    >>> amplify_by_sampling(5e4, 0.0, 0.5)[0] == 5e4 + math.log(0.5)
     True
     """
     if q == 1.0:  # no sampling: exactly (eps, delta), not a round trip through expm1 and log1p
@@ -209,7 +211,7 @@ class _EpsDeltaComposition(Accountant):
                 gauss.append((inner.noise_multiplier, q, c))
             else:
                 e, d = (inner.epsilon, 0.0) if isinstance(inner, LaplaceEvent) else (inner.epsilon, inner.delta)
-                fixed.append((*_amplify(e, d, q), c))
+                fixed.append((*amplify_by_sampling(e, d, q), c))
         return fixed, gauss
 
     @staticmethod
@@ -220,7 +222,7 @@ class _EpsDeltaComposition(Accountant):
         for sigma, q, c in gauss:
             d0 = min(0.5, budget / (n * q))
             eps0 = gaussian_epsilon(noise_multiplier=sigma, delta=d0)
-            out.append((*_amplify(eps0, d0, q), c))
+            out.append((*amplify_by_sampling(eps0, d0, q), c))
         return out
 
 

@@ -58,6 +58,7 @@ from ..dpsgd.sampling import steps_per_epoch
 __all__ = [
     "MLPEnsemble",
     "bootstrap_tpr",
+    "clipped_grad_sums",
     "dp_tpr_bound",
     "lira_scores",
     "logit_confidence",
@@ -257,8 +258,10 @@ def _per_example_norms(x, a, d1, d2):
     )
 
 
-def _clipped_sums(params, xb, yb, wts, c):
-    """Per-model sums of weighted, clipped per-example gradients of the cross-entropy.
+def clipped_grad_sums(params, xb, yb, wts, c):
+    """Per-model sums of weighted, clipped per-example gradients of the cross-entropy (M MLPs at once).
+
+    The backward pass of :func:`train_mlps`, written out for the two-layer ReLU MLPs.
 
     ``params`` = (W1 (M, d, h), b1 (M, 1, h), W2 (M, h, K), b2 (M, 1, K));
     ``xb`` (M, B, d), ``yb`` (M, B), ``wts`` (M, B) 0/1 (padding); ``c`` the
@@ -371,7 +374,7 @@ def train_mlps(X, y, keep, *, hidden: int, epochs: int, sample_rate: float, lr: 
             ]  # (M, B) batch first
             wts = sel.gather(1, idx).float()  # 0 on padding
             xb, yb = X[idx], yt[idx]  # (M, B, d), (M, B)
-            grads, loss_sum, norms = _clipped_sums((w1, b1, w2, b2), xb, yb, wts, c)
+            grads, loss_sum, norms = clipped_grad_sums((w1, b1, w2, b2), xb, yb, wts, c)
             losses[e] += loss_sum.numpy()
             if c is not None:
                 n_clipped += int(((norms > c) & (wts > 0)).sum())

@@ -33,12 +33,12 @@ from torch import Tensor, nn
 from .._validate import check_positive
 from .fast import fast_norms_and_clipped_sum
 from .per_sample import (
-    _loop_grads,
-    _vmap_grads,
     as_input_tuple,
     batch_size_of,
     check_per_example_model,
+    loop_grads_and_losses,
     trainable_parameters,
+    vmap_grads_and_losses,
 )
 from .rules import weighted_rows
 
@@ -103,8 +103,8 @@ def _fast(model, loss_fn, xs, targets, factors_fn, named, modules):
 
 
 _METHOD_IMPLS = {
-    "loop": _materialised(lambda m, f, x, y, named: _loop_grads(m, f, x, y, [p for _, p in named])),
-    "vmap": _materialised(lambda m, f, x, y, named: _vmap_grads(m, f, x, y, [n for n, _ in named])),
+    "loop": _materialised(lambda m, f, x, y, named: loop_grads_and_losses(m, f, x, y, [p for _, p in named])),
+    "vmap": _materialised(lambda m, f, x, y, named: vmap_grads_and_losses(m, f, x, y, [n for n, _ in named])),
     "fast": _fast,
 }
 

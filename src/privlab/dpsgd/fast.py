@@ -128,8 +128,14 @@ from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.func import functional_call, vjp, vmap
 
-from .per_sample import _loop_grads, _vmap_grads, as_input_tuple, per_example_losses, trainable_parameters
-from .rules import Rule, _row_sq_norms, rule_for, weighted_rows
+from .per_sample import (
+    as_input_tuple,
+    loop_grads_and_losses,
+    per_example_losses,
+    trainable_parameters,
+    vmap_grads_and_losses,
+)
+from .rules import Rule, row_sq_norms, rule_for, weighted_rows
 
 __all__ = ["MODES", "RECOMPUTE_NORM_INPUTS", "fast_norms_and_clipped_sum"]
 
@@ -522,12 +528,12 @@ def _local_per_example_grads(site: _Site, b: Tensor) -> dict[str, Tensor]:
 def _global_per_example_grads(model, loss_fn, xs, targets, names: list[str]) -> list[Tensor]:
     """Per-example gradients of the whole model's loss w.r.t. ``names``: vmap, else the loop (both exact)."""
     try:
-        return _vmap_grads(model, loss_fn, xs, targets, names)[0]
+        return vmap_grads_and_losses(model, loss_fn, xs, targets, names)[0]
     except (RuntimeError, NotImplementedError) as err:  # an op vmap cannot batch (e.g. data-dependent control flow)
         warnings.warn(f"fast path: vmap failed ({str(err).splitlines()[0][:200]}); using the per-example loop "
                       f"for {len(names)} parameter(s)", RuntimeWarning, stacklevel=5)
         by_name = dict(model.named_parameters())
-        return _loop_grads(model, loss_fn, xs, targets, [by_name[n] for n in names])[0]
+        return loop_grads_and_losses(model, loss_fn, xs, targets, [by_name[n] for n in names])[0]
 
 
 def _single_example(model, loss_fn, xs, targets, factors_fn, params):
@@ -666,7 +672,7 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
             except (RuntimeError, NotImplementedError) as err:  # an op vmap cannot batch: the exact global path
                 modes[s], s.reason = "global", f"vmap of the module failed ({str(err).splitlines()[0][:120]})"
             else:
-                norm2_of[s] = sum(_row_sq_norms(g).to(dtype) for g in grads.values())
+                norm2_of[s] = sum(row_sq_norms(g).to(dtype) for g in grads.values())
                 weighted[s] = lambda c, grads=grads: {k: weighted_rows(c, g) for k, g in grads.items()}
         if modes[s] == "local" or (modes[s] == "fast" and s not in tied_grads and s not in producers):
             s.args = s.kwargs = None  # let activations no longer needed be freed now
@@ -689,7 +695,7 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
         per_ex = _global_per_example_grads(model, loss_fn, xs, targets, names)
         by_name = dict(model.named_parameters())
         global_grads = {id(by_name[n]): g for n, g in zip(names, per_ex)}
-        norm2 = norm2 + sum(_row_sq_norms(g).to(dtype) for g in per_ex)
+        norm2 = norm2 + sum(row_sq_norms(g).to(dtype) for g in per_ex)
     norms = norm2.clamp_min(0).sqrt()
     if factors_fn is None:
         return None, norms, losses.detach()

@@ -46,9 +46,11 @@ __all__ = [
     "as_input_tuple",
     "batch_size_of",
     "check_per_example_model",
+    "loop_grads_and_losses",
     "per_example_losses",
     "per_sample_grads",
     "trainable_parameters",
+    "vmap_grads_and_losses",
 ]
 
 #: The methods that materialise per-example gradients.
@@ -178,8 +180,20 @@ def _slice_targets(targets, i: int):
     return None if targets is None else targets[i : i + 1]
 
 
-def _loop_grads(model, loss_fn, inputs, targets, params):
-    """One forward and backward per example; returns (grads (B, ...) per param, losses (B,))."""
+def loop_grads_and_losses(model, loss_fn, inputs, targets, params):
+    """Per-example gradients by one forward and backward pass per example: the slow, obvious reference.
+
+    Args:
+        model: the network; ``inputs`` are its positional inputs, a tensor or a tuple, batch first.
+        loss_fn: ``loss_fn(outputs, targets)``, per example (summed over all but the batch dimension).
+        targets: batch-first targets, or ``None``.
+        params: the parameters to differentiate (a gradient of zeros where one is unused).
+
+    Returns:
+        ``(grads, losses)``: one ``(B, *p.shape)`` tensor per parameter, and the ``(B,)`` losses.
+
+    Used by :func:`per_sample_grads` (``method="loop"``), the clipping engines and the fast path's fallback.
+    """
     xs = as_input_tuple(inputs)
     batch = batch_size_of(xs)
     rows: list[list[Tensor]] = [[] for _ in params]
@@ -195,8 +209,17 @@ def _loop_grads(model, loss_fn, inputs, targets, params):
     return grads, (torch.stack(losses) if losses else xs[0].new_zeros(0, dtype=torch.float32))
 
 
-def _vmap_grads(model, loss_fn, inputs, targets, names: Sequence[str]):
-    """``vmap(grad)`` of one example's loss w.r.t. the parameters ``names`` (others held constant)."""
+def vmap_grads_and_losses(model, loss_fn, inputs, targets, names: Sequence[str]):
+    """Per-example gradients as ``vmap(grad)`` of one example's loss, w.r.t. the parameters ``names``.
+
+    The other parameters are held constant (detached); dropout draws an independent mask per
+    example. Arguments as :func:`loop_grads_and_losses`, with parameter names instead of tensors.
+
+    Returns:
+        ``(grads, losses)``: ``{name: (B, *shape)}`` and the ``(B,)`` losses.
+
+    Used by :func:`per_sample_grads` (``method="vmap"``), the clipping engines and the fast path's fallback.
+    """
     xs = as_input_tuple(inputs)
     named = dict(model.named_parameters())
     params = {n: named[n].detach() for n in names}
@@ -250,5 +273,5 @@ def per_sample_grads(model: nn.Module, loss_fn: LossFn, inputs, targets, *, meth
     if batch == 0:
         return [p.new_zeros((0, *p.shape)) for _, p in named]
     if method == "loop":
-        return _loop_grads(model, loss_fn, inputs, targets, [p for _, p in named])[0]
-    return _vmap_grads(model, loss_fn, inputs, targets, [n for n, _ in named])[0]
+        return loop_grads_and_losses(model, loss_fn, inputs, targets, [p for _, p in named])[0]
+    return vmap_grads_and_losses(model, loss_fn, inputs, targets, [n for n, _ in named])[0]

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-__all__ = ["LayerContribution", "covered_types", "register_rule", "rule_for", "scale_rows", "weighted_rows"]
+__all__ = ["LayerContribution", "covered_types", "register_rule", "row_sq_norms", "rule_for", "scale_rows",
+           "weighted_rows"]
 
 
 class LayerContribution(NamedTuple):
@@ -89,8 +90,15 @@ def _trainable(module: nn.Module, attr: str) -> bool:
     return isinstance(p, nn.Parameter) and p.requires_grad
 
 
-def _row_sq_norms(t: Tensor) -> Tensor:
-    """||t_i||^2 for each example i, as one fused reduction (no (B, ...) temporary)."""
+def row_sq_norms(t: Tensor) -> Tensor:
+    r"""Squared norm of each example's row, :math:`\lVert t_i \rVert_2^2` for ``t`` of shape ``(B, ...)``.
+
+    One fused reduction over everything but the batch dimension (no ``(B, ...)`` temporary of
+    squares). Used by the ghost-norm rules and the fast path to add up per-example squared norms.
+
+    >>> row_sq_norms(torch.tensor([[3.0, 4.0], [1.0, 0.0]])).tolist()
+    [25.0, 1.0]
+    """
     return torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1).square()
 
 
@@ -108,9 +116,9 @@ def _affine(a: Tensor, b: Tensor, d_in: int, d_out: int, want_w: bool, want_b: b
     norm2 = a.new_zeros(batch)
     per_example = b_sum = None
     if a.ndim == 2:  # (B, d_in), (B, d_out): ||b_i a_i^T||^2 + ||b_i||^2 = (||a_i||^2 + 1) ||b_i||^2
-        b_sq = _row_sq_norms(b)
+        b_sq = row_sq_norms(b)
         if want_w:
-            a_sq = _row_sq_norms(a)
+            a_sq = row_sq_norms(a)
             norm2 = (a_sq.add_(1) if want_b else a_sq).mul_(b_sq)
         elif want_b:
             norm2 = b_sq
@@ -127,12 +135,12 @@ def _affine(a: Tensor, b: Tensor, d_in: int, d_out: int, want_w: bool, want_b: b
             # (a, b) and the clipped sum is one weighted sum over them (c @ G), not a second matmul over
             # the sequence (book-keeping with the mixed choice: Bu et al. 2023, arXiv:2210.00038).
             per_example = b3.transpose(1, 2) @ a3  # (B, d_out, d_in)
-            norm2 = norm2 + _row_sq_norms(per_example)
+            norm2 = norm2 + row_sq_norms(per_example)
             a = b = a3 = None
         b_sum = b3.sum(1) if want_b else None  # (B, d_out): the per-example bias gradients
         b3 = None
         if want_b:
-            norm2 = norm2 + _row_sq_norms(b_sum)
+            norm2 = norm2 + row_sq_norms(b_sum)
 
     def weighted_sum(c: Tensor) -> dict[str, Tensor]:
         out = {}
@@ -173,7 +181,7 @@ def _norm_layer_contribution(module: nn.Module, x_hat: Tensor, b: Tensor, param_
         per_ex["bias"] = b.sum(middle) if middle else b
     norm2 = b.new_zeros(batch)
     for i, g in enumerate(per_ex.values()):
-        norm2 = _row_sq_norms(g) if i == 0 else norm2.add_(_row_sq_norms(g))
+        norm2 = row_sq_norms(g) if i == 0 else norm2.add_(row_sq_norms(g))
     return LayerContribution(norm2, lambda c: {k: weighted_rows(c, g) for k, g in per_ex.items()})
 
 
@@ -211,7 +219,7 @@ def _embedding(module: nn.Embedding, ids: Tensor, b: Tensor) -> LayerContributio
         g = g * (ids2 != module.padding_idx).unsqueeze(-1).to(g.dtype)
     steps = ids2.shape[1]
     if steps == 1:
-        norm2 = _row_sq_norms(g)
+        norm2 = row_sq_norms(g)
     elif steps <= 256:  # (B, T, T) ghost form: no host synchronisation
         same = (ids2.unsqueeze(2) == ids2.unsqueeze(1)).to(g.dtype)
         norm2 = (same * (g @ g.transpose(1, 2))).sum((1, 2))
@@ -219,7 +227,7 @@ def _embedding(module: nn.Embedding, ids: Tensor, b: Tensor) -> LayerContributio
         keys = torch.arange(batch, device=ids.device).unsqueeze(1) * module.num_embeddings + ids2
         uniq, inverse = torch.unique(keys.reshape(-1), return_inverse=True)
         rows = g.new_zeros(uniq.shape[0], dim).index_add_(0, inverse, g.reshape(-1, dim))
-        norm2 = g.new_zeros(batch).index_add_(0, uniq // module.num_embeddings, _row_sq_norms(rows))
+        norm2 = g.new_zeros(batch).index_add_(0, uniq // module.num_embeddings, row_sq_norms(rows))
 
     def weighted_sum(c: Tensor) -> dict[str, Tensor]:
         rows = scale_rows(g, c).reshape(-1, dim)

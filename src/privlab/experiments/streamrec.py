@@ -93,8 +93,8 @@ from .user_level import pack_by_user, train_user_level
 
 __all__ = [
     "METRICS", "PRIVACY_UNITS", "PUBLIC_SEED_OFFSET", "StreamRecProfile", "accounting_study", "calibrate_sigma",
-    "choose_clip_norm", "clip_study", "convergence_epoch", "prior_log_odds", "privacy_over_time", "public_proxy",
-    "random_recall", "run_one", "run_sweep", "run_user_level", "selection_cost", "streamrec_profile",
+    "choose_clip_norm", "clip_study", "convergence_epoch", "epsilon_label", "prior_log_odds", "privacy_over_time",
+    "public_proxy", "random_recall", "run_one", "run_sweep", "run_user_level", "selection_cost", "streamrec_profile",
     "threshold_table", "torch_threads",
 ]  # fmt: skip
 
@@ -698,7 +698,7 @@ def _run_sweep(scale, *, epsilons, seed, studies, progress, device, profile) -> 
                                     "user_level": privacy_over_time(user)}  # fmt: skip
         out["selection"] = selection_cost([r for r in example_runs if not math.isinf(r["epsilon_pld"])], delta=delta)
     if math.inf in eps_list:
-        rec = pd.DataFrame({_label(r["epsilon_target"]): {"overall": r["metrics"]["recall@20"],
+        rec = pd.DataFrame({epsilon_label(r["epsilon_target"]): {"overall": r["metrics"]["recall@20"],
                             **{g: v["recall@20"] for g, v in r["segments"].items()}} for r in runs})  # fmt: skip
         out["threshold"] = threshold_table(rec).reset_index(names="group").to_dict(orient="records")
     oracle = data.ceiling()
@@ -721,6 +721,10 @@ def _run_sweep(scale, *, epsilons, seed, studies, progress, device, profile) -> 
     return out
 
 
-def _label(eps: float) -> str:
-    """Column label of a model: ``"1"``, ``"3"``, ``"inf"``."""
+def epsilon_label(eps: float) -> str:
+    """The label of a run's target epsilon in tables and figures: ``"1"``, ``"3"``, ``"inf"``.
+
+    >>> epsilon_label(3.0), epsilon_label(float("inf"))
+    ('3', 'inf')
+    """
     return "inf" if math.isinf(eps) else f"{eps:g}"

@@ -14,7 +14,7 @@ import pandas as pd
 
 from privlab.provenance import write_json
 
-from .streamrec import METRICS, _label, threshold_table
+from .streamrec import METRICS, epsilon_label, threshold_table
 
 __all__ = ["aggregate_table", "clip_table", "degradation_table", "save_figures", "segment_recall", "write_results"]
 
@@ -23,7 +23,7 @@ def aggregate_table(runs: list[dict]) -> pd.DataFrame:
     """One row per run: sigma, PLD and RDP epsilon, the five metrics, loss, convergence epoch, clipping, time."""
     rows = {}
     for r in runs:
-        rows[_label(r["epsilon_target"])] = {
+        rows[epsilon_label(r["epsilon_target"])] = {
             "sigma": r["sigma"], "eps_pld": r["epsilon_pld"], "eps_rdp": r["epsilon_rdp"],
             **r["metrics"], "final_loss": r["final_loss"], "conv_epoch": r["convergence_epoch"],
             "fraction_clipped": r.get("fraction_clipped"), "mean_logit": r.get("mean_logit"),
@@ -47,7 +47,7 @@ def segment_recall(runs: list[dict], *, metric: str = "recall@20") -> pd.DataFra
     """Groups (overall, segments, markets) as rows, one column per run, the given metric."""
     cols = {}
     for r in runs:
-        cols[_label(r["epsilon_target"])] = {"overall": r["metrics"][metric],
+        cols[epsilon_label(r["epsilon_target"])] = {"overall": r["metrics"][metric],
                                              **{g: v[metric] for g, v in r["segments"].items()}}  # fmt: skip
     return pd.DataFrame(cols)
 
@@ -120,7 +120,8 @@ def save_figures(results: dict, out_dir) -> list[Path]:
     plt.close(fig)
     fig, ax = figure(title="Training loss per epoch", xlabel="epoch", ylabel="mean BCE loss")
     for r in runs:
-        ax.plot(range(1, len(r["losses"]) + 1), r["losses"], marker="o", label=f"eps {_label(r['epsilon_target'])}")
+        ax.plot(range(1, len(r["losses"]) + 1), r["losses"], marker="o",
+                label=f"eps {epsilon_label(r['epsilon_target'])}")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     paths.append(out / "loss_curves.png")
     fig.savefig(paths[-1], dpi=110, bbox_inches="tight")

@@ -61,7 +61,8 @@ from ..dpsgd import clipped_grad_sum
 from .fedavg import FedAvg, NoPrivacy
 from .local import LOSSES
 
-__all__ = ["ClientLevelDP", "SampleLevelDP", "clip_updates", "epsilon_per_round", "private_client_rng"]
+__all__ = ["ClientLevelDP", "SampleLevelDP", "clip_updates", "epsilon_per_round", "private_client_rng",
+           "sample_level_draws"]
 
 
 def _epsilon(**kwargs) -> float:
@@ -175,8 +176,9 @@ def private_client_rng(client_seed: int | None, round_index: int, client_id: int
     return np.random.default_rng([int(client_seed), int(round_index), int(client_id), _PRIVATE_TAG])
 
 
-def _dp_draws(clients, sel, spec, rule, base_seed: int, round_index: int):
-    """Each client's Poisson masks ``(s, n_k)`` and noise ``(s, P)``, from its private generator.
+def sample_level_draws(clients, sel, spec, rule, base_seed: int, round_index: int):
+    """Each selected client's Poisson masks ``(s, n_k)`` and noise ``(s, P)`` for one round of
+    :class:`SampleLevelDP`, from its private generator (a generator per client, yielded in ``sel`` order).
 
     ``base_seed`` (the server's shuffle seed) is deliberately unused: see
     :func:`private_client_rng`.
@@ -200,7 +202,7 @@ def dp_train_loop(model, spec, params, clients, sel, algo, base_seed, round_inde
     """Client-by-client DP-SGD, through :func:`privlab.dpsgd.clipped_grad_sum`."""
     local = copy.deepcopy(model)
     out = []
-    for k, (masks, noise) in zip(sel, _dp_draws(clients, sel, spec, rule, base_seed, round_index)):
+    for k, (masks, noise) in zip(sel, sample_level_draws(clients, sel, spec, rule, base_seed, round_index)):
         x, y = clients.client(int(k))
         theta = params.clone()
         for s in range(rule.local_steps):
@@ -224,7 +226,7 @@ def dp_train_vmap(model, spec, params, clients, sel, algo, base_seed, round_inde
         return params.new_zeros((0, spec.size))
     idx = torch.as_tensor(sel, device=dev)
     x, y, n_k = clients.x[idx], clients.y[idx], torch.as_tensor(clients.sizes[sel], dtype=params.dtype, device=dev)
-    draws = _dp_draws(clients, sel, spec, rule, base_seed, round_index)
+    draws = sample_level_draws(clients, sel, spec, rule, base_seed, round_index)
     masks = np.zeros((m, rule.local_steps, x.shape[1]), dtype=np.float32)
     for i, (mk, _) in enumerate(draws):
         masks[i, :, : mk.shape[1]] = mk

@@ -12,6 +12,8 @@ for given clip factors :math:`c`:
   :math:`\langle a_i a_i^\top, b_i b_i^\top\rangle` (about :math:`B T^2 (d_{in} + d_{out})` flops)
   and the per-example :math:`b_i^\top a_i` (about :math:`B T d_{in} d_{out}`): mixed ghost clipping
   (Bu, Mao, Xu 2022, arXiv:2205.10683; the ghost norm is Li et al. 2022, arXiv:2110.05679, section 4).
+  On the instantiated branch the per-example gradients are smaller than :math:`(a, b)`, so they are
+  kept instead and the clipped sum is :math:`\sum_i c_i G_i`, with no second matmul over the sequence.
 * ``transformers``' GPT-2 ``Conv1D`` (:math:`s = a W + \beta`, ``W`` stored ``(d_in, d_out)``): the
   same rule, transposed.
 * ``LayerNorm``, ``RMSNorm``, ``GroupNorm``: :math:`\nabla_w \ell_i = \sum_t \hat x_{i,t} \odot b_{i,t}`,

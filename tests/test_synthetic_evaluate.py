@@ -63,6 +63,21 @@ def test_exact_copies_are_caught(tables):
     assert res.mia_auc > 0.99  # continuous columns: no holdout record sits on a training record
 
 
+def test_members_are_the_rows_the_generator_saw(tables):
+    # a copy of half the training rows: against those rows it is caught; against all of
+    # real_train, half the "members" were never seen and the attack AUC is diluted towards 0.5
+    train, hold, _ = tables
+    seen = train.iloc[: len(train) // 2]
+    syn = seen.sample(frac=1.0, random_state=1)
+    diluted = evaluate_synthetic(train, hold, syn, target="t", rng=0)
+    exact = evaluate_synthetic(train, hold, syn, target="t", rng=0, members=seen)
+    assert exact.mia_auc > 0.99 and exact.dcr_share == 1.0
+    assert abs(diluted.mia_auc - 0.75) < 0.03  # 0.5 + share seen / 2
+    assert exact.utility_real == diluted.utility_real  # fidelity and utility still use real_train
+    with pytest.raises(ValueError):
+        evaluate_synthetic(train, hold, syn, target="t", rng=0, members=seen[["x", "y"]])
+
+
 def test_an_independent_sample_leaks_nothing(tables):
     train, hold, fresh = tables
     res = evaluate_synthetic(train, hold, fresh, target="t", rng=0, max_records=2000)

@@ -58,6 +58,9 @@ def test_ctgan_is_reproducible_and_leaves_global_generators_alone(small):
     out = a.sample(40, rng=2)
     pd.testing.assert_frame_equal(out, b.sample(40, rng=2))
     assert out.shape == (40, 7) and out.dtypes.equals(small.dtypes) and a.n_train_ == 200
+    # the fitted subsample is exposed, so a privacy evaluation labels only those rows members
+    assert len(a.fitted_rows_) == 200 and np.array_equal(a.fitted_rows_, b.fitted_rows_)
+    assert len(np.unique(a.fitted_rows_)) == 200 and a.fitted_rows_.max() < len(small)
     assert not a.sample(40, rng=2).equals(a.sample(40, rng=3))
 
 

@@ -185,12 +185,20 @@ ColumnDomain = CategoricalDomain | NumericDomain
 def cps1988_domain(bins: int = 16) -> dict[str, ColumnDomain]:
     """A public domain for :func:`privlab.datasets.load_cps1988`, from the survey's sampling frame.
 
-    The extract (Bierens and Ginther 2001) holds men aged 18 to 70 with weekly
-    wages above 50 USD: ``education`` is 0 to 18 years (one bin per year),
-    ``experience`` = age - education - 6 lies in -6..64 (integer runs), and
-    ``wage`` gets ``bins`` log-spaced bins on [50, 20000] USD/week (20,000 is our
-    public cap; the few larger wages are clipped to the top bin). The categories
-    are those of the data set's documentation. None of this is read from the data.
+    The data set's documentation (AER's ``?CPS1988``, from Bierens and Ginther 2001)
+    describes "a sample of men aged 18 to 70 with positive annual income greater than
+    USD 50 in 1992, who are not self-employed nor working without pay", with
+    experience computed as "age - education - 6". So ``education`` is 0 to 18 years
+    (the pre-1992 CPS coding; one bin per year), ``experience`` lies in
+    18 - 18 - 6 = -6 .. 70 - 0 - 6 = 64 (integer runs; :data:`privlab.datasets.real.CPS1988_RANGES`),
+    and ``wage`` gets ``bins`` log-spaced bins on [50, 20000] USD/week. The lower
+    edge 50 is the documented income floor (annual, so a weekly wage could in
+    principle lie below it: such values fall into the bottom bin). The cap 20,000 is
+    not documented: it is our choice, a round figure, and it is not a statistic of
+    the DP release's input (it was, however, set by people who had seen this public
+    data set, whose largest wage is just below it); any value above it is clipped
+    into the top bin, which costs accuracy, never privacy. The categories are those
+    of the documentation. Nothing here is computed from the rows.
 
     >>> sorted(cps1988_domain())
     ['education', 'ethnicity', 'experience', 'parttime', 'region', 'smsa', 'wage']

@@ -170,7 +170,8 @@ def _subsample(x: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
 
 def evaluate_synthetic(real_train: pd.DataFrame, real_holdout: pd.DataFrame, synthetic: pd.DataFrame, *,
                        target: str, rng: np.random.Generator | int, positive=None, model: str = "hgb",
-                       max_records: int = 5_000, bias_corrected: bool = True) -> SyntheticEvaluation:
+                       max_records: int = 5_000, bias_corrected: bool = True,
+                       members: pd.DataFrame | None = None) -> SyntheticEvaluation:
     """Fidelity, utility and privacy metrics of ``synthetic`` (see the module docstring).
 
     Args:
@@ -183,6 +184,12 @@ def evaluate_synthetic(real_train: pd.DataFrame, real_holdout: pd.DataFrame, syn
         model: ``"hgb"`` (HistGradientBoostingClassifier) or ``"logistic"``.
         max_records: cap on query records per set for the distance metrics.
         bias_corrected: Cramér's V with Bergsma's correction.
+        members: the rows the generator was actually fitted on, when it saw only a subset of
+            ``real_train`` (:class:`~privlab.synthetic.SdvSynthesizer`'s ``max_rows`` subsample:
+            ``real_train.iloc[model.fitted_rows_]``). NNDR, DCR and the membership attack use
+            them as the training records: labelling rows the generator never saw as members
+            would dilute the attack AUC towards 0.5. Default ``real_train``. Fidelity and
+            utility still use ``real_train``.
 
     Returns:
         A :class:`SyntheticEvaluation`.
@@ -244,8 +251,9 @@ def evaluate_synthetic(real_train: pd.DataFrame, real_holdout: pd.DataFrame, syn
     auc_real = _fit_predict_auc(model, xf[0], label(real_train[target]), xf[1], y_hold, seed) if feats else 0.5
     auc_syn = _fit_predict_auc(model, xf[2], label(synthetic[target]), xf[1], y_hold, seed) if feats else 0.5
 
-    # privacy: distances on all columns
-    x_train, x_hold, x_syn = encode_features([real_train, real_holdout, synthetic], numeric, categories,
+    # privacy: distances on all columns, to the rows the generator saw
+    seen = real_train if members is None else check_frame("members", members, columns=cols)
+    x_train, x_hold, x_syn = encode_features([seen, real_holdout, synthetic], numeric, categories,
                                              reference=real_train)
     q_syn = _subsample(x_syn, max_records, rng)
     ratio = nndr(x_train, q_syn) if len(x_train) >= 2 else np.ones(len(q_syn))

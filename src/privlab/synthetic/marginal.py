@@ -1,6 +1,6 @@
 r"""A differentially private marginal synthesizer in the style of MST.
 
-MST (McKenna, Sheldon, Miklau 2021, "Winning the NIST contest", arXiv:2108.04978)
+MST (McKenna, Miklau, Sheldon 2021, "Winning the NIST contest", arXiv:2108.04978)
 releases a few noisy marginals and samples records consistent with them:
 
 1. discretise every column on a public domain (:mod:`privlab.synthetic.domain`);
@@ -168,7 +168,7 @@ class MarginalSynthesizer:
             draws fresh OS entropy (the right default for real releases).
 
     Neighbouring tables differ by adding or removing one record; the public domain
-    and the number of columns are not private. Reference: McKenna, Sheldon, Miklau
+    and the number of columns are not private. Reference: McKenna, Miklau, Sheldon
     2021, arXiv:2108.04978.
 
     Used in: chapter 9.

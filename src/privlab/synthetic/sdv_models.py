@@ -191,13 +191,19 @@ class SdvSynthesizer:
     def fit(self, df: pd.DataFrame) -> SdvSynthesizer:
         """Fit on ``df`` (subsampled to ``max_rows`` with the seed); returns ``self``.
 
+        ``fitted_rows_`` holds the positions in ``df`` of the rows actually fitted (all of
+        them without a cap): pass ``df.iloc[fitted_rows_]`` as ``members`` to
+        :func:`privlab.synthetic.evaluate_synthetic`.
+
         Raises:
             ValueError: an empty frame, NaN or all-NaN columns.
         """
         df = check_frame("df", df)
+        keep = np.arange(len(df))
         if self.max_rows is not None and len(df) > self.max_rows:
             keep = np.sort(np.random.default_rng([self.seed, 0]).choice(len(df), self.max_rows, replace=False))
             df = df.iloc[keep]
+        self.fitted_rows_ = keep  # positions in the frame passed to fit: the members a privacy evaluation needs
         self.columns_, self.dtypes_ = list(df.columns), df.dtypes.to_dict()
         # SDV's CTGAN/TVAE refuse pandas 'category' columns: hand them objects, restore on sampling
         train = df.astype({c: object for c in df.columns if not is_numeric_column(df[c])})

@@ -15,6 +15,7 @@ ValueError: delta must be in (0, 1), got 1.0
 from __future__ import annotations
 
 import math
+import sys
 from numbers import Real
 
 import numpy as np
@@ -94,6 +95,25 @@ def check_array(name: str, values, *, ndim: int | None = None, allow_empty: bool
         bad = arr[~np.isfinite(arr)].ravel()[0]
         raise ValueError(f"{name} must be finite, got a {bad} value")
     return arr
+
+
+def check_torch_generator(generator, *, name: str = "generator", when: str = ""):
+    """Randomness must be explicit: a ``torch.Generator`` (``when``: the condition, for the message).
+
+    >>> import torch
+    >>> isinstance(check_torch_generator(torch.Generator()), torch.Generator)
+    True
+    >>> check_torch_generator(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: generator must be a torch.Generator, got 0
+    """
+    # no torch.Generator can exist before torch is imported, so this module need not import torch
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(generator, torch.Generator):
+        condition = f" {when}" if when else ""
+        raise ValueError(f"{name} must be a torch.Generator{condition}, got {generator!r}")
+    return generator
 
 
 def check_rng(rng) -> np.random.Generator:

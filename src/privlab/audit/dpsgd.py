@@ -62,7 +62,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from privlab._validate import check_delta, check_int, check_positive, check_probability
+from privlab._validate import check_delta, check_int, check_positive, check_probability, check_torch_generator
 from privlab.accounting import dpsgd_epsilon
 from privlab.audit.stats import DPSGDAuditResult, pilot_then_main
 from privlab.dpsgd import SAMPLERS, DPOptimizer, DPSGDConfig, PoissonAccountingWarning, steps_per_epoch, train
@@ -98,8 +98,7 @@ def check_dpsgd_claim(*, noise_multiplier: float, max_grad_norm: float, sample_r
     q = check_probability("sample_rate", sample_rate)
     steps = check_int("steps", steps)
     delta = check_delta(delta)
-    if not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator, got {generator!r}")
+    check_torch_generator(generator)
     eps_claim = float(dpsgd_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta,
                                     accountant=accountant))
     return sigma, c, q, steps, delta, eps_claim

@@ -47,7 +47,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .._validate import check_nonnegative, check_positive
+from .._validate import check_nonnegative, check_positive, check_torch_generator
 from .clipping import METHODS, ClippedSum, clip_factors, clipped_grad_sum_with_stats
 from .per_sample import as_input_tuple, batch_size_of, per_example_losses
 
@@ -113,8 +113,8 @@ class DPOptimizer:
         self.expected_batch_size = check_positive("expected_batch_size", expected_batch_size)
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if self.noise_multiplier > 0 and not isinstance(generator, torch.Generator):
-            raise ValueError(f"generator must be a torch.Generator when noise_multiplier > 0, got {generator!r}")
+        if self.noise_multiplier > 0:
+            check_torch_generator(generator, when="when noise_multiplier > 0")
         self.generator = generator
         self.method = method
         self.record_norms = bool(record_norms)

@@ -54,7 +54,14 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .._validate import check_delta, check_int, check_nonnegative, check_positive, check_probability
+from .._validate import (
+    check_delta,
+    check_int,
+    check_nonnegative,
+    check_positive,
+    check_probability,
+    check_torch_generator,
+)
 from ..accounting import DPSGD_ACCOUNTANTS, dpsgd_epsilon
 from .clipping import METHODS
 from .optimizer import DPOptimizer
@@ -306,8 +313,7 @@ def train(
     """
     if not isinstance(config, DPSGDConfig):
         raise ValueError(f"config must be a DPSGDConfig, got {type(config).__name__}")
-    if not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator, got {generator!r}")
+    check_torch_generator(generator)
     rank, world = shard
     xs = as_input_tuple(X)
     n = batch_size_of(xs)

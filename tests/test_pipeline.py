@@ -7,14 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from privlab.budget import BudgetExceededError
+from privlab.budget import BudgetExceededError, summarize_ledger
 from privlab.pipeline import (
     CommunicationPrivacyOnlyWarning,
     NoFormalGuaranteeWarning,
     PrivacyConfig,
     PrivacyConfigWarning,
     PrivacyPipeline,
-    summarize_ledger,
 )
 
 MEDICORE = dict(total_epsilon=3.0, delta=1e-6, dpsgd_target_epsilon=2.0, federated=True, n_clients=15,

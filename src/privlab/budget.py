@@ -51,6 +51,9 @@ privlab.budget.BudgetExceededError: query 'histogram' refused: under basic compo
 >>> odo.spend("last", epsilon=odo.remaining_epsilon).remaining_epsilon
 0.0
 
+:func:`summarize_ledger` reads a ledger file back as a table: what each data set
+paid, and where (the audit trail of :class:`privlab.pipeline.PrivacyPipeline`).
+
 Used in: chapters 3, 11, 12.
 """
 
@@ -71,6 +74,8 @@ try:  # POSIX advisory locks; elsewhere appends are still single O_APPEND writes
 except ImportError:  # pragma: no cover
     fcntl = None
 
+import pandas as pd
+
 from privlab._validate import check_delta, check_epsilon, check_nonnegative
 from privlab.accounting import (
     ACCOUNTANTS,
@@ -82,7 +87,8 @@ from privlab.accounting import (
     make_accountant,
 )
 
-__all__ = ["BudgetExceededError", "LedgerCorruptError", "LedgerRecord", "Ledger", "PrivacyOdometer"]
+__all__ = ["BudgetExceededError", "LedgerCorruptError", "LedgerRecord", "Ledger", "LedgerSummary", "PrivacyOdometer",
+           "summarize_ledger"]
 
 SCHEMA_VERSION = 1
 
@@ -505,3 +511,49 @@ def _float_below(x: Fraction) -> float:
         return 0.0
     f = float(x)
     return math.nextafter(f, 0.0) if Fraction(f) > x else f
+
+
+@dataclass(frozen=True)
+class LedgerSummary:
+    """What each data set paid, and where: ``table`` has one row per computation."""
+
+    table: pd.DataFrame
+    by_dataset: dict
+
+    def __str__(self) -> str:
+        lines = []
+        for name, d in self.by_dataset.items():
+            lines.append(f"{name}: spent epsilon {d['spent_epsilon']:.4g} of {d['total_epsilon']:g} "
+                         f"(remaining {d['remaining_epsilon']:.4g}), delta {d['spent_delta']:.3g}, "
+                         f"in {d['computations']} computations")
+        return "\n".join(lines)
+
+
+def summarize_ledger(path: str | os.PathLike) -> LedgerSummary:
+    """Answer "what did this data pay, and where" from a ledger file alone.
+
+    Returns:
+        :class:`LedgerSummary`: per computation (timestamp, data set, step, techniques,
+        epsilon, delta, accounting method, spent and remaining epsilon, quality) and per
+        data set (total, spent, remaining, number of computations; epsilon summed by basic composition).
+
+    Used in: chapters 11, 12.
+    """
+    rows = []
+    for r in Ledger(path).records():
+        m = r.metadata
+        rows.append({"timestamp": r.timestamp, "dataset": m.get("dataset", ""), "step": r.query,
+                     "techniques": ", ".join(m.get("techniques", [])), "epsilon": r.epsilon, "delta": r.delta,
+                     "accounting_method": m.get("accounting_method", r.accounting),
+                     "spent_epsilon": r.spent_epsilon, "remaining_epsilon": r.remaining_epsilon,
+                     "total_epsilon": m.get("total_epsilon", math.nan),
+                     **{f"quality_{k}": v for k, v in m.get("model_quality", {}).items()}})
+    table = pd.DataFrame(rows)
+    by = {}
+    for name, g in (table.groupby("dataset", sort=False) if len(table) else []):
+        total = float(g["total_epsilon"].iloc[-1])
+        spent = math.fsum(g["epsilon"])
+        by[name] = {"total_epsilon": total, "spent_epsilon": spent, "remaining_epsilon": max(0.0, total - spent),
+                    "spent_delta": math.fsum(g["delta"]), "computations": len(g),
+                    "epsilon_by_technique": g.groupby("techniques", sort=False)["epsilon"].sum().to_dict()}
+    return LedgerSummary(table=table, by_dataset=by)

@@ -1,4 +1,4 @@
-r"""A privacy pipeline: a configuration that validates itself, and an audit trail in the budget ledger.
+r"""A privacy pipeline: a plan that validates itself, and an audit trail in the budget ledger.
 
 **The configuration** (:class:`PrivacyConfig`) is checked when it is made:
 
@@ -19,8 +19,8 @@ r"""A privacy pipeline: a configuration that validates itself, and an audit trai
 is spent through a :class:`privlab.budget.PrivacyOdometer` backed by a
 :class:`privlab.budget.Ledger`, with the timestamp, techniques, epsilon spent
 and remaining, the accounting method and the model quality in the record, so
-:func:`summarize_ledger` answers "what did this data pay, and where" from the
-ledger file alone.
+:func:`privlab.budget.summarize_ledger` answers "what did this data pay, and where"
+from the ledger file alone.
 
 Reference: Dwork and Roth 2014, *The Algorithmic Foundations of Differential
 Privacy*, Theorem 3.16 (basic composition); Bonawitz et al. 2017 (CCS), secure aggregation.
@@ -30,21 +30,18 @@ Used in: chapters 11, 12.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-
-import pandas as pd
 
 from privlab._validate import check_delta, check_epsilon, check_int
 from privlab.accounting import DPSGD_ACCOUNTANTS
 from privlab.budget import Ledger, LedgerRecord, PrivacyOdometer
 
 __all__ = [
-    "CommunicationPrivacyOnlyWarning", "LedgerSummary", "NoFormalGuaranteeWarning", "PrivacyConfig",
-    "PrivacyConfigWarning", "PrivacyPipeline", "summarize_ledger",
+    "CommunicationPrivacyOnlyWarning", "NoFormalGuaranteeWarning", "PrivacyConfig", "PrivacyConfigWarning",
+    "PrivacyPipeline",
 ]
 
 
@@ -222,48 +219,3 @@ class PrivacyPipeline:
         return self.odometer.spend(step, epsilon=epsilon, delta=delta, mechanism=", ".join(techniques),
                                    metadata=meta)
 
-
-@dataclass(frozen=True)
-class LedgerSummary:
-    """What each data set paid, and where: ``table`` has one row per computation."""
-
-    table: pd.DataFrame
-    by_dataset: dict
-
-    def __str__(self) -> str:
-        lines = []
-        for name, d in self.by_dataset.items():
-            lines.append(f"{name}: spent epsilon {d['spent_epsilon']:.4g} of {d['total_epsilon']:g} "
-                         f"(remaining {d['remaining_epsilon']:.4g}), delta {d['spent_delta']:.3g}, "
-                         f"in {d['computations']} computations")
-        return "\n".join(lines)
-
-
-def summarize_ledger(path: str | os.PathLike) -> LedgerSummary:
-    """Answer "what did this data pay, and where" from a ledger file alone.
-
-    Returns:
-        :class:`LedgerSummary`: per computation (timestamp, data set, step, techniques,
-        epsilon, delta, accounting method, spent and remaining epsilon, quality) and per
-        data set (total, spent, remaining, number of computations; epsilon summed by basic composition).
-
-    Used in: chapters 11, 12.
-    """
-    rows = []
-    for r in Ledger(path).records():
-        m = r.metadata
-        rows.append({"timestamp": r.timestamp, "dataset": m.get("dataset", ""), "step": r.query,
-                     "techniques": ", ".join(m.get("techniques", [])), "epsilon": r.epsilon, "delta": r.delta,
-                     "accounting_method": m.get("accounting_method", r.accounting),
-                     "spent_epsilon": r.spent_epsilon, "remaining_epsilon": r.remaining_epsilon,
-                     "total_epsilon": m.get("total_epsilon", math.nan),
-                     **{f"quality_{k}": v for k, v in m.get("model_quality", {}).items()}})
-    table = pd.DataFrame(rows)
-    by = {}
-    for name, g in (table.groupby("dataset", sort=False) if len(table) else []):
-        total = float(g["total_epsilon"].iloc[-1])
-        spent = math.fsum(g["epsilon"])
-        by[name] = {"total_epsilon": total, "spent_epsilon": spent, "remaining_epsilon": max(0.0, total - spent),
-                    "spent_delta": math.fsum(g["delta"]), "computations": len(g),
-                    "epsilon_by_technique": g.groupby("techniques", sort=False)["epsilon"].sum().to_dict()}
-    return LedgerSummary(table=table, by_dataset=by)

@@ -417,7 +417,7 @@ class PldAccountant(Accountant):
 
     @staticmethod
     def _untilted_epsilon(direction: _Direction, delta: float, mean: float) -> float:
-        """Epsilon from the untilted window: never below a valid upper bound for the discrete PLD.
+        r"""Epsilon from the untilted window: never below a valid upper bound for the discrete PLD.
 
         If delta(s) is at most ``delta`` already at the window's lowest loss
         :math:`s_0`, the answer lies below the window, and :math:`s_0` (or 0 when

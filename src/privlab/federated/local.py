@@ -372,8 +372,8 @@ def local_updates_bmm(model: nn.Module, params: Mapping[str, Tensor], x: Tensor,
     Linear/ReLU MLPs get their gradients from :func:`_relu_mlp_grads` (backpropagation written
     out); other elementwise activations take one autograd backward per step.
 
-    Clients never interact, so the gradient of :math:`\sum_k L_k(	heta_k)` with
-    respect to the stacked :math:`(	heta_1, \dots, 	heta_m)` is every client's own
+    Clients never interact, so the gradient of :math:`\sum_k L_k(\theta_k)` with
+    respect to the stacked :math:`(\theta_1, \dots, \theta_m)` is every client's own
     gradient; ``torch.baddbmm`` runs all clients' layers in one call. Several times
     faster than ``vmap`` for small models, where per-call overhead dominates.
 

@@ -249,7 +249,7 @@ class SecAggClient:
 
     def masked_input(self, ciphertexts: dict[int, bytes], u2: Sequence[int], *, frac_bits: int,
                      modulus_bits: int, bound: int) -> np.ndarray:  # fmt: skip
-        """Round 2: keep the shares addressed to me, send :math:`y_u`; ``bound`` caps :math:`|\bar x_u|` (integers)."""
+        r"""Round 2: keep the shares addressed to me, send :math:`y_u`; ``bound`` caps :math:`|\bar x_u|` (integers)."""
         for u, blob in ciphertexts.items():
             key = _agree(self.c_sk, self.keys[u][0], b"enc")
             plain = AESGCM(key).decrypt(blob[:12], blob[12:], f"{u}->{self.index}".encode())

@@ -70,14 +70,23 @@ def check_probability(name: str, value, *, open_low: bool = True, open_high: boo
 
 
 def check_int(name: str, value, *, minimum: int = 1) -> int:
-    """An integer >= ``minimum`` (bools and non-integral floats refused)."""
+    """An integer >= ``minimum`` (bools and non-integral floats refused); the message shows the value as given.
+
+    >>> check_int("epochs", 3.0)
+    3
+    >>> check_int("epochs", -1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: epochs must be an integer >= 1, got -1.0
+    """
+    given = value
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         if isinstance(value, (float, np.floating)) and float(value).is_integer():
             value = int(value)
         else:
             raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {given!r}")
     return int(value)
 
 

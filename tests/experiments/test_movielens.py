@@ -5,8 +5,14 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from privlab.experiments.movielens import MovieLensFeatureModel, prepare_movielens, run_movielens
+from privlab.experiments.movielens import (
+    MovieLensFeatureModel,
+    MovieLensRecommender,
+    prepare_movielens,
+    run_movielens,
+)
 
 
 def _ratings(n_users=30, n_items=40, per_user=(6, 25), seed=0):
@@ -121,3 +127,87 @@ def test_feature_model_has_no_per_user_parameters():
     m = MovieLensFeatureModel(np.eye(4, dtype=np.float32))
     assert all(p.shape[0] != 4 or p.ndim == 1 for p in m.parameters())
     assert sum(p.numel() for p in m.parameters()) < 10_000
+
+
+# ----- unit tests of the pure pieces: encoding, labels, candidates, groups, models (no download, no training)
+
+TINY = pd.DataFrame({"userId": [1, 1, 1, 2, 2, 2], "movieId": [10, 11, 12, 10, 11, 13],
+                     "rating": [5, 2, 4, 4, 1, 5], "timestamp": [1, 2, 3, 1, 2, 3],
+                     "genres": ["A", "B", "A|B", "A", "B", "B"]})
+
+
+def test_genres_are_the_catalogues_multi_hot_over_a_sorted_vocabulary():
+    d = prepare_movielens(TINY, rng=np.random.default_rng(0), n_negatives=1, public_fraction=0.5)
+    # items are the sorted movie ids 10, 11, 12, 13; the vocabulary is ["A", "B"]
+    np.testing.assert_array_equal(d.genres, [[1, 0], [0, 1], [1, 1], [0, 1]])
+    assert d.genres.dtype == np.float32
+
+
+@pytest.mark.parametrize("threshold", [4.0, 5.0])
+def test_likes_follow_the_threshold(threshold):
+    df = _ratings(seed=1)
+    d = prepare_movielens(df, rng=np.random.default_rng(0), n_negatives=3, like_threshold=threshold)
+    half = d.train_user.size // 2  # the ratings, then one sampled negative each
+    codes = pd.factorize(df["userId"], sort=True)[0]
+    private_rows = ~d.public_user[codes]
+    liked = (df["rating"].to_numpy() >= threshold)[private_rows]
+    # every private rating is a training or a test row: together they carry its like-label
+    assert d.y_train[:half].sum() + d.y_test.sum() == liked.sum()
+    assert set(np.unique(d.y_train)) <= {0.0, 1.0} and set(np.unique(d.y_test)) <= {0.0, 1.0}
+
+
+def test_candidates_are_test_items_plus_unrated_negatives_per_user(prepared):
+    df, d = prepared
+    n_negatives = 10
+    assert (np.diff(d.cand_user) >= 0).all()  # grouped by user
+    users = {u: j for j, u in enumerate(sorted(df["userId"].unique()))}
+    items = {m: j for j, m in enumerate(sorted(df["movieId"].unique()))}
+    rated = {(users[u], items[m]) for u, m in zip(df["userId"], df["movieId"])}
+    for u in np.unique(d.cand_user):
+        mine = d.cand_user == u
+        test_items = d.test_item[d.test_user == u]
+        assert d.y_test[d.test_user == u].sum() >= 1  # only users with a liked test item rank
+        negatives = d.cand_item[mine & (d.cand_label == 0)]
+        assert mine.sum() == test_items.size + n_negatives
+        assert sum((int(u), int(i)) not in rated for i in negatives) >= n_negatives
+        assert d.cand_label[mine].sum() == d.y_test[d.test_user == u].sum()
+    assert not d.public_user[d.cand_user].any()
+
+
+def test_groups_are_activity_terciles_that_partition_the_rows(prepared):
+    _, d = prepared
+    groups = d.groups()
+    assert list(groups) == ["light_users", "medium_users", "heavy_users"]
+    test_cover = sum(t.astype(int) for t, _ in groups.values())
+    cand_cover = sum(c.astype(int) for _, c in groups.values())
+    assert (test_cover == 1).all() and (cand_cover == 1).all()  # every row in exactly one group
+    light = d.user_activity[d.test_user[groups["light_users"][0]]]
+    heavy = d.user_activity[d.test_user[groups["heavy_users"][0]]]
+    assert light.max() <= heavy.min()
+
+
+def test_prepare_is_a_function_of_its_generator():
+    a, b = (prepare_movielens(_ratings(), rng=np.random.default_rng(7), n_negatives=4) for _ in range(2))
+    for name in ("train_item", "y_train", "cand_user", "cand_item", "cand_label", "public_user"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    c = prepare_movielens(_ratings(), rng=np.random.default_rng(8), n_negatives=4)
+    assert not np.array_equal(a.public_user, c.public_user) or not np.array_equal(a.train_item, c.train_item)
+
+
+def test_recommender_maps_any_id_shape_to_logits_and_keeps_genres_fixed():
+    genres = np.eye(7, 3, dtype=np.float32)
+    m = MovieLensRecommender(5, 7, genres, dim=4, hidden=(8,))
+    users, items = torch.tensor([[0, 1, 2], [3, 4, 0]]), torch.tensor([[6, 5, 4], [3, 2, 1]])
+    assert m(users, items).shape == (2, 3)
+    assert "genres" not in dict(m.named_parameters())  # the public catalogue is a buffer, never trained
+    torch.testing.assert_close(m.genres, torch.from_numpy(genres))
+    assert m.user_emb.weight.shape == (5, 4) and m.item_emb.weight.shape == (7, 4)
+
+
+def test_feature_model_size_does_not_grow_with_the_users():
+    genres = np.eye(6, 4, dtype=np.float32)
+    small = sum(p.numel() for p in MovieLensFeatureModel(genres).parameters())
+    big_catalogue = np.eye(600, 4, dtype=np.float32)
+    assert sum(p.numel() for p in MovieLensFeatureModel(big_catalogue).parameters()) == small
+    out = MovieLensFeatureModel(genres)(torch.rand(3, 4), torch.tensor([0, 5, 2]))
+    assert out.shape == (3,) and torch.isfinite(out).all()

@@ -5,7 +5,9 @@ each hidden block Linear-LayerNorm-ReLU-Dropout(0.1); binary cross-entropy; batc
 4096 (``--batch``); SGD. Every DP variant uses sigma = 1, C = 1.
 
 Rows: a non-private step (the baseline every ratio divides by), privlab's fast
-path, privlab's vmap, privlab's loop (on ``--loop-batch`` examples, its time
+path, the same with its memory option ``recompute_norm_inputs`` ("recomp"), the
+fast path as it was before issue 18 ("prev", loaded from git at
+:data:`PREVIOUS_FAST_COMMIT`), privlab's vmap, privlab's loop (on ``--loop-batch`` examples, its time
 scaled linearly to the full batch; its memory is *not* scaled), and Opacus 1.6's
 grad_sample modes hooks, ew (expanded weights), functorch and ghost (fast
 gradient clipping; the logits are squeezed to (B,) so its (B, 1) pitfall does

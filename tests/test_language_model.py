@@ -110,3 +110,40 @@ def test_write_results_writes_valid_json_and_the_figure(tmp_path):
     assert data["runs"][0]["epsilon_target"] == "inf" and data["runs"][1]["epsilon_target"] == 8.0
     assert data["runs"][0]["tpr_at_1pct_fpr"] is None
     assert (tmp_path / "out" / "exposure.png").stat().st_size > 0
+
+
+def test_fast_path_equals_the_loop_on_the_user_level_model(split):
+    # UserLM (one user per example, rows summed) goes through the exact vmap fallback
+    x, y, _ = lm.pack_users(split.private, split.private_users, max_rows=64, rng=np.random.default_rng(0))
+    model = lm.UserLM(lm.build_model(CharTokenizer().vocab_size, S).double())
+    order = torch.argsort((y != -100).any(-1).sum(1))    # the lightest users: rows of padding
+    xs, ys = x[order[:3], :12], y[order[:3], :12]
+    fast = clipped_grad_sum(model, lm.user_lm_loss, xs, ys, max_grad_norm=0.5, method="fast")
+    loop = clipped_grad_sum(model, lm.user_lm_loss, xs, ys, max_grad_norm=0.5, method="loop")
+    # finetune's user-level runs: the loop, on the non-padding rows only
+    skip = clipped_grad_sum(lm.UserLM(model.lm, skip_padding=True), lm.user_lm_loss, xs, ys, max_grad_norm=0.5,
+                            method="loop")
+    assert (ys == -100).all(-1).any()  # some padding rows to skip
+    for a, b, c in zip(fast, loop, skip):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(c, b, rtol=1e-6, atol=1e-9)
+
+
+def test_clip_only_clips_without_noise_and_reports_the_clipped_fraction(split):
+    base = lm.build_model(CharTokenizer().vocab_size, S)
+    small = lm.LMScale(finetune_epochs=1, batch_size=16)
+    _, rec = lm.finetune(base, split, small, epsilon=math.inf, clip_only=True)
+    assert rec["sigma"] == 0 and rec["clip_only"] and 0 <= rec["clipped_fraction"] <= 1
+    _, rec = lm.finetune(base, split, small, epsilon=math.inf)
+    assert math.isnan(rec["clipped_fraction"]) and not rec["clip_only"]
+    with pytest.raises(ValueError, match="inf"):
+        lm.finetune(base, split, small, epsilon=8.0, clip_only=True)
+
+
+def test_every_private_run_has_its_non_private_control():
+    for scale in ("smoke", "book"):
+        runs = lm.default_runs(scale)
+        for eps, method, unit, *extra in runs:
+            if math.isfinite(eps):
+                assert (math.inf, method, unit) in runs or (math.inf, method, unit, "clip") in runs
+        assert (math.inf, "full", "user", "clip") in runs and (math.inf, "full", "example", "clip") in runs

@@ -242,10 +242,13 @@ def _lm(args: argparse.Namespace) -> int:
     runs = lm.default_runs(scale, [e for e in args.epsilons if math.isfinite(e)] if args.epsilons else None)
     results = lm.run(scale, runs=runs, seed=args.seed, progress=not args.json)
     path = lm.write_results(results, args.out) if args.out else None
+    nan = float("nan")
     rows = [{"epsilon": r["epsilon_target"], "method": r["method"], "unit": r["unit"],
-             "perplexity": r["perplexity"], "exposure@64": max(r["exposure"].get("64", [float("nan")])),
+             "clip_only": r["clip_only"], "clipped": r["clipped_fraction"], "perplexity": r["perplexity"],
+             "mean_exposure@64": sum(r["exposure"].get("64", [nan])) / len(r["exposure"].get("64", [nan])),
              "mia_auc": r["auc"], "tpr@1%fpr": r["tpr_at_1pct_fpr"], "seconds": r["seconds"],
              "trainable": r["trainable_parameters"]} for r in results["runs"]]
+    rows.insert(0, {"method": "public model", "perplexity": results["public_model"]["perplexity"]})
     if args.json:
         _print_json({"command": "lm", "scale": scale, "runs": rows, "results": str(path) if path else None})
         return 0
@@ -264,7 +267,8 @@ def _add_lm(sub) -> None:
                 "example: privlab lm --scale smoke --epsilons 1 8 inf --out results/lm")
     _scale_argument(p)
     p.add_argument("--epsilons", nargs="+", type=float, default=None,
-                   help="target epsilons for full fine-tuning (inf is always run; default 1 3 8, smoke 1 8)")
+                   help="target epsilons for full fine-tuning (inf is always run; default 1 3 8, smoke 1 8); "
+                   "the non-private, clipped-only, LoRA and user-level controls are always run")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, canaries and training (default 0)")
     p.add_argument("--out", default=None, metavar="DIR", help="write DIR/results.json and DIR/exposure.png")
     p.set_defaults(func=_lm)

@@ -43,7 +43,7 @@ import numpy as np
 from privlab._validate import check_array, check_epsilon, check_int, check_positive, check_rng
 
 __all__ = ["tree_levels", "naive_fresh_counts", "noisy_increment_counts", "binary_tree_counts",
-           "tree_prefix_noise", "tree_error_std"]
+           "tree_prefix_noise", "tree_prefix_variance", "tree_error_std"]
 
 
 def _stream(x) -> np.ndarray:
@@ -76,10 +76,13 @@ def noisy_increment_counts(x, *, epsilon, rng: np.random.Generator) -> np.ndarra
 
 
 def _tree_noise(T: int, draw) -> np.ndarray:
-    """Noise of every prefix [0, t) as the sum of its dyadic nodes' noises, each node drawn once."""
+    """Noise of every prefix [0, t) as the sum of its dyadic nodes' noises, each node drawn once.
+
+    ``draw(k)`` returns the noises of the k nodes of a level, shape ``(k,)`` or ``(k, dim)``.
+    """
     L = tree_levels(T)
     node_noise = [draw(-(-T // 2**lvl)) for lvl in range(L)]   # level lvl: blocks of 2^lvl steps
-    out = np.zeros(T)
+    out = np.zeros((T, *node_noise[0].shape[1:]))
     for t in range(1, T + 1):
         total, start = 0.0, 0
         for lvl in reversed(range(L)):                         # greedy dyadic decomposition of [0, t)
@@ -112,14 +115,32 @@ def tree_prefix_noise(T: int, *, std, rng: np.random.Generator, dim: int = 1) ->
     by another) each node moves by up to :math:`2C`: L2 sensitivity :math:`2C\sqrt L`,
     :math:`\rho = 2L/z^2`.
 
+    Its variance per coordinate at step :math:`t` (1-based) is
+    :math:`\mathrm{popcount}(t)\, \sigma^2` (one node per set bit of :math:`t`;
+    :func:`tree_prefix_variance`).
+
     Returns:
         An array of shape ``(T, dim)``.
+
+    >>> from privlab.config import make_rng
+    >>> tree_prefix_noise(5, std=1.0, rng=make_rng(0), dim=3).shape
+    (5, 3)
     """
     T, dim = check_int("T", T), check_int("dim", dim)
     std = check_positive("std", std)
     rng = check_rng(rng)
-    cols = [_tree_noise(T, lambda k: std * rng.standard_normal(k)) for _ in range(dim)]
-    return np.stack(cols, axis=1)
+    return _tree_noise(T, lambda k: std * rng.standard_normal((k, dim)))
+
+
+def tree_prefix_variance(T: int, *, std) -> np.ndarray:
+    r"""Variance per coordinate of :func:`tree_prefix_noise` at :math:`t = 1, \dots, T`:
+    :math:`\mathrm{popcount}(t)\,\sigma^2`.
+
+    >>> tree_prefix_variance(8, std=2.0).tolist()
+    [4.0, 4.0, 8.0, 4.0, 8.0, 8.0, 12.0, 4.0]
+    """
+    T, std = check_int("T", T), check_positive("std", std)
+    return np.array([bin(t).count("1") for t in range(1, T + 1)], dtype=float) * std**2
 
 
 def tree_error_std(T: int, *, epsilon) -> np.ndarray:

@@ -468,6 +468,7 @@ register(Release(
 
 
 
+
 # ----- Lyu, Su, Li 2017 Alg. 3: the SVT that outputs the noisy answer (privlab.sparse_vector) --------
 from privlab.sparse_vector import broken_svt_noisy_answer  # noqa: E402  (appended section)
 
@@ -589,3 +590,26 @@ register(Release(
     name="fresh noise per release", relation="replace-one", epsilon=1.0, delta=0.0,
     unit="event of the stream (one x_t in {0, 1} changed)", pairs=((np.zeros(8), np.r_[1.0, np.zeros(7)]),),
     samples={"smoke": 2_000, "book": 40_000}, draw=_stream_draw(_continual.naive_fresh_counts)))
+
+
+# ----- DP-FTRL's tree of prefix sums (privlab.ftrl) ------------------------------------------------
+# One example's clipped gradient (norm C = 1) sits in the first of T = 4 leaves (add/remove within
+# the fixed order): it enters L = 3 nodes, all four prefix sums. Node noise z C with z calibrated to
+# eps = 1 at delta = 1e-5 (rho = L / (2 z^2), RDP conversion). One coordinate per run: the n runs
+# are the n columns of one tree (independent coordinates).
+from privlab import ftrl as _ftrl  # noqa: E402
+
+_FTRL_T = 4
+_FTRL_Z = _ftrl.calibrate_ftrl_noise(target_epsilon=1.0, delta=1e-5, steps_per_epoch=_FTRL_T)
+
+
+def _ftrl_tree_draw(stream, n, rng):
+    tree = _ftrl.TreePrefixSum(_FTRL_T, dim=n, std=_FTRL_Z * 1.0, rng=rng)
+    return np.array([tree.add(np.full(n, v)) for v in stream]).T   # (n, T): all prefix sums
+
+
+register(Release(
+    name="dp-ftrl tree", relation="add/remove", delta=1e-5,
+    epsilon=_ftrl.ftrl_epsilon(noise_multiplier=_FTRL_Z, steps_per_epoch=_FTRL_T, delta=1e-5),
+    pairs=((np.r_[1.0, np.zeros(_FTRL_T - 1)], np.zeros(_FTRL_T)),), draw=_ftrl_tree_draw,
+    samples={"smoke": 20_000, "book": 200_000}))

@@ -469,6 +469,7 @@ register(Release(
 
 
 
+
 # ----- Lyu, Su, Li 2017 Alg. 3: the SVT that outputs the noisy answer (privlab.sparse_vector) --------
 from privlab.sparse_vector import broken_svt_noisy_answer  # noqa: E402  (appended section)
 
@@ -538,7 +539,7 @@ def _sample_and_aggregate_draw(x, n, rng):
 register(Release(
     name="sample-and-aggregate", relation="add/remove", epsilon=1.0, delta=0.0,
     pairs=((np.r_[np.zeros(6), 1.0], np.zeros(6)),), draw=_sample_and_aggregate_draw,
-    samples={"smoke": 3_000, "book": 50_000}))
+    samples={"smoke": 3_000, "book": 20_000}))
 
 
 # TopDown in miniature, replace-one with the national total invariant: nation -> 2 regions -> 2 areas
@@ -570,7 +571,7 @@ register(Release(
     name="topdown", relation="replace-one", unit="person (national total invariant)",
     epsilon=float(_zcdp_to_epsilon(rho=2 * 3 * _TD_RHO, delta=1e-6)), delta=1e-6,
     pairs=((tuple(_TD_ROWS), tuple([("b", "y", "v")] + _TD_ROWS[1:])),), draw=_topdown_draw,
-    samples={"smoke": 300, "book": 5_000}))
+    samples={"smoke": 300, "book": 2_000}))
 
 
 # the mistake the local-sensitivity section starts from: Laplace noise scaled to the local sensitivity

@@ -467,9 +467,6 @@ register(Release(
     draw=_svt_draw(broken_svt_unscaled_query_noise)))
 
 
-
-
-
 # ----- Lyu, Su, Li 2017 Alg. 3: the SVT that outputs the noisy answer (privlab.sparse_vector) --------
 from privlab.sparse_vector import broken_svt_noisy_answer  # noqa: E402  (appended section)
 

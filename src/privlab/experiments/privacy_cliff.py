@@ -165,7 +165,7 @@ class SweepResult:
 
 
 def cliff_data(*, n_samples: int = 500, n_features: int = 10, n_clusters: int = 5, cluster_std: float = 1.5,
-               test_fraction: float = 0.2, seed: int = 42) -> CliffData:
+               test_fraction: float = 0.2, seed: int = 42, n_test: int | None = None) -> CliffData:
     r"""The published data: ``sklearn.datasets.make_blobs``, standardised, 80/20 split (all seeded by ``seed``).
 
     Standardised with the *population* mean and s.d. of the mixture, not with the
@@ -176,9 +176,19 @@ def cliff_data(*, n_samples: int = 500, n_features: int = 10, n_clusters: int = 
     training points' privacy is not spent on it (the published code standardised with the
     mean and s.d. of all 500 points, a statistic of the private data).
 
+    ``n_test``: if given, the 20% test split is replaced by ``n_test`` fresh points from
+    the same mixture (same centres; their own seed, the same for every ``n_samples``), so
+    small training sets are scored on one large, common test set; the training split is
+    unchanged.
+
     >>> d = cliff_data()
     >>> tuple(d.X_train.shape), tuple(d.X_test.shape), d.n_classes
     ((400, 10), (100, 10), 5)
+    >>> big = cliff_data(n_samples=100, n_test=2_000)
+    >>> tuple(big.X_train.shape), tuple(big.X_test.shape)
+    ((80, 10), (2000, 10))
+    >>> bool((big.X_test == cliff_data(n_samples=500, n_test=2_000).X_test).all())
+    True
     """
     X, y, centres = make_blobs(n_samples=check_int("n_samples", n_samples, minimum=2), n_features=n_features,
                                centers=n_clusters, cluster_std=check_positive("cluster_std", cluster_std),
@@ -186,6 +196,10 @@ def cliff_data(*, n_samples: int = 500, n_features: int = 10, n_clusters: int = 
     X = (X - centres.mean(0)) / np.sqrt(cluster_std**2 + centres.var(0))  # population, not sample, moments
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=check_probability("test_fraction", test_fraction),
                                           random_state=seed)
+    if n_test is not None:  # fresh points around the same centres, independent of n_samples
+        Xte, yte = make_blobs(n_samples=check_int("n_test", n_test, minimum=1), centers=centres,
+                              cluster_std=cluster_std, random_state=seed + 1_000_003)
+        Xte = (Xte - centres.mean(0)) / np.sqrt(cluster_std**2 + centres.var(0))
     t = lambda a, dt: torch.as_tensor(np.ascontiguousarray(a), dtype=dt)  # noqa: E731
     return CliffData(t(Xtr, torch.float32), t(ytr, torch.int64), t(Xte, torch.float32), t(yte, torch.int64),
                      n_clusters, "blobs")

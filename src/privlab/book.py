@@ -204,11 +204,16 @@ def machine() -> str:
     return f"{cpu} ({os.cpu_count()} cores), {gpu}"
 
 
-def _utc(timestamp: float) -> str:
+def utc_text(timestamp: float) -> str:
+    """A POSIX timestamp as ``YYYY-MM-DD HH:MM UTC`` (the provenance notes' format).
+
+    >>> utc_text(0)
+    '1970-01-01 00:00 UTC'
+    """
     return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _code_hash(path: Path) -> str:
+def code_hash(path: Path) -> str:
     """A hash of a chapter's code cells: jupyter-cache reuses outputs exactly when these match."""
     import jupytext
 
@@ -217,7 +222,7 @@ def _code_hash(path: Path) -> str:
     return hashlib.sha256(json.dumps(code).encode()).hexdigest()[:16]
 
 
-class _Ledger:
+class ProvenanceLedger:
     """``provenance.json`` next to a scale's jupyter-cache: one record per executed notebook.
 
     myst-nb says when a page's outputs were computed (its execution ``mtime``) but not where; the
@@ -252,7 +257,7 @@ def provenance_text(record: dict | None, *, scale: str, exec_time: float | None)
         return (f"Scale: {scale}. This page runs no code; built on {record['date']} by privlab "
                 f"{record['privlab']} at commit {record['commit']}.")
     if record is None:
-        return (f"Scale: {scale}. Computed on {_utc(exec_time)}; the commit and machine of that run "
+        return (f"Scale: {scale}. Computed on {utc_text(exec_time)}; the commit and machine of that run "
                 "were not recorded (its outputs come from a jupyter-cache made before provenance "
                 "was kept).")
     runtime = f", in {record['runtime']:.0f} s" if record.get("runtime") else ""
@@ -288,7 +293,7 @@ def _config_inited(app, config) -> None:
     info = app.privlab_build
     theme["extra_footer"] = (
         f'<p class="privlab-build">privlab {info["privlab"]} · commit {info["commit"]} · '
-        f'built {_utc(info["start"])} at scale {info["scale"]}</p>'
+        f'built {utc_text(info["start"])} at scale {info["scale"]}</p>'
     )
     config.html_theme_options = theme
 
@@ -299,9 +304,9 @@ def _source_read(app, docname, source) -> None:
         source[0] = fill_repository(source[0], url)
 
 
-def _ledger(app) -> _Ledger:
+def _ledger(app) -> ProvenanceLedger:
     if not hasattr(app, "privlab_ledger"):
-        app.privlab_ledger = _Ledger(Path(app.outdir).parent / "provenance.json")
+        app.privlab_ledger = ProvenanceLedger(Path(app.outdir).parent / "provenance.json")
     return app.privlab_ledger
 
 
@@ -319,11 +324,11 @@ def _doctree_read(app, doctree) -> None:
     except Exception:  # myst-nb absent or the page is not a notebook
         exec_data = None
     if not exec_data:
-        record = {"privlab": info["privlab"], "commit": info["commit"], "date": _utc(info["start"])}
+        record = {"privlab": info["privlab"], "commit": info["commit"], "date": utc_text(info["start"])}
         text = provenance_text(record, scale=info["scale"], exec_time=None)
     else:
         path = Path(env.doc2path(docname))
-        key = _code_hash(path)
+        key = code_hash(path)
         ledger = _ledger(app)
         mtime = float(exec_data["mtime"])
         # Executed by this build: myst-nb stamps a fresh run with the time it finished, moments ago.
@@ -336,7 +341,7 @@ def _doctree_read(app, doctree) -> None:
             record = {
                 "scale": info["scale"],
                 "commit": git_commit(Path(app.srcdir), (os.path.relpath(path, app.srcdir),)),
-                "date": _utc(mtime),
+                "date": utc_text(mtime),
                 "machine": info["machine"],
                 "privlab": info["privlab"],
                 "runtime": exec_data.get("runtime"),

@@ -64,7 +64,7 @@ def store(chapter: Path, outputs: list[list], *, folder: Path, root: Path, runti
     from jupyter_cache import get_cache
     from jupyter_cache.base import CacheBundleIn
 
-    from privlab.book import _code_hash, _Ledger, _utc, git_commit, machine, package_version
+    from privlab.book import ProvenanceLedger, code_hash, git_commit, machine, package_version, utc_text
 
     nb = myst_notebook(chapter, root)
     code = [cell for cell in nb.cells if cell.cell_type == "code"]
@@ -84,12 +84,12 @@ def store(chapter: Path, outputs: list[list], *, folder: Path, root: Path, runti
     record = {
         "scale": os.environ.get("PRIVLAB_SCALE", "smoke"),
         "commit": git_commit(root, (chapter.relative_to(root).as_posix(),)),
-        "date": _utc(time.time()),
+        "date": utc_text(time.time()),
         "machine": machine(),
         "privlab": package_version(),
         "runtime": runtime,
     }
-    _Ledger(folder / "provenance.json").put(docname, _code_hash(chapter), record)
+    ProvenanceLedger(folder / "provenance.json").put(docname, code_hash(chapter), record)
     return True
 
 

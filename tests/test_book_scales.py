@@ -120,27 +120,13 @@ def test_smoke_then_book_build_shows_the_book_scale(tmp_path):
     note = before[before.index("privlab-provenance"):].split("</div>")[0]
     assert "Computed on" in note and note in after
 
-TOKEN_CHAPTER = """\
----
-jupytext:
-  text_representation: {extension: .md, format_name: myst}
-kernelspec: {display_name: Python 3, language: python, name: python3}
----
 
-# Token
-
-```{code-cell} ipython3
-:tags: [remove-cell]
-
-%s
-```
-
-```{code-cell} ipython3
-import os
-
-print("token:", os.environ.get("PRIVLAB_TOKEN"))
-```
-"""
+# the tiny chapter with its scale cell replaced by one printing an environment variable
+TOKEN_CHAPTER = CHAPTER.replace("# Scale", "# Token").replace(
+    'from privlab.config import get_scale\n\nprint(f"scale: {get_scale().name}")',
+    'import os\n\nprint("token:", os.environ.get("PRIVLAB_TOKEN"))',
+)
+assert "PRIVLAB_TOKEN" in TOKEN_CHAPTER
 
 
 def test_nbval_outputs_serve_the_smoke_build_and_an_edit_misses(tmp_path, monkeypatch):

@@ -55,10 +55,12 @@ def myst_notebook(chapter: Path, root: Path):
     return read_myst_markdown_notebook(text, add_source_map=True, path=str(chapter))
 
 
-def store(chapter: Path, outputs: list[list], *, folder: Path, root: Path, runtime: float) -> bool:
-    """Store ``chapter`` with the given outputs (one list per code cell) in ``folder``'s cache.
+def store(chapter: Path, sources: list[str], outputs: list[list], *, folder: Path, root: Path,
+          runtime: float) -> bool:
+    """Store ``chapter`` with the outputs (one list per code cell) of the code ``sources`` that ran.
 
-    Returns False, storing nothing, when the number of code cells differs from ``len(outputs)``.
+    Returns False, storing nothing, when the chapter's code cells, as myst-nb reads them, are not
+    exactly ``sources`` (an edit between the test run and now).
     """
     import nbformat
     from jupyter_cache import get_cache
@@ -68,7 +70,7 @@ def store(chapter: Path, outputs: list[list], *, folder: Path, root: Path, runti
 
     nb = myst_notebook(chapter, root)
     code = [cell for cell in nb.cells if cell.cell_type == "code"]
-    if len(code) != len(outputs):
+    if [cell.source for cell in code] != list(sources) or len(sources) != len(outputs):
         return False
     for count, (cell, outs) in enumerate(zip(code, outputs), start=1):
         cell.outputs = [nbformat.from_dict(dict(o)) for o in outs]
@@ -123,12 +125,9 @@ def pytest_sessionfinish(session, exitstatus) -> None:
         passed = all(_outcomes.get(c.nodeid) and set(_outcomes[c.nodeid]) == {"passed"} for c in cells)
         if chapter is None or not passed or any(c.test_outputs is None for c in cells):
             continue
-        sources_match = [c.cell.source for c in cells] == [
-            cell.source for cell in myst_notebook(chapter, root).cells if cell.cell_type == "code"
-        ]
         runtime = sum(_durations[c.nodeid] for c in cells)
-        if sources_match and store(chapter, [c.test_outputs for c in cells], folder=Path(folder),
-                                   root=root, runtime=runtime):  # fmt: skip
+        if store(chapter, [c.cell.source for c in cells], [c.test_outputs for c in cells],
+                 folder=Path(folder), root=root, runtime=runtime):  # fmt: skip
             stored.append(chapter.stem)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:

@@ -84,6 +84,13 @@ def _code(above: np.ndarray, c: int | None) -> np.ndarray:
     return out
 
 
+def _checked(values, c, epsilon, sensitivity, rng):
+    """The validated ``(queries, c, epsilon, sensitivity, rng)`` every SVT variant starts from."""
+    q = _queries(values)
+    c = check_int("c", c)
+    return q, c, check_epsilon(epsilon), check_positive("sensitivity", sensitivity), check_rng(rng)
+
+
 def _draws(size) -> int:
     return 1 if size is None else check_int("size", size)
 
@@ -108,11 +115,7 @@ def sparse_vector(values, *, threshold, c: int, epsilon, sensitivity, rng: np.ra
     Raises:
         ValueError: invalid privacy parameters, ``values``, ``c`` or ``rng``.
     """
-    q = _queries(values)
-    c = check_int("c", c)
-    eps = check_epsilon(epsilon)
-    d = check_positive("sensitivity", sensitivity)
-    rng = check_rng(rng)
+    q, c, eps, d, rng = _checked(values, c, epsilon, sensitivity, rng)
     n = _draws(size)
     eps1 = eps2 = eps / 2
     rho = rng.laplace(scale=d / eps1, size=(n, 1))
@@ -151,11 +154,7 @@ def broken_svt_threshold_noise_only(values, *, threshold, c: int, epsilon, sensi
     (:math:`0 < \rho \le 1`, with :math:`T = 0`) and on the neighbour
     :math:`q' = (1, 0)` probability zero: no finite :math:`\varepsilon` holds.
     """
-    q = _queries(values)
-    check_int("c", c)
-    eps = check_epsilon(epsilon)
-    d = check_positive("sensitivity", sensitivity)
-    rng = check_rng(rng)
+    q, _, eps, d, rng = _checked(values, c, epsilon, sensitivity, rng)  # no cutoff: c unused
     rho = rng.laplace(scale=2 * d / eps, size=(_draws(size), 1))
     out = _code(q[None, :] >= _threshold(threshold) + rho, None)
     return out[0] if size is None else out
@@ -174,11 +173,7 @@ def broken_svt_unscaled_query_noise(values, *, threshold, c: int, epsilon, sensi
     separate more as :math:`m` grows (privacy loss about 4 at
     :math:`m = 10`, :math:`\varepsilon = 1`).
     """
-    q = _queries(values)
-    check_int("c", c)
-    eps = check_epsilon(epsilon)
-    d = check_positive("sensitivity", sensitivity)
-    rng = check_rng(rng)
+    q, _, eps, d, rng = _checked(values, c, epsilon, sensitivity, rng)  # no cutoff: c unused
     n = _draws(size)
     rho = rng.laplace(scale=d / (eps / 2), size=(n, 1))
     nu = rng.laplace(scale=d / (eps / 2), size=(n, q.size))
@@ -223,11 +218,7 @@ def broken_svt_noisy_answer(values, *, threshold, c: int, epsilon, sensitivity,
     >>> codes.tolist(), round(float(answers[1]), 3)
     ([0, 1, -1], 100.0)
     """
-    q = _queries(values)
-    c = check_int("c", c)
-    eps = check_epsilon(epsilon)
-    d = check_positive("sensitivity", sensitivity)
-    rng = check_rng(rng)
+    q, c, eps, d, rng = _checked(values, c, epsilon, sensitivity, rng)
     n = _draws(size)
     eps1 = eps2 = eps / 2
     rho = rng.laplace(scale=d / eps1, size=(n, 1))

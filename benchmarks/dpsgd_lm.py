@@ -1,4 +1,4 @@
-"""Per-step time and peak memory of DP-SGD on the tiny GPT-2 of chapter 13, full and LoRA-only, in one run.
+"""Per-step time and peak memory of DP-SGD on the tiny GPT-2 of chapter 14, full and LoRA-only, in one run.
 
 The model is :func:`privlab.experiments.language_model.build_model` at the chapter's ``book``
 scale (2 layers, width 96, 4 heads; random weights, nothing downloaded) with ``--seq-len``
@@ -150,7 +150,7 @@ def main(argv=None) -> dict:
                          cpu_ms_per_step=1e3 * statistics.median(t[1] for t in r["times"]),
                          peak_mb=step_peak_bytes(r["step"], r["release"], x, x, device) / 2**20)
                for key, r in runs.items()}
-    print(f"DP-SGD step on the tiny GPT-2 of chapter 13 (book scale), batch {args.batch}, T = {args.seq_len}, "
+    print(f"DP-SGD step on the tiny GPT-2 of chapter 14 (book scale), batch {args.batch}, T = {args.seq_len}, "
           f"vocab {args.vocab}, torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s)")
     print(f"{'variant: method':28s} {'wall ms':>9s} {'x wall':>7s} {'CPU ms':>9s} {'x CPU':>7s} {'peak MB':>9s} {'x mem':>7s}")
     nan = float("nan")

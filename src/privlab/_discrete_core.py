@@ -18,7 +18,7 @@ integers:
 Rejection loops draw for a whole batch and keep the first accepted draws in
 index order; acceptance is independent across indices, so they are i.i.d.
 
-Used in: chapter 11.
+Used in: chapter 12.
 """
 
 from __future__ import annotations

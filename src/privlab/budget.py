@@ -54,7 +54,7 @@ privlab.budget.BudgetExceededError: query 'histogram' refused: under basic compo
 :func:`summarize_ledger` reads a ledger file back as a table: what each data set
 paid, and where (the audit trail of :class:`privlab.pipeline.PrivacyPipeline`).
 
-Used in: chapters 3, 11, 12.
+Used in: chapters 3, 12, 13.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ class Ledger:
     >>> [r.query for r in Ledger(path).records()]
     ['count']
 
-    Used in: chapters 3, 11, 12.
+    Used in: chapters 3, 12, 13.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -317,7 +317,7 @@ class PrivacyOdometer:
     The totals shown between spends (``spent_epsilon``, ``remaining_epsilon``, ...)
     are those of the last read of the ledger; :meth:`refresh` re-reads it.
 
-    Used in: chapters 3, 11, 12.
+    Used in: chapters 3, 12, 13.
     """
 
     def __init__(self, *, total_epsilon: float, total_delta: float, composition: str = "basic",
@@ -537,7 +537,7 @@ def summarize_ledger(path: str | os.PathLike) -> LedgerSummary:
         epsilon, delta, accounting method, spent and remaining epsilon, quality) and per
         data set (total, spent, remaining, number of computations; epsilon summed by basic composition).
 
-    Used in: chapters 11, 12.
+    Used in: chapters 12, 13.
     """
     rows = []
     for r in Ledger(path).records():

@@ -176,7 +176,7 @@ def _streamrec(args: argparse.Namespace) -> int:
 
 
 def _add_streamrec(sub) -> None:
-    p = _parser(sub, "streamrec", "the DP StreamRec sweep (chapter 12): results.json and figures",
+    p = _parser(sub, "streamrec", "the DP StreamRec sweep (chapter 13): results.json and figures",
                 "example: privlab streamrec --scale smoke --epsilons 1 8 inf --out runs/streamrec")
     _scale_argument(p)
     p.add_argument("--epsilons", nargs="+", type=float, default=[1.0, 3.0, 8.0, float("inf")],
@@ -221,7 +221,7 @@ def _cliff(args: argparse.Namespace) -> int:
 
 
 def _add_cliff(sub) -> None:
-    p = _parser(sub, "cliff", "the privacy-cliff reproduction sweep (chapter 6): 66 DP-SGD runs at once",
+    p = _parser(sub, "cliff", "the privacy-cliff reproduction sweep (chapter 7): 66 DP-SGD runs at once",
                 "example: privlab cliff --mode corrected --task cps1988 --json")
     p.add_argument("--mode", choices=["published", "corrected"], default="published",
                    help="published: shuffled batches + simplified RDP; corrected: Poisson + PLD (default published)")
@@ -282,7 +282,7 @@ def _localhost(args: argparse.Namespace) -> int:
 
 def _add_localhost(sub) -> None:
     p = sub.add_parser("localhost", add_help=False, prefix_chars="\0",
-                       help="the FedAvg experiment on a Flower SuperLink and N SuperNodes on localhost (chapter 8)")
+                       help="the FedAvg experiment on a Flower SuperLink and N SuperNodes on localhost (chapter 9)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="see privlab localhost --help")
     p.set_defaults(func=_localhost)
 
@@ -296,7 +296,7 @@ def _distributed(args: argparse.Namespace) -> int:
 
 def _add_distributed(sub) -> None:
     p = sub.add_parser("distributed", add_help=False, prefix_chars="\0",
-                       help="multi-process DP-SGD, one process per rank (chapter 7): "
+                       help="multi-process DP-SGD, one process per rank (chapter 8): "
                             "torchrun --nproc_per_node=N $(which privlab) distributed ...")
     p.add_argument("args", nargs=argparse.REMAINDER, help="see privlab distributed --help")
     p.set_defaults(func=_distributed)

@@ -29,7 +29,7 @@ True
 >>> round(discrete_gaussian_delta(sigma2=1, epsilon=1), 6)
 0.141351
 
-Used in: chapter 11.
+Used in: chapter 12.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def sample_bernoulli_exp(gamma, *, rng, size=None):
     >>> sample_bernoulli_exp(0, rng=make_rng(0), size=3)
     array([1, 1, 1])
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     g = core.check_rational("gamma", gamma, allow_zero=True)
     n, d = g.numerator, g.denominator
@@ -118,7 +118,7 @@ def sample_discrete_laplace(scale, *, rng, size=None):
     Raises:
         ValueError: ``scale`` not a positive exact rational; an invalid ``rng``.
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     t = core.check_rational("scale", scale)
     a, b = t.numerator, t.denominator
@@ -147,7 +147,7 @@ def sample_discrete_gaussian(sigma2, *, rng, size=None):
     Raises:
         ValueError: ``sigma2`` not a positive exact rational; an invalid ``rng``.
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     s2 = core.check_rational("sigma2", sigma2)
     p, q = s2.numerator, s2.denominator
@@ -183,7 +183,7 @@ def discrete_laplace_pmf(k, *, scale):
     >>> round(discrete_laplace_pmf(1, scale=Fraction(1, 2)), 6)
     0.103071
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     t = float(core.check_rational("scale", scale))
     z = core.check_integers("k", k)
@@ -222,7 +222,7 @@ def discrete_gaussian_pmf(k, *, sigma2):
     >>> round(discrete_gaussian_pmf(0, sigma2=1), 6)
     0.398942
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     s2 = float(core.check_rational("sigma2", sigma2))
     z = core.check_integers("k", k).astype(float)
@@ -263,7 +263,7 @@ def discrete_gaussian_delta(*, sigma2, sensitivity=1, epsilon) -> float:
     >>> round(discrete_gaussian_delta(sigma2=4, sensitivity=1, epsilon=0.5), 6)
     0.054007
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     s2 = float(core.check_rational("sigma2", sigma2))
     d = check_int("sensitivity", sensitivity)
@@ -299,7 +299,7 @@ def discrete_gaussian_epsilon(*, sigma2, sensitivity=1, delta) -> float:
     >>> round(discrete_gaussian_epsilon(sigma2=100, delta=1e-5), 4)
     0.3408
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     delta = check_probability("delta", delta, open_high=True)
     s2, d = core.check_rational("sigma2", sigma2), check_int("sensitivity", sensitivity)
@@ -343,7 +343,7 @@ def discrete_laplace_mechanism(value, *, sensitivity=1, epsilon, rng):
     Raises:
         ValueError: ``value`` not integers; invalid ``sensitivity``, ``epsilon`` or ``rng``.
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     scale = Fraction(check_int("sensitivity", sensitivity)) / core.check_rational("epsilon", epsilon)
     x = core.check_integers("value", value)
@@ -370,7 +370,7 @@ def discrete_gaussian_mechanism(value, *, sigma2, rng):
     Raises:
         ValueError: ``value`` not integers; invalid ``sigma2`` or ``rng``.
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     s2 = core.check_rational("sigma2", sigma2)
     x = core.check_integers("value", value)
@@ -457,7 +457,7 @@ def snapping_mechanism(value, *, sensitivity, epsilon, lower, upper, rng, grid_b
     >>> snapping_grid_sensitivity(sensitivity=1.0, grid_bits=0, size=100)
     100
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     eps = core.check_rational("epsilon", epsilon)
     lo, hi = (Fraction(float(check_array(n, v, ndim=0))) for n, v in (("lower", lower), ("upper", upper)))
@@ -491,7 +491,7 @@ def snapping_grid_sensitivity(*, sensitivity, grid_bits: int, size: int) -> int:
     >>> snapping_grid_sensitivity(sensitivity=0.3, grid_bits=2, size=1)
     2
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     delta = Fraction(check_positive("sensitivity", sensitivity))
     if isinstance(grid_bits, bool) or not isinstance(grid_bits, (int, np.integer)) or abs(grid_bits) > 60:

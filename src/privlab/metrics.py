@@ -39,7 +39,7 @@ IR techniques" (NDCG); McSherry and Najork (2008), "Computing information
 retrieval performance measures efficiently in the presence of tied scores";
 Hanley and McNeil (1982) (AUC as the Mann-Whitney statistic).
 
-Used in: chapters 6, 7, 12.
+Used in: chapters 7, 8, 13.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def accuracy(y_true, y_score, *, threshold: float = 0.5) -> float:
     >>> accuracy([0, 1, 1, 0], [0.2, 0.7, 0.4, 0.5])
     0.5
 
-    Used in: chapters 6, 7, 12.
+    Used in: chapters 7, 8, 13.
     """
     y, s = _pointwise(y_true, y_score)
     return float(np.mean((s >= _threshold(threshold)) == y))
@@ -154,7 +154,7 @@ def f1_score(y_true, y_score, *, threshold: float = 0.5) -> float:
     >>> f1_score([0, 1, 1, 0], [0.2, 0.7, 0.4, 0.5])   # TP=1, FP=1, FN=1
     0.5
 
-    Used in: chapters 7, 12.
+    Used in: chapters 8, 13.
     """
     y, s = _pointwise(y_true, y_score)
     pred = s >= _threshold(threshold)
@@ -187,7 +187,7 @@ def roc_auc(y_true, y_score) -> float:
     >>> roc_auc([0, 1, 0, 1], [0.3, 0.3, 0.1, 0.9])   # one tie counts one half
     0.875
 
-    Used in: chapters 7, 11, 12.
+    Used in: chapters 8, 12, 13.
     """
     y, s = _pointwise(y_true, y_score)
     n_pos = int(y.sum())
@@ -260,7 +260,7 @@ def ranking_per_user(user, label, score, *, k: int) -> RankingResult:
     >>> float(r.recall[0]), round(float(r.ndcg[0]), 4)   # hit at rank 2: 1/log2(3)
     (1.0, 0.6309)
 
-    Used in: chapter 12.
+    Used in: chapter 13.
     """
     k = check_int("k", k, minimum=1)
     user = _numpy(user)
@@ -315,7 +315,7 @@ def recall_at_k(user, label, score, *, k: int) -> float:
     >>> recall_at_k([0, 0, 0, 0], [1, 0, 0, 1], [4, 3, 2, 1], k=2)
     0.5
 
-    Used in: chapter 12.
+    Used in: chapter 13.
     """
     return ranking_per_user(user, label, score, k=k).mean_recall
 
@@ -328,7 +328,7 @@ def ndcg_at_k(user, label, score, *, k: int) -> float:
     >>> ndcg_at_k([0, 0, 0], [1, 1, 0], [3, 2, 1], k=2)   # a perfect ranking
     1.0
 
-    Used in: chapter 12.
+    Used in: chapter 13.
     """
     return ranking_per_user(user, label, score, k=k).mean_ndcg
 
@@ -385,7 +385,7 @@ def metrics_table(
     >>> df.loc["overall", ["accuracy", "auc", "recall@1"]].tolist()
     [1.0, 1.0, 1.0]
 
-    Used in: chapters 7, 12.
+    Used in: chapters 8, 13.
     """
     k = check_int("k", k, minimum=1)
     threshold = _threshold(threshold)

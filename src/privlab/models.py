@@ -3,7 +3,7 @@ r"""Models the chapters train: the StreamRec click predictor and a small MLP fac
 Both are plain ``torch.nn`` modules built only from layers DP-SGD handles
 per example (Linear, LayerNorm, ReLU, Dropout): no BatchNorm, whose batch
 statistics mix examples and break per-example gradients (Opacus's
-``ModuleValidator`` refuses it; chapter 7).
+``ModuleValidator`` refuses it; chapter 8).
 
 >>> import torch
 >>> model = StreamRecClickPredictor()
@@ -16,7 +16,7 @@ References: Abadi et al. (2016), arXiv:1607.00133 (DP-SGD); Ba, Kiros and
 Hinton (2016), arXiv:1607.06450 (LayerNorm); Yousefpour et al. (2021),
 arXiv:2109.12298 (Opacus).
 
-Used in: chapters 5, 6, 7, 10, 11, 12.
+Used in: chapters 6, 7, 8, 11, 12, 13.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class StreamRecClickPredictor(nn.Module):
     >>> model(torch.randn(3, 40)).shape
     torch.Size([3])
 
-    Used in: chapters 7, 12.
+    Used in: chapters 8, 13.
     """
 
     def __init__(self, n_features: int = 40, hidden: int | Sequence[int] = (128, 64, 32), *,
@@ -99,7 +99,7 @@ class StreamRecClickPredictor(nn.Module):
         # x: (B, n_features) -> features: (B, hidden[-1]) -> head: (B, 1) -> logits: (B,)
         # The trailing dimension is squeezed on purpose: with (B, 1) logits, a per-example
         # loss is (B, 1), and Opacus 1.6's ghost clipping multiplies it by (B,) clip factors,
-        # which broadcasts to (B, B) and silently skips per-example clipping (chapter 7).
+        # which broadcasts to (B, B) and silently skips per-example clipping (chapter 8).
         # squeeze(-1), not squeeze(): a batch of one stays (1,), not a 0-d tensor.
         return self.head(self.features(x)).squeeze(-1)
 
@@ -111,7 +111,7 @@ class MLP(nn.Sequential):
 
     It has :math:`\sum_\ell (d_{\ell-1} + 1)\, d_\ell` parameters; the
     privacy-cliff reproduction's 10-64-5 network has
-    :math:`(10+1)\cdot 64 + (64+1)\cdot 5 = 1{,}029` (COURSE.md, chapter 6).
+    :math:`(10+1)\cdot 64 + (64+1)\cdot 5 = 1{,}029` (COURSE.md, its chapter 6; chapter 7 here).
 
     Args:
         in_features: :math:`d_0`.
@@ -131,7 +131,7 @@ class MLP(nn.Sequential):
     >>> count_parameters(MLP(10, [32, 16], 2))
     914
 
-    Used in: chapters 5, 6, 10, 11.
+    Used in: chapters 6, 7, 11, 12.
     """
 
     def __init__(self, in_features: int, hidden: int | Sequence[int], out_features: int, *,
@@ -160,7 +160,7 @@ def seeded(seed: int):
     >>> bool(torch.equal(a.weight, b.weight))
     True
 
-    Used in: chapters 5, 10, 11.
+    Used in: chapters 6, 11, 12.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))

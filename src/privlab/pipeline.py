@@ -9,9 +9,9 @@ r"""A privacy pipeline: a plan that validates itself, and an audit trail in the 
 * federated settings are complete (clients, rounds, local epochs :math:`\ge 1`),
   secure aggregation only with federated learning;
 * synthetic data without DP warns :class:`NoFormalGuaranteeWarning` (a generator
-  memorises; no formal guarantee, chapter 9); federated learning without DP warns
+  memorises; no formal guarantee, chapter 10); federated learning without DP warns
   :class:`CommunicationPrivacyOnlyWarning` (raw data stay local, but the model
-  and the updates are not private, chapter 8); secure aggregation is noted as
+  and the updates are not private, chapter 9); secure aggregation is noted as
   communication privacy (the server sees only the sum, Bonawitz et al. 2017),
   never as output privacy.
 
@@ -25,7 +25,7 @@ from the ledger file alone.
 Reference: Dwork and Roth 2014, *The Algorithmic Foundations of Differential
 Privacy*, Theorem 3.16 (basic composition); Bonawitz et al. 2017 (CCS), secure aggregation.
 
-Used in: chapters 11, 12.
+Used in: chapters 12, 13.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class PrivacyConfig:
     ...
     ValueError: dpsgd_target_epsilon = 4 exceeds total_epsilon = 3 (with synthetic_dp_epsilon = 0, basic composition) by 1
 
-    Used in: chapters 11, 12.
+    Used in: chapters 12, 13.
     """
 
     total_epsilon: float
@@ -185,7 +185,7 @@ class PrivacyPipeline:
         dataset: the data set's name (every record carries it).
         ledger: a :class:`privlab.budget.Ledger` or a path; existing records are replayed.
 
-    Used in: chapters 11, 12.
+    Used in: chapters 12, 13.
     """
 
     def __init__(self, config: PrivacyConfig, *, dataset: str, ledger: Ledger | str | os.PathLike) -> None:

@@ -8,7 +8,7 @@ number in the book can be traced to the code and the hardware that produced it.
 >>> to_jsonable({"eps": float("inf"), "x": [float("nan"), 1]})
 {'eps': 'inf', 'x': [None, 1]}
 
-Used in: chapter 12.
+Used in: chapter 13.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ accountant                                  events it analyses
 
 (*) via a share of delta per step and the analytic Gaussian epsilon.
 
-Used in: chapters 3, 4, 5, 6, 7, 8, 9, 11, 12.
+Used in: chapters 3, 4, 6, 7, 8, 9, 10, 12, 13.
 """
 
 from .base import Accountant, UnsupportedEventError, handles

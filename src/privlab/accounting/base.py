@@ -32,7 +32,7 @@ True
 >>> RdpAccountant.supports(PoissonSampledEvent(0.1, LaplaceEvent(1.0)))
 False
 
-Used in: chapters 3, 4, 12.
+Used in: chapters 3, 4, 13.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ running forever.
 >>> abs(sigma - 1.0) < 1e-3
 True
 
-Used in: chapters 4, 5, 6, 7, 8, 12.
+Used in: chapters 4, 6, 7, 8, 9, 13.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def dpsgd_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, de
     >>> round(dpsgd_epsilon(noise_multiplier=1.0, sample_rate=0.01, steps=10_000, delta=1e-5, accountant="rdp"), 3)
     6.713
 
-    Used in: chapters 4, 5, 6, 7, 12.
+    Used in: chapters 4, 6, 7, 8, 13.
     """
     sigma = check_positive("noise_multiplier", noise_multiplier)
     q, k, d = _check_run(sample_rate, steps, delta, accountant)
@@ -127,7 +127,7 @@ def calibrate(fn: Callable[[float], float], *, target: float, initial: float = 1
     >>> 5.0 <= x <= 5.0 * 1.001
     True
 
-    Used in: chapters 4, 5, 12.
+    Used in: chapters 4, 6, 13.
     """
     log_target = math.log(check_epsilon(target, name=name))
 
@@ -218,7 +218,7 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
     ...                       accountant="rdp"), 2)
     1.0
 
-    Used in: chapters 4, 5, 7, 12.
+    Used in: chapters 4, 6, 8, 13.
     """
     eps = check_epsilon(target_epsilon, name="target_epsilon")
     q, k, d = _check_run(sample_rate, steps, delta, accountant)

@@ -30,7 +30,7 @@ loose; RDP and PLD exist for that reason (chapter 4).
 >>> advanced_is_worse(epsilon=1.4 / 6, k=6, delta_prime=1e-5)
 True
 
-Used in: chapters 3, 4, 12.
+Used in: chapters 3, 4, 13.
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ class BasicCompositionAccountant(_EpsDeltaComposition):
     >>> round(acc.get_epsilon(1e-6), 12), acc.get_delta(1.0)
     (1.0, 0.0)
 
-    Used in: chapters 3, 12.
+    Used in: chapters 3, 13.
     """
 
     name = "basic"
@@ -280,7 +280,7 @@ class AdvancedCompositionAccountant(_EpsDeltaComposition):
     >>> round(acc.get_epsilon(1e-5), 2)
     1.62
 
-    Used in: chapters 3, 12.
+    Used in: chapters 3, 13.
     """
 
     name = "advanced"

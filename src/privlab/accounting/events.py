@@ -30,7 +30,7 @@ ValueError: noise_multiplier must be a finite number > 0, got 0.0
 >>> event_from_dict(event_to_dict(step)) == step
 True
 
-Used in: chapters 3, 4, 5, 7, 8, 9, 11, 12.
+Used in: chapters 3, 4, 6, 8, 9, 10, 12, 13.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def dpsgd_event(*, noise_multiplier: float, sample_rate: float, steps: int) -> P
     >>> dpsgd_event(noise_multiplier=1.0, sample_rate=1.0, steps=3)
     SelfComposedEvent(event=GaussianEvent(noise_multiplier=1.0), count=3)
 
-    Used in: chapters 4, 5, 12.
+    Used in: chapters 4, 6, 13.
     """
     gaussian = GaussianEvent(noise_multiplier=noise_multiplier)
     q = check_probability("sample_rate", sample_rate)

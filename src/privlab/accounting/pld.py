@@ -64,7 +64,7 @@ more than the sum of its epsilons.
 >>> 0 <= acc.get_epsilon(1e-5) - exact < 1e-3 * exact
 True
 
-Used in: chapters 4, 5, 8, 12.
+Used in: chapters 4, 6, 9, 13.
 """
 
 from __future__ import annotations
@@ -284,7 +284,7 @@ class PldAccountant(Accountant):
     function of the noise is monotone only up to the discretisation error
     (about ``accuracy``, relative).
 
-    Used in: chapters 4, 5, 8, 12.
+    Used in: chapters 4, 6, 9, 13.
     """
 
     name = "pld"

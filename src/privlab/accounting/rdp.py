@@ -38,7 +38,7 @@ and ours do not). Per-step curves are cached by (q, sigma, orders).
 >>> round(acc.get_epsilon(1e-5), 3)
 6.713
 
-Used in: chapters 4, 5, 6, 7, 12.
+Used in: chapters 4, 6, 7, 8, 13.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def subsampled_gaussian_rdp(*, sample_rate: float, noise_multiplier: float, orde
     >>> rdp.tolist()
     [1.0]
 
-    Used in: chapters 4, 5.
+    Used in: chapters 4, 6.
     """
     q = check_probability("sample_rate", sample_rate)
     s = check_positive("noise_multiplier", noise_multiplier)
@@ -273,7 +273,7 @@ class RdpAccountant(Accountant):
     Supports Gaussian, Poisson-subsampled Gaussian, Laplace and pure
     (epsilon, 0) events.
 
-    Used in: chapters 4, 5, 12.
+    Used in: chapters 4, 6, 13.
     """
 
     name = "rdp"

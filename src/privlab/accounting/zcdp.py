@@ -29,7 +29,7 @@ subsampled events raise :class:`~privlab.accounting.base.UnsupportedEventError`.
 >>> round(ZcdpAccountant(conversion="optimal").compose(GaussianEvent(1.0), count=1000).get_epsilon(1e-5), 2)
 648.78
 
-Used in: chapters 4, 9.
+Used in: chapters 4, 10.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def rho_from_epsilon(*, epsilon: float, delta: float) -> float:
     >>> round(rho_from_epsilon(epsilon=1.0, delta=1e-6), 6)
     0.017469
 
-    Used in: chapter 9.
+    Used in: chapter 10.
     """
     eps, log_inv_delta = check_epsilon(epsilon), math.log(1 / check_delta(delta))
     # (sqrt(L + eps) - sqrt(L))^2 = eps^2 / (sqrt(L + eps) + sqrt(L))^2, stable for small eps
@@ -146,7 +146,7 @@ def epsilon_from_rho(*, rho: float, delta: float) -> float:
     >>> round(epsilon_from_rho(rho=rho_from_epsilon(epsilon=3.0, delta=1e-5), delta=1e-5), 9)
     3.0
 
-    Used in: chapter 9.
+    Used in: chapter 10.
     """
     return zcdp_to_epsilon(rho=rho, delta=delta, conversion="classic")
 
@@ -157,7 +157,7 @@ class ZcdpAccountant(Accountant):
     Args:
         conversion: ``"classic"`` (default) or ``"optimal"``, see the module docstring.
 
-    Used in: chapters 4, 9.
+    Used in: chapters 4, 10.
     """
 
     name = "zcdp"

@@ -1,8 +1,8 @@
 r"""Attacks that the defences of the course stop, each measured beside its defence.
 
 =============================  ==================================================
-membership inference (LiRA)    :mod:`privlab.attacks.lira` (chapter 11)
-gradient inversion             :mod:`privlab.attacks.inversion` (chapter 8)
+membership inference (LiRA)    :mod:`privlab.attacks.lira` (chapter 12)
+gradient inversion             :mod:`privlab.attacks.inversion` (chapter 9)
 =============================  ==================================================
 """
 

@@ -32,7 +32,7 @@ from the server at central noise levels needs secure aggregation with
 distributed noise (Kairouz, Liu, Steinke 2021, arXiv:2102.06387). The clip norm
 must not depend on the client's private data (take it from public data or fix it).
 
-Used in: chapter 8.
+Used in: chapter 9.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ Averages of tests that each meet the bound at a common threshold meet it too.
 the gradient of a linear layer is an outer product, so its norm is the product
 of two norms) or without privacy.
 
-Used in: chapter 11.
+Used in: chapter 12.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def lira_scores(
     Raises:
         ValueError: shapes differ, fewer than 3 models, or non-finite ``phi``.
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     phi = np.asarray(phi, dtype=float)
     keep = np.asarray(keep, dtype=bool)
@@ -308,7 +308,7 @@ def train_mlps(X, y, keep, *, hidden: int, epochs: int, sample_rate: float, lr: 
     :math:`p` times the pool size :math:`N`, both fixed before the inclusion coins are
     drawn), never :math:`N_m` or the realised :math:`|S_m|`: under add/remove :math:`N_m`
     differs between neighbours, and an update scaled by it would release it through
-    the noise norm, a leak the accountant does not charge (chapter 11).
+    the noise norm, a leak the accountant does not charge (chapter 12).
 
     Args:
         X: ``(N, d)`` float features. y: ``(N,)`` integer labels.
@@ -325,7 +325,7 @@ def train_mlps(X, y, keep, *, hidden: int, epochs: int, sample_rate: float, lr: 
     Raises:
         ValueError: bad shapes or parameters (noise without clipping).
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     X = torch.as_tensor(np.asarray(X), dtype=torch.float32)
     yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
@@ -415,7 +415,7 @@ def bootstrap_tpr(scores_list, members, fpr: float, *, n_boot: int, rng: np.rand
     >>> bootstrap_tpr([s, s], m, 0.5, n_boot=3, rng=np.random.default_rng(0)).shape
     (3, 2)
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     members = np.asarray(members, dtype=bool)
     arrays = [np.asarray(s, dtype=float) for s in scores_list]

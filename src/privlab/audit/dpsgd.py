@@ -49,7 +49,7 @@ Size the runs with :func:`privlab.audit.stats.runs_for_power`: with perfect
 separation the bound is about :math:`\ln(R / \ln(2/\alpha))`, so no audit of
 :math:`R` runs per world can certify more than that.
 
-Used in: chapter 11.
+Used in: chapter 12.
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ def audit_dpsgd(
     >>> r.caught
     False
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     n_runs = check_int("n_runs", n_runs)
     sigma, c, q, steps, delta, eps_claim = check_dpsgd_claim(
@@ -289,7 +289,7 @@ def input_canary_task(*, n: int = 40, d: int = 4, canary_scale: float = 10.0,
     >>> tuple(t.X.shape), t.canary_x.tolist(), float(t.X[:, -1].abs().sum())
     ((5, 3), [0.0, 0.0, 10.0], 0.0)
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     n, d = check_int("n", n), check_int("d", d, minimum=2)
     a = check_positive("canary_scale", canary_scale)
@@ -361,7 +361,7 @@ def audit_dpsgd_input(
 
     Reference: Jagielski et al. 2020 (arXiv:2006.07709); Nasr et al. 2021 (arXiv:2101.04535).
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     epochs, n_runs = check_int("epochs", epochs), check_int("n_runs", n_runs)
     q = check_probability("sample_rate", sample_rate)

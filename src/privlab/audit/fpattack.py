@@ -26,7 +26,7 @@ is reachable from both inputs, and the attack is a coin flip.
 Reference: Mironov (2012), "On significance of the least significant bits for
 differential privacy", ACM CCS 2012.
 
-Used in: chapter 11.
+Used in: chapter 12.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def textbook_laplace_mechanism(value, *, scale, rng: np.random.Generator, sample
     Raises:
         ValueError: invalid ``value``, ``scale``, ``rng``, ``sampler`` or ``size``.
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     x, b = float(check_array("value", value, ndim=0)), check_positive("scale", scale)
     rng, sampler = check_rng(rng), _check_sampler(sampler)
@@ -124,7 +124,7 @@ def textbook_laplace_noise(u, *, scale, sampler: str = "numpy") -> float:
     >>> textbook_laplace_noise(0.25, scale=2.0) == 2.0 * math.log(0.5)
     True
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     k = float(check_array("u", u, ndim=0)) * 2.0**53
     if not (1 <= k <= _K_MAX and k.is_integer()):
@@ -155,7 +155,7 @@ def textbook_laplace_reachable(output, candidate, *, scale, sampler: str = "nump
     >>> textbook_laplace_reachable(1.0, 1.0, scale=1.0)
     True
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     y, x = (float(check_array(n, v, ndim=0)) for n, v in (("output", output), ("candidate", candidate)))
     b, sampler = check_positive("scale", scale), _check_sampler(sampler)
@@ -195,7 +195,7 @@ def grid_reachable(output, candidate, *, gamma=1, lower=-math.inf, upper=math.in
     >>> grid_reachable(0.75, 0.0, gamma=Fraction(1, 4), lower=0, upper=1)
     True
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     y = Fraction(float(check_array("output", output, ndim=0)))
     return y in (lower, upper) or (lower <= y <= upper and (y / Fraction(gamma)).denominator == 1)
@@ -244,7 +244,7 @@ def distinguishing_attack(
     Raises:
         ValueError: invalid ``n_trials`` or ``rng``.
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     n, rng = check_int("n_trials", n_trials), check_rng(rng)
     secrets, coins = rng.integers(0, 2, size=n), rng.integers(0, 2, size=n)
@@ -282,7 +282,7 @@ def dp_success_bound(*, epsilon, delta=0.0) -> float:
     >>> round(dp_success_bound(epsilon=math.log(3)), 6)
     0.75
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     epsilon, delta = check_epsilon(epsilon), check_delta(delta, allow_zero=True)
     return 0.5 + 0.5 * (math.tanh(epsilon / 2.0) * (1.0 - delta) + delta)  # (e^eps - 1)/(e^eps + 1) = tanh(eps/2)

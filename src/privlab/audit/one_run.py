@@ -11,7 +11,7 @@ tail of :math:`v`; the p-value is their Appendix D algorithm
 The run is the gradient-space DP-SGD of :mod:`privlab.audit.dpsgd`, one
 Dirac canary per coordinate.
 
-Used in: chapter 11.
+Used in: chapter 12.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def one_run_p_value(*, m: int, r: int, v: int, epsilon: float, delta: float) -> 
     >>> round(one_run_p_value(m=100, r=100, v=50, epsilon=0.0, delta=0.0), 3)
     0.54
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     m, r = check_int("m", m), check_int("r", r)
     v = check_int("v", v, minimum=0)
@@ -80,7 +80,7 @@ def one_run_epsilon_lower_bound(*, m: int, r: int, v: int, delta: float, beta: f
     >>> round(one_run_epsilon_lower_bound(m=1000, r=100, v=75, delta=1e-4), 3)   # their Appendix D example
     0.673
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     beta = check_probability("beta", beta, open_high=True)
     lo, hi = 0.0, 1.0
@@ -129,7 +129,7 @@ def one_run_audit_dpsgd(
     >>> r.correct, r.caught
     (100, True)
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     m = check_int("m", m)
     k_plus, k_minus = check_int("k_plus", k_plus, minimum=0), check_int("k_minus", k_minus, minimum=0)

@@ -21,7 +21,7 @@ DP test suite can show that it catches it:
 - :class:`StaleLedgerOdometer`: an odometer that reads its ledger once, so two odometers on one
   ledger each accept spending that together exceeds the budget.
 
-Used in: chapter 11.
+Used in: chapter 12.
 """
 
 from __future__ import annotations

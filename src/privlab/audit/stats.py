@@ -24,7 +24,7 @@ machine learning: how private is private SGD?", arXiv:2006.07709;
 Nasr et al. (2021), "Adversary instantiation", arXiv:2101.04535;
 Clopper and Pearson (1934), Biometrika 26(4).
 
-Used in: chapter 11.
+Used in: chapter 12.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def clopper_pearson(k, n, *, alpha=0.05):
     >>> [round(v, 4) for v in clopper_pearson(5, 10)]
     [0.1871, 0.8129]
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     n = check_int("n", n)
     alpha = check_probability("alpha", alpha, open_high=True)
@@ -149,7 +149,7 @@ def epsilon_lower_bound(tp, fp, n_pos, n_neg, *, delta=0.0, alpha=0.05):
     >>> epsilon_lower_bound(50, 50, 100, 100)
     0.0
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     delta = check_delta(delta, allow_zero=True)
     n_pos, n_neg = check_int("n_pos", n_pos), check_int("n_neg", n_neg)
@@ -237,7 +237,7 @@ def pilot_then_main(scores: Callable[[str, bool, int], np.ndarray], *, n_pilot: 
     >>> r.caught, r.n_runs
     (True, 2000)
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     threshold = choose_threshold(scores("pilot", True, n_pilot), scores("pilot", False, n_pilot), delta=delta,
                                  alpha=alpha, midpoints=midpoints)
@@ -260,7 +260,7 @@ def runs_for_power(*, tpr: float, fpr: float, epsilon: float, delta: float, alph
     >>> runs_for_power(tpr=1.0, fpr=0.0, epsilon=1.0, delta=1e-5, margin=0.5)   # ln(2/alpha) e^1.5 is 16.6
     19
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     tpr = check_probability("tpr", tpr, open_low=False)
     fpr = check_probability("fpr", fpr, open_low=False)
@@ -296,7 +296,7 @@ def gaussian_test_runs(mu: float, *, epsilon: float, delta: float, alpha: float 
     >>> gaussian_test_runs(4.0, epsilon=2.0, delta=1e-5) < gaussian_test_runs(3.0, epsilon=2.0, delta=1e-5)
     True
 
-    Used in: chapter 11.
+    Used in: chapter 12.
     """
     mu = check_positive("mu", mu)
     best = None

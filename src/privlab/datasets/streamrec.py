@@ -75,7 +75,7 @@ References: Koren, Bell and Volinsky (2009), "Matrix factorization techniques
 for recommender systems" (the latent-factor click model); Krichene and Rendle
 (2020), "On sampled metrics for item recommendation" (sampled negatives).
 
-Used in: chapters 7, 12.
+Used in: chapters 8, 13.
 """
 
 from __future__ import annotations
@@ -405,7 +405,7 @@ def generate_streamrec(
     >>> int(d.train_day.max()), int(d.test_day.min()), len(np.unique(d.cand_user))
     (25, 26, 20)
 
-    Used in: chapters 7, 12.
+    Used in: chapters 8, 13.
     """
     cfg = config if config is not None else StreamRecConfig.for_scale(scale)
     check_rng(rng)

@@ -20,7 +20,7 @@ choosing C                     :func:`profile_grad_norms`, :func:`summarize_grad
 language-model loss            :func:`lm_loss` (per-example next-token cross-entropy)
 =============================  ==================================================
 
-Used in: chapters 5, 6, 7, 10, 11, 12.
+Used in: chapters 6, 7, 8, 11, 12, 13.
 """
 
 from .clipping import (

@@ -19,7 +19,7 @@ rounding; the tests check it): ``"loop"`` and ``"vmap"`` materialise the
 Reference: Abadi et al., *Deep Learning with Differential Privacy*, CCS 2016
 (arXiv:1607.00133), Algorithm 1, "clip gradient".
 
-Used in: chapters 5, 6, 7, 12.
+Used in: chapters 6, 7, 8, 13.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def clipped_grad_sum(
     >>> all(torch.allclose(a, b, atol=1e-6) for a, b in zip(fast, loop))
     True
 
-    Used in: chapters 5, 6, 7.
+    Used in: chapters 6, 7, 8.
     """
     c = check_positive("max_grad_norm", max_grad_norm)
     result = clipped_grad_sum_with_stats(
@@ -212,6 +212,6 @@ def per_example_grad_norms(model: nn.Module, loss_fn, inputs, targets, *, method
     >>> per_example_grad_norms(m, sq, torch.tensor([[3.0, 4.0], [0.0, 1.0]]), None)
     tensor([15.,  0.])
 
-    Used in: chapters 5, 12.
+    Used in: chapters 6, 13.
     """
     return clipped_grad_sum_with_stats(model, loss_fn, inputs, targets, factors_fn=None, method=method).norms.detach()

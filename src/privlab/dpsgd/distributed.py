@@ -59,7 +59,7 @@ Reference: Abadi et al. 2016 (arXiv:1607.00133), Algorithm 1; Li et al.,
 *PyTorch Distributed: Experiences on Accelerating Data Parallel Training*,
 VLDB 2020 (arXiv:2006.15704) for DDP.
 
-Used in: chapters 7, 12.
+Used in: chapters 8, 13.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def train_distributed(
     ...                   generator=torch.Generator().manual_seed(1)).steps   # one process: plain train()
     5
 
-    Used in: chapters 7, 12.
+    Used in: chapters 8, 13.
     """
     if not isinstance(config, DPSGDConfig):
         raise ValueError(f"config must be a DPSGDConfig, got {type(config).__name__}")

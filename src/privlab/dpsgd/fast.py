@@ -109,7 +109,7 @@ differentially private learners*, ICLR 2022 (arXiv:2110.05679), ghost clipping;
 Bu, Wang, Zha, Karypis, *Differentially private optimization on large model at
 small cost*, ICML 2023 (arXiv:2210.00038), book-keeping.
 
-Used in: chapters 5, 7, 12.
+Used in: chapters 6, 8, 13.
 """
 
 from __future__ import annotations

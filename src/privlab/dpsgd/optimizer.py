@@ -24,7 +24,7 @@ on the parameters' device.
 ``apply``              write ``p.grad`` and call the wrapped optimizer's ``step``
 =====================  ==========================================================
 
-so a variant is a subclass overriding one method. Privacy audits (chapter 11)
+so a variant is a subclass overriding one method. Privacy audits (chapter 12)
 plant bugs this way, e.g. ``add_noise`` returning its input (no noise),
 ``clip_factors`` returning ones (no clipping), ``noise_std`` returning
 :math:`C/(qN)` instead of :math:`\sigma C`.
@@ -36,7 +36,7 @@ the chapters compare against.
 Reference: Abadi et al., *Deep Learning with Differential Privacy*, CCS 2016
 (arXiv:1607.00133), Algorithm 1.
 
-Used in: chapters 5, 6, 7, 11, 12.
+Used in: chapters 6, 7, 8, 12, 13.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class DPOptimizer:
     >>> stats.norms.shape
     torch.Size([4])
 
-    Used in: chapters 5, 6, 7, 11, 12.
+    Used in: chapters 6, 7, 8, 12, 13.
     """
 
     def __init__(

@@ -27,7 +27,7 @@ or ``(B, k)`` (or any ``(B, ...)``). Everything but the batch dimension is
 Reference: Abadi et al., *Deep Learning with Differential Privacy*, CCS 2016
 (arXiv:1607.00133), Algorithm 1, line "compute gradient".
 
-Used in: chapters 5, 6, 7.
+Used in: chapters 6, 7, 8.
 """
 
 from __future__ import annotations

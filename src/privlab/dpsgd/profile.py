@@ -16,7 +16,7 @@ private learning with adaptive clipping*, NeurIPS 2021, arXiv:1905.03871, adapt
 Note the profile itself looks at private data: the norms it reports are not
 differentially private. Profile on public or proxy data, or account for it.
 
-Used in: chapters 5, 12.
+Used in: chapters 6, 13.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def profile_grad_norms(
     Returns:
         :class:`GradNormProfile` over all examples of all steps.
 
-    Used in: chapters 5, 12.
+    Used in: chapters 6, 13.
     """
     if clip_norms is None:
         clip_norms = () if config.max_grad_norm is None else (config.max_grad_norm,)

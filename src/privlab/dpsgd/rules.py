@@ -32,7 +32,7 @@ once per class against the module's own forward on random parameters and
 inputs before it is trusted: a later version of the library that changes the
 formula makes the module fall back to vmap, never silently wrong.
 
-Used in: chapters 5, 7.
+Used in: chapters 6, 8.
 """
 
 from __future__ import annotations

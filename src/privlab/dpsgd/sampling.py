@@ -41,7 +41,7 @@ deterministically) or a ``numpy.random.Generator`` used directly.
 Reference for Poisson subsampling in DP-SGD: Abadi et al. 2016
 (arXiv:1607.00133); Mironov, Talwar, Zhang 2019 (arXiv:1908.10530).
 
-Used in: chapters 5, 6, 12.
+Used in: chapters 6, 7, 13.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def steps_per_epoch(sample_rate: float) -> int:
     >>> steps_per_epoch(0.16), steps_per_epoch(0.01), steps_per_epoch(0.9)
     (6, 100, 1)
 
-    Used in: chapters 5, 6, 11, 12.
+    Used in: chapters 6, 7, 12, 13.
     """
     return max(1, round(1 / check_probability("sample_rate", sample_rate)))
 
@@ -153,7 +153,7 @@ class PoissonSampler:
     >>> len(sampler), all(b.numel() <= 1000 for b in sampler)
     (100, True)
 
-    Used in: chapters 5, 6, 12.
+    Used in: chapters 6, 7, 13.
     """
 
     def __init__(self, n: int, *, sample_rate: float, generator, steps: int | None = None):
@@ -203,7 +203,7 @@ class ShuffleSampler:
     >>> [b.numel() for b in s], sorted(torch.cat(list(s)).tolist()) == list(range(10))
     ([4, 4, 2], True)
 
-    Used in: chapters 5, 6.
+    Used in: chapters 6, 7.
     """
 
     def __init__(self, n: int, *, batch_size: int, generator, drop_last: bool = False):

@@ -36,7 +36,7 @@ arXiv:2403.17673). Variants of the step (for audits) come in through
 
 Reference: Abadi et al. 2016 (arXiv:1607.00133), Algorithm 1.
 
-Used in: chapters 5, 6, 7, 10, 11, 12.
+Used in: chapters 6, 7, 8, 11, 12, 13.
 """
 
 from __future__ import annotations
@@ -309,7 +309,7 @@ def train(
     >>> result.steps, len(result.losses), result.accounting_valid   # 2 epochs of round(1 / q) = 5 steps
     (10, 2, True)
 
-    Used in: chapters 5, 6, 7, 10, 11, 12.
+    Used in: chapters 6, 7, 8, 11, 12, 13.
     """
     if not isinstance(config, DPSGDConfig):
         raise ValueError(f"config must be a DPSGDConfig, got {type(config).__name__}")

@@ -34,7 +34,7 @@ and NDCG@20, which do not depend on a threshold.
 Models: :class:`MovieLensRecommender`, user and item embeddings
 (:math:`d = 16`) and the item's genres through Linear-LayerNorm-ReLU blocks;
 with DP every embedding coordinate gets noise. The remedy measured in chapter
-12, ``model="features"``: no ID embeddings; a user is the mean genre vector of
+13, ``model="features"``: no ID embeddings; a user is the mean genre vector of
 the items they liked in training (computed from their own history, an input
 of the model, not a parameter: the released model holds no per-user state),
 so the private part is a small MLP.
@@ -43,7 +43,7 @@ Groups: users by training activity, ``light_users`` (bottom third of rating
 counts), ``medium_users``, ``heavy_users``: the analogue of StreamRec's new
 users, whose histories are sparse.
 
-Used in: chapter 12.
+Used in: chapter 13.
 """
 
 from __future__ import annotations

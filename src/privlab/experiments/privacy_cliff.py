@@ -1,6 +1,6 @@
 r"""The privacy-cliff reproduction: a 66-run DP-SGD sweep, every run trained at once.
 
-The published experiment (COURSE.md, chapter 6): 500 points in 10 dimensions
+The published experiment (COURSE.md, its chapter 6; chapter 7 here): 500 points in 10 dimensions
 from 5 Gaussian clusters (std 1.5), standardised, 80/20 split; an MLP
 10-64-5 (1,029 parameters) trained 20 epochs with SGD (lr 0.1, batch 64),
 :math:`\delta = 10^{-5}`; :math:`\sigma \in \{0.01, 0.1, 0.5, 1, 2, 5, 10\}`,
@@ -34,7 +34,7 @@ derives them), so each run equals ``privlab.dpsgd.train`` on the same seed
 References: Abadi et al. 2016 (arXiv:1607.00133); Mironov, Talwar, Zhang 2019
 (arXiv:1908.10530); Chua et al. 2024 (arXiv:2403.17673).
 
-Used in: chapter 6.
+Used in: chapter 7.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ near the prior log-odds, both classes are predicted.
 **Business threshold** (:func:`threshold_table`): a model passes in a group
 when its Recall@20 is at least 90% of the non-private model's in that group.
 
-Used in: chapter 12.
+Used in: chapter 13.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ Three questions a single training's :math:`(\varepsilon, \delta)` does not answe
     \varepsilon'(\lambda) = \rho(\lambda) + \min_{\hat\lambda \ge 1}\Bigl[(1+\eta)\bigl(1 - \tfrac{1}{\hat\lambda}\bigr)
     \rho(\hat\lambda) + \frac{(1+\eta)\log(1/\gamma)}{\hat\lambda}\Bigr] + \frac{\log \mathbb E[K]}{\lambda - 1}.
 
-Used in: chapter 12.
+Used in: chapter 13.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ r"""Tables, figures and the results file of the StreamRec sweep (:func:`privlab.
 Relative degradation of a metric :math:`m` at :math:`\varepsilon` is
 :math:`(m_\varepsilon - m_\infty)/m_\infty` (negative: worse than non-private).
 
-Used in: chapter 12.
+Used in: chapter 13.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ Linear, LayerNorm and Embedding on sequences), so Poisson sampling, clipping,
 noise and the optimizer step are the package's. :func:`user_clipped_sum_reference`
 is the obviously-correct loop (one autograd call per user) the tests compare it with.
 
-Used in: chapter 12.
+Used in: chapter 13.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ Flower (imported on demand)        :mod:`privlab.federated.flower`: ``task`` (ru
 >>> result.history["round"].tolist()
 [1, 2]
 
-Used in: chapter 8.
+Used in: chapter 9.
 """
 
 from .dp import ClientLevelDP, SampleLevelDP, clip_updates, epsilon_per_round

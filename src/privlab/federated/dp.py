@@ -40,7 +40,7 @@ information* (as Abadi et al. and Opacus treat the dataset size in
 :math:`1/(qn)`). Where the sizes are private, release them first with DP (noisy
 counts, accounted for separately) and train on those, or use uniform weights.
 
-Used in: chapter 8.
+Used in: chapter 9.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def epsilon_per_round(*, noise_multiplier: float, sample_rate: float, rounds: in
     Returns:
         ``(T,)`` array, non-decreasing.
 
-    Used in: chapter 8.
+    Used in: chapter 9.
     """
     rounds, s = check_int("rounds", rounds), check_int("steps_per_round", steps_per_round)
     return np.array([

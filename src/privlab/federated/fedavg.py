@@ -24,7 +24,7 @@ An algorithm is a frozen dataclass (:class:`FedAvg`, :class:`FedProx`,
 (:mod:`privlab.federated.dp`) and secure aggregation (:mod:`privlab.federated.secagg`)
 plug into :func:`simulate` without touching it.
 
-Used in: chapter 8.
+Used in: chapter 9.
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def fedavg_aggregate(updates: Sequence[Mapping[str, Tensor]], num_samples: Seque
     >>> fedavg_aggregate([a, b], [1, 2])["w"].tolist()
     [3.0, 6.0]
 
-    Used in: chapter 8.
+    Used in: chapter 9.
     """
     if not updates or len(updates) != len(num_samples):
         raise ValueError(f"need one sample count per update, got {len(updates)} updates, {len(num_samples)} counts")
@@ -364,7 +364,7 @@ def simulate(model: nn.Module, data: FederatedDataset, algorithm: FedAvg, *, rng
     Raises:
         ValueError: for an unknown ``method``, or (naming the client) a NaN update.
 
-    Used in: chapter 8.
+    Used in: chapter 9.
     """
     check_rng(rng)
     privacy = NoPrivacy() if privacy is None else privacy

@@ -31,7 +31,7 @@ shuffles are a counter-based hash of (base seed, round, client, epoch, record), 
 a client on another machine computes the same shuffles from the seed the server
 sends, and a round's plans for thousands of clients take one vectorised call.
 
-Used in: chapter 8.
+Used in: chapter 9.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def make_model(in_features: int, hidden: int | Sequence[int] = (32,), out_featur
     >>> all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     True
 
-    Used in: chapter 8.
+    Used in: chapter 9.
     """
     model = MLP(in_features, hidden, out_features)
     with torch.no_grad():
@@ -247,7 +247,7 @@ def local_update(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: T
     Returns:
         The client's parameters after local training, by name.
 
-    Used in: chapter 8.
+    Used in: chapter 9.
     """
     lr, mu = check_positive("lr", lr), check_nonnegative("mu", mu)
     loss_fn = _loss_fn(loss)
@@ -283,7 +283,7 @@ def local_updates_vmap(model: nn.Module, params: Mapping[str, Tensor], x: Tensor
     Returns:
         Each parameter stacked over clients, ``(m, *shape)``.
 
-    Used in: chapter 8.
+    Used in: chapter 9.
     """
     lr, mu = check_positive("lr", lr), check_nonnegative("mu", mu)
     m = x.shape[0]

@@ -28,7 +28,7 @@ gives each client's size, share and label rates as a DataFrame.
 >>> fd.sizes.tolist()
 [4, 3, 3]
 
-Used in: chapter 8.
+Used in: chapter 9.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ __all__ = [
     "quantity_skew",
 ]
 
-#: The published demo (COURSE.md, chapter 8): site, patients, positive rate.
+#: The published demo (COURSE.md, its chapter 8; chapter 9 here): site, patients, positive rate.
 HOSPITAL_SITES: tuple[tuple[str, int, float], ...] = (
     ("Boston", 800, 0.30),
     ("Chicago", 500, 0.40),
@@ -186,7 +186,7 @@ def iid_partition(x, y, *, num_clients: int, rng: np.random.Generator) -> Federa
     Raises:
         ValueError: if :math:`K < 1` or :math:`K > n`.
 
-    Used in: chapter 8.
+    Used in: chapter 9.
     """
     x, y = _check_xy(x, y)
     k = check_int("num_clients", num_clients)
@@ -223,7 +223,7 @@ def dirichlet_label_skew(
         ValueError: for a bad ``alpha`` or ``num_clients``, or when no draw in
             ``max_tries`` gives every client ``min_size`` records.
 
-    Used in: chapter 8.
+    Used in: chapter 9.
     """
     x, y = _check_xy(x, y)
     k = check_int("num_clients", num_clients)
@@ -264,7 +264,7 @@ def quantity_skew(
     Raises:
         ValueError: for a bad ``alpha`` or when :math:`K m > n`.
 
-    Used in: chapter 8.
+    Used in: chapter 9.
     """
     x, y = _check_xy(x, y)
     k = check_int("num_clients", num_clients)
@@ -298,7 +298,7 @@ def cps1988_silos(*, df: pd.DataFrame | None = None) -> FederatedDataset:
     >>> fd.names, fd.sizes.tolist()
     (('northeast', 'midwest', 'south', 'west'), [6441, 6863, 8760, 6091])
 
-    Used in: chapter 8.
+    Used in: chapter 9.
     """
     if df is None:
         from ..datasets import load_cps1988
@@ -346,7 +346,7 @@ def hospital_sites(
     >>> fd.summary()[["client", "samples", "positive_rate"]].to_numpy().tolist()[0]
     ['Boston', 800, 0.3]
 
-    Used in: chapter 8.
+    Used in: chapter 9.
     """
     check_rng(rng)
     d = check_int("num_features", num_features)

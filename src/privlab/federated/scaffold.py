@@ -29,7 +29,7 @@ exactly as :func:`~privlab.federated.fedavg.simulate` does, so a SCAFFOLD run
 and a FedAvg run with the same seed see the same clients and the same batches.
 In its first round :math:`c = c_k = 0`, so it equals FedAvg's.
 
-Used in: chapter 8.
+Used in: chapter 9.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def simulate_scaffold(
     Raises:
         ValueError: a bad ``algorithm`` or ``rng``, or (naming the client) a NaN update.
 
-    Used in: chapter 8.
+    Used in: chapter 9.
     """
     if not isinstance(algorithm, Scaffold):
         raise ValueError(

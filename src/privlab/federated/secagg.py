@@ -43,7 +43,7 @@ omitted). Shamir, *How to share a secret*, CACM 1979.
 Simulation note: key material is drawn from the explicit ``rng`` so a run is
 reproducible; a deployment draws it from the operating system (``secrets``).
 
-Used in: chapter 8.
+Used in: chapter 9.
 """
 
 from __future__ import annotations
@@ -332,7 +332,7 @@ def secure_sum(vectors, *, threshold: int | None = None, rng: np.random.Generato
     >>> secure_sum(x, rng=make_rng(0), drop_before_masking=[2]).total.tolist()
     [1.5, -1.75]
 
-    Used in: chapter 8.
+    Used in: chapter 9.
     """
     x = np.asarray(vectors, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 1:

@@ -22,7 +22,7 @@ name                          what                                            gu
 >>> out.shape[1], abs(len(out) - len(df)) < 200
 (7, True)
 
-Used in: chapter 9.
+Used in: chapter 10.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def make_synthesizer(name: str, *, seed: int | None, scale=None, **kwargs):
     ...
     ValueError: name must be one of ('gaussian_copula', 'ctgan', 'tvae', 'marginal', 'independent', 'copy'), got 'gan'
 
-    Used in: chapter 9.
+    Used in: chapter 10.
     """
     if name not in SYNTHESIZERS:
         raise ValueError(f"name must be one of {tuple(SYNTHESIZERS)}, got {name!r}")

@@ -2,7 +2,7 @@ r"""Two reference generators for the evaluation: one that forgets everything, on
 
 * :class:`IndependentSynthesizer` draws every column independently from its
   empirical marginal: perfect 1-way fidelity, no correlations (the published
-  "bad" synthetic of chapter 9). Not DP: it copies the observed values.
+  "bad" synthetic of chapter 10). Not DP: it copies the observed values.
 * :class:`CopySynthesizer` returns training records with optional Gaussian jitter
   of ``noise`` standard deviations on numeric columns: a memorising generator
   that scores high on fidelity and is caught by DCR and membership inference.
@@ -13,7 +13,7 @@ r"""Two reference generators for the evaluation: one that forgets everything, on
 >>> bool(copies.merge(df).shape[0] == 2)  # every synthetic row is a training row
 True
 
-Used in: chapter 9.
+Used in: chapter 10.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class _Resampler:
 class IndependentSynthesizer(_Resampler):
     r"""Each column resampled independently: :math:`\hat P(x) = \prod_j \hat P_j(x_j)`.
 
-    Used in: chapter 9.
+    Used in: chapter 10.
     """
 
     def sample(self, n: int, *, rng: np.random.Generator | int | None = None) -> pd.DataFrame:
@@ -65,7 +65,7 @@ class CopySynthesizer(_Resampler):
         noise: jitter in units of each numeric column's standard deviation :math:`s_j` (0: exact copies).
         seed: seeds the default sampling stream.
 
-    Used in: chapter 9.
+    Used in: chapter 10.
     """
 
     def __init__(self, *, noise: float = 0.0, seed: int | None = None) -> None:

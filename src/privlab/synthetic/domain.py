@@ -36,7 +36,7 @@ within a bin (uniformly over its integers for an integer column).
 >>> CategoricalDomain(("no", "yes")).encode(["yes", "no"]).tolist()
 [1, 0]
 
-Used in: chapter 9.
+Used in: chapter 10.
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def cps1988_domain(bins: int = 16) -> dict[str, ColumnDomain]:
     >>> sorted(cps1988_domain())
     ['education', 'ethnicity', 'experience', 'parttime', 'region', 'smsa', 'wage']
 
-    Used in: chapter 9.
+    Used in: chapter 10.
     """
     domain: dict[str, ColumnDomain] = {
         "wage": NumericDomain.log(50.0, 20_000.0, bins),
@@ -322,7 +322,7 @@ def dp_numeric_domain(values, *, sigma: float, rng: np.random.Generator, bins: i
         ValueError: no bucket clears the threshold (too little data for this
             sigma: give public bounds instead).
 
-    Used in: chapter 9.
+    Used in: chapter 10.
     """
     sigma = check_positive("sigma", sigma)
     grid = POWER_OF_TWO_GRID

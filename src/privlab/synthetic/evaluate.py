@@ -36,7 +36,7 @@ References: Xu et al. 2019 (arXiv:1907.00503) for TSTR; Platzer and Reutterer
 synthetic data", arXiv:2104.00635); Stadler, Oprisanu, Troncoso 2022
 (arXiv:2011.07018) on membership inference against synthetic data.
 
-Used in: chapter 9.
+Used in: chapter 10.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def evaluate_synthetic(real_train: pd.DataFrame, real_holdout: pd.DataFrame, syn
             synthetic or holdout category the training data does not have, a
             non-numeric synthetic value in a numeric column, a bad ``target``.
 
-    Used in: chapter 9.
+    Used in: chapter 10.
     """
     real_train = check_frame("real_train", real_train)
     cols = list(real_train.columns)

@@ -57,7 +57,7 @@ True
 >>> syn.privacy_report().epsilon <= 1.0
 True
 
-Used in: chapter 9.
+Used in: chapter 10.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ class MarginalSynthesizer:
     and the number of columns are not private. Reference: McKenna, Miklau, Sheldon
     2021, arXiv:2108.04978.
 
-    Used in: chapter 9.
+    Used in: chapter 10.
     """
 
     def __init__(self, *, epsilon: float, delta: float, bins: int = 16, domain: dict | None = None,

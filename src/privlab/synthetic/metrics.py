@@ -24,7 +24,7 @@ scikit-learn's :class:`~sklearn.neighbors.NearestNeighbors`.
 >>> round(cramers_v(["a", "b"] * 50, ["x", "y"] * 50), 6)
 1.0
 
-Used in: chapter 9.
+Used in: chapter 10.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ rows: 50 s against 16 s).
 Reference: Patki, Wedge, Veeramachaneni 2016 (SDV); Xu, Skoularidou,
 Cuesta-Infante, Veeramachaneni 2019, arXiv:1907.00503 (CTGAN, TVAE).
 
-Used in: chapter 9.
+Used in: chapter 10.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def sdv_config(name: str, scale=None) -> SdvConfig:
     >>> sdv_config("tvae", "paper")
     SdvConfig(epochs=300, batch_size=500, max_rows=None)
 
-    Used in: chapter 9.
+    Used in: chapter 10.
     """
     if name not in SDV_MODELS:
         raise ValueError(f"name must be one of {sorted(SDV_MODELS)}, got {name!r}")
@@ -158,7 +158,7 @@ class SdvSynthesizer:
 
     Not differentially private: the model may memorise training records.
 
-    Used in: chapter 9.
+    Used in: chapter 10.
     """
 
     def __init__(self, name: str, *, seed: int, scale=None, epochs: int | None = None,

@@ -10,7 +10,7 @@ Traceback (most recent call last):
 ...
 ValueError: df must have at least one row and one column, got shape (0, 0)
 
-Used in: chapter 9.
+Used in: chapter 10.
 """
 
 from __future__ import annotations

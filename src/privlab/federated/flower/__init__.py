@@ -14,7 +14,7 @@
 
 Importing this package does not import ``flwr``; the app modules do.
 
-Used in: chapter 8.
+Used in: chapter 9.
 """
 
 from .task import (

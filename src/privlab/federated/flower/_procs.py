@@ -1,6 +1,6 @@
 """Process-tree cleanup for the Flower launchers (Linux ``/proc``; elsewhere only process groups).
 
-Used in: chapter 8 (through :mod:`privlab.federated.flower.localhost` and
+Used in: chapter 9 (through :mod:`privlab.federated.flower.localhost` and
 :func:`privlab.federated.flower.simulation.run_flower_simulation`).
 """
 

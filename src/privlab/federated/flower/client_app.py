@@ -7,7 +7,7 @@ and runs :func:`~privlab.federated.local.local_update` on the parameters the
 ServerApp sent. Replies carry ``num-examples`` (FedAvg's weight) and
 ``unit-weight`` (the weight under server-side DP).
 
-Used in: chapter 8.
+Used in: chapter 9.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ a reachable host (``--host 0.0.0.0``, TLS certificates instead of ``--insecure``
 each SuperNode with ``--superlink HOST:PORT`` and its own ``partition-id``, and
 ``flwr run`` from any machine whose ``FLWR_HOME/config.toml`` points at the SuperLink.
 
-Used in: chapter 8.
+Used in: chapter 9.
 """
 
 from __future__ import annotations
@@ -245,7 +245,7 @@ def run_localhost(run_config: Mapping[str, object] | None = None, *, num_superno
         TimeoutError: start-up or run exceeded its timeout (all processes are stopped).
         RuntimeError: a process died or the ServerApp wrote no result (log tails attached).
 
-    Used in: chapter 8.
+    Used in: chapter 9.
     """
     with LocalFederation(num_supernodes, startup_timeout=startup_timeout, work_dir=work_dir) as federation:
         return federation.run(run_config, timeout=timeout, secagg=secagg, verbose=verbose)

@@ -16,7 +16,7 @@ parameter, scaled by the weights), not to float rounding.
 Reference: Bell, Bonawitz, Gascon, Lepoint, Raykova, *Secure Single-Server
 Aggregation with (Poly)Logarithmic Overhead*, CCS 2020 (eprint 2020/704).
 
-Used in: chapter 8.
+Used in: chapter 9.
 """
 
 from __future__ import annotations

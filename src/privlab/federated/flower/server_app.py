@@ -12,7 +12,7 @@ weights are then uniform (``unit-weight``) so one client's sensitivity is
 every round). SecAgg+ lives in Flower's legacy API only:
 :mod:`privlab.federated.flower.secaggplus`.
 
-Used in: chapter 8.
+Used in: chapter 9.
 """
 
 from __future__ import annotations

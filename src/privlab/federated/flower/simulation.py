@@ -4,7 +4,7 @@
 :mod:`privlab.federated.flower` (or the SecAgg+ pair) in ``flwr.simulation``,
 in a child Python process that is always stopped with every process it started.
 
-Used in: chapter 8.
+Used in: chapter 9.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def run_flower_simulation(run_config: Mapping[str, object] | None = None, *, num
     Raises:
         RuntimeError: the simulation crashed (with the log's tail). TimeoutError: it took too long.
 
-    Used in: chapter 8.
+    Used in: chapter 9.
     """
     cfg = {**DEFAULT_RUN_CONFIG, **dict(run_config or {})}
     for attempt in range(retries + 1):

@@ -20,7 +20,7 @@ Outputs (when ``out-dir`` is set): ``final.npz`` (the global parameters by name)
 and ``history.json`` (rounds, per-round metrics, cumulative epsilon), written by
 :func:`write_outputs` and read back by :func:`read_flower_outputs`.
 
-Used in: chapter 8.
+Used in: chapter 9.
 """
 
 from __future__ import annotations

@@ -232,3 +232,21 @@ def test_central_replace_one_has_four_times_the_add_remove_variance():
     ro = local_dp.central_laplace_frequency_variance(epsilon=1.0, n=100,
                                                      relation="replace-one")
     assert math.isclose(ro, 4 * ar)
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 5, 8, 9, 12, 16, 17, 31, 33])
+def test_tree_levels_counts_only_the_nodes_that_enter_a_prefix(T):
+    """The Laplace scale L/eps must count every released node holding a step, and no more.
+
+    Regression: L was ceil(log2 T) + 1, one level too many when T is not a power of 2
+    (T = 9: 5 levels charged, 4 ever released).
+    """
+    used = set()
+    for t in range(1, T + 1):                      # greedy dyadic decomposition of [0, t)
+        start = 0
+        for lvl in reversed(range(T.bit_length() + 2)):
+            if start + 2**lvl <= t:
+                used.add((lvl, start // 2**lvl))
+                start += 2**lvl
+    per_step = [sum((lvl, s // 2**lvl) in used for lvl in range(T.bit_length() + 2)) for s in range(T)]
+    assert max(per_step) == continual.tree_levels(T)   # attained (step 0): the bound is tight

@@ -54,13 +54,21 @@ def _stream(x) -> np.ndarray:
 
 
 def tree_levels(T: int) -> int:
-    r""":math:`L = \lceil \log_2 T \rceil + 1`, the number of tree nodes that contain one step.
+    r""":math:`L = \lfloor \log_2 T \rfloor + 1`, the number of tree nodes that contain one step
+    and enter some released prefix.
 
-    >>> tree_levels(1), tree_levels(8), tree_levels(9)
-    (1, 4, 5)
+    The prefix :math:`[0, t)` sums one dyadic node per set bit of :math:`t \le T`, so only the
+    levels :math:`0, \dots, \lfloor \log_2 T \rfloor` (blocks of :math:`1, 2, \dots, 2^{L-1}`
+    steps) are ever released; a step changes one node per level (Chan, Shi and Song 2011).
+    For :math:`T = 9` the block of 16 steps would contain every step but enters no prefix, so
+    it is not counted (an earlier version counted it: :math:`\lceil \log_2 T \rceil + 1`, more
+    noise than needed whenever :math:`T` is not a power of 2).
+
+    >>> tree_levels(1), tree_levels(3), tree_levels(8), tree_levels(9)
+    (1, 2, 4, 4)
     """
     T = check_int("T", T)
-    return (T - 1).bit_length() + 1
+    return T.bit_length()
 
 
 def naive_fresh_counts(x, *, epsilon, rng: np.random.Generator) -> np.ndarray:

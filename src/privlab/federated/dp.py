@@ -120,6 +120,12 @@ class ClientLevelDP(NoPrivacy):
     are weighted uniformly: sample-count weights would let one large client
     exceed the sensitivity :math:`C`.
 
+    Privacy unit: one client (all its records); neighbouring: add or remove one
+    client. The divisor :math:`qK` is fixed in advance, with the number of
+    clients :math:`K` treated as public, so one client moves the noisy sum by at
+    most :math:`C` at every :math:`q`, :math:`q = 1` included (as the accountant
+    assumes).
+
     Args:
         clip_norm: :math:`C`. noise_multiplier: :math:`\sigma`. delta: :math:`\delta`.
         accountant: ``"pld"`` (default) or ``"rdp"``.

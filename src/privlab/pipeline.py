@@ -25,7 +25,7 @@ from the ledger file alone.
 Reference: Dwork and Roth 2014, *The Algorithmic Foundations of Differential
 Privacy*, Theorem 3.16 (basic composition); Bonawitz et al. 2017 (CCS), secure aggregation.
 
-Used in: chapters 12, 13.
+Used in: chapter 12.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class PrivacyConfig:
     ...
     ValueError: dpsgd_target_epsilon = 4 exceeds total_epsilon = 3 (with synthetic_dp_epsilon = 0, basic composition) by 1
 
-    Used in: chapters 12, 13.
+    Used in: chapter 12.
     """
 
     total_epsilon: float
@@ -185,7 +185,7 @@ class PrivacyPipeline:
         dataset: the data set's name (every record carries it).
         ledger: a :class:`privlab.budget.Ledger` or a path; existing records are replayed.
 
-    Used in: chapters 12, 13.
+    Used in: chapter 12.
     """
 
     def __init__(self, config: PrivacyConfig, *, dataset: str, ledger: Ledger | str | os.PathLike) -> None:

@@ -24,7 +24,7 @@ References: Ding et al. (2018), "Detecting violations of differential privacy";
 Jagielski, Ullman, Oprea (2020), arXiv:2006.07709; Nasr et al. (2021), arXiv:2101.04535;
 Steinke, Nasr, Jagielski (2023), arXiv:2305.08846.
 
-Used in: chapter 12.
+Used in: chapters 5, 12.
 """
 
 from privlab.audit.dpsgd import InputCanaryTask, audit_dpsgd, audit_dpsgd_input, canary_scores, input_canary_task

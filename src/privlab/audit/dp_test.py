@@ -51,7 +51,7 @@ violations using classifiers", IEEE S&P, arXiv:2103.05472; Jagielski, Ullman,
 Oprea (2020), arXiv:2006.07709; Nasr, Song, Thakurta, Papernot, Carlini (2021),
 "Adversary instantiation", arXiv:2101.04535.
 
-Used in: chapter 12.
+Used in: chapters 5, 12.
 """
 
 from __future__ import annotations

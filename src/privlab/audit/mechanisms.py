@@ -12,7 +12,7 @@ machine learning: how private is private SGD?", arXiv:2006.07709;
 Ding, Wang, Wang, Zhang, Kifer (2018), "Detecting violations of differential
 privacy", CCS.
 
-Used in: chapter 12.
+Used in: chapters 5, 12.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def audit_mechanism(
     >>> audit_mechanism(rr, 0, 1, claimed_epsilon=1.0, n_samples=20_000, rng=make_rng(0), batched=True).flagged
     False
 
-    Used in: chapter 12.
+    Used in: chapters 5, 12.
     """
     claimed_epsilon = check_epsilon(claimed_epsilon, name="claimed_epsilon")
     claimed_delta = check_delta(claimed_delta, name="claimed_delta", allow_zero=True)

@@ -25,7 +25,7 @@ such as "the answers are exactly :math:`(\bot, \dots, \bot, \top)`"), pass it
 as an extra statistic, ``statistics=(lambda y: np.all(y == pattern, axis=1),)``,
 which the tester adds to its candidates and chooses among on the pilot sample.
 
-Used in: chapter 12.
+Used in: chapters 5, 12.
 """
 
 from __future__ import annotations

@@ -14,8 +14,13 @@ per-sample gradients           :func:`per_sample_grads` (``"loop"``, ``"vmap"``)
 clip and sum (the kernel)      :func:`clipped_grad_sum`, :func:`clip_factors`,
                                :func:`per_example_grad_norms`
 noise, scale, optimizer step   :class:`DPOptimizer`
-Poisson sampling / shuffling   :class:`PoissonSampler`, :class:`ShuffleSampler`
-training loop                  :func:`train`, :class:`DPSGDConfig`, :class:`TrainResult`
+Poisson sampling / shuffling   :class:`PoissonSampler`, :class:`ShuffleSampler`,
+                               :func:`make_sampler`
+training loop                  :func:`train`, :class:`DPSGDConfig`, :class:`TrainResult`,
+                               :func:`run_seeds` (its random streams)
+many small MLPs at once        :mod:`privlab.dpsgd.batched` (backpropagation by
+                               hand, per-example norms, clipped sums)
+several processes              :mod:`privlab.dpsgd.distributed`
 choosing C                     :func:`profile_grad_norms`, :func:`summarize_grad_norms`
 language-model loss            :func:`lm_loss` (per-example next-token cross-entropy)
 =============================  ==================================================
@@ -41,10 +46,11 @@ from .sampling import (
     PoissonAccountingWarning,
     PoissonSampler,
     ShuffleSampler,
+    make_sampler,
     steps_per_epoch,
     uniform_subset,
 )
-from .train import DPSGDConfig, TrainResult, epsilon_spent, train
+from .train import DPSGDConfig, RunSeeds, TrainResult, epsilon_spent, run_seeds, train
 
 __all__ = [
     "METHODS",
@@ -55,6 +61,7 @@ __all__ = [
     "GradNormProfile",
     "PoissonAccountingWarning",
     "PoissonSampler",
+    "RunSeeds",
     "ShuffleSampler",
     "StepStats",
     "TrainResult",
@@ -64,11 +71,13 @@ __all__ = [
     "covered_types",
     "epsilon_spent",
     "lm_loss",
+    "make_sampler",
     "per_example_grad_norms",
     "per_example_losses",
     "per_sample_grads",
     "profile_grad_norms",
     "register_rule",
+    "run_seeds",
     "steps_per_epoch",
     "summarize_grad_norms",
     "train",

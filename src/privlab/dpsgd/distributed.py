@@ -14,7 +14,7 @@ Symbols as in :class:`privlab.dpsgd.DPOptimizer`: :math:`C` ``max_grad_norm``,
 
 **Sampling.** Every rank draws the *same* global Poisson batch from an
 identically seeded sampler (cheap: :math:`O(|S_t|)`, independent of :math:`N`)
-and keeps its contiguous slice ``torch.tensor_split(S_t, W)[rank]``. The batch
+and keeps its contiguous slice ``torch.tensor_split(S_t, W)[rank]`` (:func:`local_slice`). The batch
 the accountant sees is therefore exactly the single-process one, so
 :math:`\varepsilon(\sigma, q, T, \delta)` is unchanged and computed with the
 global :math:`q` (no per-rank accounting). (The alternative, each rank
@@ -45,6 +45,12 @@ gradient) the clipped sums are all-reduced explicitly in
 :meth:`DistributedDPOptimizer.reduce`, the hook :class:`~privlab.dpsgd.DPOptimizer`
 provides for this.
 
+**All of it lives here.** :func:`privlab.dpsgd.train` knows nothing of processes:
+:func:`train_distributed` runs it on every rank with :class:`DistributedDPOptimizer`, whose
+:meth:`~DistributedDPOptimizer.step` receives the global batch, keeps the rank's slice,
+and sums the batch loss over ranks in the same collective as the clipped sums (so the
+epoch losses ``train`` records are global, with no extra synchronisation).
+
 With the same seed the result equals :func:`privlab.dpsgd.train` up to float
 summation order (the tests check 1e-5), for models without dropout: dropout
 masks are drawn per rank, for the rank's slice, so with dropout the run is
@@ -65,6 +71,7 @@ Used in: chapters 8, 13.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -76,8 +83,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..models import StreamRecClickPredictor
-from .optimizer import DPOptimizer
-from .sampling import local_slice  # noqa: F401  (re-exported: part of this module's API)
+from .optimizer import DPOptimizer, StepStats
+from .per_sample import as_input_tuple, batch_size_of
 from .train import DPSGDConfig, TrainResult, train
 
 __all__ = ["DistributedDPOptimizer", "init_distributed", "local_slice", "main", "train_distributed"]
@@ -90,21 +97,65 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-class DistributedDPOptimizer(DPOptimizer):
-    r""":class:`~privlab.dpsgd.DPOptimizer` whose ``reduce`` all-reduces (sums) the clipped sums.
+def local_slice(idx: Tensor, *, rank: int, world_size: int) -> Tensor:
+    """This rank's contiguous part of the global batch ``idx`` (parts differ in size by at most one).
 
-    :math:`\bar g = \sum_r \bar g^{(r)}`, one ``all_reduce`` on a flat buffer;
-    ``add_noise`` is inherited unchanged: every rank's generator is seeded
-    identically, so all ranks add the same draw, once, after the sum.
+    >>> local_slice(torch.arange(5), rank=1, world_size=2)
+    tensor([3, 4])
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size = {world_size}), got {rank}")
+    return torch.tensor_split(idx, world_size)[rank]
+
+
+class DistributedDPOptimizer(DPOptimizer):
+    r""":class:`~privlab.dpsgd.DPOptimizer` for one rank of a process group: its slice, one all-reduce, same noise.
+
+    :meth:`step` takes the *global* batch (every rank drew the same one) and steps on
+    this rank's :func:`local_slice` of it; :meth:`reduce` sums the clipped sums over ranks,
+    :math:`\bar g = \sum_r \bar g^{(r)}`, in one ``all_reduce`` on a flat buffer that also
+    carries the slice's loss sum, so :attr:`StepStats.loss_sum` is the global batch's.
+    ``add_noise`` is inherited unchanged: every rank's generator is seeded identically, so
+    all ranks add the same draw, once, after the sum. Dropout masks differ per rank: on its
+    first step, rank :math:`r` reseeds torch's generator (which :func:`~privlab.dpsgd.train`
+    has seeded inside ``fork_rng``) with its initial seed :math:`+ r`.
     Without a process group it is the plain :class:`DPOptimizer`.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._loss_sum: Tensor | None = None  # this slice's loss sum, then the global one (after reduce)
+        self._dropout_seeded = False
+
+    def clipped_sum(self, model: nn.Module, loss_fn, inputs, targets):
+        result = super().clipped_sum(model, loss_fn, inputs, targets)
+        self._loss_sum = result.losses.sum()
+        return result
 
     def reduce(self, grads: list[Tensor]) -> list[Tensor]:
         if _world()[1] == 1 or not grads:
             return grads
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = torch.cat([g.reshape(-1) for g in grads] + [self._loss_sum.to(grads[0].dtype).reshape(1)])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        return [part.view_as(g) for part, g in zip(torch.split(flat, [g.numel() for g in grads]), grads)]
+        self._loss_sum = flat[-1]
+        return [part.view_as(g) for part, g in zip(torch.split(flat[:-1], [g.numel() for g in grads]), grads)]
+
+    def step(self, model: nn.Module, loss_fn, inputs, targets) -> StepStats:
+        """One DP-SGD step on this rank's slice of the global batch ``inputs``, ``targets``."""
+        rank, world = _world()
+        if world == 1:
+            return super().step(model, loss_fn, inputs, targets)
+        if not self.private:
+            raise ValueError("non-private distributed training is plain DDP; use torch's DistributedDataParallel")
+        if not self._dropout_seeded:  # train() seeded torch inside fork_rng; each rank its own masks
+            torch.manual_seed(torch.initial_seed() + rank)
+            self._dropout_seeded = True
+        xs = as_input_tuple(inputs)
+        rows = local_slice(torch.arange(batch_size_of(xs)), rank=rank, world_size=world).to(xs[0].device)
+        xs = tuple(x.index_select(0, rows) for x in xs)
+        targets = None if targets is None else targets.index_select(0, rows)
+        stats = super().step(model, loss_fn, xs if len(xs) > 1 else xs[0], targets)
+        return StepStats(self._loss_sum, stats.norms)
 
 
 def init_distributed(backend: str | None = None) -> tuple[int, int, torch.device]:
@@ -144,8 +195,8 @@ def train_distributed(
     ``(X, y)`` and a generator seeded identically (the seeds of the sampler and
     the noise are drawn from it exactly as :func:`~privlab.dpsgd.train` does).
     Each rank computes the clipped sum of its slice of the global Poisson
-    batch; :class:`DistributedDPOptimizer` sums them and adds the noise once.
-    Losses are all-reduced once per epoch; epsilon is the single-process one.
+    batch; :class:`DistributedDPOptimizer` sums them (and the batch losses) and adds
+    the noise once. Epsilon is the single-process one; only rank 0 shows a progress bar.
 
     Args:
         model, X, y, loss_fn, config, generator, eval_fn: as in :func:`privlab.dpsgd.train`
@@ -175,6 +226,8 @@ def train_distributed(
         raise ValueError("record_grad_norms=True is not supported in distributed training; profile with train()")
     rank, world = _world()
     if world > 1:
+        if rank != 0:
+            config = dataclasses.replace(config, progress=False)
         if not config.private:
             raise ValueError("non-private distributed training is plain DDP; use torch's DistributedDataParallel")
         device = torch.device(config.device) if config.device is not None else next(model.parameters()).device
@@ -182,7 +235,7 @@ def train_distributed(
         for t in list(model.parameters()) + list(model.buffers()):  # DDP's construction-time broadcast:
             dist.broadcast(t.data, src=0)  # every replica starts from rank 0's parameters
     return train(model, X, y, loss_fn=loss_fn, config=config, generator=generator, eval_fn=eval_fn,
-                 dp_optimizer_cls=DistributedDPOptimizer, shard=(rank, world))
+                 dp_optimizer_cls=DistributedDPOptimizer)
 
 
 # -- command line: torchrun --nproc_per_node=N -m privlab.dpsgd.distributed ... --------------------

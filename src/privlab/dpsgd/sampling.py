@@ -55,8 +55,8 @@ from torch import Tensor
 
 from .._validate import check_int, check_probability
 
-__all__ = ["SAMPLERS", "PoissonAccountingWarning", "PoissonSampler", "ShuffleSampler", "steps_per_epoch",
-           "uniform_subset"]
+__all__ = ["SAMPLERS", "PoissonAccountingWarning", "PoissonSampler", "ShuffleSampler", "make_sampler",
+           "steps_per_epoch", "uniform_subset"]
 
 #: The batch samplers a DP-SGD run can name (:attr:`privlab.dpsgd.DPSGDConfig.sampler`):
 #: :class:`PoissonSampler` and :class:`ShuffleSampler`.
@@ -240,12 +240,26 @@ class ShuffleSampler:
             yield perm[k * self.batch_size : (k + 1) * self.batch_size].sort().values
 
 
-def local_slice(idx: Tensor, *, rank: int, world_size: int) -> Tensor:
-    """This rank's contiguous part of the global batch ``idx`` (parts differ in size by at most one).
+def make_sampler(kind: str, n: int, *, sample_rate: float, seed: int) -> PoissonSampler | ShuffleSampler:
+    r"""The batch sampler a DP-SGD run names (:data:`SAMPLERS`), seeded from one integer.
 
-    >>> local_slice(torch.arange(5), rank=1, world_size=2)
-    tensor([3, 4])
+    ``"poisson"``: :class:`PoissonSampler` at rate :math:`q`; ``"shuffle"``:
+    :class:`ShuffleSampler` with :math:`b = \max(1, \mathrm{round}(qN))` (warns). Both draw
+    from ``torch.Generator().manual_seed(seed)``, so a seed from :func:`privlab.dpsgd.run_seeds`
+    reproduces the batches of :func:`privlab.dpsgd.train`.
+
+    Raises:
+        ValueError: ``kind`` not in :data:`SAMPLERS`, or a bad ``n`` or ``sample_rate``.
+
+    >>> [b.numel() for b in make_sampler("poisson", 100, sample_rate=0.25, seed=0)]
+    [24, 22, 20, 33]
+
+    Used in: chapters 6, 7.
     """
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size = {world_size}), got {rank}")
-    return torch.tensor_split(idx, world_size)[rank]
+    gen = torch.Generator().manual_seed(int(seed))
+    if kind == "poisson":
+        return PoissonSampler(n, sample_rate=sample_rate, generator=gen)
+    if kind == "shuffle":
+        q = check_probability("sample_rate", sample_rate)
+        return ShuffleSampler(n, batch_size=max(1, round(q * n)), generator=gen)
+    raise ValueError(f"sampler must be one of {SAMPLERS}, got {kind!r}")

@@ -47,10 +47,10 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -66,9 +66,9 @@ from ..accounting import DPSGD_ACCOUNTANTS, dpsgd_epsilon
 from .clipping import METHODS
 from .optimizer import DPOptimizer
 from .per_sample import as_input_tuple, batch_size_of
-from .sampling import SAMPLERS, PoissonSampler, ShuffleSampler, local_slice
+from .sampling import SAMPLERS, make_sampler
 
-__all__ = ["DEFAULT_DELTA_RULE", "DPSGDConfig", "TrainResult", "train"]
+__all__ = ["DEFAULT_DELTA_RULE", "DPSGDConfig", "RunSeeds", "TrainResult", "run_seeds", "train"]
 
 #: The default delta when none is given: well below 1/N (see :meth:`DPSGDConfig.delta_for`).
 DEFAULT_DELTA_RULE = "min(1e-5, 1/(10 N))"
@@ -238,6 +238,35 @@ def epsilon_spent(config: DPSGDConfig, *, sample_rate: float, steps: int, delta:
     return _epsilon(float(config.noise_multiplier), float(sample_rate), int(steps), float(delta), config.accountant)
 
 
+class RunSeeds(NamedTuple):
+    """The three seeds of a run: its batches, its noise, its dropout masks."""
+
+    sampler: int
+    noise: int
+    dropout: int
+
+
+def run_seeds(generator: torch.Generator) -> RunSeeds:
+    """The seeds :func:`train` draws from its ``generator``, in its order: three integers in :math:`[0, 2^{62})`.
+
+    A run is reproducible from its generator alone: the sampler (:func:`privlab.dpsgd.make_sampler`),
+    the noise generator and the dropout masks are seeded from these. Code that replays
+    :func:`train`'s random draws without calling it (the batched privacy-cliff sweep)
+    derives them here too.
+
+    Raises:
+        ValueError: ``generator`` is not a ``torch.Generator``.
+
+    >>> s = run_seeds(torch.Generator().manual_seed(0))
+    >>> s == run_seeds(torch.Generator().manual_seed(0)), len(s), all(0 <= v < 2**62 for v in s)
+    (True, 3, True)
+
+    Used in: chapters 6, 7.
+    """
+    check_torch_generator(generator)
+    return RunSeeds(*torch.randint(0, 2**62, (3,), generator=generator, device=generator.device).tolist())
+
+
 def _place(t: Tensor, device: torch.device) -> Tensor:
     """Move data to ``device`` once if it fits; else keep it in pinned host memory."""
     if t.device == device:
@@ -273,7 +302,6 @@ def train(
     generator: torch.Generator,
     eval_fn: Callable[[nn.Module], object] | None = None,
     dp_optimizer_cls: type[DPOptimizer] = DPOptimizer,
-    shard: tuple[int, int] = (0, 1),
 ) -> TrainResult:
     r"""Train ``model`` with DP-SGD (or without DP, per ``config``) and record the run.
 
@@ -287,10 +315,9 @@ def train(
         generator: ``torch.Generator``, the run's only source of randomness.
         eval_fn: called as ``eval_fn(model)`` after each epoch, in eval mode
             under ``torch.no_grad``; its results land in ``TrainResult.evals``.
-        dp_optimizer_cls: the step implementation, :class:`DPOptimizer` or a subclass.
-        shard: ``(rank, world_size)`` when several processes share each global batch (set by
-            :func:`privlab.dpsgd.distributed.train_distributed`): every rank draws the same global
-            batch and steps on its :func:`local_slice`; the epoch loss is summed over ranks.
+        dp_optimizer_cls: the step implementation, :class:`DPOptimizer` or a subclass
+            (:func:`privlab.dpsgd.distributed.train_distributed` passes one that steps on its
+            process's part of each batch).
 
     Returns:
         :class:`TrainResult`.
@@ -314,7 +341,6 @@ def train(
     if not isinstance(config, DPSGDConfig):
         raise ValueError(f"config must be a DPSGDConfig, got {type(config).__name__}")
     check_torch_generator(generator)
-    rank, world = shard
     xs = as_input_tuple(X)
     n = batch_size_of(xs)
     if n == 0:
@@ -324,12 +350,9 @@ def train(
     device = torch.device(config.device) if config.device is not None else _model_device(model)
     model.to(device)
     q, delta = config.sample_rate_for(n), config.delta_for(n)
-    seeds = torch.randint(0, 2**62, (3,), generator=generator, device=generator.device).tolist()
-    noise_gen = torch.Generator(device=device).manual_seed(seeds[1])  # identical on every rank
-    if config.sampler == "poisson":
-        sampler = PoissonSampler(n, sample_rate=q, generator=torch.Generator().manual_seed(seeds[0]))
-    else:
-        sampler = ShuffleSampler(n, batch_size=max(1, round(q * n)), generator=torch.Generator().manual_seed(seeds[0]))
+    seeds = run_seeds(generator)
+    noise_gen = torch.Generator(device=device).manual_seed(seeds.noise)
+    sampler = make_sampler(config.sampler, n, sample_rate=q, seed=seeds.sampler)
     xs_dev = tuple(_place(x, device) for x in xs)
     y_dev = None if y is None else _place(y, device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -346,17 +369,14 @@ def train(
     losses, epsilons, seconds, evals, norms = [], [], [], [], []
     steps = 0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        # dropout masks (per rank); scoped by fork_rng, the caller's state is restored
-        torch.manual_seed(seeds[2] + rank)
-        bar = tqdm(range(config.epochs), disable=not config.progress or rank != 0, unit="epoch",
-                   desc=("DP-SGD" if config.private else "SGD") + (f" x{world}" if world > 1 else ""))
+        torch.manual_seed(seeds.dropout)  # dropout masks; scoped by fork_rng, the caller's state is restored
+        bar = tqdm(range(config.epochs), disable=not config.progress, unit="epoch",
+                   desc="DP-SGD" if config.private else "SGD")
         for _ in bar:
             start = time.perf_counter()
             model.train()
-            totals = torch.zeros(2, device=device, dtype=torch.float64)  # (loss sum, count) on this rank
+            totals = torch.zeros(2, device=device, dtype=torch.float64)  # (loss sum, count)
             for idx in sampler:
-                if world > 1:
-                    idx = local_slice(idx, rank=rank, world_size=world)
                 xb = tuple(_gather(x, idx, device) for x in xs_dev)
                 yb = None if y_dev is None else _gather(y_dev, idx, device)
                 stats = dp.step(net, loss_fn, xb if len(xb) > 1 else xb[0], yb)
@@ -365,8 +385,6 @@ def train(
                 steps += 1
                 if config.record_grad_norms and stats.norms is not None:
                     norms.append(stats.norms.detach())
-            if world > 1:
-                dist.all_reduce(totals, op=dist.ReduceOp.SUM)
             loss_sum, count = totals.tolist()  # the epoch's one host sync
             losses.append(loss_sum / count if count else math.nan)
             seconds.append(time.perf_counter() - start)

@@ -25,11 +25,12 @@ and :math:`g^{(1)}_i = (W_2^\top g^{(2)}_i) \odot \mathbf{1}[W_1 x_i + b_1 > 0]`
     \bar g_{W_1} = \sum_i c_i\, g^{(1)}_i x_i^\top, \quad c_i = \frac{C}{\max(\|\nabla\ell_i\|, C)},
 
 and DP-SGD adds :math:`\mathcal{N}(0, \sigma^2C^2I)`, divides by the expected
-batch size and steps. No autograd, no per-example gradient is materialised.
+batch size and steps. No autograd, no per-example gradient is materialised: the
+forward, backward, norms and clipped sums are :mod:`privlab.dpsgd.batched`'s.
 Runs with the same seed share their initialisation, their batches and their
-standard-normal noise draws (derived exactly as :func:`privlab.dpsgd.train`
-derives them), so each run equals ``privlab.dpsgd.train`` on the same seed
-(the tests check it to 1e-5).
+standard-normal noise draws (seeded by :func:`privlab.dpsgd.run_seeds` and
+:func:`privlab.dpsgd.make_sampler`, as :func:`privlab.dpsgd.train` seeds them), so
+each run equals ``privlab.dpsgd.train`` on the same seed (the tests check it to 1e-5).
 
 References: Abadi et al. 2016 (arXiv:1607.00133); Mironov, Talwar, Zhang 2019
 (arXiv:1908.10530); Chua et al. 2024 (arXiv:2403.17673).
@@ -56,7 +57,8 @@ from torch import Tensor
 from .._validate import check_delta, check_int, check_nonnegative, check_positive, check_probability
 from ..accounting import dpsgd_epsilon
 from ..datasets import cps1988_high_wage, cps1988_public_features, load_cps1988
-from ..dpsgd import DPSGDConfig, PoissonSampler, ShuffleSampler, train
+from ..dpsgd import DPSGDConfig, make_sampler, run_seeds, train
+from ..dpsgd import batched
 from ..models import MLP
 
 __all__ = ["CliffConfig", "CliffData", "SweepResult", "cliff_data", "cps1988_task", "cliffs",
@@ -280,16 +282,11 @@ def init_params(seed: int, d: int, hidden: int, k: int, *, dtype=torch.float32):
 
 def _streams(g: torch.Generator, n: int, cfg: CliffConfig):
     """The sampler and noise generator ``privlab.dpsgd.train`` derives from ``g`` (same order, same seeds)."""
-    seeds = torch.randint(0, 2**62, (3,), generator=g).tolist()
-    q = cfg.batch_size / n
-    sg = torch.Generator().manual_seed(seeds[0])
-    if cfg.sampler == "poisson":
-        sampler = PoissonSampler(n, sample_rate=q, generator=sg)
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            sampler = ShuffleSampler(n, batch_size=max(1, round(q * n)), generator=sg)
-    return sampler, torch.Generator().manual_seed(seeds[1])
+    seeds = run_seeds(g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the shuffled sampler warns; the "published" mode is meant to use it
+        sampler = make_sampler(cfg.sampler, n, sample_rate=cfg.batch_size / n, seed=seeds.sampler)
+    return sampler, torch.Generator().manual_seed(seeds.noise)
 
 
 def _grid(cfg: CliffConfig) -> list[tuple[int, float, float | None]]:
@@ -363,7 +360,6 @@ def _run_sweep(data: CliffData, cfg: CliffConfig, keep_params: bool) -> SweepRes
     any_noise = [any(std[r] > 0 for r in range(R) if run_seed[r] == i) for i in range(len(cfg.seeds))]
     expected = float(samplers[0].expected_batch_size)
     onehot_all = torch.nn.functional.one_hot(y, K).to(dt)
-    xsq_all = (X * X).sum(1)
     steps = 0
     # diagnostics: share of sampled examples clipped (all steps), mean loss of each epoch
     clipped, seen = torch.zeros(2, R, dtype=torch.float64)
@@ -378,13 +374,11 @@ def _run_sweep(data: CliffData, cfg: CliffConfig, keep_params: bool) -> SweepRes
                 idx[i, : b.numel()] = b
                 mask[i, : b.numel()] = 1
             idx, mask = idx[run_seed], mask[run_seed]  # (R, B)
-            xb, oh, xsq = X[idx], onehot_all[idx], xsq_all[idx]
-            pre = torch.baddbmm(b1.unsqueeze(1), xb, W1.transpose(1, 2))  # (R, B, H)
-            h = pre.clamp_min(0)
-            z = torch.baddbmm(b2.unsqueeze(1), h, W2.transpose(1, 2))  # (R, B, K)
-            g2 = torch.softmax(z, -1) - oh
-            g1 = torch.bmm(g2, W2) * (pre > 0)
-            norms = ((xsq + 1) * (g1 * g1).sum(-1) + ((h * h).sum(-1) + 1) * (g2 * g2).sum(-1)).sqrt()
+            xb, oh = X[idx], onehot_all[idx]
+            layers = [(W1, b1), batched.RELU, (W2, b2)]
+            z, inputs = batched.forward(layers, xb)  # z (R, B, K); inputs: x, pre-activation (R, B, H), h
+            gs = batched.backward(layers, inputs, batched.output_grads(z, y[idx], "ce"))
+            norms = batched.per_example_grad_norms(layers, inputs, gs)  # (R, B) unclipped ||grad l_i||
             c = torch.where(private[:, None], C[:, None] / torch.maximum(norms, C[:, None]), 1.0) * mask
             clipped += ((norms > C[:, None]).to(dt) * mask).sum(1).double()
             seen += mask.sum(1).double()
@@ -392,8 +386,7 @@ def _run_sweep(data: CliffData, cfg: CliffConfig, keep_params: bool) -> SweepRes
             loss_sum[epoch] += (li * mask).sum(1).double()
             loss_n[epoch] += mask.sum(1).double()
             step_loss.append((li * mask).sum(1).double() / mask.sum(1).double().clamp_min(1))
-            cg1, cg2 = g1 * c.unsqueeze(-1), g2 * c.unsqueeze(-1)
-            grads = [torch.bmm(cg1.transpose(1, 2), xb), cg1.sum(1), torch.bmm(cg2.transpose(1, 2), h), cg2.sum(1)]
+            grads = [t for pair in batched.grad_sums(layers, inputs, gs, c) for t in pair]  # W1, b1, W2, b2
             noise = [torch.randn(sum(sizes), generator=ng, dtype=dt) if any_noise[i] else torch.zeros(sum(sizes), dtype=dt)
                      for i, ng in enumerate(noise_gens)]
             zs = torch.split(torch.stack(noise)[run_seed] * std[:, None], sizes, dim=1)

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from .._validate import check_int, check_nonnegative, check_positive
+from ..dpsgd import batched
 from ..models import MLP
 
 __all__ = [
@@ -312,55 +313,15 @@ def supports_bmm(model: nn.Module) -> bool:
         isinstance(layer, (nn.Linear, *ELEMENTWISE)) for layer in model)
 
 
-def _bmm_forward(model: nn.Sequential, theta: Mapping[str, Tensor], x: Tensor) -> Tensor:
-    """The MLP on every client at once: ``x (m, B, d)``, weights ``(m, out, in)`` -> ``(m, B, out)``."""
-    h = x
+def _stacked_layers(model: nn.Sequential, theta: Mapping[str, Tensor]) -> list:
+    """``model``'s layers over the stacked parameters, in :mod:`privlab.dpsgd.batched`'s form (ReLU as its ``RELU``)."""
+    layers = []
     for i, layer in enumerate(model):
         if isinstance(layer, nn.Linear):
-            w, b = theta[f"{i}.weight"], theta.get(f"{i}.bias")
-            h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            layers.append((theta[f"{i}.weight"], theta.get(f"{i}.bias")))
         else:
-            h = layer(h)
-    return h
-
-
-def _relu_mlp_grads(model: nn.Sequential, theta: Mapping[str, Tensor], x: Tensor, y: Tensor, w: Tensor,
-                    loss: str) -> dict[str, Tensor]:  # fmt: skip
-    r"""Gradients of :math:`\sum_{k,i} w_{ki}\,\ell(f_{\theta_k}(x_{ki}), y_{ki})` for a Linear/ReLU MLP, by hand.
-
-    Backpropagation written out: :math:`g = w\,(\partial\ell/\partial z)` at the logits
-    (:math:`\sigma(z) - y` for BCE, :math:`\mathrm{softmax}(z) - e_y` for CE); a Linear layer
-    :math:`z = hW^\top + b` gives :math:`\nabla W = g^\top h`, :math:`\nabla b = \sum_i g_i` and passes
-    :math:`gW` down; a ReLU passes :math:`g \odot 1[z > 0]`. Equal to autograd on the same graph
-    (the tests compare the bmm path with the client-by-client loop), without its per-call overhead.
-    Shapes: ``x (m, B, d)``, ``y, w (m, B)``.
-    """
-    inputs, h = [], x
-    for i, layer in enumerate(model):  # forward, keeping each layer's input
-        inputs.append(h)
-        if isinstance(layer, nn.Linear):
-            b = theta.get(f"{i}.bias")
-            wt = theta[f"{i}.weight"].detach().transpose(1, 2)
-            h = torch.bmm(h, wt) if b is None else torch.baddbmm(b.detach().unsqueeze(1), h, wt)
-        else:
-            h = torch.relu(h)
-    if loss == "bce":
-        g = torch.sigmoid(h) - y.unsqueeze(-1).to(h.dtype)
-    else:
-        g = torch.softmax(h, dim=-1) - F.one_hot(y.long(), h.shape[-1]).to(h.dtype)
-    g = g * w.unsqueeze(-1)  # (m, B, out)
-    grads: dict[str, Tensor] = {}
-    for i in range(len(model) - 1, -1, -1):  # backward
-        layer, h_in = model[i], inputs[i]
-        if isinstance(layer, nn.Linear):
-            grads[f"{i}.weight"] = torch.bmm(h_in.transpose(1, 2), g).transpose(1, 2)  # (g^T h), the faster layout
-            if f"{i}.bias" in theta:
-                grads[f"{i}.bias"] = g.sum(1)
-            if i:
-                g = torch.bmm(g, theta[f"{i}.weight"].detach())
-        else:
-            g = g.masked_fill(h_in <= 0, 0.0)
-    return grads
+            layers.append(batched.RELU if isinstance(layer, nn.ReLU) else layer)
+    return layers
 
 
 def local_updates_bmm(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor, plans: Tensor, *,
@@ -369,8 +330,10 @@ def local_updates_bmm(model: nn.Module, params: Mapping[str, Tensor], x: Tensor,
                       ) -> dict[str, Tensor]:  # fmt: skip
     r""":func:`local_updates_vmap` for MLPs without ``torch.func``: batched matmuls, gradients by hand.
 
-    Linear/ReLU MLPs get their gradients from :func:`_relu_mlp_grads` (backpropagation written
-    out); other elementwise activations take one autograd backward per step.
+    Linear/ReLU MLPs get their gradients by hand from :mod:`privlab.dpsgd.batched` (backpropagation
+    written out, :math:`g = w\,\partial\ell/\partial z` at the logits with :math:`w` the batch-mean
+    weights); other elementwise activations take one autograd backward per step through
+    :func:`privlab.dpsgd.batched.forward`.
 
     Clients never interact, so the gradient of :math:`\sum_k L_k(\theta_k)` with
     respect to the stacked :math:`(\theta_1, \dots, \theta_m)` is every client's own
@@ -402,10 +365,19 @@ def local_updates_bmm(model: nn.Module, params: Mapping[str, Tensor], x: Tensor,
     manual = all(isinstance(layer, (nn.Linear, nn.ReLU)) for layer in model)  # else autograd
     for t in range(plans.shape[1]):
         if manual:
-            grads = _relu_mlp_grads(model, theta, xs[:, t], ys[:, t], weights[:, t], loss)
+            layers = _stacked_layers(model, theta)
+            out, inputs = batched.forward(layers, xs[:, t])  # (m, B, out)
+            g = batched.output_grads(out, ys[:, t], loss) * weights[:, t].unsqueeze(-1)  # d(sum_i w_i l_i)/dz
+            sums = iter(batched.grad_sums(layers, inputs, batched.backward(layers, inputs, g)))
+            grads = {}
+            for i, layer in enumerate(model):
+                if isinstance(layer, nn.Linear):
+                    grads[f"{i}.weight"], gb = next(sums)
+                    if gb is not None:
+                        grads[f"{i}.bias"] = gb
         else:
             theta = {k: v.requires_grad_(True) for k, v in theta.items()}
-            out = _bmm_forward(model, theta, xs[:, t])  # (m, B, out)
+            out, _ = batched.forward(_stacked_layers(model, theta), xs[:, t])  # (m, B, out)
             per_example = loss_fn(out.reshape(-1, out.shape[-1]), ys[:, t].reshape(-1)).reshape(weights[:, t].shape)
             total = (per_example * weights[:, t]).sum()
             grads = dict(zip(theta, torch.autograd.grad(total, list(theta.values()))))

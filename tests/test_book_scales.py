@@ -60,7 +60,17 @@ from privlab.config import get_scale
 
 print(f"scale: {get_scale().name}")
 ```
+
+```{code-cell} ipython3
+from privlab.plotting import figure, use_style
+
+use_style()
+fig, ax = figure(title="Tiny figure", xlabel="epsilon", ylabel="error")
+ax.plot([1, 2], [2, 1], label="Laplace")
+ax.legend();
+```
 """
+ALT = "Figure: Tiny figure. x axis: epsilon; y axis: error; series: Laplace."
 
 
 def tiny_book(folder: Path) -> Path:
@@ -101,6 +111,8 @@ def test_smoke_then_book_build_shows_the_book_scale(tmp_path):
         assert f"scale: {other}" not in page, f"the {scale} build shows scale {other}"
         # the provenance note names the scale of the run that computed the numbers
         assert "privlab-provenance" in page and f"Scale: {scale}. Computed on" in page
+        # the figure's alt text is its description (privlab.plotting.describe_figure)
+        assert f'alt="{ALT}"' in page, "the figure has no alt text"
         assert (out / scale / ".jupyter_cache").is_dir() and (out / scale / ".doctrees").is_dir()
         ledger = json.loads((out / scale / "provenance.json").read_text())
         [record] = ledger["chapters/99_scale"].values()

@@ -353,6 +353,44 @@ def _doctree_read(app, doctree) -> None:
     note += nodes.title(text="Provenance")
     note += nodes.paragraph(text=text)
     _append_note(doctree, note)
+    if exec_data:
+        _set_figure_alt_texts(doctree, Path(app.outdir).parent / "jupyter_execute" / f"{docname}.ipynb")
+
+
+def figure_alt_texts(notebook: Path) -> dict[str, str]:
+    """``{sha256 of the PNG: description}`` for every figure output of an executed notebook.
+
+    myst-nb names each output image by the SHA-256 of its bytes; a figure's ``text/plain`` is its
+    description (:func:`privlab.plotting.describe_figure`, set up by ``use_style()``).
+    """
+    import base64
+
+    try:
+        cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    found = {}
+    for cell in cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            text = data.get("text/plain", "")
+            text = "".join(text) if isinstance(text, list) else text
+            if "image/png" in data and text.startswith("Figure:"):
+                png = data["image/png"]
+                png = "".join(png) if isinstance(png, list) else png
+                found[hashlib.sha256(base64.b64decode(png)).hexdigest()] = text.strip()
+    return found
+
+
+def _set_figure_alt_texts(doctree, notebook: Path) -> None:
+    """Give every figure image without alt text its description (the browser check asserts it)."""
+    from docutils import nodes
+
+    texts = figure_alt_texts(notebook)
+    for image in doctree.findall(nodes.image):
+        alt = texts.get(Path(image.get("uri", "")).stem)
+        if alt and not image.get("alt"):
+            image["alt"] = alt
 
 
 def _append_note(doctree, note) -> None:

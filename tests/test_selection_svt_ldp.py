@@ -1,5 +1,6 @@
 """Selection, the sparse vector technique, local DP and continual release: distributions and closed forms."""
 
+import functools
 import math
 
 import numpy as np
@@ -118,11 +119,13 @@ def test_noisy_answer_svt_has_privacy_loss_m_eps_over_2_on_the_monotone_pair():
     log_ratio = math.log(p / p_prime)
     se = math.sqrt(1 / (p * n) + 1 / (p_prime * n))
     assert abs(log_ratio - m / 2) < 5 * se and log_ratio - 5 * se > 1.0, (log_ratio, se)
-    # the honest SVT on the same pair and event (without the answer): within e^eps
-    h = sparse_vector.sparse_vector
-    ph, ph_prime = _late_low_answer_rate(h, np.zeros(m), n, 3), _late_low_answer_rate(h, np.ones(m), n, 4)
-    se_h = math.sqrt(1 / (ph * n) + 1 / (ph_prime * n))
-    assert abs(math.log(ph / ph_prime)) < 1.0 + 5 * se_h, (ph, ph_prime)
+    # the honest SVT on the same pair and event (without the answer): within e^eps, both the general one
+    # and the monotone one, whose query noise Lap(c / eps2) is Alg. 3's (the control without the bug)
+    for seed, h in [(3, sparse_vector.sparse_vector), (5, functools.partial(sparse_vector.sparse_vector,
+                                                                             monotonic=True))]:
+        ph, ph_prime = _late_low_answer_rate(h, np.zeros(m), n, seed), _late_low_answer_rate(h, np.ones(m), n, seed + 1)
+        se_h = math.sqrt(1 / (ph * n) + 1 / (ph_prime * n))
+        assert abs(math.log(ph / ph_prime)) < 1.0 + 5 * se_h, (ph, ph_prime)
 
 
 def test_grr_and_unary_estimates_are_unbiased_with_the_closed_form_variance():

@@ -360,10 +360,11 @@ _SVT_PAIRS = ((np.array([0.0, 1.0]), np.array([1.0, 0.0])),
               (np.r_[np.ones(10), np.zeros(10)], np.r_[np.zeros(10), np.ones(10)]))
 
 
-# the pairs move two queries in opposite directions, which counts under add/remove
-# cannot: the general-query SVT (monotonic=False, query noise Lap(2c Delta/eps2),
-# Lyu et al. Alg. 1)
-_SVT_UNIT = "record (queries each move by <= 1, in any direction)"
+# the pairs move queries in opposite directions (some down by 1, others up by 1), which counts
+# under add/remove cannot and counts under replace-one can (the record leaves one set and enters
+# another): relation replace-one, and the general-query SVT (monotonic=False, query noise
+# Lap(2c Delta/eps2), Lyu et al. Alg. 1)
+_SVT_UNIT = "record (replace-one: counting queries each move by <= 1, in any direction)"
 
 
 def _svt_draw(fn):
@@ -377,10 +378,10 @@ register(Release(
     name="permute-and-flip", relation="add/remove", epsilon=1.0, delta=0.0, pairs=_SELECT_PAIR,
     draw=lambda q, n, rng: permute_and_flip(q, epsilon=1.0, sensitivity=1.0, rng=rng, monotonic=True, size=n)))
 register(Release(
-    name="sparse vector", relation="add/remove", epsilon=1.0, delta=0.0, unit=_SVT_UNIT,
+    name="sparse vector", relation="replace-one", epsilon=1.0, delta=0.0, unit=_SVT_UNIT,
     pairs=_SVT_PAIRS[:1], statistics=(_svt_pattern,), draw=_svt_draw(sparse_vector_mechanism)))
 register(Release(
-    name="sparse vector, 20 queries", relation="add/remove", epsilon=1.0, delta=0.0,
+    name="sparse vector, 20 queries", relation="replace-one", epsilon=1.0, delta=0.0,
     unit=_SVT_UNIT, pairs=_SVT_PAIRS[1:], statistics=(_svt_half_difference,),
     draw=_svt_draw(sparse_vector_mechanism)))
 register(Release(
@@ -455,12 +456,12 @@ register(Release(
     twin_of="odometer", bug="reads the shared ledger once; two odometers each accept 0.6 of a budget of 1",
     check=_two_odometers(lambda p: StaleLedgerOdometer(total_epsilon=1.0, ledger=p))))
 register(Release(
-    name="SVT, threshold noise only", relation="add/remove", epsilon=1.0, delta=0.0,
+    name="SVT, threshold noise only", relation="replace-one", epsilon=1.0, delta=0.0,
     unit=_SVT_UNIT, pairs=_SVT_PAIRS[:1], statistics=(_svt_pattern,),
     twin_of="sparse vector", bug="Lyu, Su, Li 2017 Alg. 5 (Stoddard et al. 2014): no noise on the queries",
     draw=_svt_draw(broken_svt_threshold_noise_only)))
 register(Release(
-    name="SVT, query noise not scaled by c", relation="add/remove", epsilon=1.0, delta=0.0,
+    name="SVT, query noise not scaled by c", relation="replace-one", epsilon=1.0, delta=0.0,
     unit=_SVT_UNIT, pairs=_SVT_PAIRS[1:], statistics=(_svt_half_difference,),
     twin_of="sparse vector, 20 queries",
     bug="Lyu, Su, Li 2017 Alg. 6 (Chen et al. 2015): query noise Lap(2/eps), no cutoff",
@@ -489,11 +490,27 @@ def _svt_late_low_answer(out) -> np.ndarray:
     return np.where(y[:, 0] == _ALG3_M - 1, -y[:, 1], -1e6)
 
 
+def _svt_monotonic_draw(q, n, rng):
+    """The honest monotone SVT (c = 1) in Alg. 3's encoding: (index of the first top, or m; 0 for its answer)."""
+    codes = sparse_vector_mechanism(q, threshold=0.0, c=1, epsilon=1.0, sensitivity=1.0, rng=rng, monotonic=True,
+                                    size=n)
+    top = codes == 1
+    first = np.where(top.any(axis=1), top.argmax(axis=1), codes.shape[1])
+    return np.column_stack([first, np.zeros(n)])
+
+
+# the honest control of Alg. 3: the same noise (Lap(c Delta/eps2) on the queries, monotone counts), the
+# same pair, encoding and event (bot^(m-1), top), releasing top instead of the noisy answer
+register(Release(
+    name="sparse vector, monotonic", relation="add/remove", epsilon=1.0, delta=0.0,
+    unit="record (counting queries, all up by <= 1 together)",
+    pairs=((np.zeros(_ALG3_M), np.ones(_ALG3_M)),), statistics=(_svt_late_low_answer,),
+    samples={"smoke": 100_000, "book": 400_000}, draw=_svt_monotonic_draw))
 register(Release(
     name="SVT, noisy answer output", relation="add/remove", epsilon=1.0, delta=0.0,
     unit="record (counting queries, all up by <= 1 together)",
     pairs=((np.zeros(_ALG3_M), np.ones(_ALG3_M)),), statistics=(_svt_late_low_answer,),
-    twin_of="sparse vector", samples={"smoke": 100_000, "book": 400_000},
+    twin_of="sparse vector, monotonic", samples={"smoke": 100_000, "book": 400_000},
     bug="Lyu, Su, Li 2017 Alg. 3 (Roth 2011): releases q_i + nu_i for the answer above the threshold",
     draw=_svt_noisy_answer_draw))
 

@@ -182,3 +182,29 @@ def test_bad_input_is_refused(tables):
         evaluate_synthetic(train, hold, fresh, target="t", rng=0, model="forest")
     with pytest.raises(ValueError, match="rng"):
         evaluate_synthetic(train, hold, fresh, target="t", rng="seed")
+
+
+def test_real_only_results_are_reused_not_changed(tables, monkeypatch):
+    """The real model's AUC and the real association matrix are computed once per real data and seed:
+    the second evaluation reuses them and equals a fresh computation; other real data or seeds refit."""
+    import privlab.synthetic.evaluate as ev
+
+    train, hold, syn = tables
+    ev._REAL_CACHE.clear()
+    fresh = [evaluate_synthetic(train, hold, s, target="t", rng=3) for s in (syn, train.iloc[::2])]
+    calls = []
+    real_fit = ev._fit_predict_auc
+    monkeypatch.setattr(ev, "_fit_predict_auc", lambda *a: calls.append(1) or real_fit(*a))
+    again = [evaluate_synthetic(train, hold, s, target="t", rng=3) for s in (syn, train.iloc[::2])]
+    assert len(calls) == 2  # the synthetic models only: the real one came from the cache
+    for a, b in zip(fresh, again):
+        assert a.summary().equals(b.summary())
+        pd.testing.assert_frame_equal(a.association_real, b.association_real)
+    ev._REAL_CACHE.clear()
+    calls.clear()
+    evaluate_synthetic(train, hold, syn, target="t", rng=3)
+    evaluate_synthetic(train, hold, syn, target="t", rng=4)  # another seed: the real model is refitted
+    changed = train.copy()
+    changed.loc[0, "x"] += 1.0
+    evaluate_synthetic(changed, hold, syn, target="t", rng=3)  # other real data: refitted
+    assert len(calls) == 6

@@ -41,6 +41,7 @@ Used in: chapter 10.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -164,6 +165,26 @@ def _fit_predict_auc(model: str, x_train, y_train, x_test, y_test, seed: int) ->
         return float(roc_auc_score(y_test, clf.predict_proba(x_test)[:, 1]))
 
 
+_REAL_CACHE: dict = {}  # results that depend on the real data only, reused across generators
+
+
+def _frame_key(df: pd.DataFrame) -> bytes:
+    """A content key for a frame (values, column names and dtypes), for ``_REAL_CACHE``."""
+    digest = hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    digest.update(repr((list(df.columns), [str(t) for t in df.dtypes])).encode())
+    return digest.digest()
+
+
+def _cached(key: tuple, compute):
+    """``compute()`` once per ``key`` (the real model's AUC and the real association matrix are the same
+    for every synthetic table evaluated against the same real data and seed); keeps the last 16 keys."""
+    if key not in _REAL_CACHE:
+        if len(_REAL_CACHE) >= 16:
+            _REAL_CACHE.pop(next(iter(_REAL_CACHE)))
+        _REAL_CACHE[key] = compute()
+    return _REAL_CACHE[key]
+
+
 def _subsample(x: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
     return x if len(x) <= m else x[rng.choice(len(x), m, replace=False)]
 
@@ -235,7 +256,9 @@ def evaluate_synthetic(real_train: pd.DataFrame, real_holdout: pd.DataFrame, syn
 
     marg = {c: marginal(real_train, synthetic, c) for c in cols}
     marg_hold = {c: marginal(real_train, real_holdout, c) for c in cols}
-    a_real = association_matrix(real_train, numeric, bias_corrected=bias_corrected)
+    train_key = _frame_key(real_train)
+    a_real = _cached(("association", train_key, tuple(numeric), bias_corrected),
+                     lambda: association_matrix(real_train, numeric, bias_corrected=bias_corrected)).copy()
     a_syn = association_matrix(synthetic, numeric, bias_corrected=bias_corrected)
     frob, mean_abs = correlation_distance(a_real, a_syn)
 
@@ -248,7 +271,9 @@ def evaluate_synthetic(real_train: pd.DataFrame, real_holdout: pd.DataFrame, syn
     xf = encode_features([real_train, real_holdout, synthetic], [c for c in numeric if c != target],
                          {c: v for c, v in categories.items() if c != target}, reference=real_train)
     seed = int(rng.integers(2**31 - 1))
-    auc_real = _fit_predict_auc(model, xf[0], label(real_train[target]), xf[1], y_hold, seed) if feats else 0.5
+    auc_real = _cached(("auc_real", train_key, _frame_key(real_holdout), target, repr(positive), model, seed),
+                       lambda: _fit_predict_auc(model, xf[0], label(real_train[target]), xf[1], y_hold, seed)
+                       ) if feats else 0.5
     auc_syn = _fit_predict_auc(model, xf[2], label(synthetic[target]), xf[1], y_hold, seed) if feats else 0.5
 
     # privacy: distances on all columns, to the rows the generator saw

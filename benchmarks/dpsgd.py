@@ -13,6 +13,9 @@ grad_sample modes hooks, ew (expanded weights), functorch and ghost (fast
 gradient clipping; the logits are squeezed to (B,) so its (B, 1) pitfall does
 not apply).
 
+The step factories, timers and peak-memory measurement are :mod:`privlab.profiling`'s
+(chapter 8 uses the same); this script adds the two privlab variants above and the command line.
+
 Timing: ``--rounds`` rounds, each timing ``--steps`` consecutive steps of every
 method in turn (interleaved, so a busy shared machine slows all methods alike);
 reported: the median over rounds of the mean wall-clock step time, and the same
@@ -43,50 +46,18 @@ import argparse
 import json
 import platform
 import statistics
-import time
 import warnings
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-
-def streamrec_mlp() -> nn.Module:
-    layers, width = [], 40
-    for hidden in (128, 64, 32):
-        layers += [nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.ReLU(), nn.Dropout(0.1)]
-        width = hidden
-    return nn.Sequential(*layers, nn.Linear(width, 1))
-
-
-def per_example_bce(logits, target):
-    return F.binary_cross_entropy_with_logits(logits.squeeze(1), target, reduction="none")
-
-
-# -- step factories: each returns a closure doing one full training step on (x, y) ---------------
-
-
-def nonprivate_step(model, args):
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-
-    def step(x, y):
-        opt.zero_grad(set_to_none=True)
-        F.binary_cross_entropy_with_logits(model(x).squeeze(1), y).backward()
-        opt.step()
-
-    return step, lambda: opt.zero_grad(set_to_none=True)
-
-
-def privlab_step(method):
-    def factory(model, args):
-        from privlab.dpsgd import DPOptimizer
-
-        opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        dp = DPOptimizer(opt, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=float(args.batch),
-                         generator=torch.Generator(device=args.device).manual_seed(0), method=method)
-        return (lambda x, y: dp.step(model, per_example_bce, x, y)), lambda: opt.zero_grad(set_to_none=True)
-
-    return factory
+from privlab.profiling import (  # noqa: F401  (time_steps, step_peak_bytes, disable_heap_trimming: dpsgd_lm.py's too)
+    STEPS,
+    disable_heap_trimming,
+    privlab_step,
+    step_peak_bytes,
+    streamrec_mlp,
+    time_steps,
+)
 
 
 #: The fast path as it was before issue 18 (recomputed norm inputs, unfused rules), loaded from git so the
@@ -117,11 +88,11 @@ def previous_fast():
     return importlib.import_module(f"{name}.fast").fast_norms_and_clipped_sum
 
 
-def privlab_previous_step(model, args):
+def privlab_previous_step(model, *, batch, device):
     """privlab's DPOptimizer with the kernel's fast path swapped for the previous one during each step."""
     from privlab.dpsgd import clipping
 
-    previous, inner = previous_fast(), privlab_step("fast")(model, args)
+    previous, inner = previous_fast(), privlab_step("fast")(model, batch=batch, device=device)
     step, release = inner
 
     def swapped(x, y):
@@ -135,11 +106,11 @@ def privlab_previous_step(model, args):
     return swapped, release
 
 
-def privlab_recompute_step(model, args):
+def privlab_recompute_step(model, *, batch, device):
     """privlab's fast path with its memory option on: norm-layer inputs recomputed after the backward."""
     from privlab.dpsgd import fast
 
-    step, release = privlab_step("fast")(model, args)
+    step, release = privlab_step("fast")(model, batch=batch, device=device)
 
     def recomputing(x, y):
         default, fast.RECOMPUTE_NORM_INPUTS = fast.RECOMPUTE_NORM_INPUTS, True
@@ -151,115 +122,14 @@ def privlab_recompute_step(model, args):
     return recomputing, release
 
 
-def opacus_step(mode):
-    def factory(model, args):
-        from opacus.grad_sample.utils import prepare_module
-        from opacus.optimizers import get_optimizer_class
-        from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
-
-        extra = {"max_grad_norm": 1.0} if mode == "ghost" else {}
-        gsm = prepare_module(model, grad_sample_mode=mode, batch_first=True, loss_reduction="mean", **extra)
-        opt = get_optimizer_class("flat", False, mode)(
-            optimizer=torch.optim.SGD(gsm.parameters(), lr=0.01), noise_multiplier=1.0, max_grad_norm=1.0,
-            expected_batch_size=args.batch, loss_reduction="mean",
-            generator=torch.Generator(device=args.device).manual_seed(0))
-        if mode == "ghost":
-            criterion = DPLossFastGradientClipping(gsm, opt, nn.BCEWithLogitsLoss(), "mean")
-
-            def step(x, y):
-                opt.zero_grad(set_to_none=True)
-                criterion(gsm(x).squeeze(1), y).backward()  # the two backward passes happen here
-                opt.step()
-        else:
-            criterion = nn.BCEWithLogitsLoss()
-
-            def step(x, y):
-                opt.zero_grad(set_to_none=True)
-                criterion(gsm(x).squeeze(1), y).backward()
-                opt.step()
-
-        return step, lambda: opt.zero_grad(set_to_none=True)
-
-    return factory
-
-
 METHODS = {
-    "non-private": nonprivate_step,
-    "privlab fast": privlab_step("fast"),
+    "non-private": STEPS["non-private"],
+    "privlab fast": STEPS["privlab fast"],
     "privlab fast recomp": privlab_recompute_step,
     "privlab fast prev": privlab_previous_step,
-    "privlab vmap": privlab_step("vmap"),
-    "privlab loop": privlab_step("loop"),
-    "opacus hooks": opacus_step("hooks"),
-    "opacus ew": opacus_step("ew"),
-    "opacus functorch": opacus_step("functorch"),
-    "opacus ghost": opacus_step("ghost"),
+    **{name: STEPS[name] for name in ("privlab vmap", "privlab loop", "opacus hooks", "opacus ew",
+                                      "opacus functorch", "opacus ghost")},
 }
-
-
-# -- measurement ------------------------------------------------------------------------------
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_steps(step, x, y, steps, device) -> tuple[float, float]:
-    """Mean (wall-clock, process CPU) seconds per step over ``steps`` consecutive steps."""
-    sync(device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        step(x, y)
-    sync(device)
-    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
-
-
-def cpu_step_peak_bytes(step, x, y) -> int:
-    """Peak of (bytes allocated - bytes freed) by torch's CPU allocator during one step."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step(x, y)
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    live = peak = 0
-    for e in events:
-        if e.device_type() == torch.autograd.DeviceType.CPU:
-            live += e.nbytes()
-            peak = max(peak, live)
-    return peak
-
-
-def step_peak_bytes(step, release, x, y, device) -> int:
-    release()
-    if device.type == "cuda":
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        step(x, y)
-        sync(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    return cpu_step_peak_bytes(step, x, y)
-
-
-def disable_heap_trimming() -> bool:
-    """glibc only: stop malloc returning freed heap memory to the OS between steps (``mallopt``).
-
-    With the default settings every step that needs more memory than the heap
-    kept re-faults those pages (minor page faults, counted as system time); a
-    caching allocator such as jemalloc or tcmalloc avoids this. Applies to all
-    methods alike.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_trim_threshold, 2**30)) and bool(libc.mallopt(m_mmap_threshold, 2**25))
-    except (OSError, AttributeError):
-        return False
 
 
 def main(argv=None) -> dict:
@@ -297,7 +167,7 @@ def main(argv=None) -> dict:
         n = args.loop_batch if name == "privlab loop" else args.batch
         x, y = x_full[:n], y_full[:n]
         try:
-            step, release = METHODS[name](model, args)
+            step, release = METHODS[name](model, batch=args.batch, device=args.device)
             for _ in range(args.warmup):
                 step(x, y)
             runs[name] = dict(step=step, release=release, x=x, y=y, batch=n, times=[])

@@ -36,3 +36,39 @@ def test_every_toc_chapter_exists_and_is_a_jupytext_notebook():
     for path in chapters:
         head = path.read_text().splitlines()[:12]
         assert any("jupytext" in line for line in head), f"{path} has no jupytext header"
+
+
+def test_data_dir_in_checkout_env_override_and_installed_copy(monkeypatch, tmp_path):
+    # from this checkout: <repo>/data
+    monkeypatch.delenv("PRIVLAB_DATA", raising=False)
+    assert config.in_checkout()
+    assert config.data_dir() == config.ROOT / "data"
+    # PRIVLAB_DATA wins
+    monkeypatch.setenv("PRIVLAB_DATA", str(tmp_path / "elsewhere"))
+    assert config.data_dir() == tmp_path / "elsewhere"
+    assert config.results_dir() == tmp_path / "elsewhere" / "results"
+    # an installed copy (ROOT is then a folder of the Python installation): the user cache folder
+    monkeypatch.delenv("PRIVLAB_DATA")
+    monkeypatch.setattr(config, "ROOT", tmp_path / "lib" / "python3.11")
+    monkeypatch.setattr(config.platformdirs, "user_cache_dir", lambda app: str(tmp_path / "cache" / app))
+    assert not config.in_checkout()
+    assert config.data_dir() == tmp_path / "cache" / "privlab" / "data"
+    assert not (tmp_path / "lib").exists()
+
+
+def test_data_dir_of_a_non_editable_copy_is_the_user_cache(tmp_path):
+    """A copy of the package outside any checkout (as pip installs it) never writes beside itself."""
+    import shutil
+    import subprocess
+    import sys
+
+    site = tmp_path / "lib" / "python3.11" / "site-packages"
+    shutil.copytree(config.ROOT / "src" / "privlab", site / "privlab",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "XDG_CACHE_HOME": str(tmp_path / "xdg"),
+           "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", "import privlab.config as c; print(c.data_dir())"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+    if sys.platform.startswith("linux"):
+        assert out == str(tmp_path / "xdg" / "privlab" / "data")
+    assert not (tmp_path / "lib" / "python3.11" / "data").exists()

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import platformdirs
 
 SCALES = ("smoke", "book", "paper")
 ENV_VAR = "PRIVLAB_SCALE"
@@ -44,11 +45,28 @@ DEFAULT_SCALE = "book"
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def in_checkout(root: Path | None = None) -> bool:
+    """Whether privlab runs from a source checkout at ``root`` (default :data:`ROOT`), not from an installed copy.
+
+    True when ``root`` holds a ``pyproject.toml`` and the very ``src/privlab`` this module
+    was loaded from. After a non-editable ``pip install``, :data:`ROOT` is a folder of the
+    Python installation (``.../lib/python3.X``) and this is False.
+
+    >>> in_checkout(Path("/nonexistent"))
+    False
+    """
+    root = ROOT if root is None else Path(root)
+    package = root / "src" / "privlab"
+    return (root / "pyproject.toml").is_file() and package.is_dir() and package.resolve() == Path(__file__).resolve().parent
+
+
 def _project_dir(name: str, env: str) -> Path:
     override = os.environ.get(env)
     if override:
         return Path(override)
-    return ROOT / name
+    if in_checkout():
+        return ROOT / name
+    return Path(platformdirs.user_cache_dir("privlab")) / name
 
 
 @dataclass(frozen=True)
@@ -157,14 +175,20 @@ def spawn_seeds(seed: int, n: int) -> list[int]:
 
 
 def data_dir() -> Path:
-    """Folder for cached data (``$PRIVLAB_DATA`` or ``<repo>/data``), created on demand."""
+    """Folder for cached data, created on demand.
+
+    ``$PRIVLAB_DATA`` if set; else ``<repo>/data`` when running from a source checkout
+    (:func:`in_checkout`); else, for an installed privlab, ``data`` in the user's cache
+    folder (``platformdirs.user_cache_dir("privlab")``, e.g. ``~/.cache/privlab/data`` on
+    Linux), never inside the Python installation.
+    """
     d = _project_dir("data", "PRIVLAB_DATA")
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
 def results_dir() -> Path:
-    """Folder for recorded runs with provenance (``data/results``), created on demand."""
+    """Folder for recorded runs with provenance (``<data_dir()>/results``), created on demand."""
     d = data_dir() / "results"
     d.mkdir(parents=True, exist_ok=True)
     return d

@@ -53,6 +53,8 @@ __all__ = [
     "ParamSpec",
     "batch_plan",
     "batch_plans",
+    "bce_losses",
+    "ce_losses",
     "client_rng",
     "local_update",
     "local_updates_bmm",

@@ -65,6 +65,7 @@ __all__ = [
     "roc_curve",
     "train_mlps",
     "tpr_at_fpr",
+    "tpr_at_fpr_flat",
 ]
 
 
@@ -429,13 +430,22 @@ def bootstrap_tpr(scores_list, members, fpr: float, *, n_boot: int, rng: np.rand
         cols = rng.integers(0, members.shape[1], members.shape[1])
         mem = members[:, cols]
         for j, a in enumerate(arrays):
-            out[b, j] = _tpr_at_fpr_fast(a[:, cols].ravel(), mem.ravel(), f)
+            out[b, j] = tpr_at_fpr_flat(a[:, cols].ravel(), mem.ravel(), f)
     return out
 
 
-def _tpr_at_fpr_fast(s: np.ndarray, m: np.ndarray, f: float) -> float:
-    """:func:`tpr_at_fpr` without the sort: with k the most false positives allowed, the best
-    threshold sits just above the (k+1)-th largest non-member score."""
+def tpr_at_fpr_flat(s: np.ndarray, m: np.ndarray, f: float) -> float:
+    """:func:`tpr_at_fpr` of flat scores ``s`` and membership ``m`` without a sort (what :func:`bootstrap_tpr` repeats).
+
+    With :math:`k` the most false positives allowed, the best threshold sits just above the
+    :math:`(k+1)`-th largest non-member score, found by ``np.partition`` in linear time.
+    NaN scores are dropped. Equal to :func:`tpr_at_fpr` (the tests check it, ties and NaN included).
+
+    >>> tpr_at_fpr_flat(np.array([3.0, 2.0, 1.0, 0.0]), np.array([1, 0, 1, 0], bool), 0.0)
+    0.5
+
+    Used in: chapter 12 (through :func:`bootstrap_tpr`).
+    """
     ok = ~np.isnan(s)
     s, m = s[ok], m[ok]
     neg, pos = s[~m], s[m]

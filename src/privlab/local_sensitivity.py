@@ -22,9 +22,12 @@ the median barely moves (its *local* sensitivity
   distance :math:`\gamma` from :math:`D` to the nearest data set whose local sensitivity
   exceeds :math:`b`; if :math:`\gamma + \mathrm{Lap}(1/\varepsilon) \le \ln(1/\delta)/\varepsilon`
   refuse, else release :math:`f(D) + \mathrm{Lap}(b/\varepsilon)`: :math:`(2\varepsilon, \delta)`-DP;
-* **sample-and-aggregate** (Nissim et al. 2007, section 4): split the data at random into
-  :math:`m` blocks, compute any statistic on each, clip to :math:`[a, b]` and release the
-  mean with :math:`\mathrm{Lap}((b-a)/(m\varepsilon))`: one record lies in one block.
+* **sample-and-aggregate** (the framework of Nissim et al. 2007, section 4, whose aggregator is
+  a smooth-sensitivity "center of attention"; here with the simplest aggregator, a clipped
+  Laplace mean, the later common simplification, cf. Smith 2011's winsorised mean): split the
+  data at random into :math:`m` blocks, compute any statistic on each, clip to :math:`[a, b]`
+  and release the mean with :math:`\mathrm{Lap}((b-a)/(m\varepsilon))`: one record lies in
+  one block.
 
 Neighbouring relation here: replace-one (:math:`n` public, as the median's index
 needs), privacy unit one record; for sample-and-aggregate, add/remove or replace-one
@@ -39,7 +42,8 @@ partition, and the argument couples the partitions of neighbours).
 
 References: Nissim, Raskhodnikova, Smith (2007), "Smooth sensitivity and sampling
 in private data analysis", STOC; Dwork and Lei (2009), "Differential privacy and
-robust statistics", STOC; Dwork and Roth (2014), section 7.
+robust statistics", STOC; Smith (2011), "Privacy-preserving statistical estimation with
+optimal convergence rates", STOC; Dwork and Roth (2014), section 7.
 
 Used in: the chapter "Selection, the sparse vector and local DP".
 """

@@ -9,7 +9,10 @@ Flower's ``DifferentialPrivacyServerSideFixedClipping`` (clip each update to
 weights are then uniform (``unit-weight``) so one client's sensitivity is
 :math:`C/K`. The cumulative :math:`\varepsilon` per round comes from
 :func:`privlab.federated.dp.epsilon_per_round` with sample rate 1 (every node,
-every round). SecAgg+ lives in Flower's legacy API only:
+every round). The privacy unit is one client: neighbouring federations differ by adding or
+removing one client, whose clipped update moves the sum by at most :math:`C`; the divisor
+:math:`K` (the number of sampled clients) is public and fixed in advance, and :math:`q = 1`.
+SecAgg+ lives in Flower's legacy API only:
 :mod:`privlab.federated.flower.secaggplus`.
 
 Used in: chapter 9.

@@ -52,15 +52,15 @@ def timed(fn, repeats: int):
 def methods(cfg: dict, args):
     """name -> (epsilon query, calibration or None)."""
     from privlab.accounting import calibrate_noise, dpsgd_epsilon
-    from privlab.accounting.rdp import _subsampled_gaussian_rdp_cached as rdp_cache
+    from privlab.accounting.rdp import subsampled_gaussian_rdp as rdp_curve
 
     q, s, k, d, target = cfg["sample_rate"], cfg["noise_multiplier"], cfg["steps"], cfg["delta"], cfg["target"]
     out = {}
     for acc in ("rdp", "pld"):  # the RDP curve cache is cleared so that every repeat pays in full
         out[f"privlab {acc.upper()}"] = (
-            lambda acc=acc: rdp_cache.cache_clear() or dpsgd_epsilon(
+            lambda acc=acc: rdp_curve.cache_clear() or dpsgd_epsilon(
                 noise_multiplier=s, sample_rate=q, steps=k, delta=d, accountant=acc),
-            lambda acc=acc: rdp_cache.cache_clear() or calibrate_noise(
+            lambda acc=acc: rdp_curve.cache_clear() or calibrate_noise(
                 target_epsilon=target, delta=d, sample_rate=q, steps=k, accountant=acc))
     try:
         from opacus.accountants import PRVAccountant, RDPAccountant

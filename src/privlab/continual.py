@@ -11,7 +11,8 @@ the released prefix sums :math:`s_t = \sum_{i \le t} x_i` for every
   (each event in one noisy term): standard deviation :math:`\sqrt{2t}/\varepsilon`;
 * the *binary tree* (Chan, Shi and Song 2011; Dwork, Naor, Pitassi, Rothblum
   2010): a noisy count for every dyadic interval; each event lies in
-  :math:`L = \lceil \log_2 T \rceil + 1` intervals, so each node gets
+  :math:`L = \lfloor \log_2 T \rfloor + 1 = \lceil \log_2 (T+1) \rceil` intervals that enter
+  a released prefix (:func:`tree_levels`), so each node gets
   :math:`\mathrm{Lap}(L/\varepsilon)`, and every prefix is a sum of at most
   :math:`L` nodes: standard deviation at most :math:`\sqrt{2L}\, L/\varepsilon`,
   polylogarithmic in :math:`T`.

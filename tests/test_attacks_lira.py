@@ -176,3 +176,36 @@ def test_bootstrap_tpr_matches_tpr_at_fpr():
     reps = bootstrap_tpr([s, s], mem, 0.05, n_boot=50, rng=np.random.default_rng(0))
     assert reps.shape == (50, 2) and (reps[:, 0] == reps[:, 1]).all()
     assert abs(reps[:, 0].mean() - tpr_at_fpr(s, mem, 0.05)) < 4 * reps[:, 0].std()
+
+
+def test_bootstrap_tpr_counts_the_model_to_model_variance():
+    """With a per-model effect, the two-way bootstrap's sd matches the sd over fresh data sets.
+
+    Resampling the examples alone (every model in every replicate) misses the models' share.
+    """
+    from privlab.attacks import bootstrap_tpr
+    from privlab.attacks.lira import tpr_at_fpr_flat
+
+    def draw(rng, m=8, n=300):
+        mem = rng.random((m, n)) < 0.5
+        leak = rng.normal(1.0, 0.5, (m, 1))  # how much each target model leaks
+        hard = rng.normal(0.0, 0.5, (1, n))  # each example's difficulty
+        return rng.normal(size=(m, n)) + mem * (leak + hard), mem
+
+    rng = np.random.default_rng(3)
+    truth = np.std(
+        [tpr_at_fpr_flat(*(a.ravel() for a in draw(rng)), 0.05) for _ in range(400)], ddof=1
+    )
+    two, one = [], []
+    for _ in range(20):
+        s, mem = draw(rng)
+        two.append(bootstrap_tpr([s], mem, 0.05, n_boot=100, rng=rng)[:, 0].std(ddof=1))
+        one.append(
+            bootstrap_tpr([s], mem, 0.05, n_boot=100, rng=rng, resample_models=False)[
+                :, 0
+            ].std(ddof=1)
+        )
+    assert 0.75 < np.mean(two) / truth < 1.5, (np.mean(two), truth)
+    assert np.mean(one) / truth < 0.6, (np.mean(one), truth)
+    with pytest.raises(ValueError, match="M >= 2"):
+        bootstrap_tpr([s[:1]], mem[:1], 0.05, n_boot=2, rng=rng)

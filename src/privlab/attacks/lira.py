@@ -399,20 +399,32 @@ def train_mlps(X, y, keep, *, hidden: int, epochs: int, sample_rate: float, lr: 
     )
 
 
-def bootstrap_tpr(scores_list, members, fpr: float, *, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    r"""TPR at ``fpr`` of several attacks on the same guesses, over a paired bootstrap of examples.
+def bootstrap_tpr(scores_list, members, fpr: float, *, n_boot: int, rng: np.random.Generator,
+                  resample_models: bool = True) -> np.ndarray:  # fmt: skip
+    r"""TPR at ``fpr`` of several attacks on the same guesses, over a paired two-way bootstrap.
 
-    Each replicate draws the :math:`N` examples (columns of the ``(M, N)`` arrays) with
-    replacement, the same draw for every attack, and recomputes :func:`tpr_at_fpr`
-    (its threshold included). Resampling examples, not single guesses, keeps the
-    :math:`M` guesses about one example together, which share the example's
-    difficulty; the standard deviation of a column (or of a difference of columns)
-    is then a standard error that counts that correlation, unlike a binomial one.
+    The :math:`M \times N` guesses are correlated in two ways: the :math:`M` guesses
+    about one example share its difficulty, and the :math:`N` guesses against one
+    target model share that model's training randomness (how much it overfits, its
+    noise draws). Each replicate draws the :math:`M` target models (rows) and the
+    :math:`N` examples (columns) with replacement, independently, the same draw for
+    every attack, and recomputes :func:`tpr_at_fpr` (its threshold included). The
+    standard deviation of a column (or of a difference of columns) is then a standard
+    error that counts both correlations, unlike a binomial one, and pairs the attacks.
+    This is the "pigeonhole" bootstrap of a crossed design (Owen 2007, "The pigeonhole
+    bootstrap", Ann. Appl. Stat. 1(2)): for a mean it is mildly conservative (it
+    overstates the variance by about the interaction term's share, of order
+    :math:`1/(MN)`), so its standard errors err on the large side.
+    ``resample_models=False`` resamples the examples only (every model kept in every
+    replicate), which leaves the model-to-model variance out.
+
+    The scores are not refitted in a replicate: the shadow Gaussians of
+    :func:`lira_scores` stay those of the full ensemble.
 
     Returns:
         ``(n_boot, len(scores_list))`` TPRs.
 
-    >>> s = np.array([[3.0, 2.0, 1.0, 0.0]]); m = np.array([[1, 0, 1, 0]], bool)
+    >>> s = np.array([[3.0, 2.0, 1.0, 0.0]] * 2); m = np.array([[1, 0, 1, 0]] * 2, bool)
     >>> bootstrap_tpr([s, s], m, 0.5, n_boot=3, rng=np.random.default_rng(0)).shape
     (3, 2)
 
@@ -425,12 +437,16 @@ def bootstrap_tpr(scores_list, members, fpr: float, *, n_boot: int, rng: np.rand
                          f"{members.shape}")  # fmt: skip
     n_boot = check_int("n_boot", n_boot)
     f = check_nonnegative("fpr", fpr)
+    m_rows, n_cols = members.shape
+    if resample_models and m_rows < 2:
+        raise ValueError("resampling the models needs M >= 2")
     out = np.empty((n_boot, len(arrays)))
     for b in range(n_boot):
-        cols = rng.integers(0, members.shape[1], members.shape[1])
-        mem = members[:, cols]
+        rows = rng.integers(0, m_rows, m_rows) if resample_models else np.arange(m_rows)
+        cols = rng.integers(0, n_cols, n_cols)
+        mem = members[np.ix_(rows, cols)].ravel()
         for j, a in enumerate(arrays):
-            out[b, j] = tpr_at_fpr_flat(a[:, cols].ravel(), mem.ravel(), f)
+            out[b, j] = tpr_at_fpr_flat(a[np.ix_(rows, cols)].ravel(), mem, f)
     return out
 
 

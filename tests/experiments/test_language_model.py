@@ -85,7 +85,8 @@ def test_lora_moves_the_adapters_and_not_the_base_weights(split):
 def test_finetune_reports_the_epsilon_it_was_calibrated_for(split):
     base = lm.build_model(CharTokenizer().vocab_size, S)
     _, rec = lm.finetune(base, split, lm.LMScale(finetune_epochs=1, batch_size=16), epsilon=3.0)
-    assert rec["epsilon_spent"] <= 3.0 * (1 + 1e-3) and rec["delta"] < 1 / rec["n_units"]
+    assert rec["epsilon_spent"] <= 3.0 * (1 + 1e-3)
+    assert rec["delta"] == pytest.approx(1 / (100 * rec["n_units"]), rel=1e-12)  # delta = 1/(100 N)
 
 
 def test_finetune_rejects_unknown_method():
@@ -147,3 +148,30 @@ def test_every_private_run_has_its_non_private_control():
             if math.isfinite(eps):
                 assert (math.inf, method, unit) in runs or (math.inf, method, unit, "clip") in runs
         assert (math.inf, "full", "user", "clip") in runs and (math.inf, "full", "example", "clip") in runs
+
+
+def test_replicates_draw_fresh_canary_codes_and_train_again(split):
+    base = lm.build_model(CharTokenizer().vocab_size, S)
+    small = lm.LMScale(finetune_epochs=1, batch_size=16)
+    reps = lm.replicate_exposures(base, split, small, [(math.inf, "full", "example")], seeds=(1, 2))
+    assert [r["seed"] for r in reps] == [1, 2] and all(r["run"] == [math.inf, "full", "example"] for r in reps)
+    assert all(sorted(r["exposure"], key=int) == ["1", "4"] for r in reps)
+    # each seed's split: the same rows and users, fresh codes in the canary rows only
+    a, b = (lm.recode_canaries(split, np.random.default_rng([s, 20])) for s in (1, 2))
+    assert [c.code for c in a.canaries] != [c.code for c in b.canaries]
+    for new in (a, b):
+        changed = (new.private != split.private).any(1)
+        assert 0 < int(changed.sum()) <= 1 + 4 and np.array_equal(new.private_users, split.private_users)
+        tok = CharTokenizer()
+        for c in new.canaries:
+            rows = [i for i in range(len(new.private)) if tok.decode(new.private[i].tolist()).startswith(c.text)]
+            assert len(rows) == c.repetitions and set(new.private_users[rows]) == {c.user}
+
+
+def test_build_model_can_untie_the_output_layer():
+    tied = lm.build_model(CharTokenizer().vocab_size, S)
+    untied = lm.build_model(CharTokenizer().vocab_size, S, tie_word_embeddings=False)
+    assert tied.lm_head.weight is tied.transformer.wte.weight
+    assert untied.lm_head.weight is not untied.transformer.wte.weight
+    extra = sum(p.numel() for p in untied.parameters()) - sum(p.numel() for p in tied.parameters())
+    assert extra == CharTokenizer().vocab_size * S.n_embd

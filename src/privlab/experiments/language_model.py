@@ -17,7 +17,11 @@ The experiment of the language-model chapter, on CPU at smoke and book scale:
    among all :math:`|\mathcal R| = 10^4` codes by the model's loss, computed
    exactly over the whole canary space; by validation perplexity; and by a
    loss-threshold membership-inference attack (AUC, TPR at 1% FPR) against the DP
-   bound :math:`\mathrm{TPR} \le e^\varepsilon \mathrm{FPR} + \delta`.
+   bound :math:`\mathrm{TPR} \le e^\varepsilon \mathrm{FPR} + \delta`;
+5. chosen runs repeated with further seeds, each with fresh canary codes
+   (:func:`replicate_exposures`), so that comparisons between runs take their
+   standard errors from replicates, and the seeds' models serve as shadow models
+   for an offline LiRA on the canaries (Carlini et al. 2022, arXiv:2112.03570).
 
 References: Carlini et al. (2019), arXiv:1802.08232; Hu et al. (2021), "LoRA",
 arXiv:2106.09685; Yu et al. (2022), "Differentially private fine-tuning of
@@ -31,6 +35,7 @@ Used in: the language-model chapter.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 import warnings
@@ -45,13 +50,14 @@ from tqdm.auto import tqdm
 
 from privlab.accounting import calibrate_noise
 from privlab.config import get_device
-from privlab.datasets.text import CharTokenizer, TextSplit, canary_text, make_text_split
+from privlab.datasets.text import Canary, CharTokenizer, TextSplit, canary_text, make_text_split
 from privlab.dpsgd import DPSGDConfig, lm_loss, train
 from privlab.provenance import write_json
 
-__all__ = ["LMScale", "LM_SCALES", "build_model", "sequence_losses", "canary_space_losses", "exposure", "membership_attack",
-           "pack_users", "UserLM", "user_lm_loss", "finetune", "pretrain", "evaluate_language_model", "default_runs",
-           "run", "write_results"]
+__all__ = ["LMScale", "LM_SCALES", "build_model", "sequence_losses", "canary_space_losses", "exposure",
+           "canary_exposures", "recode_canaries", "replicate_exposures", "membership_attack", "pack_users", "UserLM",
+           "add_lora", "user_lm_loss", "finetune", "pretrain", "evaluate_language_model", "default_runs", "run",
+           "write_results"]
 
 
 @dataclass(frozen=True)
@@ -85,14 +91,17 @@ LM_SCALES = {
 }
 
 
-def build_model(vocab_size: int, s: LMScale, *, seed: int = 0) -> nn.Module:
-    """A GPT-2 from a configuration class (random initial weights; nothing is downloaded)."""
+def build_model(vocab_size: int, s: LMScale, *, seed: int = 0, tie_word_embeddings: bool = True) -> nn.Module:
+    """A GPT-2 from a configuration class (random initial weights; nothing is downloaded).
+
+    ``tie_word_embeddings=False`` gives the output layer its own weights (GPT-2 ties them to the
+    token embedding; Opacus's ghost clipping refuses tied parameters)."""
     from transformers import GPT2Config, GPT2LMHeadModel  # an optional extra ([book], [dev]): imported on use
 
     torch.manual_seed(seed)  # transformers initialises from the global generator
     cfg = GPT2Config(vocab_size=vocab_size, n_positions=s.seq_len, n_embd=s.n_embd, n_layer=s.n_layer,
                      n_head=s.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                     bos_token_id=0, eos_token_id=0)
+                     bos_token_id=0, eos_token_id=0, tie_word_embeddings=tie_word_embeddings)
     return GPT2LMHeadModel(cfg)
 
 
@@ -188,7 +197,9 @@ def pack_users(ids: Tensor, users: np.ndarray, *, max_rows: int, rng: np.random.
 # ----------------------------------------------------------------------------- training
 
 
-def _lora(model: nn.Module, rank: int) -> nn.Module:
+def add_lora(model: nn.Module, rank: int) -> nn.Module:
+    """``model`` wrapped by peft with the chapter's LoRA adapters (rank ``rank``, alpha ``2 rank``, on
+    GPT-2's ``c_attn``, ``c_proj`` and ``c_fc``): only the adapters are trainable."""
     from peft import LoraConfig, get_peft_model  # an optional extra ([book], [dev]): imported on use
 
     cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["c_attn", "c_proj", "c_fc"],
@@ -202,7 +213,9 @@ def finetune(base: nn.Module, split: TextSplit, s: LMScale, *, epsilon: float, m
     r"""Fine-tune a copy of ``base`` on the private part; ``epsilon = inf`` trains without privacy.
 
     Clipping norm :math:`C = 1` for every private run; :math:`\sigma` calibrated by the PLD
-    accountant for ``epsilon`` at :math:`\delta = 1/(10N)` (:math:`N` examples or users), Poisson
+    accountant for ``epsilon`` at :math:`\delta = 1/(100N)` (:math:`N` examples or users; as in
+    chapters 2 and 13: the mechanism that publishes each unit's data outright with probability
+    :math:`\delta` exposes some unit with probability :math:`1 - (1 - \delta)^N \approx 1\%`), Poisson
     sampling, Adam. ``clip_only=True`` (with ``epsilon = inf``) clips at :math:`C = 1` and adds no
     noise: the clipping-only ablation (no privacy). Full fine-tuning and LoRA use the same learning
     rate ``s.lr``, chosen for LoRA on public data only (smoke: a model pretrained on 200 public
@@ -218,7 +231,7 @@ def finetune(base: nn.Module, split: TextSplit, s: LMScale, *, epsilon: float, m
         raise ValueError(f"clip_only trains without noise: epsilon must be inf, got {epsilon}")
     model = copy.deepcopy(base)
     if method == "lora":
-        model = _lora(model, s.lora_rank)
+        model = add_lora(model, s.lora_rank)
     rng = np.random.default_rng(seed)
     if unit == "user":
         x, y, names = pack_users(split.private, split.private_users, max_rows=s.max_rows_per_user, rng=rng)
@@ -226,7 +239,7 @@ def finetune(base: nn.Module, split: TextSplit, s: LMScale, *, epsilon: float, m
         batch = max(2, n // 4)
     else:
         x, y, net, loss_fn, n, batch = split.private, split.private, model, lm_loss, len(split.private), s.batch_size
-    delta = 1.0 / (10 * n)
+    delta = 1.0 / (100 * n)
     epochs = s.finetune_epochs
     steps = epochs * round(n / batch)
     private = math.isfinite(epsilon)
@@ -263,19 +276,80 @@ def pretrain(split: TextSplit, s: LMScale, *, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def canary_exposures(model: nn.Module, split: TextSplit, s: LMScale, *,
+                     space: np.ndarray | None = None) -> dict[str, list[float]]:
+    """The exposure of every canary of ``split``, by repetition count: ``{"1": [...], "4": [...], ...}``
+    (``space``: the model's :func:`canary_space_losses`, computed when not given)."""
+    if space is None:
+        space = canary_space_losses(model, tokenizer=split.tokenizer, seq_len=s.seq_len)
+    out = {str(c.repetitions): [] for c in split.canaries}
+    for c in split.canaries:
+        out[str(c.repetitions)].append(exposure(space, c.code))
+    return out
+
+
+def recode_canaries(split: TextSplit, rng: np.random.Generator) -> TextSplit:
+    """``split`` with every canary given a fresh random code (distinct, uniform over the 10^4), in
+    the same rows and by the same user: a replicate of the canary experiment on the same data.
+
+    >>> from privlab.datasets.text import make_text_split
+    >>> a = make_text_split(seq_len=32, n_private=40, n_public=10, n_users=4, repetitions=(1, 4),
+    ...                     canaries_per_repetition=1, rng=np.random.default_rng(0))
+    >>> b = recode_canaries(a, np.random.default_rng(1))
+    >>> [c.repetitions for c in b.canaries] == [c.repetitions for c in a.canaries]
+    True
+    >>> bool((a.private != b.private).any(1).sum() == 1 + 4)   # exactly the canary rows change
+    True
+    """
+    codes = rng.choice(10_000, size=len(split.canaries), replace=False)
+    private = split.private.clone()
+    canaries = []
+    for c, code in zip(split.canaries, codes):
+        new = Canary(int(code), c.repetitions, c.user)
+        old_ids = torch.tensor(split.tokenizer.encode(c.text.ljust(private.shape[1])))
+        rows = (split.private == old_ids).all(1)
+        if int(rows.sum()) != c.repetitions:
+            raise ValueError(f"canary {c} found in {int(rows.sum())} rows, not {c.repetitions}")
+        private[rows] = torch.tensor(split.tokenizer.encode(new.text.ljust(private.shape[1])))
+        canaries.append(new)
+    return dataclasses.replace(split, private=private, canaries=canaries)
+
+
+def replicate_exposures(base: nn.Module, split: TextSplit, s: LMScale, runs, seeds) -> list[dict]:
+    """Canary exposures of each ``(epsilon, method, unit[, "clip"])`` in ``runs``, once per seed in
+    ``seeds``: each seed draws fresh canary codes (:func:`recode_canaries`) and a fresh training
+    seed (Poisson batches, noise), on the same data and public model, so the seeds are independent
+    replicates of the whole canary experiment. Records ``{"seed", "run", "canaries", "exposure",
+    "canary_space_losses"}`` (the last, float32 ``(10^4,)``, for LiRA: each seed's model is a
+    shadow model that did not train on the other seeds' canaries)."""
+    out = []
+    for seed in seeds:
+        split_s = recode_canaries(split, np.random.default_rng([seed, 20]))
+        for eps, method, unit, *extra in runs:
+            model, _ = finetune(base, split_s, s, epsilon=eps, method=method, unit=unit,
+                                clip_only=extra == ["clip"], seed=seed)
+            space = canary_space_losses(model, tokenizer=split_s.tokenizer, seq_len=s.seq_len)
+            out.append({"seed": seed, "run": [eps, method, unit, *extra],
+                        "canaries": [asdict(c) for c in split_s.canaries],
+                        "exposure": canary_exposures(model, split_s, s, space=space),
+                        "canary_space_losses": space.astype(np.float32)})
+    return out
+
+
 def evaluate_language_model(model: nn.Module, split: TextSplit, s: LMScale, *,
-                            rng: np.random.Generator) -> dict:  # fmt: skip
+                            rng: np.random.Generator, keep_space_losses: bool = False) -> dict:  # fmt: skip
     """Exposure of every canary, validation perplexity (and each validation sequence's loss, for
-    paired comparisons between models), and the loss-threshold attack."""
+    paired comparisons between models), and the loss-threshold attack; with ``keep_space_losses``,
+    also the model's loss on every code (``"canary_space_losses"``, float32 ``(10^4,)``)."""
     canary_rows = sum(c.repetitions for c in split.canaries)
     members = split.private[: len(split.private) - canary_rows]           # the non-canary private rows
     pick = rng.choice(len(members), size=min(len(members), len(split.validation)), replace=False)
     val = sequence_losses(model, split.validation)
-    out = {"perplexity": float(np.exp(val.mean())), "validation_losses": val.tolist(),
-           "exposure": {str(c.repetitions): [] for c in split.canaries}}
     space = canary_space_losses(model, tokenizer=split.tokenizer, seq_len=s.seq_len)
-    for c in split.canaries:
-        out["exposure"][str(c.repetitions)].append(exposure(space, c.code))
+    out = {"perplexity": float(np.exp(val.mean())), "validation_losses": val.tolist(),
+           "exposure": canary_exposures(model, split, s, space=space)}
+    if keep_space_losses:
+        out["canary_space_losses"] = space.astype(np.float32)
     out.update(membership_attack(sequence_losses(model, members[pick]), val))
     return out
 
@@ -298,9 +372,12 @@ def default_runs(scale: str, epsilons=None) -> list[tuple]:
     return runs
 
 
-def run(scale: str = "smoke", *, runs=None, seed: int = 0, progress: bool = True) -> dict:
+def run(scale: str = "smoke", *, runs=None, seed: int = 0, progress: bool = True, replicate_runs=(),
+        replicate_seeds=()) -> dict:
     """The whole experiment: the public model, then one record per ``(epsilon, method, unit[, "clip"])``
-    in ``runs`` (``"clip"``: clipped at C = 1 without noise)."""
+    in ``runs`` (``"clip"``: clipped at C = 1 without noise); then, in ``results["replicates"]``,
+    the canary exposures of ``replicate_runs`` again for each of ``replicate_seeds`` (fresh canary
+    codes and training seed each: :func:`replicate_exposures`)."""
     if scale not in LM_SCALES:
         raise ValueError(f"scale must be one of {sorted(LM_SCALES)}, got {scale!r}")
     s = LM_SCALES[scale]
@@ -321,8 +398,10 @@ def run(scale: str = "smoke", *, runs=None, seed: int = 0, progress: bool = True
             raise ValueError(f"a run is (epsilon, method, unit) or (inf, method, unit, 'clip'), got {extra}")
         model, rec = finetune(base, split, s, epsilon=eps, method=method, unit=unit, clip_only=clip_only, seed=seed)
         rec.update({"method": method, "unit": unit})
-        rec.update(evaluate_language_model(model, split, s, rng=np.random.default_rng(seed)))
+        keep = [eps, method, unit, *extra] in [list(r) for r in replicate_runs]  # for LiRA's shadow models
+        rec.update(evaluate_language_model(model, split, s, rng=np.random.default_rng(seed), keep_space_losses=keep))
         results["runs"].append(rec)
+    results["replicates"] = replicate_exposures(base, split, s, replicate_runs, replicate_seeds)
     return results
 
 

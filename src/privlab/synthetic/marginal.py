@@ -22,14 +22,20 @@ sensitivity 1; measuring it with noise :math:`\mathcal N(0, \sigma^2)` costs
 :math:`\rho = 1/(2\sigma^2)`; an exponential-mechanism round with parameter
 :math:`\varepsilon_0` costs :math:`\rho = \varepsilon_0^2/8` (it is
 :math:`\varepsilon_0`-bounded range, Cesar and Rogers 2021, arXiv:2004.07223).
-Costs add. The budget comes from :math:`(\varepsilon, \delta)` by inverting
-:math:`\varepsilon = \rho + 2\sqrt{\rho\ln(1/\delta)}` (Prop 1.3),
+Costs add. The budget :math:`\rho` comes from :math:`(\varepsilon, \delta)` through
+the tight conversion of Canonne, Kamath, Steinke 2020 (arXiv:2004.00010, Prop 12;
+``zcdp_to_epsilon(..., conversion="optimal")``), as MST's reference code does
+(``cdp_rho`` in private-pgm's ``mechanisms/mst.py``): the largest :math:`\rho` with
 
 .. math::
 
-    \rho = \big(\sqrt{\ln(1/\delta) + \varepsilon} - \sqrt{\ln(1/\delta)}\big)^2,
+    \min_{\alpha > 1}\; \rho\alpha + \ln(1 - 1/\alpha) - \frac{\ln\delta + \ln\alpha}{\alpha - 1}
+    \le \varepsilon
 
-and is split as MST splits it: a third each to 1-way measurements
+(:func:`tight_rho_from_epsilon`; at :math:`\varepsilon = 1`, :math:`\delta = 10^{-6}`,
+:math:`\rho = 0.0244`, where the classic :math:`\varepsilon = \rho + 2\sqrt{\rho\ln(1/\delta)}`
+of Bun and Steinke's Prop 1.3 would allow only :math:`\rho = 0.0175`). It is split as MST
+splits it: a third each to 1-way measurements
 (:math:`\sigma_1 = \sqrt{3d/(2\rho)}` per marginal), selection
 (:math:`\varepsilon_0 = \sqrt{8(\rho/3)/(d-1)}` per round) and 2-way
 measurements (:math:`\sigma_2 = \sqrt{3(d-1)/(2\rho)}`), after an optional
@@ -68,14 +74,15 @@ from itertools import combinations
 
 import numpy as np
 import pandas as pd
+from scipy import optimize
 
 from privlab._validate import check_delta, check_epsilon, check_int, check_probability
-from privlab.accounting.zcdp import epsilon_from_rho, rho_from_epsilon
+from privlab.accounting.zcdp import rho_from_epsilon, zcdp_to_epsilon
 from privlab.mechanisms import exponential_mechanism_gumbel
 from privlab.synthetic.domain import NumericDomain, dp_numeric_domain, resolve_domain
 from privlab.synthetic.tables import as_rng, check_frame, restore_dtypes
 
-__all__ = ["MarginalSynthesizer", "Measurement", "PrivacyReport"]
+__all__ = ["MarginalSynthesizer", "Measurement", "PrivacyReport", "tight_rho_from_epsilon"]
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,7 @@ class PrivacyReport:
     rho_budget: float
     rho_by_step: dict
     rho_total: float
-    epsilon: float  # the classic conversion of rho_total at delta
+    epsilon: float  # the tight (Canonne-Kamath-Steinke) conversion of rho_total at delta
     measurements: tuple = field(repr=False)
 
     @property
@@ -115,6 +122,36 @@ class PrivacyReport:
                          "sigma": ms[0].sigma if ms else None, "epsilon_0": ms[0].epsilon if ms else None})
         rows.append({"step": "total", "count": len(self.measurements), "rho": self.rho_total})
         return pd.DataFrame(rows).set_index("step")
+
+
+def tight_rho_from_epsilon(*, epsilon: float, delta: float) -> float:
+    r"""The largest :math:`\rho` whose tight zCDP conversion at ``delta`` is at most ``epsilon``.
+
+    Inverts ``zcdp_to_epsilon(rho=..., delta=..., conversion="optimal")`` (Canonne,
+    Kamath, Steinke 2020, Prop 12) by root finding, as ``cdp_rho`` of private-pgm's
+    ``cdp2adp.py`` does by bisection; the result is then shrunk until its own
+    conversion is within ``epsilon``, so the guarantee never exceeds the target.
+
+    >>> round(tight_rho_from_epsilon(epsilon=1.0, delta=1e-6), 5)
+    0.02436
+    >>> round(rho_from_epsilon(epsilon=1.0, delta=1e-6), 5)  # classic conversion: less budget
+    0.01747
+
+    Used in: chapter 10.
+    """
+    eps, d = check_epsilon(epsilon), check_delta(delta)
+
+    def excess(rho: float) -> float:
+        return zcdp_to_epsilon(rho=rho, delta=d, conversion="optimal") - eps
+
+    lo = rho_from_epsilon(epsilon=eps, delta=d)  # the classic rho: its tight epsilon is below eps
+    hi = 2 * lo
+    while excess(hi) <= 0:
+        lo, hi = hi, 2 * hi
+    rho = optimize.brentq(excess, lo, hi, xtol=1e-15 * hi, rtol=1e-12)
+    while excess(rho) > 0:
+        rho *= 1 - 1e-12
+    return rho
 
 
 def project_to_simplex(y: np.ndarray, total: float) -> np.ndarray:
@@ -190,7 +227,7 @@ class MarginalSynthesizer:
         self.ipf_iterations = check_int("ipf_iterations", ipf_iterations)
         self.seed = seed
         self._sample_rng = np.random.default_rng(seed)
-        self.rho_budget = rho_from_epsilon(epsilon=self.epsilon, delta=self.delta) * (1 - 1e-12)
+        self.rho_budget = tight_rho_from_epsilon(epsilon=self.epsilon, delta=self.delta) * (1 - 1e-12)
         self.measurements_: list[Measurement] = []
 
     # ------------------------------------------------------------------ fit
@@ -383,7 +420,11 @@ class MarginalSynthesizer:
     # ------------------------------------------------------------------ privacy
 
     def privacy_report(self) -> PrivacyReport:
-        """rho per step, the total, and its epsilon at ``delta`` (at most the target)."""
+        """rho per step, the total, and its epsilon at ``delta`` (at most the target).
+
+        The epsilon is the tight conversion (Canonne, Kamath, Steinke 2020) of the total rho,
+        the conversion the budget was calibrated with.
+        """
         if not self.measurements_:
             raise ValueError("call fit(df) before privacy_report()")
         steps = ("domain", "one_way", "select", "two_way")
@@ -391,5 +432,6 @@ class MarginalSynthesizer:
         by_step = {s: r for s, r in by_step.items() if r > 0}
         total = sum(m.rho for m in self.measurements_)
         return PrivacyReport(self.epsilon, self.delta, self.rho_budget, by_step, total,
-                             epsilon_from_rho(rho=total, delta=self.delta), tuple(self.measurements_))
+                             zcdp_to_epsilon(rho=total, delta=self.delta, conversion="optimal"),
+                             tuple(self.measurements_))
 

@@ -25,7 +25,9 @@ on (``real_train``) and with real records it never saw (``real_holdout``):
 * **membership inference**: the attacker scores each record of
   ``real_train`` :math:`\cup` ``real_holdout`` by minus its distance to the
   closest synthetic record (closer means "member") and we report the ROC AUC
-  of members against holdout records: 0.5 means no leakage, 1 total leakage.
+  of members against holdout records: 1 is total leakage; 0.5 means this attack does
+  no better than chance on average over records, which does not rule out the leakage
+  of some records (an outlier, say).
 
 Records are compared on encoded features: numeric columns standardised with the
 training mean and standard deviation, categorical columns one-hot (0/1).

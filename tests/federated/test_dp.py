@@ -23,6 +23,7 @@ from privlab.federated import (
     make_model,
     simulate,
 )
+from privlab.federated.dp import client_secret_seeds
 
 
 
@@ -135,7 +136,7 @@ def _model_params():
 
 def test_sample_level_dp_vectorised_equals_the_dpsgd_kernel_loop(hospitals):
     rule = SampleLevelDP(clip_norm=0.7, noise_multiplier=0.8, sample_rate=0.05, local_steps=4, delta=1e-5,
-                         client_seed=11)
+                         client_seeds=client_secret_seeds(hospitals.num_clients, entropy=11))
     algo = FedAvg(rounds=2, local_lr=0.3, clients_per_round=4, mu=0.1)
     fast = simulate(_model(), hospitals, algo, rng=make_rng(1), privacy=rule, method="vmap")
     slow = simulate(_model(), hospitals, algo, rng=make_rng(1), privacy=rule, method="loop")
@@ -151,7 +152,8 @@ def test_sample_level_noise_cannot_be_rebuilt_from_the_servers_seed(hospitals):
 
     spec, sel = ParamSpec(_model()), np.arange(hospitals.num_clients)
     base_seed, t = 1234, 3
-    secret = SampleLevelDP(noise_multiplier=1.0, sample_rate=0.1, local_steps=2, client_seed=99)
+    seeds = client_secret_seeds(hospitals.num_clients, entropy=99)
+    secret = SampleLevelDP(noise_multiplier=1.0, sample_rate=0.1, local_steps=2, client_seeds=seeds)
     fresh = SampleLevelDP(noise_multiplier=1.0, sample_rate=0.1, local_steps=2)
     for rule in (secret, fresh):
         for k, (masks, noise) in zip(sel, sample_level_draws(hospitals, sel, spec, rule, base_seed, t)):
@@ -165,6 +167,26 @@ def test_sample_level_noise_cannot_be_rebuilt_from_the_servers_seed(hospitals):
     assert all(np.array_equal(x[1], y[1]) for x, y in zip(a, b))
     c, d = (sample_level_draws(hospitals, sel, spec, fresh, 1, t) for _ in range(2))
     assert not any(np.array_equal(x[1], y[1]) for x, y in zip(c, d))
+
+
+def test_one_client_cannot_rebuild_another_clients_noise(hospitals):
+    from privlab.federated.dp import private_client_rng, sample_level_draws
+    from privlab.federated.fedavg import ParamSpec
+
+    spec, sel, t = ParamSpec(_model()), np.arange(hospitals.num_clients), 2
+    seeds = client_secret_seeds(hospitals.num_clients, entropy=5)
+    rule = SampleLevelDP(noise_multiplier=1.0, sample_rate=0.1, local_steps=2, client_seeds=seeds)
+    draws = sample_level_draws(hospitals, sel, spec, rule, 0, t)
+    # client 0 knows its own seed only; with it, under any client id, it gets none of the others' noise
+    for k in sel[1:]:
+        for kk in sel:
+            g = private_client_rng(seeds[0], t, int(kk))
+            g.random(draws[k][0].shape)
+            assert not np.allclose(g.standard_normal(draws[k][1].shape), draws[k][1])
+    with pytest.raises(ValueError, match="distinct"):
+        SampleLevelDP(client_seeds=(31,) * hospitals.num_clients)
+    with pytest.raises(ValueError, match="no secret seed"):
+        SampleLevelDP(client_seeds=seeds[:2]).client_seed_of(3)
 
 
 def test_more_noise_less_epsilon():

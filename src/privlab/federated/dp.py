@@ -27,9 +27,11 @@ is touched only by its own client's DP-SGD, so after :math:`t` rounds of
 conservatively, that its client joined every round).
 
 The DP-SGD noise and Poisson masks come from each client's private stream
-(:func:`private_client_rng`: a seed the clients hold, or OS entropy), never
-from the shuffle seed the server sends, which the server could use to remove
-the noise.
+(:func:`private_client_rng`: a secret seed that client alone holds, or OS
+entropy), never from the shuffle seed the server sends, which the server could
+use to remove the noise, and never from a seed the clients share, which would
+let any one client (colluding with the server) remove every other client's
+noise.
 
 **Client sizes are treated as public** at sample level: each client's size
 :math:`n_k` sets its DP-SGD normalisation :math:`1/(q_\ell n_k)`, and the server
@@ -61,8 +63,8 @@ from ..dpsgd import clipped_grad_sum
 from .fedavg import FedAvg, NoPrivacy
 from .local import LOSSES
 
-__all__ = ["ClientLevelDP", "SampleLevelDP", "clip_updates", "epsilon_per_round", "private_client_rng",
-           "sample_level_draws"]
+__all__ = ["ClientLevelDP", "SampleLevelDP", "clip_updates", "client_secret_seeds", "epsilon_per_round",
+           "private_client_rng", "sample_level_draws"]
 
 
 def _epsilon(**kwargs) -> float:
@@ -173,13 +175,30 @@ def private_client_rng(client_seed: int | None, round_index: int, client_id: int
 
     It never depends on the server's shuffle seed: a server that knew the stream
     could subtract the noise and see the clipped sums noise-free. ``client_seed``
-    is a secret the clients hold and the server never receives (reproducible
-    simulations); ``None`` draws fresh OS entropy (``SeedSequence()``), as in
-    deployment.
+    is client ``client_id``'s own secret, which neither the server nor any other
+    client receives (reproducible simulations; see :func:`client_secret_seeds`);
+    ``None`` draws fresh OS entropy (``SeedSequence()``), as in deployment.
     """
     if client_seed is None:
         return np.random.default_rng(np.random.SeedSequence())
     return np.random.default_rng([int(client_seed), int(round_index), int(client_id), _PRIVATE_TAG])
+
+
+def client_secret_seeds(num_clients: int, entropy: int | None = None) -> tuple[int, ...]:
+    """One secret seed per client, for reproducible simulations of :class:`SampleLevelDP`.
+
+    The seeds are independent children of ``SeedSequence(entropy)`` (``None``: OS
+    entropy). ``entropy`` stands for the simulator, which plays every client; in a
+    deployment each client draws its own seed and shows it to nobody. It must not
+    be the server's shuffle seed.
+
+    >>> s = client_secret_seeds(3, entropy=7)
+    >>> len(set(s)) == 3 and s == client_secret_seeds(3, entropy=7)
+    True
+    """
+    check_int("num_clients", num_clients)
+    children = np.random.SeedSequence(entropy).spawn(num_clients)
+    return tuple(int(c.generate_state(2, dtype=np.uint64)[0]) for c in children)
 
 
 def sample_level_draws(clients, sel, spec, rule, base_seed: int, round_index: int):
@@ -192,7 +211,7 @@ def sample_level_draws(clients, sel, spec, rule, base_seed: int, round_index: in
     del base_seed
     draws = []
     for k in sel:
-        g = private_client_rng(rule.client_seed, round_index, int(k))
+        g = private_client_rng(rule.client_seed_of(int(k)), round_index, int(k))
         masks = g.random((rule.local_steps, int(clients.sizes[k]))) < rule.sample_rate
         draws.append((masks, g.standard_normal((rule.local_steps, spec.size))))
     return draws
@@ -262,14 +281,20 @@ class SampleLevelDP(NoPrivacy):
         sample_rate: the local Poisson rate :math:`q_\ell`. local_steps: :math:`s` per round.
         delta: :math:`\delta`. accountant: ``"pld"`` or ``"rdp"``.
         kernel: the :func:`privlab.dpsgd.clipped_grad_sum` method the ``"loop"`` trainer uses.
-        client_seed: the clients' secret seed for their DP noise and Poisson masks
-            (:func:`private_client_rng`); the server never receives it. ``None``
-            (default) uses fresh OS entropy: not reproducible, as in deployment.
+        client_seeds: one secret seed per client (``client_seeds[k]`` is client
+            ``k``'s, for its DP noise and Poisson masks, :func:`private_client_rng`);
+            the server and the other clients never receive it. Distinct seeds are
+            required. ``None`` (default) uses fresh OS entropy: not reproducible,
+            as in deployment. Holding all the seeds in one object is a simulation
+            shortcut: a deployment must not copy it.
 
     The noise must come from randomness the server cannot rebuild: were it drawn
     from the server's shuffle seed, the server would subtract it and see every
     client's clipped gradient sums without noise, and sample-level DP would give
-    nothing against the server.
+    nothing against the server. Nor may clients share one seed: then any client
+    could regenerate every other client's noise, and one client colluding with
+    the server (or one leaked configuration) would remove the noise from all
+    updates.
 
     The algorithm's ``local_epochs`` and ``batch_size`` are not used (DP-SGD draws
     its own batches); ``local_lr`` and ``mu`` are.
@@ -289,16 +314,29 @@ class SampleLevelDP(NoPrivacy):
     delta: float = 1e-5
     accountant: str = "pld"
     kernel: str = "vmap"
-    client_seed: int | None = None
+    client_seeds: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         _check_common(self)
         check_probability("sample_rate", self.sample_rate)
         check_int("local_steps", self.local_steps)
+        if self.client_seeds is not None:
+            seeds = tuple(int(s) for s in self.client_seeds)
+            if len(set(seeds)) != len(seeds):
+                raise ValueError("client_seeds must be distinct: a shared seed lets one client rebuild another's noise")
+            object.__setattr__(self, "client_seeds", seeds)
         if self.kernel not in ("loop", "vmap", "fast"):
             raise ValueError(f"kernel must be 'loop', 'vmap' or 'fast', got {self.kernel!r}")
 
     METHODS: ClassVar[tuple[str, ...]] = ("auto", "vmap", "loop")  # per-example gradients: no bmm path
+
+    def client_seed_of(self, k: int) -> int | None:
+        """Client ``k``'s own secret seed (``None``: OS entropy)."""
+        if self.client_seeds is None:
+            return None
+        if not 0 <= k < len(self.client_seeds):
+            raise ValueError(f"no secret seed for client {k}: client_seeds has {len(self.client_seeds)}")
+        return self.client_seeds[k]
 
     def trainer(self, method: str):
         if method not in self.METHODS:

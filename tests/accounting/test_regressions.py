@@ -121,3 +121,18 @@ def test_pld_takes_the_minimum_with_basic_composition():
     # where the PLD is tighter it is unchanged: ten Laplace queries at delta 1e-5
     many = PldAccountant().compose(LaplaceEvent.from_epsilon(0.1), count=10)
     assert many.get_epsilon(1e-5) < 0.99
+
+
+@pytest.mark.parametrize("rho", [1e-9, 1e-7, 1e-5, 1e-3, 0.1, 1.0, 10.0])
+@pytest.mark.parametrize("epsilon", [0.0, 1e-3, 0.1, 1.0, 5.0])
+def test_optimal_zcdp_delta_is_the_minimum_over_orders(rho, epsilon):
+    """Regression: at small epsilon and tiny rho the search bracket held only alpha in (1, 2]
+    (the minimiser is near 1 / sqrt(2 rho)): rho = 1e-7, epsilon = 0 gave delta 0.105, the
+    optimum is 2.7e-4. Compared with a dense log-spaced grid of orders."""
+    from privlab.accounting import zcdp_to_delta
+
+    a = np.exp(np.linspace(math.log(1 + 1e-9), math.log(1e9), 200_001))
+    log_d = (a - 1) * (rho * a - epsilon + np.log1p(-1 / a)) - np.log(a)
+    grid = math.exp(min(float(log_d.min()), 0.0))
+    ours = zcdp_to_delta(rho=rho, epsilon=epsilon, conversion="optimal")
+    assert ours <= grid * (1 + 1e-4) and ours >= grid * (1 - 1e-3), (ours, grid)

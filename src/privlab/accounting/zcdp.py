@@ -60,8 +60,12 @@ def _optimal_log_delta(rho: float, epsilon: float) -> float:
     def log_delta(alpha: float) -> float:
         return (alpha - 1) * (rho * alpha - epsilon + math.log1p(-1 / alpha)) - math.log(alpha)
 
-    # the minimiser is near (epsilon + rho) / (2 rho); search a bracket around it
-    guess = max(1.0 + 1e-9, (epsilon + rho) / (2 * rho))
+    # Setting the derivative to zero: (2 alpha - 1) rho - epsilon + O(1/alpha) = 0, so the
+    # minimiser is near (epsilon + rho) / (2 rho) when epsilon dominates, and near
+    # 1 / sqrt(2 rho) when epsilon is small (the 1/alpha terms balance rho alpha). The bracket
+    # covers both (before, only the first: at epsilon ~ 0 and tiny rho it searched (1, 2] and
+    # returned delta ~ 0.1 where the optimum is ~ 1e-4).
+    guess = max(1.0 + 1e-9, (epsilon + rho) / (2 * rho), 1 / math.sqrt(2 * rho))
     res = optimize.minimize_scalar(log_delta, bounds=(1.0 + 1e-9, max(4.0 * guess, 2.0)), method="bounded",
                                    options={"xatol": 1e-10})
     return min(float(res.fun), log_delta(guess), 0.0)

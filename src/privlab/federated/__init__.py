@@ -31,7 +31,7 @@ Flower (imported on demand)        :mod:`privlab.federated.flower`: ``task`` (ru
 Used in: chapter 9.
 """
 
-from .dp import ClientLevelDP, SampleLevelDP, clip_updates, epsilon_per_round
+from .dp import ClientLevelDP, SampleLevelDP, client_secret_seeds, clip_updates, epsilon_per_round
 from .fedavg import (
     ClientTensors,
     FedAdam,
@@ -98,6 +98,7 @@ __all__ = [
     "batch_plans",
     "check_updates",
     "client_rng",
+    "client_secret_seeds",
     "clip_updates",
     "cps1988_silos",
     "decode",

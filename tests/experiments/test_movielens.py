@@ -86,6 +86,21 @@ def test_public_catalogue_does_not_depend_on_the_users():
         prepare_movielens(df, rng=np.random.default_rng(0), catalogue=cat[cat["movieId"] != 100])
 
 
+def test_public_user_id_range_fixes_the_user_table():
+    df = _ratings()
+    full = prepare_movielens(df, rng=np.random.default_rng(0), n_negatives=5, max_user_id=40)
+    # removing a user changes neither the table's size nor any other user's row
+    fewer = prepare_movielens(df[df["userId"] != 3], rng=np.random.default_rng(0), n_negatives=5,
+                              max_user_id=40)  # fmt: skip
+    assert full.n_users == fewer.n_users == 40
+    assert MovieLensRecommender(full.n_users, full.n_items, full.genres).user_emb.weight.shape == (40, 16)
+    assert set(np.unique(full.train_user) + 1) <= set(df["userId"])  # user u is row u - 1
+    assert 2 not in set(fewer.train_user) and 2 not in set(fewer.test_user)  # user 3's row
+    np.testing.assert_array_equal(full.public_user, fewer.public_user)  # drawn from the range
+    with pytest.raises(ValueError, match="public range"):
+        prepare_movielens(df, rng=np.random.default_rng(0), max_user_id=29)
+
+
 def test_user_profile_is_mean_genres_of_liked_training_items(prepared):
     _, d = prepared
     assert d.user_profile.shape == (d.n_users, d.genres.shape[1])

@@ -7,8 +7,13 @@ removes two rows), and the per-user time split below looks at a user's count.
 Both are *per-user* transformations (a user's rows depend on that user's
 ratings only), so under user-level DP they cost nothing: removing a user
 changes no other user's rows. What the release assumes public: the item
-catalogue (ids and genres; a service's catalogue is public) and the sizes
-(``n_users``, ``n_items``) that fix the embedding tables. The catalogue must
+catalogue (ids and genres; a service's catalogue is public) and the user-id
+space. The user table has one row per id in a public range ``1..max_user_id``
+(pass ``max_user_id``; MovieLens numbers its users 1..max), and a user's row is
+``userId - 1``: adding or removing a user changes neither the table's shape nor
+another user's row. Without ``max_user_id`` the table is sized and indexed from
+the users in ``df`` (``pd.factorize``), which is only right if that set of ids
+is public. The catalogue must
 not be computed from the private users' ratings: the embedding rows, the
 ``genres`` buffer and the negative-sampling universe all depend on it, and a
 movie with a single rater would appear or vanish with that user. Pass it as
@@ -113,7 +118,8 @@ def _sample_unrated(users: np.ndarray, rated: set, n_items: int, rng: np.random.
 
 def prepare_movielens(df: pd.DataFrame, *, rng: np.random.Generator, test_fraction: float = 0.2,
                       n_negatives: int = 100, like_threshold: float = 4.0, public_fraction: float = 0.1,
-                      catalogue: pd.DataFrame | None = None) -> MovieLensData:  # fmt: skip
+                      catalogue: pd.DataFrame | None = None,
+                      max_user_id: int | None = None) -> MovieLensData:  # fmt: skip
     """Implicit feedback, public panel, per-user time split, sampled negatives, candidates (module docstring).
 
     Args:
@@ -125,9 +131,13 @@ def prepare_movielens(df: pd.DataFrame, *, rng: np.random.Generator, test_fracti
         public_fraction: share of users in the public panel (at least one).
         catalogue: the public item catalogue, columns ``movieId, genres`` (one row per movie);
             every rated movie must be in it. ``None``: the movies rated in ``df`` (module docstring).
+        max_user_id: the public user-id range ``1..max_user_id``: the user table has that many
+            rows and user ``u`` is row ``u - 1`` (the public panel is drawn from the range).
+            ``None``: the ids in ``df``, factorized (module docstring).
 
     Raises:
-        ValueError: a bad fraction or count, missing columns, or a rated movie not in the catalogue.
+        ValueError: a bad fraction or count, missing columns, a rated movie not in the catalogue,
+            or a user id outside ``1..max_user_id``.
 
     >>> df = pd.DataFrame({"userId": [1, 1, 1, 2, 2, 2], "movieId": [10, 11, 12, 10, 11, 13],
     ...                    "rating": [5, 2, 4, 4, 1, 5], "timestamp": [1, 2, 3, 1, 2, 3],
@@ -139,6 +149,9 @@ def prepare_movielens(df: pd.DataFrame, *, rng: np.random.Generator, test_fracti
     >>> prepare_movielens(df, rng=np.random.default_rng(0), n_negatives=1, public_fraction=0.5,
     ...                   catalogue=cat).n_items
     5
+    >>> prepare_movielens(df, rng=np.random.default_rng(0), n_negatives=1, public_fraction=0.5,
+    ...                   max_user_id=10).n_users
+    10
     """
     rng = check_rng(rng)
     check_probability("test_fraction", test_fraction, open_low=True, open_high=True)
@@ -148,7 +161,13 @@ def prepare_movielens(df: pd.DataFrame, *, rng: np.random.Generator, test_fracti
     if missing:
         raise ValueError(f"df lacks the columns {sorted(missing)}")
     df = df.sort_values(["userId", "timestamp", "movieId"], kind="stable").reset_index(drop=True)
-    user = pd.factorize(df["userId"], sort=True)[0].astype(np.int64)
+    if max_user_id is None:
+        user = pd.factorize(df["userId"], sort=True)[0].astype(np.int64)
+    else:
+        max_user_id = check_int("max_user_id", max_user_id, minimum=1)
+        user = df["userId"].to_numpy().astype(np.int64) - 1
+        if ((user < 0) | (user >= max_user_id)).any():
+            raise ValueError(f"user ids must lie in the public range 1..{max_user_id}")
     if catalogue is None:
         catalogue = df[["movieId", "genres"]]
     cat = catalogue.drop_duplicates("movieId").sort_values("movieId", kind="stable").reset_index(drop=True)
@@ -156,7 +175,8 @@ def prepare_movielens(df: pd.DataFrame, *, rng: np.random.Generator, test_fracti
     item = item_ids.get_indexer(df["movieId"]).astype(np.int64)
     if (item < 0).any():
         raise ValueError(f"{int((item < 0).sum())} ratings name movies that are not in the catalogue")
-    n_users, n_items = int(user.max()) + 1, len(item_ids)
+    n_users = int(user.max()) + 1 if max_user_id is None else max_user_id
+    n_items = len(item_ids)
     first = cat["genres"].astype(str)
     genre_lists = first.str.split("|")
     vocab = sorted({g for gs in genre_lists for g in gs})
@@ -167,7 +187,7 @@ def prepare_movielens(df: pd.DataFrame, *, rng: np.random.Generator, test_fracti
     public[rng.choice(n_users, size=max(1, round(public_fraction * n_users)), replace=False)] = True
     liked = (df["rating"].to_numpy() >= like_threshold).astype(np.float32)
     pos = df.groupby(user).cumcount().to_numpy()
-    count = np.bincount(user)[user]
+    count = np.bincount(user, minlength=n_users)[user]
     n_test = np.maximum(1, np.ceil(test_fraction * count)).astype(int)
     is_test = pos >= count - n_test  # per user: depends on that user's ratings only
     rated = set(zip(user.tolist(), item.tolist()))

@@ -201,9 +201,11 @@ def threshold_table(recall: pd.DataFrame, *, baseline: str = "inf", fraction: fl
 
     The margin of model :math:`\varepsilon` in a group is
     :math:`m = r_\varepsilon - f\, r_\infty`. With a ``tolerance`` :math:`\tau`
-    (scalar or one per group, e.g. :math:`3 s \sqrt{1 + f^2}` from the seed
-    standard deviation :math:`s` of Recall@20: the standard deviation of
-    :math:`m` for two independent runs), the verdict is ``passes`` when
+    (scalar or one per group, e.g. :math:`t_{0.975,\nu}\, s \sqrt{1 + f^2}`
+    with :math:`s` the seed standard deviation of Recall@20, :math:`s\sqrt{1 + f^2}`
+    the standard deviation of :math:`m` for two independent runs, and
+    :math:`t_{0.975,\nu}` the 97.5% quantile of the :math:`t` distribution with the
+    :math:`\nu` degrees of freedom of :math:`s`), the verdict is ``passes`` when
     :math:`m > \tau`, ``fails`` when :math:`m < -\tau`, else ``unresolved``.
 
     Args:

@@ -152,8 +152,10 @@ def paired_interval(per_seed, test_var: float = 0.0, level: float = 0.95) -> dic
         \nu = (n - 1)\Bigl(\frac{\mathrm{s.e.}^2}{\mathrm{sd}(d)^2/n}\Bigr)^2, \qquad
         \bar d \pm t_{\text{level}, \nu}\, \mathrm{s.e.}
 
-    (Welch-Satterthwaite degrees of freedom with the test set's part taken as known;
-    :math:`\nu = \infty` when the seeds agree exactly).
+    (Welch-Satterthwaite degrees of freedom with the test set's part taken as known. When the
+    seeds agree exactly, e.g. every seed at a 100% ceiling, their variance estimate is 0 but
+    not the variance: :math:`\nu = n - 1`, the formula's smallest value, so a ceiling does
+    not pass for certainty.)
 
     Args:
         per_seed: the contrast on each seed (at least 2).
@@ -166,6 +168,8 @@ def paired_interval(per_seed, test_var: float = 0.0, level: float = 0.95) -> dic
     >>> r = paired_interval([0.01, 0.02, 0.03], 0.0)
     >>> round(r["mean"], 4), round(r["lower"], 4), float(r["df"])
     (0.02, 0.0031, 2.0)
+    >>> paired_interval([0.0, 0.0], 1e-4)["df"]   # two seeds at a ceiling: 1, not infinity
+    1
 
     Used in: chapter 11.
     """
@@ -175,7 +179,7 @@ def paired_interval(per_seed, test_var: float = 0.0, level: float = 0.95) -> dic
     level = _level(level)
     v_seed = per_seed.var(ddof=1) / per_seed.size
     se = math.sqrt(v_seed + test_var)
-    df = (per_seed.size - 1) * (se**2 / v_seed) ** 2 if v_seed > 0 else math.inf
+    df = (per_seed.size - 1) * (se**2 / v_seed) ** 2 if v_seed > 0 else per_seed.size - 1
     t = float(stats.t.ppf(level, df)) if se > 0 else 0.0
     m = float(per_seed.mean())
     return {"mean": m, "se": se, "df": df, "lower": m - t * se, "upper": m + t * se}

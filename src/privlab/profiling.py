@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dpsgd import DPOptimizer
+from .losses import bce_losses
 
 __all__ = ["STEPS", "cpu_step_peak_bytes", "disable_heap_trimming", "nonprivate_step", "opacus_step",
            "privlab_step", "step_peak_bytes", "streamrec_mlp", "sync", "time_steps", "timed"]
@@ -190,9 +191,6 @@ def streamrec_mlp() -> nn.Sequential:
     return nn.Sequential(*layers, nn.Linear(width, 1))
 
 
-def _per_example_bce(logits, target):
-    return F.binary_cross_entropy_with_logits(logits.squeeze(1), target, reduction="none")
-
 
 # -- step factories: each returns (step(x, y), release()) -------------------------------------------
 
@@ -216,7 +214,7 @@ def privlab_step(method: str) -> Callable:
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         dp = DPOptimizer(opt, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=float(batch),
                          generator=torch.Generator(device=device).manual_seed(0), method=method)
-        return (lambda x, y: dp.step(model, _per_example_bce, x, y)), lambda: opt.zero_grad(set_to_none=True)
+        return (lambda x, y: dp.step(model, bce_losses, x, y)), lambda: opt.zero_grad(set_to_none=True)
 
     return factory
 

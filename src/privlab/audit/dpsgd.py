@@ -66,6 +66,7 @@ from privlab._validate import check_delta, check_int, check_positive, check_prob
 from privlab.accounting import dpsgd_epsilon
 from privlab.audit.stats import DPSGDAuditResult, pilot_then_main
 from privlab.dpsgd import SAMPLERS, DPOptimizer, DPSGDConfig, PoissonAccountingWarning, steps_per_epoch, train
+from privlab.losses import bce_losses
 
 __all__ = [
     "InputCanaryTask", "audit_dpsgd", "audit_dpsgd_input", "canary_presence", "canary_scores", "check_dpsgd_claim",
@@ -300,10 +301,6 @@ def input_canary_task(*, n: int = 40, d: int = 4, canary_scale: float = 10.0,
     return InputCanaryTask(X=X, y=(x[:, 0] > 0).float(), canary_x=canary, canary_y=torch.tensor(1.0))
 
 
-def _bce(out, t):
-    return nn.functional.binary_cross_entropy_with_logits(out.squeeze(-1), t, reduction="none")
-
-
 def _score(task: InputCanaryTask, include: bool, cfg: DPSGDConfig, cls: type[DPOptimizer], seed: int) -> float:
     """Train once from the zero initialisation; return the canary's calibrated loss score (module docstring)."""
     model = nn.Linear(task.X.shape[1], 1)
@@ -313,11 +310,11 @@ def _score(task: InputCanaryTask, include: bool, cfg: DPSGDConfig, cls: type[DPO
     X, y = task.data(include)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PoissonAccountingWarning)
-        train(model, X, y, loss_fn=_bce, config=cfg, generator=torch.Generator().manual_seed(seed),
+        train(model, X, y, loss_fn=bce_losses, config=cfg, generator=torch.Generator().manual_seed(seed),
               dp_optimizer_cls=cls)
     with torch.no_grad():
         x = torch.stack([torch.zeros_like(task.canary_x), task.canary_x])  # the reference, then the canary
-        loss_ref, loss_canary = _bce(model(x), task.canary_y.expand(2)).tolist()
+        loss_ref, loss_canary = bce_losses(model(x), task.canary_y.expand(2)).tolist()
     return loss_ref - loss_canary
 
 

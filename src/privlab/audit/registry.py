@@ -62,6 +62,7 @@ from privlab.federated.dp import ClientLevelDP
 from privlab.federated.fedavg import FedAvg
 from privlab import continual as _continual
 from privlab.local_dp import cms_client, grr_perturb, unary_perturb
+from privlab.losses import bce_losses
 from privlab.local_sensitivity import smooth_median
 from privlab.selection import permute_and_flip, report_noisy_max
 from privlab.sparse_vector import broken_svt_threshold_noise_only, broken_svt_unscaled_query_noise
@@ -241,8 +242,7 @@ def _dpsgd_step_draw(sigma: float, q: float, clip: float):
     with torch.no_grad():
         model.weight.zero_()
 
-    def bce(out, t):
-        return nn.functional.binary_cross_entropy_with_logits(out.squeeze(-1), t, reduction="none")
+    bce = bce_losses
 
     def draw(rows, n, rng):
         X = torch.tensor([[1.0, 0.0], [0.0, 100.0]], dtype=torch.float64)[list(rows)]

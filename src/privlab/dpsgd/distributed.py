@@ -82,6 +82,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..losses import bce_losses
 from ..models import StreamRecClickPredictor
 from .optimizer import DPOptimizer, StepStats
 from .per_sample import as_input_tuple, batch_size_of
@@ -250,10 +251,6 @@ def _synthetic(n: int, d: int, seed: int) -> tuple[Tensor, Tensor]:
     return X, y
 
 
-def _bce(logits: Tensor, target: Tensor) -> Tensor:
-    return nn.functional.binary_cross_entropy_with_logits(logits.reshape(-1), target, reduction="none")
-
-
 def main(argv=None, prog: str = "python -m privlab.dpsgd.distributed") -> dict:
     """Train the StreamRec click MLP (dropout off) with DP-SGD on every rank; rank 0 prints and writes JSON."""
     p = argparse.ArgumentParser(
@@ -288,7 +285,7 @@ def main(argv=None, prog: str = "python -m privlab.dpsgd.distributed") -> dict:
                           batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, method=args.method,
                           progress=args.progress, device=str(device))
         start = time.perf_counter()
-        res = train_distributed(model, X, y, loss_fn=_bce, config=cfg,
+        res = train_distributed(model, X, y, loss_fn=bce_losses, config=cfg,
                                 generator=torch.Generator().manual_seed(args.seed + 1))
         wall = time.perf_counter() - start
         flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).cpu()

@@ -46,6 +46,7 @@ from torch.func import functional_call, grad, vmap
 
 from .._validate import check_int, check_nonnegative, check_positive
 from ..dpsgd import batched
+from ..losses import bce_losses, ce_losses
 from ..models import MLP
 
 __all__ = [
@@ -64,16 +65,6 @@ __all__ = [
     "shuffle_keys",
     "supports_bmm",
 ]
-
-
-def bce_losses(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Per-example binary cross-entropy on one logit per example: shape ``(B,)``."""
-    return F.binary_cross_entropy_with_logits(outputs.reshape(targets.shape), targets, reduction="none")
-
-
-def ce_losses(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Per-example cross-entropy on class logits ``(B, C)``: shape ``(B,)``."""
-    return F.cross_entropy(outputs, targets.long(), reduction="none")
 
 
 #: Per-example losses by name (the ``loss`` argument everywhere in this package).

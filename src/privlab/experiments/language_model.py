@@ -339,7 +339,8 @@ def replicate_exposures(base: nn.Module, split: TextSplit, s: LMScale, runs, see
 def evaluate_language_model(model: nn.Module, split: TextSplit, s: LMScale, *,
                             rng: np.random.Generator, keep_space_losses: bool = False) -> dict:  # fmt: skip
     """Exposure of every canary, validation perplexity (and each validation sequence's loss, for
-    paired comparisons between models), and the loss-threshold attack; with ``keep_space_losses``,
+    paired comparisons between models), the mean loss on non-canary private rows
+    (``"noncanary_train_loss"``), and the loss-threshold attack; with ``keep_space_losses``,
     also the model's loss on every code (``"canary_space_losses"``, float32 ``(10^4,)``)."""
     canary_rows = sum(c.repetitions for c in split.canaries)
     members = split.private[: len(split.private) - canary_rows]           # the non-canary private rows
@@ -350,7 +351,11 @@ def evaluate_language_model(model: nn.Module, split: TextSplit, s: LMScale, *,
            "exposure": canary_exposures(model, split, s, space=space)}
     if keep_space_losses:
         out["canary_space_losses"] = space.astype(np.float32)
-    out.update(membership_attack(sequence_losses(model, members[pick]), val))
+    member_losses = sequence_losses(model, members[pick])
+    # the training loss without the canaries (per row, in eval mode; a random subset of the
+    # non-canary private rows, the attack's members)
+    out["noncanary_train_loss"] = float(member_losses.mean())
+    out.update(membership_attack(member_losses, val))
     return out
 
 

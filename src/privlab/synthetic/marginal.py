@@ -77,7 +77,7 @@ import pandas as pd
 from scipy import optimize
 
 from privlab._validate import check_delta, check_epsilon, check_int, check_probability
-from privlab.accounting.zcdp import rho_from_epsilon, zcdp_to_epsilon
+from privlab.accounting.zcdp import rho_from_epsilon, tight_rho_from_epsilon, zcdp_to_epsilon
 from privlab.mechanisms import exponential_mechanism_gumbel
 from privlab.synthetic.domain import NumericDomain, dp_numeric_domain, resolve_domain
 from privlab.synthetic.tables import as_rng, check_frame, restore_dtypes
@@ -122,36 +122,6 @@ class PrivacyReport:
                          "sigma": ms[0].sigma if ms else None, "epsilon_0": ms[0].epsilon if ms else None})
         rows.append({"step": "total", "count": len(self.measurements), "rho": self.rho_total})
         return pd.DataFrame(rows).set_index("step")
-
-
-def tight_rho_from_epsilon(*, epsilon: float, delta: float) -> float:
-    r"""The largest :math:`\rho` whose tight zCDP conversion at ``delta`` is at most ``epsilon``.
-
-    Inverts ``zcdp_to_epsilon(rho=..., delta=..., conversion="optimal")`` (Canonne,
-    Kamath, Steinke 2020, Prop 12) by root finding, as ``cdp_rho`` of private-pgm's
-    ``cdp2adp.py`` does by bisection; the result is then shrunk until its own
-    conversion is within ``epsilon``, so the guarantee never exceeds the target.
-
-    >>> round(tight_rho_from_epsilon(epsilon=1.0, delta=1e-6), 5)
-    0.02436
-    >>> round(rho_from_epsilon(epsilon=1.0, delta=1e-6), 5)  # classic conversion: less budget
-    0.01747
-
-    Used in: chapter 10.
-    """
-    eps, d = check_epsilon(epsilon), check_delta(delta)
-
-    def excess(rho: float) -> float:
-        return zcdp_to_epsilon(rho=rho, delta=d, conversion="optimal") - eps
-
-    lo = rho_from_epsilon(epsilon=eps, delta=d)  # the classic rho: its tight epsilon is below eps
-    hi = 2 * lo
-    while excess(hi) <= 0:
-        lo, hi = hi, 2 * hi
-    rho = optimize.brentq(excess, lo, hi, xtol=1e-15 * hi, rtol=1e-12)
-    while excess(rho) > 0:
-        rho *= 1 - 1e-12
-    return rho
 
 
 def project_to_simplex(y: np.ndarray, total: float) -> np.ndarray:

@@ -74,10 +74,9 @@ from itertools import combinations
 
 import numpy as np
 import pandas as pd
-from scipy import optimize
 
 from privlab._validate import check_delta, check_epsilon, check_int, check_probability
-from privlab.accounting.zcdp import rho_from_epsilon, tight_rho_from_epsilon, zcdp_to_epsilon
+from privlab.accounting.zcdp import tight_rho_from_epsilon, zcdp_to_epsilon
 from privlab.mechanisms import exponential_mechanism_gumbel
 from privlab.synthetic.domain import NumericDomain, dp_numeric_domain, resolve_domain
 from privlab.synthetic.tables import as_rng, check_frame, restore_dtypes

@@ -131,6 +131,8 @@ def test_smoke_then_book_build_shows_the_book_scale(tmp_path):
     after = (out / "book" / "html" / "chapters" / "99_scale.html").read_text(encoding="utf-8")
     note = before[before.index("privlab-provenance"):].split("</div>")[0]
     assert "Computed on" in note and note in after
+    # the alt text travels with the cached output (the first real build lost it on cache hits)
+    assert f'alt="{ALT}"' in after, "a figure rendered from the cache has no alt text"
 
 
 # the tiny chapter with its scale cell replaced by one printing an environment variable

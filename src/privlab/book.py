@@ -272,6 +272,9 @@ def _config_inited(app, config) -> None:
     from privlab.config import get_scale
 
     config.privlab_scale = get_scale().name
+    # Figures get their alt text from their output's metadata (AltTextRenderer, below).
+    if getattr(config, "nb_render_plugin", None) == "default":
+        config.nb_render_plugin = "privlab"
     # Outside `python -m privlab.book --build` (which gives each scale its own folder), e.g. a plain
     # `jupyter-book build .`, keep one jupyter-cache per scale: the cache keys on code, not scale.
     if hasattr(config, "nb_execution_cache_path") and not config.nb_execution_cache_path:
@@ -353,44 +356,30 @@ def _doctree_read(app, doctree) -> None:
     note += nodes.title(text="Provenance")
     note += nodes.paragraph(text=text)
     _append_note(doctree, note)
-    if exec_data:
-        _set_figure_alt_texts(doctree, Path(app.outdir).parent / "jupyter_execute" / f"{docname}.ipynb")
 
 
-def figure_alt_texts(notebook: Path) -> dict[str, str]:
-    """``{sha256 of the PNG: description}`` for every figure output of an executed notebook.
+try:  # the book's extra; the rest of this module works without it
+    from myst_nb.core.render import NbElementRenderer
+except ImportError:  # pragma: no cover
+    NbElementRenderer = object
 
-    myst-nb names each output image by the SHA-256 of its bytes; a figure's ``text/plain`` is its
-    description (:func:`privlab.plotting.describe_figure`, set up by ``use_style()``).
+
+class AltTextRenderer(NbElementRenderer):
+    """myst-nb's renderer, plus alt text for figures (entry point ``myst_nb.renderers: privlab``).
+
+    ``privlab.plotting.use_style()`` puts each figure's description in its PNG output's metadata
+    (``{"image/png": {"alt": ...}}``); myst-nb 1.x takes only ``width`` and ``height`` from there.
+    The metadata is part of the output, so it survives the jupyter-cache (outputs of a cached
+    chapter never pass through the kernel again). The browser check asserts every ``<img>`` has it.
     """
-    import base64
 
-    try:
-        cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
-    except (OSError, ValueError, KeyError):
-        return {}
-    found = {}
-    for cell in cells:
-        for output in cell.get("outputs", []):
-            data = output.get("data", {})
-            text = data.get("text/plain", "")
-            text = "".join(text) if isinstance(text, list) else text
-            if "image/png" in data and text.startswith("Figure:"):
-                png = data["image/png"]
-                png = "".join(png) if isinstance(png, list) else png
-                found[hashlib.sha256(base64.b64decode(png)).hexdigest()] = text.strip()
-    return found
-
-
-def _set_figure_alt_texts(doctree, notebook: Path) -> None:
-    """Give every figure image without alt text its description (the browser check asserts it)."""
-    from docutils import nodes
-
-    texts = figure_alt_texts(notebook)
-    for image in doctree.findall(nodes.image):
-        alt = texts.get(Path(image.get("uri", "")).stem)
-        if alt and not image.get("alt"):
-            image["alt"] = alt
+    def render_image(self, data):
+        found = super().render_image(data)
+        alt = data.output_metadata.get(data.mime_type, {}).get("alt")
+        for image in found:
+            if alt and not image.get("alt"):
+                image["alt"] = str(alt)
+        return found
 
 
 def _append_note(doctree, note) -> None:

@@ -37,8 +37,9 @@ STYLE = {
 def use_style() -> None:
     """Apply the book's matplotlib style (call once at the top of a chapter).
 
-    Inside IPython it also makes every figure's plain-text form a description of the figure
-    (:func:`describe_figure`), which the book's build uses as the image's alt text.
+    Inside IPython it also describes every figure (:func:`describe_figure`): as its plain-text
+    form, and as the ``alt`` entry of its PNG output's metadata, which myst-nb turns into the
+    ``<img>``'s alt text (the metadata travels with the output, so a cached build keeps it too).
     """
     plt.rcParams.update(STYLE)
     try:
@@ -54,8 +55,29 @@ def use_style() -> None:
         # (IPython's select_figure_formats), which would drop this one at the first figure.
         plt.switch_backend(matplotlib.get_backend())
 
-        shell.display_formatter.formatters["text/plain"].for_type(
+        formatters = shell.display_formatter.formatters
+        formatters["text/plain"].for_type(
             Figure, lambda fig, printer, cycle: printer.text(describe_figure(fig)))
+        png = formatters["image/png"]
+        try:
+            to_png = png.lookup_by_type(Figure)
+        except KeyError:  # figures are not shown as PNG in this shell
+            return
+        if not getattr(to_png, "privlab_alt", False):
+            png.for_type(Figure, _with_alt(to_png))
+
+
+def _with_alt(to_png):
+    """Wrap IPython's PNG formatter: ``(png, {"alt": description})`` (IPython's data + metadata)."""
+
+    def formatter(fig):
+        data = to_png(fig)
+        if data is None or isinstance(data, tuple):
+            return data
+        return data, {"alt": describe_figure(fig)}
+
+    formatter.privlab_alt = True
+    return formatter
 
 
 def _clean(text: str) -> str:

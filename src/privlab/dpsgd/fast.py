@@ -135,7 +135,7 @@ from .per_sample import (
     trainable_parameters,
     vmap_grads_and_losses,
 )
-from .rules import Rule, row_sq_norms, rule_for, weighted_rows
+from .rules import Rule, layer_norm_from_stats, row_sq_norms, rule_for, weighted_rows
 
 __all__ = ["MODES", "RECOMPUTE_NORM_INPUTS", "fast_norms_and_clipped_sum"]
 
@@ -215,7 +215,7 @@ def _eager(fn):
     return torch.compiler.disable(fn) if "torch._dynamo" in sys.modules else fn
 
 
-def _hooks(site: _Site, linear_outputs: dict):
+def _hooks(site: _Site, linear_outputs: dict | None):
     @_eager
     def pre_hook(module, args, kwargs):
         site.calls += 1
@@ -233,6 +233,8 @@ def _hooks(site: _Site, linear_outputs: dict):
         site.out_is_tensor = isinstance(output, Tensor)
         if site.out_is_tensor and output.requires_grad:
             site.edge = get_gradient_edge(output)
+        if linear_outputs is None:  # recompute_norm_inputs off: no producer to record
+            return
         if type(module) is nn.Linear and site.out_is_tensor:  # a Linear output may feed a norm layer next
             linear_outputs[id(output)] = (weakref.ref(output), site, output._version)
         elif type(module) in _NORM_TYPES and args and isinstance(args[0], Tensor):
@@ -497,11 +499,41 @@ def _early_rule(site: _Site, early: dict):
     def prehook(grad_outputs):
         b = grad_outputs[site.edge.output_nr]
         if b is not None and site.args is not None and not _modified_in_place(site):
-            early[site] = site.rule(site.module, site.args[0].detach(), b)
+            x = site.args[0].detach()
+            stats = _saved_layer_norm_stats(site, x)
+            early[site] = site.rule(site.module, x, b) if stats is None else layer_norm_from_stats(
+                site.module, x, b, *stats)
             site.args = None  # the input is no longer needed here
         return None
 
     return prehook
+
+
+def _saved_layer_norm_stats(site: _Site, x: Tensor):
+    """``(mean, rstd)`` that the node which made a ``LayerNorm`` site's output saved for its backward, if
+    they are provably those of ``x`` (the site's unmodified input); else ``None`` (then the rule recomputes).
+
+    Called from the node's pre-hook, before the node runs, so its saved tensors are still there. The
+    node must be ``native_layer_norm``'s, over this module's shape, and have saved ``x`` itself (same
+    storage, shape and strides; under autocast it saved a cast copy instead and this returns ``None``).
+    """
+    node = site.edge.node
+    if type(site.module) is not nn.LayerNorm or type(node).__name__ != "NativeLayerNormBackward0" or \
+            x.dtype not in (torch.float32, torch.float64):
+        return None
+    try:
+        saved_x, mean, rstd = node._saved_input, node._saved_result1, node._saved_result2
+        shape = tuple(node._saved_normalized_shape)
+    except (AttributeError, RuntimeError):  # an older/newer autograd node, or a saved tensor modified in place
+        return None
+    dims = len(shape)
+    want = (*x.shape[:x.ndim - dims], *([1] * dims))
+    if (shape != tuple(site.module.normalized_shape) or saved_x.data_ptr() != x.data_ptr()
+            or saved_x.shape != x.shape or saved_x.stride() != x.stride() or saved_x.dtype != x.dtype
+            or tuple(mean.shape) != want or tuple(rstd.shape) != want or mean.dtype != x.dtype
+            or rstd.dtype != x.dtype):
+        return None
+    return mean, rstd
 
 
 def _local_per_example_grads(site: _Site, b: Tensor) -> dict[str, Tensor]:
@@ -581,7 +613,8 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
         params = [p for _, p in trainable_parameters(model, modules)]
     if batch == 1:
         return _single_example(model, loss_fn, xs, targets, factors_fn, params)
-    sites, linear_outputs = _sites(modules), {}
+    recompute = RECOMPUTE_NORM_INPUTS if recompute_norm_inputs is None else recompute_norm_inputs
+    sites, linear_outputs = _sites(modules), ({} if recompute else None)
     handles = []
     for s in sites:
         pre_hook, hook = _hooks(s, linear_outputs)
@@ -592,7 +625,7 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
     finally:
         for h in handles:
             h.remove()
-    linear_outputs.clear()
+    linear_outputs = None
     losses = per_example_losses(loss_fn(outputs, targets), batch)  # (B,), shape-checked
     outputs = None
     total = losses.sum()
@@ -611,7 +644,6 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
                 windows[id(p)].append(s.window)
     modes = {s: _mode(s, batch, graph, probe, windows, sites) for s in sites}
     tied = _tied_pairs(sites, modes)
-    recompute = RECOMPUTE_NORM_INPUTS if recompute_norm_inputs is None else recompute_norm_inputs
     for s in sites:
         # Memory option: a norm layer fed directly by a Linear need not keep its input alive through the
         # backward pass; it is recomputed afterwards as a W^T + beta from the Linear's saved input.
@@ -685,7 +717,8 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
                 modes[t], t.reason = "global", t.reason or "its tied partner fell back"
                 norm2_of.pop(t, None), weighted.pop(t, None)
     out_grads = b = tied_grads = None
-    norm2 = sum([*norm2_of.values(), *cross], torch.zeros(batch, device=losses.device, dtype=dtype))
+    parts = [*norm2_of.values(), *cross]
+    norm2 = torch.stack(parts).sum(0) if parts else torch.zeros(batch, device=losses.device, dtype=dtype)
     _report_modes({s.name: modes[s] for s in sites}, {s.name: s.reason for s in sites if s.reason})
     # global fallback: vmap(grad) of the whole model w.r.t. these parameters only
     global_params = {id(p): p for s in sites if modes[s] == "global" for _, p in s.params}
@@ -707,5 +740,12 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
         for attr, g in weighted_sum(c).items():
             pid = id(getattr(s.module, attr))
             result[pid] = g if pid not in result else result[pid] + g  # a tied weight: both uses add
-    grads = [result[id(p)].reshape(p.shape).to(p.dtype) if id(p) in result else torch.zeros_like(p) for p in params]
+    grads = [_as_param(result[id(p)], p) if id(p) in result else torch.zeros_like(p) for p in params]
     return grads, norms, losses.detach()
+
+
+def _as_param(g: Tensor, p: Tensor) -> Tensor:
+    """``g`` with the shape and dtype of parameter ``p`` (no call when it has them already)."""
+    if g.shape != p.shape:
+        g = g.reshape(p.shape)
+    return g if g.dtype == p.dtype else g.to(p.dtype)

@@ -34,6 +34,9 @@ Peak memory, one further step per method, honestly labelled:
 In both cases the model, optimizer state and the input batch, allocated before
 the step, are excluded; gradients are released before each step.
 
+The machine's load average (1, 5, 15 minutes) is printed before and after the timing: on a
+shared machine the ratios, measured side by side, are the figures to read, not the milliseconds.
+
 Benchmarks are not tests: this prints figures and never fails on a slow machine.
 
 Usage: python benchmarks/dpsgd.py [--device cpu|cuda|auto] [--batch 4096] [--threads 2] [--no-heap-trim]
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import warnings
@@ -160,6 +164,7 @@ def main(argv=None) -> dict:
     x_full = torch.randn(args.batch, 40, generator=gen).to(device)
     y_full = torch.randint(0, 2, (args.batch,), generator=gen).float().to(device)
 
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     runs, failed = {}, {}
     for name in args.methods:
         torch.manual_seed(0)
@@ -182,11 +187,15 @@ def main(argv=None) -> dict:
         results[name] = dict(batch=r["batch"], ms_per_step=scale * statistics.median(t[0] for t in r["times"]),
                              cpu_ms_per_step=scale * statistics.median(t[1] for t in r["times"]),
                              peak_mb=step_peak_bytes(r["step"], r["release"], r["x"], r["y"], device) / 2**20)
+    load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
     base = results.get("non-private")
     print(f"DP-SGD step on the StreamRec MLP, batch {args.batch}, device {device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), {platform.processor() or platform.machine()}")
     print(f"memory: {'torch.cuda.max_memory_allocated' if device.type == 'cuda' else 'torch.profiler CPU allocator events'}"
           f", peak during the step above what was live at its start; malloc: {heap}")
+    if load_before is not None:
+        print(f"machine: {os.cpu_count()} CPUs; load average (1, 5, 15 min) before "
+              f"{', '.join(f'{v:.2f}' for v in load_before)}, after {', '.join(f'{v:.2f}' for v in load_after)}")
     print("time: median over rounds of wall-clock ms/step, and of process CPU ms/step (robust to other load "
           "on a shared machine; with several threads it sums them)")
     print(f"{'method':18s} {'batch':>6s} {'wall ms':>9s} {'x wall':>7s} {'CPU ms':>9s} {'x CPU':>7s} "
@@ -203,7 +212,8 @@ def main(argv=None) -> dict:
     for name, why in failed.items():
         print(f"{name:18s} failed: {why}")
     out = dict(device=str(device), batch=args.batch, threads=torch.get_num_threads(), torch=torch.__version__, malloc=heap,
-               rounds=args.rounds, steps=args.steps, results=results, failed=failed)
+               rounds=args.rounds, steps=args.steps, results=results, failed=failed, cpus=os.cpu_count(),
+               load_before=load_before, load_after=load_after)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=2)

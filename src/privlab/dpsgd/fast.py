@@ -96,7 +96,10 @@ than a plain backward pass. With ``recompute_norm_inputs=True`` (default
 :math:`a W^\top + \beta` from the Linear's saved input (one more matmul per
 such layer). Without it, a normalisation layer's rule runs during the backward
 pass, in a pre-hook of the node that made its output, and drops the input there,
-so autograd frees it when done with it. Measured on the StreamRec MLP at
+so autograd frees it when done with it; a ``LayerNorm``'s rule there reads the mean
+and :math:`1/\sigma` that its forward saved for the backward (only when they are
+provably that call's: the node's type and normalised shape, and the very input
+tensor, else it normalises again). Measured on the StreamRec MLP at
 :math:`B = 4096`, one CPU thread, side by side (benchmarks/dpsgd.py, issue 18):
 peak memory 1.24x a non-private step without recomputation, 1.13x with it, at
 about 0.1-0.25x of a step more CPU time; off by default.
@@ -736,10 +739,12 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
     if c.shape != (batch,):
         raise ValueError(f"clip factors must have shape ({batch},), got {tuple(c.shape)}")
     result: dict[int, Tensor] = {pid: weighted_rows(c, g) for pid, g in global_grads.items()}
-    for s, weighted_sum in weighted.items():
+    while weighted:  # popped: each layer's saved tensors are freed as soon as its sum is formed
+        s, weighted_sum = weighted.popitem()
         for attr, g in weighted_sum(c).items():
             pid = id(getattr(s.module, attr))
             result[pid] = g if pid not in result else result[pid] + g  # a tied weight: both uses add
+        weighted_sum = None
     grads = [_as_param(result[id(p)], p) if id(p) in result else torch.zeros_like(p) for p in params]
     return grads, norms, losses.detach()
 

@@ -107,8 +107,9 @@ about 0.1-0.25x of a step more CPU time; off by default.
 Not compiled: ``torch.compile`` of the LayerNorm rule (one fused pass for
 :math:`\hat x \odot b` and both row norms) was measured on CPU, one thread, B = 4096:
 the kernel about 3% faster per step, after about 15 s of compilation per process
-(dynamic shapes, so one compilation covers Poisson batch sizes), which more steps
-than any chapter runs would be needed to repay; eager is the default (issue 18).
+(dynamic shapes, so one compilation covers Poisson batch sizes), repaid only after
+roughly 15,000 such steps (less saved per step at smaller B); eager is the default
+(issue 18).
 
 References: Goodfellow, *Efficient per-example gradient computations*, 2015
 (arXiv:1510.01799); Lee and Kifer, *Scaling up differentially private deep

@@ -209,3 +209,55 @@ def test_bootstrap_tpr_counts_the_model_to_model_variance():
     assert np.mean(one) / truth < 0.6, (np.mean(one), truth)
     with pytest.raises(ValueError, match="M >= 2"):
         bootstrap_tpr([s[:1]], mem[:1], 0.05, n_boot=2, rng=rng)
+
+
+def test_random_halves_are_exact_halves_drawn_independently():
+    from privlab.attacks.lira import random_halves
+
+    keep = random_halves(400, 10, np.random.default_rng(0))
+    assert keep.shape == (400, 10) and (keep.sum(1) == 5).all()
+    # each example in each model with probability 1/2, independently across models:
+    # the number of models holding an example is Binomial(400, 1/2) (sd 10)
+    assert np.all(np.abs(keep.sum(0) - 200) < 4 * 10)
+    # the membership of example 0 in model m says nothing about model m + 1's
+    agree = (keep[:-1, 0] == keep[1:, 0]).mean()
+    assert abs(agree - 0.5) < 4 * 0.5 / math.sqrt(399)
+    assert np.array_equal(keep, random_halves(400, 10, np.random.default_rng(0)))
+
+
+def test_lira_ddof_one_gives_the_unbiased_variance():
+    rng = np.random.default_rng(3)
+    keep = np.tile([True, False], (3, 3)).T.reshape(6, 3)  # every example 3 in, 3 out
+    phi = rng.normal(size=(6, 3))
+    s = lira_scores(phi, keep, global_variance=False, ddof=1)
+    m, i = 0, 2
+    others = np.arange(6) != m
+    ins, outs = phi[others & keep[:, i], i], phi[others & ~keep[:, i], i]
+
+    def logpdf(x, v):
+        var = v.var(ddof=1)
+        return -0.5 * (np.log(2 * np.pi * var) + (x - v.mean()) ** 2 / var)
+
+    assert s[m, i] == pytest.approx(logpdf(phi[m, i], ins) - logpdf(phi[m, i], outs))
+    with pytest.raises(ValueError, match="ddof"):
+        lira_scores(phi, keep, ddof=2)
+
+
+def test_auc_flat_matches_sklearn_with_ties_and_nan():
+    from sklearn.metrics import roc_auc_score
+
+    from privlab.attacks.lira import auc_flat, bootstrap_auc
+
+    rng = np.random.default_rng(4)
+    s = rng.integers(0, 5, 300).astype(float)  # many ties
+    m = rng.random(300) < 0.4
+    assert auc_flat(s, m) == pytest.approx(roc_auc_score(m, s))
+    s_nan = s.copy()
+    s_nan[:7] = np.nan
+    assert auc_flat(s_nan, m) == pytest.approx(roc_auc_score(m[7:], s[7:]))
+    # the bootstrap of the AUC is centred on it and spreads like its standard error
+    phi = rng.normal(size=(6, 200))
+    keep = rng.random((6, 200)) < 0.5
+    phi = phi + keep
+    boot = bootstrap_auc([phi], keep, n_boot=100, rng=rng)
+    assert abs(boot.mean() - auc_flat(phi, keep)) < 0.02 and 0.003 < boot.std() < 0.05

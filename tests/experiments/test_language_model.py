@@ -175,3 +175,23 @@ def test_build_model_can_untie_the_output_layer():
     assert untied.lm_head.weight is not untied.transformer.wte.weight
     extra = sum(p.numel() for p in untied.parameters()) - sum(p.numel() for p in tied.parameters())
     assert extra == CharTokenizer().vocab_size * S.n_embd
+
+
+def test_sequence_lira_trains_each_model_on_its_half_of_the_pool(split):
+    base = lm.build_model(CharTokenizer().vocab_size, S)
+    small = lm.LMScale(finetune_epochs=1, batch_size=8)
+    res = lm.sequence_lira(base, split, small, epsilon=math.inf, n_models=4, pool_size=16, seed=0)
+    keep, losses = res["keep"], res["losses"]
+    assert keep.shape == losses.shape == res["lira"].shape == (4, 16)
+    assert (keep.sum(1) == 8).all() and all(r["n_units"] == 8 for r in res["runs"])
+    # the pool is ordinary text: no canary row (the canaries come after the n_private rows)
+    n_plain = len(split.private) - sum(c.repetitions for c in split.canaries)
+    assert max(res["pool_rows"]) < n_plain and len(set(res["pool_rows"])) == 16
+    # each model's loss on the pool is the loss of a fresh fine-tune on its own half
+    again = lm.sequence_lira(base, split, small, epsilon=math.inf, n_models=4, pool_size=16, seed=0)
+    np.testing.assert_allclose(again["losses"], losses)
+    summary = lm.sequence_mia(res, n_boot=20)
+    assert summary["n_members"] + summary["n_nonmembers"] + summary["n_dropped"] == 64
+    assert 0 <= summary["lira_auc"] <= 1 and 0 <= summary["loss_tpr@0.1"] <= 1
+    with pytest.raises(ValueError, match="pool_size"):
+        lm.sequence_lira(base, split, small, epsilon=math.inf, n_models=4, pool_size=10_000)

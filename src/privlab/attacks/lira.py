@@ -33,7 +33,7 @@ Averages of tests that each meet the bound at a common threshold meet it too.
 the gradient of a linear layer is an outer product, so its norm is the product
 of two norms) or without privacy.
 
-Used in: chapter 12.
+Used in: chapters 12 and 14.
 """
 
 from __future__ import annotations
@@ -57,11 +57,14 @@ from ..dpsgd.sampling import steps_per_epoch
 
 __all__ = [
     "MLPEnsemble",
+    "auc_flat",
+    "bootstrap_auc",
     "bootstrap_tpr",
     "clipped_grad_sums",
     "dp_tpr_bound",
     "lira_scores",
     "logit_confidence",
+    "random_halves",
     "roc_curve",
     "train_mlps",
     "tpr_at_fpr",
@@ -104,8 +107,43 @@ def _normal_logpdf(x, mu, var):
     return -0.5 * (np.log(2 * np.pi * var) + (x - mu) ** 2 / var)
 
 
+def random_halves(n_models: int, n_examples: int, rng: np.random.Generator) -> np.ndarray:
+    r"""Shadow-model training sets: each model on its own uniformly random half of the pool.
+
+    Row :math:`m` of the ``(M, N)`` result marks :math:`\lfloor N/2 \rfloor` examples,
+    drawn without replacement, independently of the other rows. So every model trains
+    on the same number of examples (a public constant, as the target's recipe fixes),
+    each example is in :math:`\mathrm{Binomial}(M, 1/2)` models, and, with each model
+    the target in turn, the other models' memberships are independent of the target's:
+    no test gains from the design itself. (Designs that put every example in exactly
+    :math:`M/2` models, or train models in complementary pairs, make the shadows'
+    membership counts depend on the target's, a side channel the DP bound does not
+    cover.) An example that the other models all include or all exclude gets a
+    ``nan`` online LiRA score (probability :math:`2^{2-M}`), an event that does not
+    depend on the target's membership.
+
+    With a fixed size, "example :math:`i` in" and "out" are the training sets
+    :math:`S \cup \{i\}` and :math:`S \cup \{j\}` (:math:`S` a uniform
+    :math:`(\lfloor N/2 \rfloor - 1)`-subset of the others, :math:`j` uniform among the
+    rest): a *replacement* of one example. Training that is :math:`(\varepsilon,
+    \delta)`-DP under add/remove is :math:`(2\varepsilon, (1 + e^\varepsilon)\delta)`-DP
+    under replacement (group privacy for two), and that is the bound for a membership
+    test on this design: :func:`dp_tpr_bound` at those parameters.
+
+    >>> keep = random_halves(4, 6, np.random.default_rng(0))
+    >>> keep.shape, keep.sum(1).tolist()
+    ((4, 6), [3, 3, 3, 3])
+    """
+    m = check_int("n_models", n_models)
+    n = check_int("n_examples", n_examples, minimum=2)
+    keep = np.zeros((m, n), dtype=bool)
+    for row in keep:
+        row[rng.choice(n, n // 2, replace=False)] = True
+    return keep
+
+
 def lira_scores(
-    phi, keep, *, online: bool = True, global_variance: bool = True
+    phi, keep, *, online: bool = True, global_variance: bool = True, ddof: int = 0
 ) -> np.ndarray:
     r"""LiRA score of every (model, example) pair, each model the target in turn.
 
@@ -125,6 +163,9 @@ def lira_scores(
         keep: ``(M, N)`` booleans, example :math:`i` in model :math:`m`'s training set.
         online: use both Gaussians (else offline, "out" only).
         global_variance: pool the variances over examples (advised for few models).
+        ddof: the variances' degrees-of-freedom correction: 0 (the default, the
+            maximum-likelihood variance, biased low by a factor :math:`(n-1)/n` over
+            :math:`n` models) or 1 (unbiased; advised with few shadow models).
 
     Returns:
         ``(M, N)`` scores; ``nan`` where the other models have no "in" (online)
@@ -133,7 +174,7 @@ def lira_scores(
     Raises:
         ValueError: shapes differ, fewer than 3 models, or non-finite ``phi``.
 
-    Used in: chapter 12.
+    Used in: chapters 12 and 14.
     """
     phi = np.asarray(phi, dtype=float)
     keep = np.asarray(keep, dtype=bool)
@@ -148,11 +189,13 @@ def lira_scores(
     q_in_all, q_out_all = (phi**2 * keep).sum(0), (phi**2 * ~keep).sum(0)
     # leave the target model out of each sum
     n_in, n_out = n_in_all - keep, n_out_all - ~keep
+    if ddof not in (0, 1):
+        raise ValueError(f"ddof must be 0 or 1, got {ddof!r}")
     with np.errstate(invalid="ignore", divide="ignore"):
         mu_in = (s_in_all - phi * keep) / n_in
         mu_out = (s_out_all - phi * ~keep) / n_out
-        var_in = (q_in_all - phi**2 * keep) / n_in - mu_in**2
-        var_out = (q_out_all - phi**2 * ~keep) / n_out - mu_out**2
+        var_in = ((q_in_all - phi**2 * keep) / n_in - mu_in**2) * n_in / (n_in - ddof)
+        var_out = ((q_out_all - phi**2 * ~keep) / n_out - mu_out**2) * n_out / (n_out - ddof)
     if global_variance:
         var_in = np.broadcast_to(
             np.nanmean(np.where(n_in >= 2, var_in, np.nan), 1, keepdims=True), phi.shape
@@ -474,3 +517,57 @@ def tpr_at_fpr_flat(s: np.ndarray, m: np.ndarray, f: float) -> float:
         return 1.0
     t_star = -np.partition(-neg, k)[k]  # the (k+1)-th largest
     return float((pos > t_star).sum() / pos.size)
+
+
+def auc_flat(s: np.ndarray, m: np.ndarray) -> float:
+    """Area under the ROC curve of flat scores ``s`` (higher: member) and membership ``m``.
+
+    The Mann-Whitney form: the probability that a random member outscores a random
+    non-member, ties counted one half (average ranks). NaN scores are dropped.
+
+    >>> auc_flat(np.array([3.0, 2.0, 1.0, 0.0]), np.array([1, 0, 1, 0], bool))
+    0.75
+    """
+    from scipy.stats import rankdata
+
+    s, m = np.asarray(s, dtype=float).ravel(), np.asarray(m, dtype=bool).ravel()
+    ok = ~np.isnan(s)
+    s, m = s[ok], m[ok]
+    n1, n0 = int(m.sum()), int((~m).sum())
+    if n1 == 0 or n0 == 0:
+        raise ValueError("members must hold both members and non-members")
+    r = rankdata(s)
+    return float((r[m].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def bootstrap_auc(scores_list, members, *, n_boot: int, rng: np.random.Generator,
+                  resample_models: bool = True) -> np.ndarray:  # fmt: skip
+    r"""AUC of several attacks on the same ``(M, N)`` guesses, over the paired two-way bootstrap.
+
+    The same resampling as :func:`bootstrap_tpr` (the :math:`M` target models and the
+    :math:`N` examples drawn with replacement, independently, one draw for every attack),
+    with :func:`auc_flat` in place of the TPR. Returns ``(n_boot, len(scores_list))``.
+
+    >>> s = np.array([[3.0, 2.0, 1.0, 0.0]] * 2); m = np.array([[1, 0, 1, 0]] * 2, bool)
+    >>> bootstrap_auc([s], m, n_boot=2, rng=np.random.default_rng(0)).shape
+    (2, 1)
+
+    Used in: chapter 14.
+    """
+    members = np.asarray(members, dtype=bool)
+    arrays = [np.asarray(x, dtype=float) for x in scores_list]
+    if members.ndim != 2 or any(a.shape != members.shape for a in arrays):
+        raise ValueError(f"need (M, N) scores and members of one shape, got {[a.shape for a in arrays]}, "
+                         f"{members.shape}")  # fmt: skip
+    n_boot = check_int("n_boot", n_boot)
+    m_rows, n_cols = members.shape
+    if resample_models and m_rows < 2:
+        raise ValueError("resampling the models needs M >= 2")
+    out = np.empty((n_boot, len(arrays)))
+    for b in range(n_boot):
+        rows = rng.integers(0, m_rows, m_rows) if resample_models else np.arange(m_rows)
+        cols = rng.integers(0, n_cols, n_cols)
+        mem = members[np.ix_(rows, cols)].ravel()
+        for j, a in enumerate(arrays):
+            out[b, j] = auc_flat(a[np.ix_(rows, cols)].ravel(), mem) if mem.any() and not mem.all() else np.nan
+    return out

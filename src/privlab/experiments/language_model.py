@@ -21,7 +21,10 @@ The experiment of the language-model chapter, on CPU at smoke and book scale:
 5. chosen runs repeated with further seeds, each with fresh canary codes
    (:func:`replicate_exposures`), so that comparisons between runs take their
    standard errors from replicates, and the seeds' models serve as shadow models
-   for an offline LiRA on the canaries (Carlini et al. 2022, arXiv:2112.03570).
+   for an offline LiRA on the canaries (Carlini et al. 2022, arXiv:2112.03570);
+6. the standard shadow-model online LiRA on ordinary (non-canary) private sequences,
+   each of several models fine-tuned on a random half of a pool (:func:`sequence_lira`,
+   :func:`sequence_mia`), without privacy and with DP.
 
 References: Carlini et al. (2019), arXiv:1802.08232; Hu et al. (2021), "LoRA",
 arXiv:2106.09685; Yu et al. (2022), "Differentially private fine-tuning of
@@ -55,7 +58,8 @@ from privlab.dpsgd import DPSGDConfig, lm_loss, train
 from privlab.provenance import write_json
 
 __all__ = ["LMScale", "LM_SCALES", "build_model", "sequence_losses", "canary_space_losses", "exposure",
-           "canary_exposures", "recode_canaries", "replicate_exposures", "membership_attack", "pack_users", "UserLM",
+           "canary_exposures", "recode_canaries", "replicate_exposures", "membership_attack", "sequence_lira",
+           "sequence_mia", "pack_users", "UserLM",
            "add_lora", "user_lm_loss", "finetune", "pretrain", "evaluate_language_model", "default_runs", "run",
            "write_results"]
 
@@ -78,12 +82,18 @@ class LMScale:
     lr: float = 3e-3
     max_rows_per_user: int = 64
     lora_rank: int = 8
+    lira_models: int = 8  # shadow-model LiRA on ordinary sequences: models (each the target in turn)
+    lira_pool: int = 128  # and the pool of non-canary private sequences they draw their halves from
 
 
 LM_SCALES = {
     "smoke": LMScale(),
-    "book": LMScale(seq_len=48, n_public=4_000, n_private=2_000, n_users=40, n_embd=96, n_layer=2, n_head=4,
-                    pretrain_epochs=3, finetune_epochs=8, batch_size=64, canaries_per_repetition=4),
+    # sized to run the chapter in about 5 minutes on 2 CPU cores (a larger model, more private text, users,
+    # canaries and LiRA pool than smoke; seq_len 48 with 4,000 public sequences exceeded the corpus's
+    # 3,929 public 48-character chunks and would have taken about an hour)
+    "book": LMScale(seq_len=32, n_public=800, n_private=600, n_users=40, n_embd=48, n_layer=2, n_head=4,
+                    pretrain_epochs=3, finetune_epochs=8, batch_size=32, canaries_per_repetition=4,
+                    lira_pool=256),
     # GPT-2 small's shape (124M parameters with a BPE vocabulary; far fewer with characters): on the GPU
     # when one is available (privlab.config.get_device), else on the CPU (slow)
     "paper": LMScale(seq_len=128, n_public=3_000, n_private=1_500, n_users=40, n_embd=768, n_layer=12,
@@ -144,6 +154,97 @@ def membership_attack(member_losses: np.ndarray, nonmember_losses: np.ndarray) -
     return {"auc": float(roc_auc_score(y, score)),
             "tpr_at_1pct_fpr": float(np.interp(0.01, fpr, tpr)),
             "tpr_at_10pct_fpr": float(np.interp(0.10, fpr, tpr))}
+
+
+def sequence_lira(base: nn.Module, split: TextSplit, s: LMScale, *, epsilon: float, n_models: int,
+                  pool_size: int, seed: int = 0) -> dict:
+    r"""Shadow-model LiRA on ordinary private sequences (Carlini et al. 2022, arXiv:2112.03570).
+
+    A pool of ``pool_size`` non-canary private sequences (drawn at random; the canaries are left
+    out, so the pool is ordinary text). ``n_models`` :math:`M` models are fine-tuned from ``base``
+    with :func:`finetune`'s recipe (full fine-tuning, example level, the same epochs, learning
+    rate, batch size, :math:`C = 1` and :math:`\delta = 1/(100N)`, :math:`\sigma` calibrated to
+    ``epsilon`` for the :math:`N = \lfloor P/2 \rfloor` sequences each trains on), model
+    :math:`m` on its own random half of the pool (:func:`privlab.attacks.lira.random_halves`), with
+    training seed ``1000 seed + m``. Each model's mean token loss on every pool sequence is
+    recorded; the attack statistic is :math:`\phi = -\text{loss}` (the logit of a sequence's
+    probability :math:`p = e^{-T\,\text{loss}}` is :math:`\log p - \log(1 - p) \approx
+    -T\,\text{loss}` for such small :math:`p`, and LiRA with one global variance is unchanged by
+    the factor :math:`T`). Online LiRA with global variances (unbiased, ``ddof=1``), each model
+    the target in turn, the others its shadows (:func:`privlab.attacks.lira.lira_scores`).
+
+    The privacy unit of the DP runs is one sequence (add/remove), as for the chapter's
+    example-level runs. Each model trains on exactly half the pool, so "in" against "out" replaces
+    one sequence by another: the bound on a membership test is that of replace-one,
+    :math:`(2\varepsilon, (1 + e^\varepsilon)\delta)` (:func:`privlab.attacks.lira.random_halves`). Returns ``{"epsilon", "pool_rows" (indices into split.private), "keep"
+    (M, P), "losses" (M, P), "lira" (M, P) scores, "runs" (one record per model: sigma, delta,
+    epsilon spent, clipped fraction, steps, first and last epoch's training loss, seconds),
+    "base_losses" (P,): ``base``'s losses on the pool, the floor a fine-tune should beat}``.
+    """
+    from privlab.attacks.lira import lira_scores, random_halves
+
+    n_plain = len(split.private) - sum(c.repetitions for c in split.canaries)
+    if not 4 <= pool_size <= n_plain:
+        raise ValueError(f"pool_size must be in [4, {n_plain}] (the non-canary private rows), got {pool_size}")
+    if n_models < 3:
+        raise ValueError(f"n_models must be at least 3 (a target and two shadows), got {n_models}")
+    rng = np.random.default_rng([seed, 30])
+    rows = np.sort(rng.choice(n_plain, pool_size, replace=False))
+    pool = split.private[rows]
+    keep = random_halves(n_models, pool_size, rng)
+    losses, records = np.empty((n_models, pool_size)), []
+    for m in range(n_models):
+        sub = dataclasses.replace(split, private=pool[keep[m]], private_users=split.private_users[rows][keep[m]],
+                                  canaries=[])
+        model, rec = finetune(base, sub, s, epsilon=epsilon, seed=1000 * seed + m)
+        losses[m] = sequence_losses(model, pool)
+        records.append({k: rec[k] for k in ("sigma", "delta", "epsilon_spent", "clipped_fraction", "steps",
+                                             "n_units", "seconds")}
+                       | {"train_loss_first": rec["train_loss"][0], "train_loss_last": rec["train_loss"][-1]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nan where the shadows are all in or all out
+        scores = lira_scores(-losses, keep, online=True, global_variance=True, ddof=1)
+    return {"epsilon": epsilon, "pool_rows": rows.tolist(), "keep": keep, "losses": losses, "lira": scores,
+            "base_losses": sequence_losses(base, pool), "runs": records}
+
+
+def sequence_mia(res: dict, *, fprs=(0.01, 0.1), n_boot: int = 200, seed: int = 0) -> dict:
+    r"""AUC and TPR at each FPR of LiRA and of the loss threshold, on the same guesses of :func:`sequence_lira`.
+
+    Every model is the target in turn: :math:`M \times P` guesses, one threshold over all of them
+    (pooled), the members those with ``keep``; guesses with a ``nan`` LiRA score (no "in" or no
+    "out" shadow) are dropped from both attacks. For each attack and FPR: the TPR, its binomial
+    standard error :math:`\sqrt{\mathrm{TPR}(1-\mathrm{TPR})/n_{\rm in}}` over the member
+    guesses (which treats them as independent), and the two-way bootstrap standard error over
+    models and sequences (:func:`privlab.attacks.lira.bootstrap_tpr`, ``n_boot`` replicates, the
+    two attacks paired), which also counts that the :math:`M` guesses about one sequence share its
+    difficulty and the :math:`P` guesses against one model share its training run; and the
+    bootstrap standard error of the difference LiRA minus loss. The AUCs (Mann-Whitney, ties
+    halved) come with the same bootstrap's standard errors, of each and of the difference. ``n_nonmembers``: the number of
+    non-member guesses, so that an FPR below :math:`1/n` is not resolved.
+    """
+    from privlab.attacks.lira import auc_flat, bootstrap_auc, bootstrap_tpr, tpr_at_fpr
+
+    keep, lira, loss_score = np.asarray(res["keep"]), np.asarray(res["lira"]), -np.asarray(res["losses"])
+    ok = ~np.isnan(lira)
+    loss_score = np.where(ok, loss_score, np.nan)
+    out = {"n_members": int((keep & ok).sum()), "n_nonmembers": int((~keep & ok).sum()),
+           "n_dropped": int((~ok).sum())}
+    rng = np.random.default_rng(seed)
+    boot = bootstrap_auc([lira, loss_score], keep, n_boot=n_boot, rng=rng)
+    for j, (name, sc) in enumerate((("lira", lira), ("loss", loss_score))):
+        out[f"{name}_auc"] = auc_flat(sc, keep)
+        out[f"{name}_auc_se_boot"] = float(np.nanstd(boot[:, j], ddof=1))
+    out["diff_auc_se_boot"] = float(np.nanstd(boot[:, 0] - boot[:, 1], ddof=1))
+    for f in fprs:
+        boot = bootstrap_tpr([lira, loss_score], keep, f, n_boot=n_boot, rng=rng)
+        for j, (name, sc) in enumerate((("lira", lira), ("loss", loss_score))):
+            tpr = tpr_at_fpr(sc, keep, f)
+            out[f"{name}_tpr@{f:g}"] = tpr
+            out[f"{name}_se_binom@{f:g}"] = math.sqrt(tpr * (1 - tpr) / out["n_members"])
+            out[f"{name}_se_boot@{f:g}"] = float(boot[:, j].std(ddof=1))
+        out[f"diff_se_boot@{f:g}"] = float((boot[:, 0] - boot[:, 1]).std(ddof=1))
+    return out
 
 
 # ----------------------------------------------------------------------------- user level
@@ -378,11 +479,14 @@ def default_runs(scale: str, epsilons=None) -> list[tuple]:
 
 
 def run(scale: str = "smoke", *, runs=None, seed: int = 0, progress: bool = True, replicate_runs=(),
-        replicate_seeds=()) -> dict:
+        replicate_seeds=(), lira_epsilons=()) -> dict:
     """The whole experiment: the public model, then one record per ``(epsilon, method, unit[, "clip"])``
     in ``runs`` (``"clip"``: clipped at C = 1 without noise); then, in ``results["replicates"]``,
     the canary exposures of ``replicate_runs`` again for each of ``replicate_seeds`` (fresh canary
-    codes and training seed each: :func:`replicate_exposures`)."""
+    codes and training seed each: :func:`replicate_exposures`); then, in
+    ``results["sequence_lira"]``, for each epsilon of ``lira_epsilons``, the shadow-model LiRA on
+    ordinary sequences (:func:`sequence_lira` with the scale's ``lira_models`` and ``lira_pool``,
+    summarised by :func:`sequence_mia` under ``"summary"``)."""
     if scale not in LM_SCALES:
         raise ValueError(f"scale must be one of {sorted(LM_SCALES)}, got {scale!r}")
     s = LM_SCALES[scale]
@@ -407,6 +511,14 @@ def run(scale: str = "smoke", *, runs=None, seed: int = 0, progress: bool = True
         rec.update(evaluate_language_model(model, split, s, rng=np.random.default_rng(seed), keep_space_losses=keep))
         results["runs"].append(rec)
     results["replicates"] = replicate_exposures(base, split, s, replicate_runs, replicate_seeds)
+    results["sequence_lira"] = []
+    for eps in lira_epsilons:
+        t1 = time.perf_counter()
+        res = sequence_lira(base, split, s, epsilon=float(eps), n_models=s.lira_models, pool_size=s.lira_pool,
+                            seed=seed)
+        res["summary"] = sequence_mia(res, seed=seed)
+        res["seconds"] = time.perf_counter() - t1
+        results["sequence_lira"].append(res)
     return results
 
 

@@ -34,6 +34,12 @@ Peak memory, one further step per method, honestly labelled:
 In both cases the model, optimizer state and the input batch, allocated before
 the step, are excluded; gradients are released before each step.
 
+A second table times the kernel alone (the issue's second target): a non-private forward and
+backward (the baseline), the forward with the backward for the layers' output gradients only (what
+the fast path cannot avoid), :func:`handwritten_kernel` (the whole clipped sum written out for this
+MLP: the floor of the design in eager PyTorch), privlab's kernel and the previous one (``--no-kernel``
+skips it).
+
 The machine's load average (1, 5, 15 minutes) is printed before and after the timing: on a
 shared machine the ratios, measured side by side, are the figures to read, not the milliseconds.
 
@@ -126,6 +132,105 @@ def privlab_recompute_step(model, *, batch, device):
     return recomputing, release
 
 
+def handwritten_kernel(model, x, y, max_grad_norm=1.0):
+    """The clipped sum written out by hand for this MLP: the floor of the book-keeping design in eager PyTorch.
+
+    Forward; one backward for the output gradients of every Linear and LayerNorm only; per-example
+    squared norms ((||a_i||^2 + 1) ||b_i||^2 per Linear, ||x_hat_i * b_i||^2 + ||b_i||^2 per LayerNorm,
+    with the forward's saved mean and rstd); clip factors; one weighted product per parameter. No graph
+    checks, hooks or fallbacks: what privlab's fast path costs beyond this is its machinery.
+    """
+    import torch.nn.functional as F
+
+    acts, outs, stats, h = [], [], [], x
+    for m in model:
+        if isinstance(m, torch.nn.Linear):
+            acts.append(h)
+            h = m(h)
+            outs.append(h)
+        elif isinstance(m, torch.nn.LayerNorm):
+            stats.append(h)
+            h = m(h)
+            outs.append(h)
+            stats[-1] = (stats[-1].detach(), h.grad_fn._saved_result1, h.grad_fn._saved_result2)
+        else:
+            h = m(h)
+    losses = F.binary_cross_entropy_with_logits(h.squeeze(1), y, reduction="none")
+    grads = torch.autograd.grad(losses.sum(), outs)
+    sq = lambda t: torch.linalg.vector_norm(t, dim=1).square()  # noqa: E731
+    norm2, linear, norm = [], [], []
+    it = iter(stats)
+    for m, b in zip([m for m in model if isinstance(m, (torch.nn.Linear, torch.nn.LayerNorm))], grads):
+        if isinstance(m, torch.nn.Linear):
+            a = acts[len(linear)].detach()
+            norm2.append(sq(a).add_(1).mul_(sq(b)))
+            linear.append((a, b))
+        else:
+            s, mean, rstd = next(it)
+            g = s.sub(mean).mul_(rstd).mul_(b)
+            norm2.append(sq(g).add_(sq(b)))
+            norm.append((g, b))
+    c = max_grad_norm / torch.stack(norm2).sum(0).sqrt().clamp_min(max_grad_norm)
+    cc, out = c.unsqueeze(1), []
+    for a, b in linear:
+        out += [b.t() @ (a * cc) if a.shape[1] <= b.shape[1] else (b * cc).t() @ a, torch.mv(b.t(), c)]
+    for g, b in norm:
+        out += [torch.mv(g.t(), c), torch.mv(b.t(), c)]
+    return out
+
+
+def kernel_rows(model, x, y, previous):
+    """The kernel alone (no noise, no optimizer), each row a callable of no arguments."""
+    import torch.nn.functional as F
+
+    from privlab.dpsgd import clip_factors
+    from privlab.dpsgd.fast import fast_norms_and_clipped_sum
+    from privlab.losses import bce_losses
+
+    def fwd_bwd():
+        model.zero_grad(set_to_none=True)
+        F.binary_cross_entropy_with_logits(model(x).squeeze(1), y).backward()
+
+    def output_grads():  # forward and the backward the fast path needs, nothing else
+        outs, h = [], x
+        for m in model:
+            h = m(h)
+            if isinstance(m, (torch.nn.Linear, torch.nn.LayerNorm)):
+                outs.append(h)
+        torch.autograd.grad(F.binary_cross_entropy_with_logits(h.squeeze(1), y, reduction="none").sum(), outs)
+
+    factors = lambda n: clip_factors(n, max_grad_norm=1.0)  # noqa: E731
+    return {"non-private fwd+bwd": fwd_bwd,
+            "fwd + output grads": output_grads,
+            "hand-written kernel": lambda: handwritten_kernel(model, x, y),
+            "privlab kernel": lambda: fast_norms_and_clipped_sum(model, bce_losses, (x,), y, factors),
+            "privlab kernel prev": lambda: previous(model, bce_losses, (x,), y, factors)}
+
+
+def time_kernels(rows, rounds, device) -> dict:
+    """Interleaved rounds; per row the median time and the median of its per-round ratio to the first row."""
+    import time
+
+    from privlab.profiling import sync
+
+    for f in rows.values():
+        f()
+    wall = {k: [] for k in rows}
+    cpu = {k: [] for k in rows}
+    for _ in range(rounds):
+        for k, f in rows.items():
+            sync(device)
+            w, c = time.perf_counter(), time.process_time()
+            f()
+            sync(device)
+            wall[k].append(time.perf_counter() - w)
+            cpu[k].append(time.process_time() - c)
+    first = next(iter(rows))
+    ratio = lambda t, k: statistics.median(a / b for a, b in zip(t[k], t[first]))  # noqa: E731
+    return {k: dict(ms=1e3 * statistics.median(wall[k]), x_wall=ratio(wall, k),
+                    cpu_ms=1e3 * statistics.median(cpu[k]), x_cpu=ratio(cpu, k)) for k in rows}
+
+
 METHODS = {
     "non-private": STEPS["non-private"],
     "privlab fast": STEPS["privlab fast"],
@@ -149,6 +254,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--methods", nargs="*", default=list(METHODS), help=f"subset of {list(METHODS)}")
     parser.add_argument("--no-heap-trim", action="store_true",
                         help="glibc mallopt: keep freed heap memory mapped (as jemalloc/tcmalloc do)")
+    parser.add_argument("--no-kernel", action="store_true", help="skip the table of the kernel alone")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     args = parser.parse_args(argv)
     heap = "glibc default"
@@ -211,9 +317,20 @@ def main(argv=None) -> dict:
         r.update(time_ratio=tr, cpu_time_ratio=cr, memory_ratio=mr)
     for name, why in failed.items():
         print(f"{name:18s} failed: {why}")
+    kernels = {}
+    if not args.no_kernel:
+        torch.manual_seed(0)
+        model = streamrec_mlp().to(device).train()
+        kernels = time_kernels(kernel_rows(model, x_full, y_full, previous_fast()), args.rounds * args.steps,
+                               device)
+        print(f"the kernel alone (forward, per-example norms, clipped sum; no noise, no optimizer), "
+              f"{args.rounds * args.steps} interleaved rounds, ratio = median of per-round ratios to the first row:")
+        print(f"{'kernel':22s} {'wall ms':>9s} {'x wall':>7s} {'CPU ms':>9s} {'x CPU':>7s}")
+        for name, r in kernels.items():
+            print(f"{name:22s} {r['ms']:9.2f} {r['x_wall']:7.2f} {r['cpu_ms']:9.2f} {r['x_cpu']:7.2f}")
     out = dict(device=str(device), batch=args.batch, threads=torch.get_num_threads(), torch=torch.__version__, malloc=heap,
                rounds=args.rounds, steps=args.steps, results=results, failed=failed, cpus=os.cpu_count(),
-               load_before=load_before, load_after=load_after)
+               load_before=load_before, load_after=load_after, kernels=kernels)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=2)

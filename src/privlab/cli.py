@@ -240,7 +240,10 @@ def _lm(args: argparse.Namespace) -> int:
 
     scale = get_scale(args.scale).name
     runs = lm.default_runs(scale, [e for e in args.epsilons if math.isfinite(e)] if args.epsilons else None)
-    results = lm.run(scale, runs=runs, seed=args.seed, progress=not args.json)
+    # shadow-model LiRA on ordinary sequences, as in chapter 14: without noise and at the smallest epsilon
+    finite = [r[0] for r in runs if math.isfinite(r[0])]
+    lira_epsilons = [math.inf] + ([min(finite)] if finite else [])
+    results = lm.run(scale, runs=runs, seed=args.seed, progress=not args.json, lira_epsilons=lira_epsilons)
     path = lm.write_results(results, args.out) if args.out else None
     nan = float("nan")
     rows = [{"epsilon": r["epsilon_target"], "method": r["method"], "unit": r["unit"],
@@ -249,13 +252,19 @@ def _lm(args: argparse.Namespace) -> int:
              "mia_auc": r["auc"], "tpr@1%fpr": r["tpr_at_1pct_fpr"], "seconds": r["seconds"],
              "trainable": r["trainable_parameters"]} for r in results["runs"]]
     rows.insert(0, {"method": "public model", "perplexity": results["public_model"]["perplexity"]})
+    lira = [{"epsilon": x["epsilon"], **{k: x["summary"][k] for k in
+             ("lira_auc", "lira_auc_se_boot", "loss_auc", "loss_auc_se_boot", "lira_tpr@0.01", "loss_tpr@0.01")}}
+            for x in results["sequence_lira"]]  # fmt: skip
     if args.json:
-        _print_json({"command": "lm", "scale": scale, "runs": rows, "results": str(path) if path else None})
+        _print_json({"command": "lm", "scale": scale, "runs": rows, "sequence_lira": lira,
+                     "results": str(path) if path else None})
         return 0
     import pandas as pd
 
     print(f"language-model experiment, scale {scale}")
     print(pd.DataFrame(rows).round(3).to_string(index=False))
+    print("membership inference on ordinary sequences (shadow-model LiRA against the loss threshold)")
+    print(pd.DataFrame(lira).round(3).to_string(index=False))
     if path:
         print(f"wrote {path}")
     return 0

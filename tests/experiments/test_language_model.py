@@ -195,3 +195,15 @@ def test_sequence_lira_trains_each_model_on_its_half_of_the_pool(split):
     assert 0 <= summary["lira_auc"] <= 1 and 0 <= summary["loss_tpr@0.1"] <= 1
     with pytest.raises(ValueError, match="pool_size"):
         lm.sequence_lira(base, split, small, epsilon=math.inf, n_models=4, pool_size=10_000)
+
+
+@pytest.mark.parametrize("scale", ["smoke", "book", "paper"])
+def test_every_scale_fits_the_corpus(scale):
+    """Each scale's split builds for many split seeds (the paper scale once asked for more
+    128-character chunks than the corpus has, so `privlab lm --scale paper` could not start)."""
+    s = lm.LM_SCALES[scale]
+    for seed in range(20):
+        split = make_text_split(seq_len=s.seq_len, n_private=s.n_private, n_public=s.n_public,
+                                n_users=s.n_users, canaries_per_repetition=s.canaries_per_repetition,
+                                rng=np.random.default_rng(seed))
+        assert len(split.public) == s.n_public

@@ -473,13 +473,22 @@ def bootstrap_tpr(scores_list, members, fpr: float, *, n_boot: int, rng: np.rand
 
     Used in: chapter 12.
     """
+    f = check_nonnegative("fpr", fpr)
+    return _two_way_bootstrap(scores_list, members, lambda s, m: tpr_at_fpr_flat(s, m, f), n_boot=n_boot,
+                              rng=rng, resample_models=resample_models)  # fmt: skip
+
+
+def _two_way_bootstrap(scores_list, members, statistic, *, n_boot: int, rng: np.random.Generator,
+                       resample_models: bool) -> np.ndarray:  # fmt: skip
+    """``statistic(flat scores, flat membership)`` of each attack over the paired two-way bootstrap:
+    the ``M`` target models (rows) and the ``N`` examples (columns) drawn with replacement,
+    independently, one draw shared by every attack. Returns ``(n_boot, len(scores_list))``."""
     members = np.asarray(members, dtype=bool)
     arrays = [np.asarray(s, dtype=float) for s in scores_list]
     if members.ndim != 2 or any(a.shape != members.shape for a in arrays):
         raise ValueError(f"need (M, N) scores and members of one shape, got {[a.shape for a in arrays]}, "
                          f"{members.shape}")  # fmt: skip
     n_boot = check_int("n_boot", n_boot)
-    f = check_nonnegative("fpr", fpr)
     m_rows, n_cols = members.shape
     if resample_models and m_rows < 2:
         raise ValueError("resampling the models needs M >= 2")
@@ -489,7 +498,7 @@ def bootstrap_tpr(scores_list, members, fpr: float, *, n_boot: int, rng: np.rand
         cols = rng.integers(0, n_cols, n_cols)
         mem = members[np.ix_(rows, cols)].ravel()
         for j, a in enumerate(arrays):
-            out[b, j] = tpr_at_fpr_flat(a[np.ix_(rows, cols)].ravel(), mem, f)
+            out[b, j] = statistic(a[np.ix_(rows, cols)].ravel(), mem)
     return out
 
 
@@ -554,20 +563,8 @@ def bootstrap_auc(scores_list, members, *, n_boot: int, rng: np.random.Generator
 
     Used in: chapter 14.
     """
-    members = np.asarray(members, dtype=bool)
-    arrays = [np.asarray(x, dtype=float) for x in scores_list]
-    if members.ndim != 2 or any(a.shape != members.shape for a in arrays):
-        raise ValueError(f"need (M, N) scores and members of one shape, got {[a.shape for a in arrays]}, "
-                         f"{members.shape}")  # fmt: skip
-    n_boot = check_int("n_boot", n_boot)
-    m_rows, n_cols = members.shape
-    if resample_models and m_rows < 2:
-        raise ValueError("resampling the models needs M >= 2")
-    out = np.empty((n_boot, len(arrays)))
-    for b in range(n_boot):
-        rows = rng.integers(0, m_rows, m_rows) if resample_models else np.arange(m_rows)
-        cols = rng.integers(0, n_cols, n_cols)
-        mem = members[np.ix_(rows, cols)].ravel()
-        for j, a in enumerate(arrays):
-            out[b, j] = auc_flat(a[np.ix_(rows, cols)].ravel(), mem) if mem.any() and not mem.all() else np.nan
-    return out
+    def auc_or_nan(s, m):  # a draw with only members (or none) has no AUC
+        return auc_flat(s, m) if m.any() and not m.all() else np.nan
+
+    return _two_way_bootstrap(scores_list, members, auc_or_nan, n_boot=n_boot, rng=rng,
+                              resample_models=resample_models)  # fmt: skip

@@ -122,6 +122,8 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     for item in session.items:
         if type(item).__name__ == "IPyNbCell":
             notebooks[item.parent].append(item)
+    if not notebooks:  # nothing ran here (under pytest-xdist the workers store, not the controller)
+        return
     stored = []
     for nbfile, cells in notebooks.items():
         chapter = chapters.get(Path(str(nbfile.fspath)).stem)

@@ -72,3 +72,26 @@ def test_data_dir_of_a_non_editable_copy_is_the_user_cache(tmp_path):
     if sys.platform.startswith("linux"):
         assert out == str(tmp_path / "xdg" / "privlab" / "data")
     assert not (tmp_path / "lib" / "python3.11" / "data").exists()
+
+
+def test_torch_threads_honours_omp_num_threads(monkeypatch):
+    import torch
+
+    monkeypatch.delenv(config.THREADS_ENV, raising=False)
+    assert config.torch_threads(1) == 1
+    assert config.torch_threads(10_000) == config.available_cpus()  # never more threads than CPUs
+    monkeypatch.setenv(config.THREADS_ENV, "3")
+    assert config.torch_threads(1) == 3 and config.torch_threads(2) == 3  # the environment wins
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv(config.THREADS_ENV, "1")
+        assert config.set_torch_threads(2) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(config.THREADS_ENV, bad)
+        with pytest.raises(ValueError, match=config.THREADS_ENV):
+            config.torch_threads(2)
+    monkeypatch.delenv(config.THREADS_ENV)
+    with pytest.raises(ValueError, match="default"):
+        config.torch_threads(0)

@@ -144,6 +144,60 @@ def get_device(prefer: str | None = None):
     return torch.device(prefer)
 
 
+#: The environment variable that caps every chapter's torch threads (the OpenMP standard one).
+THREADS_ENV = "OMP_NUM_THREADS"
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else ``os.cpu_count()``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def torch_threads(default: int) -> int:
+    """The intra-op thread count a chapter should use: ``$OMP_NUM_THREADS`` when set, else ``default``.
+
+    ``default`` (the chapter's own choice, e.g. 2 for a reader's laptop) is capped at
+    :func:`available_cpus`. ``make test`` runs two chapters side by side on a 2-core machine and
+    exports ``OMP_NUM_THREADS=1``: two chapters at two threads each would put four spinning
+    OpenMP threads on two cores, which slows both several-fold.
+
+    >>> import os
+    >>> os.environ.get(THREADS_ENV) is not None or (torch_threads(1), torch_threads(10_000)) == (1, available_cpus())
+    True
+
+    Raises:
+        ValueError: ``default`` or ``$OMP_NUM_THREADS`` is not a positive integer.
+    """
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if raw:
+        try:
+            n = int(raw)
+        except ValueError:
+            raise ValueError(f"{THREADS_ENV} must be a positive integer, got {raw!r}") from None
+        if n < 1:
+            raise ValueError(f"{THREADS_ENV} must be a positive integer, got {raw!r}")
+        return n
+    if int(default) < 1:
+        raise ValueError(f"default must be a positive integer, got {default!r}")
+    return min(int(default), available_cpus())
+
+
+def set_torch_threads(default: int) -> int:
+    """Set torch's intra-op threads to :func:`torch_threads` ``(default)`` and return the number.
+
+    Chapters call this in their first cell instead of ``torch.set_num_threads``, so one setting
+    (``OMP_NUM_THREADS``) caps them all when several run at once (``make test``).
+    """
+    import torch
+
+    n = torch_threads(default)
+    torch.set_num_threads(n)
+    return n
+
+
 def make_rng(seed: int | None) -> np.random.Generator:
     """Return a new NumPy generator (PCG64) seeded with ``seed``.
 

@@ -89,6 +89,30 @@ def test_finetune_reports_the_epsilon_it_was_calibrated_for(split):
     assert rec["delta"] == pytest.approx(1 / (100 * rec["n_units"]), rel=1e-12)  # delta = 1/(100 N)
 
 
+def test_user_level_runs_train_as_many_steps_as_example_level_runs(split):
+    # the unit changes, not the training length: 125 rows / 16 -> 8 steps per epoch, 2 epochs;
+    # 8 users, a quarter (2) per step -> 4 steps per user epoch, so 4 user epochs
+    base = lm.build_model(CharTokenizer().vocab_size, S)
+    small = lm.LMScale(finetune_epochs=2, batch_size=16)
+    _, ex = lm.finetune(base, split, small, epsilon=math.inf)
+    _, us = lm.finetune(base, split, small, epsilon=math.inf, unit="user", clip_only=True)
+    assert ex["steps"] == us["steps"] == 16 and us["n_units"] == 8 and us["batch"] == 2
+
+
+def test_user_level_members_are_the_rows_kept_under_the_cap(split):
+    # a cap of 5 rows drops rows of the larger users: the rows returned are exactly those packed
+    x, y, names, kept = lm.pack_users(split.private, split.private_users, max_rows=5,
+                                      rng=np.random.default_rng(0), return_rows=True)
+    assert len(kept) == int((y != -100).any(-1).sum()) < len(split.private)
+    packed = {tuple(r.tolist()) for r in x[(y != -100).any(-1)]}
+    assert {tuple(r.tolist()) for r in split.private[kept]} == packed
+    # and finetune records them for the membership attack
+    base = lm.build_model(CharTokenizer().vocab_size, S)
+    small = lm.LMScale(finetune_epochs=1, batch_size=16, max_rows_per_user=5)
+    _, rec = lm.finetune(base, split, small, epsilon=math.inf, unit="user", clip_only=True)
+    assert rec["trained_rows"] == kept.tolist()
+
+
 def test_finetune_rejects_unknown_method():
     with pytest.raises(ValueError, match="'adapter'"):
         lm.finetune(None, None, S, epsilon=1.0, method="adapter")

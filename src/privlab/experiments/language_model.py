@@ -282,19 +282,26 @@ def user_lm_loss(outputs: Tensor, targets: Tensor) -> Tensor:
     return lm_loss(outputs.reshape(b * r, t, v), targets.reshape(b * r, t)).reshape(b, r).sum(1)
 
 
-def pack_users(ids: Tensor, users: np.ndarray, *, max_rows: int, rng: np.random.Generator):
-    """Rows grouped per user ``(U, R, T)``, at most ``max_rows`` each (a public cap), labels -100 on padding."""
+def pack_users(ids: Tensor, users: np.ndarray, *, max_rows: int, rng: np.random.Generator,
+               return_rows: bool = False):
+    """Rows grouped per user ``(U, R, T)``, at most ``max_rows`` each (a public cap), labels -100 on padding.
+
+    A user with more rows keeps a random subset (drawn from ``rng``). Returns ``x, y, names``, and
+    with ``return_rows`` also the sorted indices into ``ids`` of the rows kept (the rows a
+    user-level run trains on: its membership-inference members)."""
     names = np.unique(users)
     r = min(max_rows, max(int(np.sum(users == u)) for u in names))
     x = torch.zeros(len(names), r, ids.shape[1], dtype=torch.long)
     y = torch.full_like(x, -100)
+    kept = []
     for j, u in enumerate(names):
         rows = np.flatnonzero(users == u)
         if rows.size > r:
             rows = rng.choice(rows, r, replace=False)
         x[j, :rows.size] = ids[rows]
         y[j, :rows.size] = ids[rows]
-    return x, y, names
+        kept.append(rows)
+    return (x, y, names, np.sort(np.concatenate(kept))) if return_rows else (x, y, names)
 
 
 # ----------------------------------------------------------------------------- training
@@ -325,7 +332,11 @@ def finetune(base: nn.Module, split: TextSplit, s: LMScale, *, epsilon: float, m
     sequences, LoRA on 150 others, loss on the last 50): from 3.559, lr 3e-3 reached 3.540, 1e-2
     3.544 and 3e-2, the usual 10x step, 3.556 after rising to 3.63 in its first 5 steps. User-level
     runs compute each user's clipped gradient with the per-example loop: the same result as the
-    fast path, which falls back to ``vmap`` for the user wrapper, at half the time on a CPU. Returns the model and a record (sigma, delta, epsilon spent, losses,
+    fast path, which falls back to ``vmap`` for the user wrapper, at half the time on a CPU. They
+    sample a quarter of the users per step and take as many steps as the example-level runs
+    (``s.finetune_epochs`` epochs over the private rows, rounded to whole epochs over the users),
+    so that a user-level run and an example-level run differ in the unit, not in training length;
+    each user's rows are capped at ``s.max_rows_per_user`` (a random subset, fixed for the run). Returns the model and a record (sigma, delta, epsilon spent, losses,
     fraction of per-example (per-user) gradients clipped, seconds, trainable parameters).
     """
     if method not in ("full", "lora") or unit not in ("example", "user"):
@@ -337,13 +348,18 @@ def finetune(base: nn.Module, split: TextSplit, s: LMScale, *, epsilon: float, m
         model = add_lora(model, s.lora_rank)
     rng = np.random.default_rng(seed)
     if unit == "user":
-        x, y, names = pack_users(split.private, split.private_users, max_rows=s.max_rows_per_user, rng=rng)
+        x, y, names, trained_rows = pack_users(split.private, split.private_users, max_rows=s.max_rows_per_user,
+                                               rng=rng, return_rows=True)
         net, loss_fn, n = UserLM(model, skip_padding=True), user_lm_loss, len(names)
         batch = max(2, n // 4)
     else:
         x, y, net, loss_fn, n, batch = split.private, split.private, model, lm_loss, len(split.private), s.batch_size
+        trained_rows = np.arange(len(split.private))
     delta = 1.0 / (100 * n)
-    epochs = s.finetune_epochs
+    # as many steps as the example-level runs take (s.finetune_epochs over the private rows):
+    # user-level runs differ from them in the unit, not in how long they train
+    example_steps = s.finetune_epochs * round(len(split.private) / s.batch_size)
+    epochs = s.finetune_epochs if unit == "example" else max(1, round(example_steps / round(n / batch)))
     steps = epochs * round(n / batch)
     private = math.isfinite(epsilon)
     sigma = calibrate_noise(target_epsilon=epsilon, delta=delta, sample_rate=batch / n, steps=steps) if private else 0.0
@@ -365,7 +381,8 @@ def finetune(base: nn.Module, split: TextSplit, s: LMScale, *, epsilon: float, m
               "clipped_fraction": float(np.mean(norms > clip)) if clip is not None and norms is not None and norms.size
               else math.nan,
               "train_loss": list(res.losses), "seconds": seconds, "seconds_per_step": seconds / max(1, res.steps),
-              "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+              "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+              "trained_rows": trained_rows.tolist()}
     return model, record
 
 
@@ -440,13 +457,19 @@ def replicate_exposures(base: nn.Module, split: TextSplit, s: LMScale, runs, see
 
 
 def evaluate_language_model(model: nn.Module, split: TextSplit, s: LMScale, *,
-                            rng: np.random.Generator, keep_space_losses: bool = False) -> dict:  # fmt: skip
+                            rng: np.random.Generator, keep_space_losses: bool = False,
+                            trained_rows=None) -> dict:  # fmt: skip
     """Exposure of every canary, validation perplexity (and each validation sequence's loss, for
     paired comparisons between models), the mean loss on non-canary private rows
     (``"noncanary_train_loss"``), and the loss-threshold attack; with ``keep_space_losses``,
-    also the model's loss on every code (``"canary_space_losses"``, float32 ``(10^4,)``)."""
-    canary_rows = sum(c.repetitions for c in split.canaries)
-    members = split.private[: len(split.private) - canary_rows]           # the non-canary private rows
+    also the model's loss on every code (``"canary_space_losses"``, float32 ``(10^4,)``).
+
+    The attack's members are non-canary private rows the model trained on: ``trained_rows``
+    (indices into ``split.private``; :func:`finetune` records them, and a user-level run trains
+    only on the rows kept under the per-user cap), all of them when ``None``."""
+    n_plain = len(split.private) - sum(c.repetitions for c in split.canaries)   # canaries come last
+    rows = np.arange(n_plain) if trained_rows is None else np.asarray(trained_rows)
+    members = split.private[rows[rows < n_plain]]                        # non-canary rows trained on
     pick = rng.choice(len(members), size=min(len(members), len(split.validation)), replace=False)
     val = sequence_losses(model, split.validation)
     space = canary_space_losses(model, tokenizer=split.tokenizer, seq_len=s.seq_len)
@@ -510,7 +533,8 @@ def run(scale: str = "smoke", *, runs=None, seed: int = 0, progress: bool = True
         model, rec = finetune(base, split, s, epsilon=eps, method=method, unit=unit, clip_only=clip_only, seed=seed)
         rec.update({"method": method, "unit": unit})
         keep = [eps, method, unit, *extra] in [list(r) for r in replicate_runs]  # for LiRA's shadow models
-        rec.update(evaluate_language_model(model, split, s, rng=np.random.default_rng(seed), keep_space_losses=keep))
+        rec.update(evaluate_language_model(model, split, s, rng=np.random.default_rng(seed), keep_space_losses=keep,
+                                           trained_rows=rec["trained_rows"]))
         results["runs"].append(rec)
     results["replicates"] = replicate_exposures(base, split, s, replicate_runs, replicate_seeds)
     results["sequence_lira"] = []

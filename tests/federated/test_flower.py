@@ -1,9 +1,10 @@
 """Flower: the same experiment in Flower's simulation engine and as real processes equals privlab's FedAvg.
 
 The real-process tests (FedAvg, server-side DP, SecAgg+) share one SuperLink with three
-SuperNodes (the module's ``federation``): a SuperLink runs any number of ``flwr run``
-submissions in sequence, each with fresh ServerApp and ClientApp processes, so only the
-start-up is shared, never a run's state. The simulation-engine test starts Ray. Each
+SuperNodes (the module's ``federation``), and their three runs are submitted together (the
+module's ``runs``): a SuperLink serves any number of ``flwr run`` submissions side by side,
+each with its own run id and fresh ServerApp and ClientApp processes, so only the start-up
+and the wall clock are shared, never a run's state. The simulation-engine test starts Ray. Each
 run has a generous timeout (a slow shared machine needs 60-90 s), and the launchers'
 cleanup is checked: no process they started survives (the shared federation's when
 the module ends).
@@ -51,6 +52,24 @@ def federation():
     assert survivors == [], "the shared federation left processes behind"
 
 
+#: Server-side DP, one round, clip norm C above every update norm (test_flower_dp_wrapper_...).
+DP_SIGMA, DP_CLIP = 0.01, 100.0
+DP_CFG = {**TINY, "num-rounds": 1, "dp-noise-multiplier": DP_SIGMA, "dp-clip-norm": DP_CLIP, "dp-delta": 1e-5}
+
+
+@pytest.fixture(scope="module")
+def runs(federation):
+    """The module's three real-process runs (FedAvg, SecAgg+, server-side DP), submitted at once.
+
+    Most of a small run's wall clock is Flower's polling (SuperNodes and the ServerApp poll every
+    3 s) and ClientApp start-up, so the three overlap instead of queueing; each test waits for
+    its own run's result.
+    """
+    return {"fedavg": federation.submit(TINY, timeout=480),
+            "secagg": federation.submit({**TINY, "num-rounds": 1}, timeout=480, secagg=True),
+            "dp": federation.submit(DP_CFG, timeout=480)}
+
+
 def _max_diff(a: dict, b: dict) -> float:
     assert set(a) == set(b)
     return max(float((a[k] - b[k].to(a[k].dtype)).abs().max()) for k in a)
@@ -96,13 +115,6 @@ def test_flower_project_names_the_apps_and_every_config_key():
     assert secagg["config"] == DEFAULT_RUN_CONFIG and secagg["publisher"] == app["publisher"]
 
 
-def test_localhost_cli_help():
-    for cmd in (["-m", "privlab.federated.flower.localhost"], ["-m", "privlab.cli", "localhost"]):
-        out = subprocess.run([sys.executable, *cmd, "--help"], capture_output=True, text=True, timeout=120,
-                             check=False)  # fmt: skip
-        assert out.returncode == 0 and "--supernodes" in out.stdout, out.stderr
-
-
 def test_flower_simulation_engine_matches_privlab():
     try:
         run = run_flower_simulation(TINY, timeout=480, retries=2)
@@ -112,8 +124,9 @@ def test_flower_simulation_engine_matches_privlab():
     assert _max_diff(privlab_twin(TINY), run.state) < TOLERANCE
 
 
-def test_real_processes_superlink_and_three_supernodes_match_privlab(federation):
-    run = federation.run(TINY, timeout=480)
+def test_real_processes_superlink_and_three_supernodes_match_privlab(runs):
+    run = runs["fedavg"].result()
+    assert runs["fedavg"].result() is run  # waited for once
     assert run.history["rounds"] == 2 and set(run.history["train"]) == {"1", "2"}
     assert _max_diff(privlab_twin(run.history["config"]), run.state) < TOLERANCE
 
@@ -124,19 +137,31 @@ def test_launcher_stops_everything_on_timeout(private_tmp):
     assert _processes_with_env(f"FLWR_HOME={private_tmp / 'flwr_home'}") == []
 
 
+def test_a_federation_that_is_not_running_refuses_runs(private_tmp):
+    with pytest.raises(RuntimeError, match="not running"):
+        LocalFederation(1, work_dir=private_tmp).submit(TINY)
+
+
+def test_localhost_cli_help():
+    for cmd in (["-m", "privlab.federated.flower.localhost"], ["-m", "privlab.cli", "localhost"]):
+        out = subprocess.run([sys.executable, *cmd, "--help"], capture_output=True, text=True, timeout=120,
+                             check=False)  # fmt: skip
+        assert out.returncode == 0 and "--supernodes" in out.stdout, out.stderr
+
+
 #: SecAgg+ quantises n_k * theta_k to 2**22 levels on [-8, 8]: a step of 16 / 2**22 ~ 3.8e-6 per round.
 SECAGG_TOLERANCE = 2e-5
 
 
-def test_secagg_plus_over_real_processes_equals_privlab(federation):
+def test_secagg_plus_over_real_processes_equals_privlab(runs):
     """Flower's SecAgg+ (masks, Shamir shares, quantisation) on three supernodes: the sum is FedAvg's."""
-    run = federation.run({**TINY, "num-rounds": 1}, timeout=480, secagg=True)
+    run = runs["secagg"].result()
     assert run.history["secagg"].startswith("SecAgg+")
     diff = _max_diff(privlab_twin(run.history["config"]), run.state)
     assert 0 <= diff < SECAGG_TOLERANCE
 
 
-def test_flower_dp_wrapper_adds_calibrated_noise_and_privlab_accounts_for_it(federation):
+def test_flower_dp_wrapper_adds_calibrated_noise_and_privlab_accounts_for_it(federation, runs):
     """Flower's DifferentialPrivacyServerSideFixedClipping, one round, clip norm C above every update norm.
 
     The global model is then the uniform average of the local updates plus N(0, (sigma C / K)^2) per
@@ -148,10 +173,9 @@ def test_flower_dp_wrapper_adds_calibrated_noise_and_privlab_accounts_for_it(fed
     from privlab.federated import simulate
     from privlab.federated.dp import ClientLevelDP
 
-    sigma, clip, k = 0.01, 100.0, 3
-    cfg = {**TINY, "num-rounds": 1, "dp-noise-multiplier": sigma, "dp-clip-norm": clip, "dp-delta": 1e-5}
-    run = federation.run(cfg, timeout=480)
-    assert federation.num_supernodes == k
+    sigma, clip, k, cfg = DP_SIGMA, DP_CLIP, 3, DP_CFG
+    run = runs["dp"].result()
+    assert federation.num_supernodes == k and run.history["config"]["dp-noise-multiplier"] == sigma
     assert run.history["epsilon"] == [dpsgd_epsilon(noise_multiplier=sigma, sample_rate=1.0, steps=1, delta=1e-5)]
 
     exp = experiment({**cfg})

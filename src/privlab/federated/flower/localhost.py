@@ -16,9 +16,10 @@ starts, each in its own process group,
 waits for the ServerApp's ``final.npz`` with a timeout, and always stops every
 process group it started (SIGTERM, then SIGKILL), on success, failure, timeout
 or Ctrl-C. :class:`LocalFederation` keeps the SuperLink and SuperNodes up for
-several runs in sequence (a SuperLink serves any number of runs; Flower starts
-fresh ServerApp and ClientApp processes for each), which is how the tests run
-FedAvg, server-side DP and SecAgg+ on one start-up. ``--compare`` also runs
+several runs, one after another (:meth:`LocalFederation.run`) or side by side
+(:meth:`LocalFederation.submit`): a SuperLink serves any number of runs, and Flower
+starts fresh ServerApp and ClientApp processes for each. That is how the tests run
+FedAvg, server-side DP and SecAgg+ on one start-up, at the same time. ``--compare`` also runs
 :func:`privlab.federated.simulate` with the same config and prints the largest
 parameter difference.
 
@@ -47,7 +48,8 @@ from pathlib import Path
 from ._procs import stop_processes
 from .task import DEFAULT_RUN_CONFIG, FlowerRun, privlab_twin, read_flower_outputs
 
-__all__ = ["PROJECT_DIR", "SECAGG_PROJECT_DIR", "LocalFederation", "main", "run_localhost", "toml_run_config"]
+__all__ = ["PROJECT_DIR", "SECAGG_PROJECT_DIR", "LocalFederation", "PendingRun", "main", "run_localhost",
+           "toml_run_config"]
 
 #: The Flower App folder (``pyproject.toml`` with ``[tool.flwr.app]``), shipped as package data.
 PROJECT_DIR = Path(__file__).resolve().parent / "project"
@@ -97,10 +99,10 @@ def _tail(path: Path, lines: int = 25) -> str:
 class LocalFederation:
     """A SuperLink and ``num_supernodes`` SuperNodes on localhost that run one Flower run after another.
 
-    The SuperLink and SuperNodes are long-lived; each :meth:`run` submits the project
-    with ``flwr run`` (Flower starts a fresh ServerApp and ClientApp processes per
-    run), so several experiments (FedAvg, server-side DP, SecAgg+) share one
-    start-up. Use it as a context manager: leaving it stops every process it
+    The SuperLink and SuperNodes are long-lived; each :meth:`run` (or :meth:`submit`,
+    which does not wait) submits the project with ``flwr run`` (Flower starts a fresh
+    ServerApp and ClientApp processes per run), so several experiments (FedAvg,
+    server-side DP, SecAgg+) share one start-up, and can run side by side. Use it as a context manager: leaving it stops every process it
     started (SIGTERM, then SIGKILL), on success, failure, timeout or Ctrl-C.
 
     Args:
@@ -117,6 +119,7 @@ class LocalFederation:
         self.work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="privlab-localhost-"))
         self.home, self.logs = self.work / "flwr_home", self.work / "logs"
         self.procs: list[subprocess.Popen] = []
+        self._submitted: list[subprocess.Popen] = []  # the `flwr run` processes among self.procs
         self.runs = 0
         bin_dir = str(Path(sys.executable).parent)
         self._bin = bin_dir
@@ -157,21 +160,21 @@ class LocalFederation:
             raise
         return self
 
-    def run(self, run_config: Mapping[str, object] | None = None, *, timeout: float = 600.0, secagg: bool = False,
-            verbose: bool = False) -> FlowerRun:  # fmt: skip
-        """Submit one run with ``flwr run``, wait for the ServerApp's ``final.npz``, return the result.
+    def submit(self, run_config: Mapping[str, object] | None = None, *, timeout: float = 600.0,
+               secagg: bool = False, verbose: bool = False) -> PendingRun:  # fmt: skip
+        """Submit one run with ``flwr run`` and return at once; :meth:`PendingRun.result` waits for it.
+
+        The SuperLink serves several runs at the same time (each with its own run id, ServerApp
+        process and ClientApp processes), so runs submitted one after another proceed side by
+        side: most of a small run's wall clock is Flower's polling and process start-up.
 
         Args:
             run_config: overrides of :data:`~privlab.federated.flower.task.DEFAULT_RUN_CONFIG`
                 (``num-clients`` is set to the number of SuperNodes, ``out-dir`` to a new folder).
-            timeout: seconds for this run.
+            timeout: seconds for this run, counted from its submission.
             secagg: run the SecAgg+ apps (:mod:`~privlab.federated.flower.secaggplus`, the
                 project :data:`SECAGG_PROJECT_DIR`).
             verbose: echo the ``flwr run`` log stream.
-
-        Raises:
-            TimeoutError: the run exceeded ``timeout`` (the federation keeps running; leave the
-                ``with`` block to stop it). RuntimeError: a process died or the ServerApp wrote no result.
         """
         if not self.procs:
             raise RuntimeError("the federation is not running: call start() or use it in a with block")
@@ -180,36 +183,26 @@ class LocalFederation:
         cfg = {**DEFAULT_RUN_CONFIG, **dict(run_config or {}), "num-clients": self.num_supernodes, "out-dir": str(out)}
         project = SECAGG_PROJECT_DIR if secagg else PROJECT_DIR
         cmd = [f"{self._bin}/flwr", "run", str(project), CONNECTION, "--run-config", toml_run_config(cfg), "--stream"]
-        servers = list(self.procs)
-        run = self._spawn(cmd, log, echo=verbose)
-        try:
-            deadline = time.monotonic() + timeout
-            while not (out / "final.npz").exists():
-                dead = [p for p in servers if p.poll() is not None]
-                if dead:
-                    raise RuntimeError(f"{dead[0].args[0]} exited with {dead[0].returncode}; logs in {self.logs}")
-                if run.poll() is not None and not (out / "final.npz").exists():
-                    time.sleep(2.0)  # the file may land just after the log stream closes
-                    if not (out / "final.npz").exists():
-                        raise RuntimeError(f"flwr run ended ({run.returncode}) without a result:\n"
-                                           f"{_tail(log)}\n--- superlink ---\n"
-                                           f"{_tail(self.logs / 'superlink.log')}")  # fmt: skip
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no result after {timeout} s; logs in {self.logs}")
-                time.sleep(0.5)
-            try:  # the log stream ends with the run (the ServerApp writes its result just before)
-                run.wait(timeout=10.0)
-            except subprocess.TimeoutExpired:
-                pass
-            return read_flower_outputs(out)
-        finally:
-            if run.poll() is None:
-                stop_processes([run], self.marker, grace=5.0)
-            self.procs.remove(run)
+        servers = [p for p in self.procs if p not in self._submitted]
+        proc = self._spawn(cmd, log, echo=verbose)
+        self._submitted.append(proc)
+        return PendingRun(self, proc, servers, out, log, time.monotonic() + timeout, timeout)
+
+    def run(self, run_config: Mapping[str, object] | None = None, *, timeout: float = 600.0, secagg: bool = False,
+            verbose: bool = False) -> FlowerRun:  # fmt: skip
+        """Submit one run with ``flwr run``, wait for the ServerApp's ``final.npz``, return the result.
+
+        Arguments as :meth:`submit`.
+
+        Raises:
+            TimeoutError: the run exceeded ``timeout`` (the federation keeps running; leave the
+                ``with`` block to stop it). RuntimeError: a process died or the ServerApp wrote no result.
+        """
+        return self.submit(run_config, timeout=timeout, secagg=secagg, verbose=verbose).result()
 
     def close(self) -> None:
         """Stop every process this federation started (idempotent)."""
-        procs, self.procs = self.procs, []
+        procs, self.procs, self._submitted = self.procs, [], []
         if procs:
             stop_processes(procs, self.marker)
 
@@ -218,6 +211,62 @@ class LocalFederation:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class PendingRun:
+    """A run submitted by :meth:`LocalFederation.submit`; :meth:`result` waits for it (once) and returns it."""
+
+    def __init__(self, federation: LocalFederation, proc: subprocess.Popen, servers: list[subprocess.Popen],
+                 out: Path, log: Path, deadline: float, timeout: float) -> None:  # fmt: skip
+        self._fed, self._proc, self._servers = federation, proc, servers
+        self.out, self.log, self._deadline, self._timeout = out, log, deadline, timeout
+        self._result: FlowerRun | None = None
+        self._error: BaseException | None = None
+
+    def result(self) -> FlowerRun:
+        """Wait for the ServerApp's ``final.npz`` and read it; later calls return (or raise) the same.
+
+        Raises:
+            TimeoutError: no result within the run's timeout from its submission.
+            RuntimeError: a SuperLink or SuperNode died, or ``flwr run`` ended without a result.
+        """
+        if self._result is None and self._error is None:
+            try:
+                self._result = self._wait()
+            except BaseException as err:
+                self._error = err
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def _wait(self) -> FlowerRun:
+        fed, run, out, log = self._fed, self._proc, self.out, self.log
+        try:
+            while not (out / "final.npz").exists():
+                dead = [p for p in self._servers if p.poll() is not None]
+                if dead:
+                    raise RuntimeError(f"{dead[0].args[0]} exited with {dead[0].returncode}; logs in {fed.logs}")
+                if run.poll() is not None and not (out / "final.npz").exists():
+                    time.sleep(2.0)  # the file may land just after the log stream closes
+                    if not (out / "final.npz").exists():
+                        raise RuntimeError(f"flwr run ended ({run.returncode}) without a result:\n"
+                                           f"{_tail(log)}\n--- superlink ---\n"
+                                           f"{_tail(fed.logs / 'superlink.log')}")  # fmt: skip
+                if time.monotonic() > self._deadline:
+                    raise TimeoutError(f"no result after {self._timeout} s; logs in {fed.logs}")
+                time.sleep(0.5)
+            try:  # the log stream ends with the run (the ServerApp writes its result just before)
+                run.wait(timeout=10.0)
+            except subprocess.TimeoutExpired:
+                pass
+            return read_flower_outputs(out)
+        finally:
+            if run.poll() is None:
+                stop_processes([run], fed.marker, grace=5.0)
+            if run in fed.procs:
+                fed.procs.remove(run)
+            if run in fed._submitted:
+                fed._submitted.remove(run)
 
 
 def run_localhost(run_config: Mapping[str, object] | None = None, *, num_supernodes: int = 3,

@@ -165,7 +165,7 @@ def sequence_lira(base: nn.Module, split: TextSplit, s: LMScale, *, epsilon: flo
     A pool of ``pool_size`` non-canary private sequences (drawn at random; the canaries are left
     out, so the pool is ordinary text). ``n_models`` :math:`M` models are fine-tuned from ``base``
     with :func:`finetune`'s recipe (full fine-tuning, example level, the same epochs, learning
-    rate, batch size, :math:`C = 1` and :math:`\delta = 1/(100N)`, :math:`\sigma` calibrated to
+    rate and batch size; for a finite ``epsilon``, :math:`C = 1`, :math:`\delta = 1/(100N)` and :math:`\sigma` calibrated to
     ``epsilon`` for the :math:`N = \lfloor P/2 \rfloor` sequences each trains on), model
     :math:`m` on its own random half of the pool (:func:`privlab.attacks.lira.random_halves`), with
     training seed ``1000 seed + m``. Each model's mean token loss on every pool sequence is

@@ -45,8 +45,12 @@ shared machine the ratios, measured side by side, are the figures to read, not t
 
 Benchmarks are not tests: this prints figures and never fails on a slow machine.
 
+With ``--compile``, two more rows: a non-private step and privlab's fast step on
+``torch.compile(model, dynamic=True)`` (what ``DPSGDConfig(compile=True)`` trains), against the
+same eager non-private baseline.
+
 Usage: python benchmarks/dpsgd.py [--device cpu|cuda|auto] [--batch 4096] [--threads 2] [--no-heap-trim]
-                                 [--json out.json]
+                                 [--compile] [--json out.json]
 """
 
 from __future__ import annotations
@@ -77,7 +81,10 @@ PREVIOUS_FAST_COMMIT = "aed51482e78181f0ae8f7783d7d4d8fee0a5dc26"
 
 def previous_fast():
     """``fast_norms_and_clipped_sum`` of privlab at :data:`PREVIOUS_FAST_COMMIT` (its fast.py, rules.py and
-    per_sample.py, which import nothing else of privlab), imported from ``git show`` into a private package."""
+    per_sample.py, which import nothing else of privlab), imported from ``git show`` into a private package.
+
+    Raises ``RuntimeError`` where git or the commit is not there (a copy of the tree without its history).
+    """
     import importlib
     import pathlib
     import subprocess
@@ -91,8 +98,12 @@ def previous_fast():
         pkg.mkdir()
         (pkg / "__init__.py").write_text("")
         for f in ("fast.py", "rules.py", "per_sample.py"):
-            src = subprocess.run(["git", "-C", str(root), "show", f"{PREVIOUS_FAST_COMMIT}:src/privlab/dpsgd/{f}"],
-                                 check=True, capture_output=True, text=True).stdout
+            try:
+                src = subprocess.run(["git", "-C", str(root), "show", f"{PREVIOUS_FAST_COMMIT}:src/privlab/dpsgd/{f}"],
+                                     check=True, capture_output=True, text=True).stdout
+            except (OSError, subprocess.CalledProcessError) as exc:
+                raise RuntimeError(f"the previous fast path needs git and commit {PREVIOUS_FAST_COMMIT[:7]}: "
+                                   f"{exc}") from None
             (pkg / f).write_text(src)
         sys.path.insert(0, str(pkg.parent))
     return importlib.import_module(f"{name}.fast").fast_norms_and_clipped_sum
@@ -130,6 +141,15 @@ def privlab_recompute_step(model, *, batch, device):
             fast.RECOMPUTE_NORM_INPUTS = default
 
     return recomputing, release
+
+
+def compiled(factory):
+    """The same step on ``torch.compile(model, dynamic=True)``, as ``DPSGDConfig(compile=True)`` trains."""
+
+    def make(model, *, batch, device):
+        return factory(torch.compile(model, dynamic=True), batch=batch, device=device)
+
+    return make
 
 
 def handwritten_kernel(model, x, y, max_grad_norm=1.0):
@@ -204,7 +224,8 @@ def kernel_rows(model, x, y, previous):
             "fwd + output grads": output_grads,
             "hand-written kernel": lambda: handwritten_kernel(model, x, y),
             "privlab kernel": lambda: fast_norms_and_clipped_sum(model, bce_losses, (x,), y, factors),
-            "privlab kernel prev": lambda: previous(model, bce_losses, (x,), y, factors)}
+            **({} if previous is None else
+               {"privlab kernel prev": lambda: previous(model, bce_losses, (x,), y, factors)})}
 
 
 def time_kernels(rows, rounds, device) -> dict:
@@ -239,6 +260,9 @@ METHODS = {
     **{name: STEPS[name] for name in ("privlab vmap", "privlab loop", "opacus hooks", "opacus ew",
                                       "opacus functorch", "opacus ghost")},
 }
+#: Rows added by ``--compile`` (compilation takes seconds to a minute; its warm-up steps are not timed).
+COMPILED = {"non-private compiled": compiled(STEPS["non-private"]),
+            "privlab fast compiled": compiled(STEPS["privlab fast"])}
 
 
 def main(argv=None) -> dict:
@@ -255,6 +279,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-heap-trim", action="store_true",
                         help="glibc mallopt: keep freed heap memory mapped (as jemalloc/tcmalloc do)")
     parser.add_argument("--no-kernel", action="store_true", help="skip the table of the kernel alone")
+    parser.add_argument("--compile", action="store_true",
+                        help="add the rows of a non-private and a privlab fast step on torch.compile(model)")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     args = parser.parse_args(argv)
     heap = "glibc default"
@@ -272,13 +298,14 @@ def main(argv=None) -> dict:
 
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     runs, failed = {}, {}
-    for name in args.methods:
+    methods = {**METHODS, **COMPILED}
+    for name in args.methods + (list(COMPILED) if args.compile else []):
         torch.manual_seed(0)
         model = streamrec_mlp().to(device).train()
         n = args.loop_batch if name == "privlab loop" else args.batch
         x, y = x_full[:n], y_full[:n]
         try:
-            step, release = METHODS[name](model, batch=args.batch, device=args.device)
+            step, release = methods[name](model, batch=args.batch, device=args.device)
             for _ in range(args.warmup):
                 step(x, y)
             runs[name] = dict(step=step, release=release, x=x, y=y, batch=n, times=[])
@@ -321,8 +348,13 @@ def main(argv=None) -> dict:
     if not args.no_kernel:
         torch.manual_seed(0)
         model = streamrec_mlp().to(device).train()
-        kernels = time_kernels(kernel_rows(model, x_full, y_full, previous_fast()), args.rounds * args.steps,
-                               device)
+        try:
+            previous = previous_fast()
+        except RuntimeError as exc:
+            previous = None
+            print(f"no 'privlab kernel prev' row: {exc}")
+        rows = kernel_rows(model, x_full, y_full, previous)
+        kernels = time_kernels(rows, args.rounds * args.steps, device)
         print(f"the kernel alone (forward, per-example norms, clipped sum; no noise, no optimizer), "
               f"{args.rounds * args.steps} interleaved rounds, ratio = median of per-round ratios to the first row:")
         print(f"{'kernel':22s} {'wall ms':>9s} {'x wall':>7s} {'CPU ms':>9s} {'x CPU':>7s}")

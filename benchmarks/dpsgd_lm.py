@@ -39,7 +39,7 @@ accepts the model (a refusal is printed as a result: it refuses "full", the tied
 Timing and memory exactly as in ``benchmarks/dpsgd.py`` (interleaved rounds; median wall-clock and
 process-CPU ms per step; peak of torch's CPU allocator during one step). Benchmarks are not tests.
 
-Usage: python benchmarks/dpsgd_lm.py [--batch 32] [--seq-len 128] [--threads 1] [--rounds 5] [--no-check]
+Usage: python benchmarks/dpsgd_lm.py [--batch 32] [--seq-len 128] [--threads 1] [--rounds 5] [--no-check] [--device cuda]
                                     [--variants full lora full-untied] [--json out.json]
 """
 
@@ -74,7 +74,7 @@ def tiny_gpt(vocab: int, seq_len: int, lora: bool, tied: bool = True) -> nn.Modu
 VARIANTS = {"full": dict(lora=False), "lora": dict(lora=True), "full-untied": dict(lora=False, tied=False)}
 
 
-def opacus_ghost_parts(model, noise_multiplier=1.0, batch=32, max_grad_norm=1.0):
+def opacus_ghost_parts(model, noise_multiplier=1.0, batch=32, max_grad_norm=1.0, device="cpu"):
     """Opacus 1.6 ghost clipping around ``model``: (module, optimizer, a function computing the wrapped loss)."""
     from opacus.grad_sample.utils import prepare_module
     from opacus.optimizers import get_optimizer_class
@@ -85,12 +85,12 @@ def opacus_ghost_parts(model, noise_multiplier=1.0, batch=32, max_grad_norm=1.0)
     opt = get_optimizer_class("flat", False, "ghost")(
         optimizer=torch.optim.SGD([p for p in gsm.parameters() if p.requires_grad], lr=0.01),
         noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, expected_batch_size=batch,
-        loss_reduction="mean", generator=torch.Generator().manual_seed(0))
+        loss_reduction="mean", generator=torch.Generator(device=device).manual_seed(0))
     criterion = DPLossFastGradientClipping(gsm, opt, nn.CrossEntropyLoss(), "mean")
 
     def loss(x, y):
         # one row of position ids per example: Opacus's embedding norms need the batch dimension
-        positions = torch.arange(x.shape[1]).expand(x.shape[0], -1).contiguous()
+        positions = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1).contiguous()
         logits = gsm(x, position_ids=positions).logits[:, :-1]
         b, t, v = logits.shape
         out = criterion(logits.reshape(b * t, v), y[:, 1:].reshape(-1), shape=(b, t, v))
@@ -152,7 +152,7 @@ def privlab(previous: bool):
 
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
         dp = DPOptimizer(opt, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=float(args.batch),
-                         generator=torch.Generator().manual_seed(0), method="fast")
+                         generator=torch.Generator(device=args.device).manual_seed(0), method="fast")
         kernel = previous_fast() if previous else clipping.fast_norms_and_clipped_sum
 
         def step(x, y):
@@ -168,7 +168,7 @@ def privlab(previous: bool):
 
 
 def opacus_ghost(model, args):
-    _, opt, loss = opacus_ghost_parts(model, batch=args.batch)
+    _, opt, loss = opacus_ghost_parts(model, batch=args.batch, device=args.device)
 
     def step(x, y):
         opt.zero_grad(set_to_none=True)
@@ -191,6 +191,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the check runs on the CPU either way)")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--no-check", dest="check", action="store_false",
                         help="skip the check that Opacus ghost clipping's norms and clipped sum equal privlab's")
@@ -202,9 +203,9 @@ def main(argv=None) -> dict:
         disable_heap_trimming()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randint(0, args.vocab, (args.batch, args.seq_len), generator=gen)
+    x = torch.randint(0, args.vocab, (args.batch, args.seq_len), generator=gen).to(device)
     check = None
     if args.check:
         check = check_opacus_equals_privlab(args.vocab, min(args.seq_len, 32), 8)
@@ -216,7 +217,7 @@ def main(argv=None) -> dict:
               f"relative difference {check['column_loss_rel_diff']:.1e}: no per-example clipping")
     runs, failed, params = {}, {}, {}
     for variant in args.variants:
-        base = tiny_gpt(args.vocab, args.seq_len, **VARIANTS[variant]).train()
+        base = tiny_gpt(args.vocab, args.seq_len, **VARIANTS[variant]).to(device).train()
         params[variant] = sum(p.numel() for p in base.parameters() if p.requires_grad)
         for name in args.methods:
             key = f"{variant}: {name}"
@@ -236,7 +237,7 @@ def main(argv=None) -> dict:
                          peak_mb=step_peak_bytes(r["step"], r["release"], x, x, device) / 2**20)
                for key, r in runs.items()}
     print(f"DP-SGD step on the tiny GPT-2 of chapter 14 (book scale), batch {args.batch}, T = {args.seq_len}, "
-          f"vocab {args.vocab}, torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s); "
+          f"vocab {args.vocab}, torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU thread(s); "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (a shared machine slows every row)")
     if "full-untied" in args.variants:
         print("full-untied: the same GPT-2 built with tie_word_embeddings=False, so that Opacus ghost clipping "
@@ -253,7 +254,7 @@ def main(argv=None) -> dict:
     print("trainable parameters: " + ", ".join(f"{v} {n:,}" for v, n in params.items()))
     for key, why in failed.items():
         print(f"{key:28s} failed: {why}")
-    out = dict(batch=args.batch, seq_len=args.seq_len, threads=torch.get_num_threads(), torch=torch.__version__,
+    out = dict(device=str(device), batch=args.batch, seq_len=args.seq_len, threads=torch.get_num_threads(), torch=torch.__version__,
                load_average=os.getloadavg()[0], check=check, trainable_parameters=params, results=results, failed=failed)
     if args.json:
         with open(args.json, "w") as fh:

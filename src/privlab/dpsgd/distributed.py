@@ -289,7 +289,7 @@ def main(argv=None, prog: str = "python -m privlab.dpsgd.distributed") -> dict:
                                 generator=torch.Generator().manual_seed(args.seed + 1))
         wall = time.perf_counter() - start
         flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).cpu()
-        out = {"world_size": world, "backend": dist.get_backend() if world > 1 else None, "device": str(device),
+        out = {"world_size": world, "backend": dist.get_backend() if dist.is_initialized() else None, "device": str(device),
                "steps": res.steps, "losses": list(res.losses), "epsilon": res.epsilon, "delta": res.delta,
                "sample_rate": res.sample_rate, "seconds": wall, "params": flat.tolist()}
         if rank == 0:
@@ -300,7 +300,7 @@ def main(argv=None, prog: str = "python -m privlab.dpsgd.distributed") -> dict:
                     json.dump(out, fh)
         return out
     finally:
-        if world > 1:
+        if dist.is_initialized():  # a group of one under torchrun too
             dist.destroy_process_group()
 
 

@@ -292,6 +292,21 @@ def _model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def resolve_device(device) -> torch.device:
+    """``device`` with its index: ``"cuda"`` becomes ``cuda:0`` (the current one), as tensors report it.
+
+    ``torch.device("cuda") != torch.device("cuda:0")``, so code comparing a tensor's device with an
+    unindexed one takes the wrong branch; every comparison in the loop uses the resolved device.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    device = torch.device(device)
+    if device.type != "cpu" and device.index is None:
+        device = torch.empty(0, device=device).device
+    return device
+
+
 def train(
     model: nn.Module,
     X,
@@ -347,7 +362,7 @@ def train(
         raise ValueError("X must contain at least one example, got N = 0")
     if y is not None and (y.ndim == 0 or y.shape[0] != n):
         raise ValueError(f"y must have leading dimension N = {n}, got shape {tuple(y.shape)}")
-    device = torch.device(config.device) if config.device is not None else _model_device(model)
+    device = resolve_device(config.device) if config.device is not None else _model_device(model)
     model.to(device)
     q, delta = config.sample_rate_for(n), config.delta_for(n)
     seeds = run_seeds(generator)

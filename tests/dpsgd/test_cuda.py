@@ -1,0 +1,113 @@
+"""The DP-SGD fast path on a CUDA device: the same answers as the per-example loop, the noise drawn there.
+
+Skipped without a CUDA GPU (CI has none); run where one is lent::
+
+    pytest tests/dpsgd/test_cuda.py
+
+Every check runs in float64 on the GPU, so the tolerance is the zoo's (1e-6 relative): the
+fast path's rules, fallbacks and graph checks must give what the loop gives on the same device.
+The training loop, the noise generator's device check and ``compile=True`` (``torch.compile`` of
+the model under the fast path, which CPU tests never run because inductor takes about 20 s to
+compile there) are checked too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import pytest
+import torch
+from torch import nn
+
+from privlab.dpsgd import DPOptimizer, DPSGDConfig, clipped_grad_sum, lm_loss, train
+
+# the zoo's models and checker, loaded from the file beside this one (tests/ is not a package)
+_spec = importlib.util.spec_from_file_location("privlab_tests_zoo", pathlib.Path(__file__).with_name("test_zoo.py"))
+zoo = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(zoo)
+ZOO, check_matches_loop = zoo.ZOO, zoo.check_matches_loop
+
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.filterwarnings("ignore:fast path. vmap failed:RuntimeWarning"),
+]
+
+CUDA = torch.device("cuda")
+
+
+def _to(x):
+    return x.to(CUDA) if isinstance(x, torch.Tensor) else x
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_zoo_fast_equals_loop_on_cuda(name):
+    torch.manual_seed(11)
+    model, data, loss_fn = ZOO[name]()
+    x, y = data(5)
+    check_matches_loop(model.double().to(CUDA), loss_fn, _to(x), _to(y))
+
+
+@pytest.mark.parametrize("make", [zoo._tiny_gpt2, zoo._tiny_llama], ids=["gpt2", "llama"])
+def test_tiny_language_models_on_cuda(make):
+    torch.manual_seed(21)
+    ids, labels = zoo._tokens(4)
+    check_matches_loop(make().to(CUDA), lm_loss, ids.to(CUDA), labels.to(CUDA))
+
+
+def test_lora_adapters_on_cuda():
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(31)
+    config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True,
+                             lora_dropout=0.0)
+    model = peft.get_peft_model(zoo._tiny_gpt2(), config).to(CUDA)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    ids, labels = zoo._tokens(4)
+    check_matches_loop(model, lm_loss, ids.to(CUDA), labels.to(CUDA))
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 3)).double()
+
+
+def _ce(out, t):
+    return nn.functional.cross_entropy(out, t, reduction="none")
+
+
+def test_noise_is_drawn_on_the_device_and_a_cpu_generator_is_refused():
+    model = _mlp().to(CUDA)
+    x, y = torch.randn(6, 5, dtype=torch.float64, device=CUDA), torch.randint(0, 3, (6,), device=CUDA)
+    opt = DPOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=1.0, max_grad_norm=1.0,
+                      expected_batch_size=6.0, generator=torch.Generator(device=CUDA).manual_seed(0))
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step(model, _ce, x, y)
+    assert all(p.device.type == "cuda" and not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    cpu = DPOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=1.0, max_grad_norm=1.0,
+                      expected_batch_size=6.0, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="noise generator must live on the parameters' device"):
+        cpu.step(model, _ce, x, y)
+
+
+def test_train_on_cuda_is_deterministic_and_trains():
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(200, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (200,), generator=g)
+    y = (X[:, 0] > 0).long() + (X[:, 1] > 0).long()  # learnable labels
+    cfg = DPSGDConfig(noise_multiplier=0.5, max_grad_norm=1.0, batch_size=50, epochs=8, lr=0.5,
+                      device="cuda", progress=False)
+    runs = [train(_mlp(), X, y, loss_fn=_ce, config=cfg, generator=torch.Generator().manual_seed(1))
+            for _ in range(2)]
+    assert runs[0].losses == runs[1].losses
+    assert runs[0].losses[-1] < runs[0].losses[0]
+
+
+def test_compiled_model_gives_the_fast_path_the_same_clipped_sum():
+    model = _mlp().to(CUDA)
+    x, y = torch.randn(8, 5, dtype=torch.float64, device=CUDA), torch.randint(0, 3, (8,), device=CUDA)
+    eager = clipped_grad_sum(model, _ce, x, y, max_grad_norm=0.5, method="loop")
+    compiled = clipped_grad_sum(torch.compile(model, dynamic=True), _ce, x, y, max_grad_norm=0.5, method="fast")
+    for a, b in zip(compiled, eager):
+        assert (a - b).norm() <= 1e-6 * b.norm()

@@ -11,12 +11,14 @@
 #   lm         benchmarks/dpsgd_lm.py on CUDA: the tiny GPT of chapter 14, full and LoRA, batch 32, T = 128;
 #   mlp64k     benchmarks/dpsgd.py on CUDA at batch 65536;
 #   streamrec  the StreamRec sweep of chapter 13 end to end on CUDA (smoke scale, eps = 8 and no DP);
-#   nccl       multi-process DP-SGD under torchrun with the NCCL backend (one rank per GPU).
+#   nccl       multi-process DP-SGD under torchrun with the NCCL backend (one rank per GPU);
+#   lmpaper    benchmarks/dpsgd_lm.py on CUDA at the chapter's paper scale: GPT-2 small's shape
+#              (85M parameters with characters), batch 256, T = 128, full and LoRA.
 # privlab runs from src/ (PYTHONPATH); Opacus must be importable. Nothing here runs in CI.
 set -u
 out=${1:?usage: cuda_checks.sh OUTDIR [STEP ...]}
 shift
-steps=${*:-mlp test lm mlp64k streamrec nccl}
+steps=${*:-mlp test lm mlp64k streamrec nccl lmpaper}
 mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONHASHSEED=0
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
@@ -40,6 +42,9 @@ for step in $steps; do
                cp /tmp/streamrec_cuda/results.json "$out/streamrec_cuda.json" ;;
     nccl) run nccl 90 torchrun --nproc_per_node="$(nvidia-smi -L | wc -l)" -m privlab.dpsgd.distributed \
             --backend nccl --epochs 1 --out "$out/nccl.json" ;;
+    lmpaper) run lm_paper_cuda 300 python3 benchmarks/dpsgd_lm.py --device cuda --scale paper --batch 256 \
+               --no-check --rounds 5 --methods non-private "privlab fast" "opacus ghost" \
+               --json "$out/lm_paper_cuda.json" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

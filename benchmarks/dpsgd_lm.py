@@ -1,7 +1,8 @@
 """Per-step time and peak memory of DP-SGD on the tiny GPT-2 of chapter 14, full and LoRA-only, in one run.
 
 The model is :func:`privlab.experiments.language_model.build_model` at the chapter's ``book``
-scale (2 layers, width 96, 4 heads; random weights, nothing downloaded) with ``--seq-len``
+scale (2 layers, width 48, 4 heads; random weights, nothing downloaded; ``--scale paper``: GPT-2
+small's shape, 12 layers, width 768, 12 heads, for a GPU) with ``--seq-len``
 positions (default 128) and a ``--vocab`` of characters (default 96); batch ``--batch``
 (default 32) of random ids; next-token loss (:func:`privlab.dpsgd.lm_loss`, the mean over each
 sequence's predicted tokens); SGD; sigma = 1, C = 1. "lora" wraps the model with the chapter's
@@ -40,6 +41,7 @@ Timing and memory exactly as in ``benchmarks/dpsgd.py`` (interleaved rounds; med
 process-CPU ms per step; peak of torch's CPU allocator during one step). Benchmarks are not tests.
 
 Usage: python benchmarks/dpsgd_lm.py [--batch 32] [--seq-len 128] [--threads 1] [--rounds 5] [--no-check] [--device cuda]
+                                    [--scale book|paper]
                                     [--variants full lora full-untied] [--json out.json]
 """
 
@@ -61,12 +63,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from dpsgd import disable_heap_trimming, previous_fast, step_peak_bytes, time_steps  # noqa: E402
 
 
-def tiny_gpt(vocab: int, seq_len: int, lora: bool, tied: bool = True) -> nn.Module:
+def tiny_gpt(vocab: int, seq_len: int, lora: bool, tied: bool = True, scale: str = "book") -> nn.Module:
     from dataclasses import replace
 
     from privlab.experiments.language_model import LM_SCALES, add_lora, build_model
 
-    s = replace(LM_SCALES["book"], seq_len=seq_len)
+    s = replace(LM_SCALES[scale], seq_len=seq_len)
     model = build_model(vocab, s, seed=0, tie_word_embeddings=tied)
     return add_lora(model, s.lora_rank) if lora else model
 
@@ -192,6 +194,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the check runs on the CPU either way)")
+    parser.add_argument("--scale", default="book", choices=["book", "paper"],
+                        help="the chapter's model at this scale: book (2 layers, width 48) or paper "
+                             "(GPT-2 small's shape, 12 layers, width 768: for a GPU)")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--no-check", dest="check", action="store_false",
                         help="skip the check that Opacus ghost clipping's norms and clipped sum equal privlab's")
@@ -217,7 +222,7 @@ def main(argv=None) -> dict:
               f"relative difference {check['column_loss_rel_diff']:.1e}: no per-example clipping")
     runs, failed, params = {}, {}, {}
     for variant in args.variants:
-        base = tiny_gpt(args.vocab, args.seq_len, **VARIANTS[variant]).to(device).train()
+        base = tiny_gpt(args.vocab, args.seq_len, **VARIANTS[variant], scale=args.scale).to(device).train()
         params[variant] = sum(p.numel() for p in base.parameters() if p.requires_grad)
         for name in args.methods:
             key = f"{variant}: {name}"
@@ -236,7 +241,7 @@ def main(argv=None) -> dict:
                          cpu_ms_per_step=1e3 * statistics.median(t[1] for t in r["times"]),
                          peak_mb=step_peak_bytes(r["step"], r["release"], x, x, device) / 2**20)
                for key, r in runs.items()}
-    print(f"DP-SGD step on the tiny GPT-2 of chapter 14 (book scale), batch {args.batch}, T = {args.seq_len}, "
+    print(f"DP-SGD step on the GPT-2 of chapter 14 ({args.scale} scale), batch {args.batch}, T = {args.seq_len}, "
           f"vocab {args.vocab}, torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU thread(s); "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (a shared machine slows every row)")
     if "full-untied" in args.variants:
@@ -254,7 +259,7 @@ def main(argv=None) -> dict:
     print("trainable parameters: " + ", ".join(f"{v} {n:,}" for v, n in params.items()))
     for key, why in failed.items():
         print(f"{key:28s} failed: {why}")
-    out = dict(device=str(device), batch=args.batch, seq_len=args.seq_len, threads=torch.get_num_threads(), torch=torch.__version__,
+    out = dict(device=str(device), scale=args.scale, batch=args.batch, seq_len=args.seq_len, threads=torch.get_num_threads(), torch=torch.__version__,
                load_average=os.getloadavg()[0], check=check, trainable_parameters=params, results=results, failed=failed)
     if args.json:
         with open(args.json, "w") as fh:

@@ -166,7 +166,9 @@ class DPOptimizer:
         z = torch.randn(sum(sizes), generator=gen, device=ref.device, dtype=noise_dtype)  # one draw
         noise = [n.view_as(g) for g, n in zip(grads, torch.split(z, sizes))]
         if all(g.dtype == noise_dtype for g in grads):
-            return torch._foreach_add(grads, noise, alpha=std)
+            # g + std * n written into the draw's own buffer: the same values as an out-of-place add, one
+            # parameter-sized buffer fewer (85M parameters: 340 MB in float32); ``grads`` is left as it was
+            return [torch.add(g, n, alpha=std, out=n) for g, n in zip(grads, noise)]
         return [(g.to(noise_dtype) + std * n).to(g.dtype) for g, n in zip(grads, noise)]
 
     # -- step 5: scale ----------------------------------------------------------------------
@@ -196,11 +198,12 @@ class DPOptimizer:
         if not self.private:
             return self._nonprivate_step(model, loss_fn, inputs, targets)
         result = self.clipped_sum(model, loss_fn, inputs, targets)  # 1-3: per-sample grads, clip, sum
-        grads = self.reduce(result.grads)
+        params, losses, norms = result.params, result.losses, result.norms
+        grads, result = self.reduce(result.grads), None  # each stage's input is freed once it returns
         grads = self.add_noise(grads)  # 4: + N(0, sigma^2 C^2)
         grads = self.scale(grads)  # 5: / (qN)
-        self.apply(result.params, grads)  # 6: optimizer step
-        return StepStats(result.losses.sum(), result.norms)
+        self.apply(params, grads)  # 6: optimizer step
+        return StepStats(losses.sum(), norms)
 
     def _nonprivate_step(self, model, loss_fn, inputs, targets) -> StepStats:
         """The baseline: mean loss over the batch, one backward, optimizer step."""

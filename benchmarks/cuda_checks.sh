@@ -13,12 +13,14 @@
 #   streamrec  the StreamRec sweep of chapter 13 end to end on CUDA (smoke scale, eps = 8 and no DP);
 #   nccl       multi-process DP-SGD under torchrun with the NCCL backend (one rank per GPU);
 #   lmpaper    benchmarks/dpsgd_lm.py on CUDA at the chapter's paper scale: GPT-2 small's shape
-#              (85M parameters with characters), batch 256, T = 128, full and LoRA.
+#              (85M parameters with characters), batch 256, T = 128, full and LoRA;
+#   graphs     benchmarks/cuda_graphs.py: the MLP's non-private and DP steps replayed as CUDA graphs
+#              (how much of the MLP's cost on a GPU is the host's).
 # privlab runs from src/ (PYTHONPATH); Opacus must be importable. Nothing here runs in CI.
 set -u
 out=${1:?usage: cuda_checks.sh OUTDIR [STEP ...]}
 shift
-steps=${*:-mlp test lm mlp64k streamrec nccl lmpaper}
+steps=${*:-mlp test lm mlp64k streamrec nccl lmpaper graphs}
 mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONHASHSEED=0
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
@@ -45,6 +47,7 @@ for step in $steps; do
     lmpaper) run lm_paper_cuda 300 python3 benchmarks/dpsgd_lm.py --device cuda --scale paper --batch 256 \
                --no-check --rounds 5 --methods non-private "privlab fast" "opacus ghost" \
                --json "$out/lm_paper_cuda.json" ;;
+    graphs) run cuda_graphs 120 python3 benchmarks/cuda_graphs.py --json "$out/cuda_graphs.json" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

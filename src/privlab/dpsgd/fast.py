@@ -110,15 +110,16 @@ the kernel about 3% faster per step, after about 15 s of compilation per process
 (dynamic shapes, so one compilation covers Poisson batch sizes), repaid only after
 roughly 15,000 such steps (less saved per step at smaller B). The whole model through
 ``torch.compile`` (``DPSGDConfig(compile=True)``; the fast path's hooks run eagerly inside it)
-was measured too, against the eager non-private step: on CPU, one thread, the non-private step
-1.02x and the fast path 1.31x (eager 1.29x); on an H200, 1.00x and 2.29x (eager 2.16x). Eager is
-the default on both (issue 18).
+was measured too, against the eager non-private step (data/results/dpsgd_cost_20261204): on CPU,
+one thread, the non-private step 1.02x and the fast path 1.29x (eager 1.27x); on an H200, 1.00x
+and 2.29x (eager 2.16x). Eager is the default on both (issue 18).
 
 On a GPU the cost depends on whether the step is bound by the GPU or by the host issuing small
-kernels. Measured on an H200 (benchmarks/results/2026-12-04): GPT-2 small's shape at batch 256,
+kernels. Measured on an H200 (data/results/dpsgd_cost_20261204): GPT-2 small's shape at batch 256,
 :math:`T = 128` (the language-model chapter's paper scale), the fast path costs 1.09x a
-non-private step in time and 1.02x in peak memory (LoRA: 1.02x, 1.01x; Opacus ghost clipping
-2.55x and 1.63x); the StreamRec MLP at :math:`B = 4096` is bound by the host (the non-private
+non-private step in time and 1.02x in peak memory (LoRA: 1.02x and 1.01x; Opacus ghost clipping
+2.55x in time on the same model with untied embeddings, which it needs, and 1.63x with LoRA); the
+StreamRec MLP at :math:`B = 4096` is bound by the host (the non-private
 step takes 2.1 ms at :math:`B = 4096` and 2.3 ms at 65,536), and there the fast path's extra
 kernel launches and bookkeeping cost 2.16x (Opacus ghost 4.53x). Replayed as CUDA graphs, which
 take the host out (benchmarks/cuda_graphs.py), the non-private step takes 0.22 ms, the fast

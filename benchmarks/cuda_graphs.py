@@ -3,8 +3,10 @@
 On a GPU the StreamRec MLP at batch 4096 is bound by the host: its non-private step takes about
 the same time at batch 4096 and 65,536 (benchmarks/dpsgd.py), so the ratio of two steps counts
 their kernel launches and Python work, not their arithmetic. A CUDA graph replays a captured step's
-kernels without the host, so the ratio of two graphed steps is the ratio of their GPU work: the
-floor of the book-keeping design on the device. Rows (one SGD step each, sigma = 1, C = 1, batch
+kernels without the host, so the ratio of two graphed steps is the ratio of their time on the
+device. At this size that time is itself mostly per-kernel latency (a few dozen small kernels in a
+fraction of a millisecond), not arithmetic: the graphed ratio is the floor of the same unfused
+sequence of operations, which fused kernels could lower. Rows (one SGD step each, sigma = 1, C = 1, batch
 ``--batch``):
 
 * non-private: forward, backward, SGD update (eager, and replayed as a graph);

@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from privlab.dpsgd import DPOptimizer, DPSGDConfig, clipped_grad_sum, lm_loss, train
+from privlab.dpsgd import DPOptimizer, DPSGDConfig, clipped_grad_sum, fast, lm_loss, per_example_grad_norms, train
 
 # the zoo's models and checker, loaded from the file beside this one (tests/ is not a package)
 _spec = importlib.util.spec_from_file_location("privlab_tests_zoo", pathlib.Path(__file__).with_name("test_zoo.py"))
@@ -40,22 +40,40 @@ def _to(x):
     return x.to(CUDA) if isinstance(x, torch.Tensor) else x
 
 
+@pytest.fixture
+def modes(monkeypatch):
+    """Per module name, the path ('fast', 'local', 'global') it took in the last fast-path call."""
+    seen = {}
+
+    def spy(modes, reasons):
+        seen.clear()
+        seen.update({name: mode for name, mode in modes.items() if mode != "unused"})
+
+    monkeypatch.setattr(fast, "_report_modes", spy)
+    return seen
+
+
 @pytest.mark.parametrize("name", list(ZOO))
-def test_zoo_fast_equals_loop_on_cuda(name):
+def test_zoo_fast_equals_loop_on_cuda_by_the_same_paths_as_on_cpu(name, modes):
     torch.manual_seed(11)
     model, data, loss_fn = ZOO[name]()
+    model = model.double()
     x, y = data(5)
-    check_matches_loop(model.double().to(CUDA), loss_fn, _to(x), _to(y))
+    per_example_grad_norms(model, loss_fn, x, y)  # on the CPU first: the paths taken there
+    on_cpu = dict(modes)
+    check_matches_loop(model.to(CUDA), loss_fn, _to(x), _to(y))
+    assert modes == on_cpu  # the rules, local and global fallbacks chosen alike on the GPU
 
 
 @pytest.mark.parametrize("make", [zoo._tiny_gpt2, zoo._tiny_llama], ids=["gpt2", "llama"])
-def test_tiny_language_models_on_cuda(make):
+def test_tiny_language_models_on_cuda(make, modes):
     torch.manual_seed(21)
     ids, labels = zoo._tokens(4)
     check_matches_loop(make().to(CUDA), lm_loss, ids.to(CUDA), labels.to(CUDA))
+    assert modes and set(modes.values()) == {"fast"}, modes  # every layer on a rule
 
 
-def test_lora_adapters_on_cuda():
+def test_lora_adapters_on_cuda(modes):
     peft = pytest.importorskip("peft")
     torch.manual_seed(31)
     config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True,
@@ -67,6 +85,7 @@ def test_lora_adapters_on_cuda():
                 p.normal_(0, 0.1)
     ids, labels = zoo._tokens(4)
     check_matches_loop(model, lm_loss, ids.to(CUDA), labels.to(CUDA))
+    assert modes and set(modes.values()) == {"fast"}, modes
 
 
 def _mlp():
@@ -78,14 +97,23 @@ def _ce(out, t):
     return nn.functional.cross_entropy(out, t, reduction="none")
 
 
-def test_noise_is_drawn_on_the_device_and_a_cpu_generator_is_refused():
-    model = _mlp().to(CUDA)
-    x, y = torch.randn(6, 5, dtype=torch.float64, device=CUDA), torch.randint(0, 3, (6,), device=CUDA)
-    opt = DPOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=1.0, max_grad_norm=1.0,
-                      expected_batch_size=6.0, generator=torch.Generator(device=CUDA).manual_seed(0))
+def test_noise_is_drawn_on_the_device_with_its_scale_and_a_cpu_generator_is_refused():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(50, 100), nn.ReLU(), nn.Linear(100, 40)).double().to(CUDA)  # 9,140 params
+    x, y = torch.randn(6, 50, dtype=torch.float64, device=CUDA), torch.randint(0, 40, (6,), device=CUDA)
+    sigma, clip, batch = 2.0, 0.5, 6.0
+    opt = DPOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=sigma, max_grad_norm=clip,
+                      expected_batch_size=batch, generator=torch.Generator(device=CUDA).manual_seed(0))
+    clipped = clipped_grad_sum(model, _ce, x, y, max_grad_norm=clip, method="loop")
     before = [p.detach().clone() for p in model.parameters()]
     opt.step(model, _ce, x, y)
-    assert all(p.device.type == "cuda" and not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    # lr 1: the update is (clipped sum + N(0, sigma^2 C^2)) / B, so the noise is B (before - after) - sum
+    noise = torch.cat([(batch * (b - p.detach()) - g).reshape(-1)
+                       for p, b, g in zip(model.parameters(), before, clipped)])
+    assert all(p.device.type == "cuda" for p in model.parameters())
+    n = noise.numel()
+    assert abs(noise.std().item() / (sigma * clip) - 1) < 5 / (2 * n) ** 0.5  # 5 se of a sample sd
+    assert abs(noise.mean().item()) < 5 * sigma * clip / n ** 0.5
     cpu = DPOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=1.0, max_grad_norm=1.0,
                       expected_batch_size=6.0, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="noise generator must live on the parameters' device"):
@@ -104,10 +132,11 @@ def test_train_on_cuda_is_deterministic_and_trains():
     assert runs[0].losses[-1] < runs[0].losses[0]
 
 
-def test_compiled_model_gives_the_fast_path_the_same_clipped_sum():
+def test_compiled_model_gives_the_fast_path_the_same_clipped_sum(modes):
     model = _mlp().to(CUDA)
     x, y = torch.randn(8, 5, dtype=torch.float64, device=CUDA), torch.randint(0, 3, (8,), device=CUDA)
     eager = clipped_grad_sum(model, _ce, x, y, max_grad_norm=0.5, method="loop")
     compiled = clipped_grad_sum(torch.compile(model, dynamic=True), _ce, x, y, max_grad_norm=0.5, method="fast")
     for a, b in zip(compiled, eager):
         assert (a - b).norm() <= 1e-6 * b.norm()
+    assert modes and set(modes.values()) == {"fast"}, modes  # the rules ran under compile too

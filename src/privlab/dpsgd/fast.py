@@ -123,8 +123,11 @@ StreamRec MLP at :math:`B = 4096` is bound by the host (the non-private
 step takes 2.1 ms at :math:`B = 4096` and 2.3 ms at 65,536), and there the fast path's extra
 kernel launches and bookkeeping cost 2.16x (Opacus ghost 4.53x). Replayed as CUDA graphs, which
 take the host out (benchmarks/cuda_graphs.py), the non-private step takes 0.22 ms, the fast
-path's 1.48x that and the hand-written clipped sum's 1.45x: the fast path launches the design's
-own kernels, and the rest of its eager cost is the host's.
+path's 1.48x that and the hand-written clipped sum's 1.45x: the fast path launches about the
+kernels the hand-written version does, and the rest of its eager cost is the host's. At 0.22 ms
+for a few dozen kernels even the graphed steps are bound by per-kernel latency, not arithmetic,
+so 1.45x is the floor of this unfused sequence of operations at this size; fused kernels would
+lower it.
 
 References: Goodfellow, *Efficient per-example gradient computations*, 2015
 (arXiv:1510.01799); Lee and Kifer, *Scaling up differentially private deep

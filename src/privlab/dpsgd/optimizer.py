@@ -197,6 +197,7 @@ class DPOptimizer:
         """
         if not self.private:
             return self._nonprivate_step(model, loss_fn, inputs, targets)
+        self.zero_grad()  # the last step's gradients are not needed here: free them before this one's
         result = self.clipped_sum(model, loss_fn, inputs, targets)  # 1-3: per-sample grads, clip, sum
         params, losses, norms = result.params, result.losses, result.norms
         grads, result = self.reduce(result.grads), None  # each stage's input is freed once it returns

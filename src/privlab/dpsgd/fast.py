@@ -117,17 +117,17 @@ and 2.29x (eager 2.16x). Eager is the default on both (issue 18).
 On a GPU the cost depends on whether the step is bound by the GPU or by the host issuing small
 kernels. Measured on an H200 (data/results/dpsgd_cost_20261204): GPT-2 small's shape at batch 256,
 :math:`T = 128` (the language-model chapter's paper scale), the fast path costs 1.09x a
-non-private step in time and 1.02x in peak memory (LoRA: 1.02x and 1.01x; Opacus ghost clipping
-2.55x in time on the same model with untied embeddings, which it needs, and 1.63x with LoRA); the
-StreamRec MLP at :math:`B = 4096` is bound by the host (the non-private
+non-private step in time and 1.02x in peak memory (float32, a 96-character vocabulary). With LoRA:
+1.02x and 1.01x, against Opacus ghost clipping's 1.63x and 1.05x on the same adapters (on the full
+model Opacus has no ghost-norm rule for ``transformers``' ``Conv1D`` and computes those layers'
+per-sample gradients with functorch); the StreamRec MLP at :math:`B = 4096` is bound by the host (the non-private
 step takes 2.1 ms at :math:`B = 4096` and 2.3 ms at 65,536), and there the fast path's extra
 kernel launches and bookkeeping cost 2.16x (Opacus ghost 4.53x). Replayed as CUDA graphs, which
 take the host out (benchmarks/cuda_graphs.py), the non-private step takes 0.22 ms, the fast
-path's 1.48x that and the hand-written clipped sum's 1.45x: the fast path launches about the
-kernels the hand-written version does, and the rest of its eager cost is the host's. At 0.22 ms
-for a few dozen kernels even the graphed steps are bound by per-kernel latency, not arithmetic,
-so 1.45x is the floor of this unfused sequence of operations at this size; fused kernels would
-lower it.
+path's 1.48x that and the hand-written clipped sum's 1.45x (eagerly 2.50x and 1.65x: about half
+of the fast path's extra host time is its own per-step checks). At 0.22 ms for a few dozen
+kernels even the graphed steps are bound by per-kernel latency more than arithmetic: fewer
+kernels (fused or multi-tensor) or a larger batch would lower the ratio.
 
 References: Goodfellow, *Efficient per-example gradient computations*, 2015
 (arXiv:1510.01799); Lee and Kifer, *Scaling up differentially private deep

@@ -35,7 +35,10 @@ clipped sums to 2.2e-7 (the 1e-6), the ``(B, 1)`` result equal to that product t
 Rows, for each of "full", "lora" and "full-untied": a non-private step (the baseline of the ratios), privlab's
 fast path, privlab's fast path as it was before issue 18 ("prev", loaded from git by
 ``benchmarks/dpsgd.py``), and Opacus 1.6 ghost clipping (``grad_sample_mode="ghost"``) where it
-accepts the model (a refusal is printed as a result: it refuses "full", the tied GPT-2).
+accepts the model (a refusal is printed as a result: it refuses "full", the tied GPT-2). Opacus has
+no ghost-norm rule (nor a per-sample one) for ``transformers``' ``Conv1D``, which holds most of
+GPT-2's weights: in "ghost" mode it computes those layers' per-sample gradients with functorch, so
+its "full-untied" row is mostly not ghost clipping; on "lora" every trainable layer is on ghost norms.
 
 Timing and memory exactly as in ``benchmarks/dpsgd.py`` (interleaved rounds; median wall-clock and
 process-CPU ms per step; peak of torch's CPU allocator during one step). Benchmarks are not tests.

@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from privlab.dpsgd import DPOptimizer, DPSGDConfig, clipped_grad_sum, fast, lm_loss, per_example_grad_norms, train
+from privlab.dpsgd import DPOptimizer, DPSGDConfig, clipped_grad_sum, lm_loss, per_example_grad_norms, train
 
 # the zoo's models and checker, loaded from the file beside this one (tests/ is not a package)
 _spec = importlib.util.spec_from_file_location("privlab_tests_zoo", pathlib.Path(__file__).with_name("test_zoo.py"))
@@ -40,17 +40,7 @@ def _to(x):
     return x.to(CUDA) if isinstance(x, torch.Tensor) else x
 
 
-@pytest.fixture
-def modes(monkeypatch):
-    """Per module name, the path ('fast', 'local', 'global') it took in the last fast-path call."""
-    seen = {}
-
-    def spy(modes, reasons):
-        seen.clear()
-        seen.update({name: mode for name, mode in modes.items() if mode != "unused"})
-
-    monkeypatch.setattr(fast, "_report_modes", spy)
-    return seen
+modes = zoo.modes  # the fixture: per module name, the path it took in the last fast-path call
 
 
 @pytest.mark.parametrize("name", list(ZOO))

@@ -58,13 +58,12 @@ def nonprivate_step(model, x, y):
 
 def handwritten_step(model, x, y, gen):
     batch = x.shape[0]
+    # the kernel's order: the Linears' (weight, bias) pairs, then the LayerNorms'
+    ps = [p for kind in (torch.nn.Linear, torch.nn.LayerNorm) for m in model if isinstance(m, kind)
+          for p in (m.weight, m.bias)]
 
     def step():
-        grads = handwritten_kernel(model, x, y)  # Linear (weight, bias) pairs, then the LayerNorms'
-        mods = [m for m in model if isinstance(m, (torch.nn.Linear, torch.nn.LayerNorm))]
-        ps = [p for m in mods if isinstance(m, torch.nn.Linear) for p in (m.weight, m.bias)] + \
-             [p for m in mods if isinstance(m, torch.nn.LayerNorm) for p in (m.weight, m.bias)]
-        grads = [g.reshape(p.shape) for g, p in zip(grads, ps)]
+        grads = [g.reshape(p.shape) for g, p in zip(handwritten_kernel(model, x, y), ps)]
         z = torch.randn(sum(g.numel() for g in grads), device=x.device, generator=gen)
         noisy = [g + n.view_as(g) for g, n in zip(grads, torch.split(z, [g.numel() for g in grads]))]
         with torch.no_grad():

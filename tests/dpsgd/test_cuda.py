@@ -112,7 +112,7 @@ def test_noise_is_drawn_on_the_device_with_its_scale_and_a_cpu_generator_is_refu
 
 def test_train_on_cuda_is_deterministic_and_trains():
     g = torch.Generator().manual_seed(0)
-    X, y = torch.randn(200, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (200,), generator=g)
+    X = torch.randn(200, 5, generator=g, dtype=torch.float64)
     y = (X[:, 0] > 0).long() + (X[:, 1] > 0).long()  # learnable labels
     cfg = DPSGDConfig(noise_multiplier=0.5, max_grad_norm=1.0, batch_size=50, epochs=8, lr=0.5,
                       device="cuda", progress=False)

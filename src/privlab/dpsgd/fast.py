@@ -124,8 +124,9 @@ per-sample gradients with functorch); the StreamRec MLP at :math:`B = 4096` is b
 step takes 2.1 ms at :math:`B = 4096` and 2.3 ms at 65,536), and there the fast path's extra
 kernel launches and bookkeeping cost 2.16x (Opacus ghost 4.53x). Replayed as CUDA graphs, which
 take the host out (benchmarks/cuda_graphs.py), the non-private step takes 0.22 ms, the fast
-path's 1.48x that and the hand-written clipped sum's 1.45x (eagerly 2.50x and 1.65x: about half
-of the fast path's extra host time is its own per-step checks). At 0.22 ms for a few dozen
+path's 1.48x that and the hand-written clipped sum's 1.45x (eagerly 2.50x and 1.65x: more than
+half of the fast path's extra host time is its machinery, the checks, hooks and per-layer
+dispatch that the hand-written sum does without). At 0.22 ms for a few dozen
 kernels even the graphed steps are bound by per-kernel latency more than arithmetic: fewer
 kernels (fused or multi-tensor) or a larger batch would lower the ratio.
 

@@ -45,7 +45,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from ._procs import stop_processes
+from ._procs import _descendants, stop_processes
 from .task import DEFAULT_RUN_CONFIG, FlowerRun, privlab_twin, read_flower_outputs
 
 __all__ = ["PROJECT_DIR", "SECAGG_PROJECT_DIR", "LocalFederation", "PendingRun", "main", "run_localhost",
@@ -72,19 +72,77 @@ def toml_run_config(config: Mapping[str, object]) -> str:
     return " ".join(f"{k}={value(v)}" for k, v in config.items())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free on 127.0.0.1 now: all bound at once, so the OS cannot hand one out twice.
+
+    Another process may still take one before our server binds it; :meth:`LocalFederation.start`
+    then starts that server again on a new port (see :data:`PORT_ATTEMPTS`).
+    """
+    socks = []
+    try:
+        for _ in range(n):
+            socks.append(socket.socket())
+            socks[-1].bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+#: How many times a SuperLink or SuperNode is started, on a fresh port each time, when the port it was
+#: given was taken in the meantime ("address already in use" in its log, e.g. by a federation that
+#: another process started at the same moment).
+PORT_ATTEMPTS = 3
+
+
+class _PortTaken(RuntimeError):
+    """A server exited at start-up because its port was already in use."""
+
+
+def _listening_inodes(port: int) -> set[str] | None:
+    """Inodes of the TCP sockets listening on ``port`` (Linux ``/proc/net/tcp``); ``None`` without ``/proc``."""
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    found = set()
+    for line in lines:
+        f = line.split()  # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+        if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+            found.add(f[9])
+    return found
+
+
+def _listens(proc: subprocess.Popen, port: int) -> bool:
+    """Does ``proc`` itself listen on ``port``? Not merely "something does": when another process took the
+    port, a connection succeeds while ours is about to exit. Without ``/proc``: whether anything listens."""
+    inodes = _listening_inodes(port)
+    if inodes is None:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+    for pid in [proc.pid, *_descendants([proc.pid])]:  # the server, or a process it started
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                return True
+    return False
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen, deadline: float, log: Path) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{_tail(log)}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+            tail = _tail(log)
+            error = _PortTaken if "address already in use" in tail.lower() else RuntimeError
+            raise error(f"{proc.args[0]} exited with {proc.returncode}:\n{tail}")
+        if _listens(proc, port):
+            return
         time.sleep(0.2)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after the startup timeout:\n{_tail(log)}")
 
@@ -107,7 +165,7 @@ class LocalFederation:
 
     Args:
         num_supernodes: SuperNodes (one partition each), at least 1.
-        startup_timeout: seconds for the SuperLink to listen.
+        startup_timeout: seconds for the SuperLink and every SuperNode to listen.
         work_dir: where logs, ``FLWR_HOME`` and outputs go (default: a new temp folder, kept).
     """
 
@@ -138,27 +196,55 @@ class LocalFederation:
         return self.procs[-1]
 
     def start(self) -> LocalFederation:
-        """Start the SuperLink, wait until it listens, then start the SuperNodes."""
+        """Start the SuperLink, wait until it listens, then start the SuperNodes and wait until each listens.
+
+        Every server gets its own free port; one whose port was taken before it could bind it is
+        started again on a new port (up to :data:`PORT_ATTEMPTS` times).
+        """
         for d in (self.home, self.logs):
             d.mkdir(parents=True, exist_ok=True)
-        port = _free_port()
-        (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{port}"\ninsecure = true\n')  # fmt: skip
+        deadline = time.monotonic() + self.startup_timeout
         try:
-            link = self._spawn([f"{self._bin}/flower-superlink", "--insecure",
-                                "--disable-runtime-dependency-installation", "--port", str(port)],
-                               self.logs / "superlink.log")  # fmt: skip
-            _wait_for_port(port, link, time.monotonic() + self.startup_timeout, self.logs / "superlink.log")
+            port = self._start_listening(lambda p: self._spawn(
+                [f"{self._bin}/flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
+                 "--port", str(p)], self.logs / "superlink.log"), self.logs / "superlink.log", deadline)
+            (self.home / "config.toml").write_text(
+                f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+                f'address = "127.0.0.1:{port}"\ninsecure = true\n')  # fmt: skip
             n = self.num_supernodes
-            for k in range(n):
-                self._spawn([f"{self._bin}/flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
-                             "--port", str(_free_port()), "--node-config", f"partition-id={k} num-partitions={n}"],
-                            self.logs / f"supernode-{k}.log")  # fmt: skip
+            # all spawned before any is waited for (they start in parallel), each on a distinct port
+            nodes = [(self._spawn_supernode(k, n, port, q), q) for k, q in enumerate(_free_ports(n))]
+            for k, (proc, q) in enumerate(nodes):
+                log = self.logs / f"supernode-{k}.log"
+                self._start_listening(lambda p, k=k: self._spawn_supernode(k, n, port, p), log, deadline, proc, q)
         except BaseException:
             self.close()
             raise
         return self
+
+    def _spawn_supernode(self, k: int, n: int, superlink_port: int, port: int) -> subprocess.Popen:
+        return self._spawn([f"{self._bin}/flower-supernode", "--insecure", "--superlink",
+                            f"127.0.0.1:{superlink_port}", "--port", str(port),
+                            "--node-config", f"partition-id={k} num-partitions={n}"],
+                           self.logs / f"supernode-{k}.log")  # fmt: skip
+
+    def _start_listening(self, spawn, log: Path, deadline: float, proc: subprocess.Popen | None = None,
+                         port: int | None = None) -> int:  # fmt: skip
+        """Wait until ``proc`` (spawned by ``spawn(port)``, now if ``None``) listens on ``port``; on a taken
+        port, spawn it again on a fresh one. Returns the port it listens on."""
+        for attempt in range(PORT_ATTEMPTS):
+            if proc is None:
+                port = _free_ports(1)[0]
+                proc = spawn(port)
+            try:
+                _wait_for_port(port, proc, deadline, log)
+                return port
+            except _PortTaken:
+                self.procs.remove(proc)
+                if attempt == PORT_ATTEMPTS - 1:
+                    raise
+                proc = None
+        raise AssertionError("unreachable")
 
     def submit(self, run_config: Mapping[str, object] | None = None, *, timeout: float = 600.0,
                secagg: bool = False, verbose: bool = False) -> PendingRun:  # fmt: skip
@@ -282,7 +368,7 @@ def run_localhost(run_config: Mapping[str, object] | None = None, *, num_superno
             (``num-clients`` is set to ``num_supernodes``).
         num_supernodes: SuperNodes (one partition each), at least 1.
         timeout: seconds for the whole run after start-up.
-        startup_timeout: seconds for the SuperLink to listen.
+        startup_timeout: seconds for the SuperLink and every SuperNode to listen.
         work_dir: where logs, ``FLWR_HOME`` and outputs go (default: a new temp folder, kept).
         secagg: run the SecAgg+ apps (:mod:`~privlab.federated.flower.secaggplus`).
         verbose: echo the ``flwr run`` log stream.

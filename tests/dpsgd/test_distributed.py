@@ -69,6 +69,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _launch_two_ranks(script, port: int):
+    procs = []
+    try:
+        for rank in range(2):
+            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+            procs.append(subprocess.Popen([sys.executable, str(script)], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        return procs, [p.communicate(timeout=240)[0].decode() for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 @pytest.fixture(scope="module")
 def case_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("ddp")
@@ -89,20 +105,10 @@ def test_two_gloo_processes_equal_single_process(case_dir):
     out = str(case_dir / "params")
     script = case_dir / "worker.py"
     script.write_text(WORKER.format(here=str(case_dir), out=out))
-    port = _free_port()
-    procs = []
-    try:
-        for rank in range(2):
-            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-            procs.append(subprocess.Popen([sys.executable, str(script)], env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-        outputs = [p.communicate(timeout=240)[0].decode() for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    for attempt in range(3):  # the free port may be taken by another process before rank 0 binds it
+        procs, outputs = _launch_two_ranks(script, _free_port())
+        if not any(p.returncode and "address already in use" in text.lower() for p, text in zip(procs, outputs)):
+            break
     for p, text in zip(procs, outputs):
         assert p.returncode == 0, text[-3000:]
     r0, r1 = (torch.load(f"{out}.{r}") for r in range(2))

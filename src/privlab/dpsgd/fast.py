@@ -126,9 +126,16 @@ kernel launches and bookkeeping cost 2.16x (Opacus ghost 4.53x). Replayed as CUD
 take the host out (benchmarks/cuda_graphs.py), the non-private step takes 0.22 ms, the fast
 path's 1.48x that and the hand-written clipped sum's 1.45x (eagerly 2.50x and 1.65x: more than
 half of the fast path's extra host time is its machinery, the checks, hooks and per-layer
-dispatch that the hand-written sum does without). At 0.22 ms for a few dozen
-kernels even the graphed steps are bound by per-kernel latency more than arithmetic: fewer
-kernels (fused or multi-tensor) or a larger batch would lower the ratio.
+dispatch that the hand-written sum does without; those runs predate the change to the hooks
+below). At 0.22 ms for a few dozen kernels even the graphed steps are bound by per-kernel latency
+more than arithmetic: fewer kernels (fused or multi-tensor) or a larger batch would lower the ratio.
+
+Host time of the hooks: every ``torch.optim`` optimizer imports ``torch._dynamo``, and the forward
+hooks used to be wrapped in ``torch.compiler.disable`` on every step whenever it was imported,
+each call going through dynamo's wrapper: about 0.3 ms of host time per step of the StreamRec MLP
+(CPU, one thread, B = 64: the kernel 1.50 -> 1.24 ms, the DP step 1.99 -> 1.62 ms). They are now
+wrapped only when compilation can reach them (:func:`_dynamo_involved`); the GPU figures above
+were measured before.
 
 References: Goodfellow, *Efficient per-example gradient computations*, 2015
 (arXiv:1510.01799); Lee and Kifer, *Scaling up differentially private deep

@@ -130,11 +130,11 @@ dispatch that the hand-written sum does without; those runs predate the change t
 below). At 0.22 ms for a few dozen kernels even the graphed steps are bound by per-kernel latency
 more than arithmetic: fewer kernels (fused or multi-tensor) or a larger batch would lower the ratio.
 
-Host time of the hooks: every ``torch.optim`` optimizer imports ``torch._dynamo``, and the forward
-hooks used to be wrapped in ``torch.compiler.disable`` on every step whenever it was imported,
-each call going through dynamo's wrapper: about 0.3 ms of host time per step of the StreamRec MLP
-(CPU, one thread, B = 64: the kernel 1.50 -> 1.24 ms, the DP step 1.99 -> 1.62 ms). They are now
-wrapped only when compilation can reach them (:func:`_dynamo_involved`); the GPU figures above
+Host time of the hooks: every ``torch.optim`` optimizer imports ``torch._dynamo``, and once it is
+imported the forward hooks run wrapped in ``torch.compiler.disable`` (so a compiled model never
+traces them). Those wrappers used to be built afresh for every hook on every step; they are now
+built once per process. Measured side by side on the StreamRec MLP at B = 64 (host-bound; CPU, one
+thread; data/results/dpsgd_cost_20261204, ``mlp_cpu_b64_*``): B64FIGURES. The GPU figures above
 were measured before.
 
 References: Goodfellow, *Efficient per-example gradient computations*, 2015
@@ -271,32 +271,22 @@ def _hook(site: _Site, linear_outputs: dict | None, module, args, kwargs, output
             site.producer = producer  # input = producer's unmodified output: recomputable
 
 
-_EAGER_HOOKS: list = []  # (pre_hook, hook) wrapped by torch.compiler.disable, made once when first needed
+_EAGER_HOOKS: tuple = ()  # (pre_hook, hook) wrapped by torch.compiler.disable, made once when first needed
 
 
-def _dynamo_involved(modules) -> bool:
-    """Could ``torch.compile`` trace the hooks: is the fast path itself being compiled, or is the model
-    or one of its modules compiled (``torch.compile(m)`` or ``m.compile()``)? ``False`` whenever
-    ``torch._dynamo`` was never imported (nothing can be compiled then), without importing it."""
-    if "torch._dynamo" not in sys.modules:
-        return False
-    if torch.compiler.is_compiling():
-        return True
-    from torch._dynamo.eval_frame import OptimizedModule
+def _hooks(site: _Site, linear_outputs: dict | None):
+    """The forward pre-hook and hook that record ``site``'s call, bound to it.
 
-    return any(isinstance(m, OptimizedModule) or m.__dict__.get("_compiled_call_impl") is not None
-               for _, m in modules)
-
-
-def _hooks(site: _Site, linear_outputs: dict | None, compiled: bool = False):
-    """The forward pre-hook and hook that record ``site``'s call. Under ``torch.compile`` they run eagerly
-    (bookkeeping on Python objects, and autograd's sequence numbers must be read at run time), through
-    wrappers made once; otherwise without them (measured: wrapping on every step cost about 0.3 ms of
-    host time per step of the StreamRec MLP, issue 18)."""
+    Once ``torch._dynamo`` is imported (every ``torch.optim`` optimizer imports it), a compiled model
+    could trace them, so they are then the versions wrapped by ``torch.compiler.disable``: bookkeeping
+    on Python objects, and autograd's sequence numbers must be read at run time, never baked into a
+    graph. The wrappers are made once per process, not on every step (building 14 of them per step
+    cost about 0.1 ms of host time on the StreamRec MLP, issue 18)."""
+    global _EAGER_HOOKS
     pre, post = _pre_hook, _hook
-    if compiled:
+    if "torch._dynamo" in sys.modules:
         if not _EAGER_HOOKS:
-            _EAGER_HOOKS.extend([torch.compiler.disable(_pre_hook), torch.compiler.disable(_hook)])
+            _EAGER_HOOKS = (torch.compiler.disable(_pre_hook), torch.compiler.disable(_hook))  # one assignment
         pre, post = _EAGER_HOOKS
     return functools.partial(pre, site), functools.partial(post, site, linear_outputs)
 
@@ -671,9 +661,9 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
         return _single_example(model, loss_fn, xs, targets, factors_fn, params)
     recompute = RECOMPUTE_NORM_INPUTS if recompute_norm_inputs is None else recompute_norm_inputs
     sites, linear_outputs = _sites(modules), ({} if recompute else None)
-    handles, compiled = [], _dynamo_involved(modules)
+    handles = []
     for s in sites:
-        pre_hook, hook = _hooks(s, linear_outputs, compiled)
+        pre_hook, hook = _hooks(s, linear_outputs)
         handles.append(s.module.register_forward_pre_hook(pre_hook, with_kwargs=True))
         handles.append(s.module.register_forward_hook(hook, with_kwargs=True, prepend=True))  # before user hooks
     try:

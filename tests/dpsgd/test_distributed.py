@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -63,18 +62,16 @@ CASE = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch_two_ranks(script, port: int):
+def _launch_two_ranks(script):
+    """Run both ranks against a TCPStore this test holds (so no other process can take its port
+    between its choice and its bind); each rank joins it as a client (TORCHELASTIC_USE_AGENT_STORE,
+    as under torchrun's agent)."""
+    store = torch.distributed.TCPStore("127.0.0.1", 0, 2, is_master=True, wait_for_workers=False)
     procs = []
     try:
         for rank in range(2):
-            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=str(store.port), TORCHELASTIC_USE_AGENT_STORE="True", OMP_NUM_THREADS="1")
             procs.append(subprocess.Popen([sys.executable, str(script)], env=env,
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
         return procs, [p.communicate(timeout=240)[0].decode() for p in procs]
@@ -83,6 +80,7 @@ def _launch_two_ranks(script, port: int):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        del store
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +103,7 @@ def test_two_gloo_processes_equal_single_process(case_dir):
     out = str(case_dir / "params")
     script = case_dir / "worker.py"
     script.write_text(WORKER.format(here=str(case_dir), out=out))
-    for attempt in range(3):  # the free port may be taken by another process before rank 0 binds it
-        procs, outputs = _launch_two_ranks(script, _free_port())
-        if not any(p.returncode and "address already in use" in text.lower() for p, text in zip(procs, outputs)):
-            break
+    procs, outputs = _launch_two_ranks(script)
     for p, text in zip(procs, outputs):
         assert p.returncode == 0, text[-3000:]
     r0, r1 = (torch.load(f"{out}.{r}") for r in range(2))

@@ -134,9 +134,9 @@ Host time of the hooks: every ``torch.optim`` optimizer imports ``torch._dynamo`
 imported the forward hooks run wrapped in ``torch.compiler.disable`` (so a compiled model never
 traces them). Those wrappers used to be built afresh for every hook on every step; they are now
 built once per process. Measured side by side on the StreamRec MLP at B = 64 (host-bound; CPU, one
-thread; data/results/dpsgd_cost_20261204, ``mlp_cpu_b64_*``): in two runs of each, the kernel 1.35-1.36 -> 1.27-1.28 ms, the DP step 1.68-1.74 ->
-1.60-1.61 ms (the non-private step 0.69-0.71 ms). The GPU figures above
-were measured before.
+thread; data/results/dpsgd_cost_20261204, ``mlp_cpu_b64_*``): in two runs of each, the kernel
+1.35-1.36 -> 1.27-1.28 ms, the DP step 1.68-1.74 -> 1.60-1.61 ms (the non-private step 0.69-0.71
+ms). The GPU figures above were measured before.
 
 References: Goodfellow, *Efficient per-example gradient computations*, 2015
 (arXiv:1510.01799); Lee and Kifer, *Scaling up differentially private deep

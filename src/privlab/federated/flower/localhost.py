@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -100,17 +101,20 @@ class _PortTaken(RuntimeError):
 
 
 def _listening_inodes(port: int) -> set[str] | None:
-    """Inodes of the TCP sockets listening on ``port`` (Linux ``/proc/net/tcp``); ``None`` without ``/proc``."""
-    try:
-        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    except OSError:
-        return None
-    found = set()
-    for line in lines:
-        f = line.split()  # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-        if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
-            found.add(f[9])
-    return found
+    """Inodes of the TCP sockets listening on ``port``, IPv4 and IPv6 (Linux ``/proc/net/tcp``, ``tcp6``);
+    ``None`` where neither can be read (no ``/proc``)."""
+    found, read = set(), False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        read = True
+        for line in lines:
+            f = line.split()  # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                found.add(f[9])
+    return found if read else None
 
 
 def _listens(proc: subprocess.Popen, port: int) -> bool:
@@ -178,6 +182,8 @@ class LocalFederation:
         self.home, self.logs = self.work / "flwr_home", self.work / "logs"
         self.procs: list[subprocess.Popen] = []
         self._submitted: list[subprocess.Popen] = []  # the `flwr run` processes among self.procs
+        self._failed: list[subprocess.Popen] = []  # servers that lost their port at start-up (exited)
+        self._ports: set[int] = set()  # every port handed to a server of this federation
         self.runs = 0
         bin_dir = str(Path(sys.executable).parent)
         self._bin = bin_dir
@@ -199,7 +205,8 @@ class LocalFederation:
         """Start the SuperLink, wait until it listens, then start the SuperNodes and wait until each listens.
 
         Every server gets its own free port; one whose port was taken before it could bind it is
-        started again on a new port (up to :data:`PORT_ATTEMPTS` times).
+        started again on a new port (up to :data:`PORT_ATTEMPTS` times; the failed attempt's log is
+        kept as ``<name>.attempt<k>.log`` and a warning says so).
         """
         for d in (self.home, self.logs):
             d.mkdir(parents=True, exist_ok=True)
@@ -213,7 +220,7 @@ class LocalFederation:
                 f'address = "127.0.0.1:{port}"\ninsecure = true\n')  # fmt: skip
             n = self.num_supernodes
             # all spawned before any is waited for (they start in parallel), each on a distinct port
-            nodes = [(self._spawn_supernode(k, n, port, q), q) for k, q in enumerate(_free_ports(n))]
+            nodes = [(self._spawn_supernode(k, n, port, q), q) for k, q in enumerate(self._new_ports(n))]
             for k, (proc, q) in enumerate(nodes):
                 log = self.logs / f"supernode-{k}.log"
                 self._start_listening(lambda p, k=k: self._spawn_supernode(k, n, port, p), log, deadline, proc, q)
@@ -221,6 +228,16 @@ class LocalFederation:
             self.close()
             raise
         return self
+
+    def _new_ports(self, n: int) -> list[int]:
+        """``n`` free ports, none handed out before by this federation (a server given one may not have
+        bound it yet, so the OS could offer it again)."""
+        for _ in range(100):
+            ports = _free_ports(n)
+            if not self._ports.intersection(ports):
+                self._ports.update(ports)
+                return ports
+        raise RuntimeError(f"no {n} free ports outside the {len(self._ports)} this federation handed out")
 
     def _spawn_supernode(self, k: int, n: int, superlink_port: int, port: int) -> subprocess.Popen:
         return self._spawn([f"{self._bin}/flower-supernode", "--insecure", "--superlink",
@@ -232,17 +249,24 @@ class LocalFederation:
                          port: int | None = None) -> int:  # fmt: skip
         """Wait until ``proc`` (spawned by ``spawn(port)``, now if ``None``) listens on ``port``; on a taken
         port, spawn it again on a fresh one. Returns the port it listens on."""
-        for attempt in range(PORT_ATTEMPTS):
+        tried = []
+        for attempt in range(1, PORT_ATTEMPTS + 1):
             if proc is None:
-                port = _free_ports(1)[0]
+                port = self._new_ports(1)[0]
                 proc = spawn(port)
+            tried.append(port)
             try:
                 _wait_for_port(port, proc, deadline, log)
                 return port
-            except _PortTaken:
+            except _PortTaken as err:
                 self.procs.remove(proc)
-                if attempt == PORT_ATTEMPTS - 1:
-                    raise
+                self._failed.append(proc)  # its process group is still stopped by close()
+                if attempt == PORT_ATTEMPTS:
+                    raise _PortTaken(f"{err}\nports tried, each taken before it could bind: {tried}") from None
+                kept = log.with_name(f"{log.stem}.attempt{attempt}{log.suffix}")
+                log.replace(kept)
+                warnings.warn(f"{proc.args[0]}: port {port} was taken before it could bind it; starting it again "
+                              f"on a fresh port (log of the failed attempt: {kept})", RuntimeWarning, stacklevel=3)
                 proc = None
         raise AssertionError("unreachable")
 
@@ -288,7 +312,8 @@ class LocalFederation:
 
     def close(self) -> None:
         """Stop every process this federation started (idempotent)."""
-        procs, self.procs, self._submitted = self.procs, [], []
+        procs, self.procs, self._submitted = self.procs + self._failed, [], []
+        self._failed = []
         if procs:
             stop_processes(procs, self.marker)
 

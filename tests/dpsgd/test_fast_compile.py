@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -50,13 +51,25 @@ def test_once_dynamo_is_imported_both_hooks_are_disabled_wrappers_made_once():
     assert again[0].func is pre.func and again[1].func is post.func  # not rebuilt per step
 
 
+class _CompiledForward(nn.Module):
+    """A class whose ``forward`` is compiled by decorator, around the model it wraps."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    @torch.compile(backend="aot_eager", dynamic=True)
+    def forward(self, x):
+        return self.body(x)
+
+
 def _compiled(how, model):
     if how == "torch.compile(model)":
         return torch.compile(model, backend="aot_eager", dynamic=True)
-    if how == "model.compile()":
-        model.compile(backend="aot_eager", dynamic=True)
-    else:  # the forward method alone: no OptimizedModule, nothing on the module says it is compiled
+    if how == "model.forward":  # the forward method alone: no OptimizedModule
         model.forward = torch.compile(model.forward, backend="aot_eager", dynamic=True)
+    else:  # @torch.compile on a class's forward: the one-example probe must still see every layer
+        return _CompiledForward(model)
     return model
 
 
@@ -73,12 +86,14 @@ class _UsesItsWeightOutside(nn.Module):
         return self.head(self.lin(x + x @ self.lin.weight.T))
 
 
-@pytest.mark.parametrize("how", ["torch.compile(model)", "model.compile()", "model.forward"])
+@pytest.mark.parametrize("warm_up", [False, True])
+@pytest.mark.parametrize("how", ["torch.compile(model)", "model.forward", "@torch.compile"])
 @pytest.mark.parametrize("model_fn, want_modes", [
     (_mlp, {"0": "fast", "1": "fast", "3": "fast"}),
     (_UsesItsWeightOutside, {"lin": "global", "head": "fast"}),
 ])
-def test_a_compiled_model_gives_the_loops_clipped_sum(monkeypatch, how, model_fn, want_modes):
+def test_a_compiled_model_gives_the_loops_clipped_sum(monkeypatch, how, model_fn, want_modes, warm_up):
+    # (not nn.Module.compile(): in torch 2.13 it compiled no graph for these models, see the last assert)
     seen = {}
     monkeypatch.setattr(fast, "_report_modes", lambda modes, reasons: seen.update(modes))
     torch._dynamo.reset()
@@ -86,10 +101,18 @@ def test_a_compiled_model_gives_the_loops_clipped_sum(monkeypatch, how, model_fn
     reference, compiled = model_fn(), _compiled(how, model_fn())
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(8, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (8,), generator=g)
-    for batch in (8, 6):  # a second batch size: the compiled graph is reused or recompiled, still exact
-        want = clipped_grad_sum(reference, _ce, x[:batch], y[:batch], max_grad_norm=0.5, method="loop")
-        got = clipped_grad_sum(compiled, _ce, x[:batch], y[:batch], max_grad_norm=0.5, method="fast")
-        for a, b in zip(got, want):
-            assert (a - b).norm() <= 1e-10 * b.norm()
-        assert {k.removeprefix("_orig_mod."): v for k, v in seen.items()} == want_modes, seen
+    if warm_up:  # a pass without the fast path's hooks first: code compiled then ignores hooks added later
+        for batch in (1, 8):
+            compiled(x[:batch])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for batch in (8, 6):  # a second batch size: the compiled graph is reused or recompiled, still exact
+            want = clipped_grad_sum(reference, _ce, x[:batch], y[:batch], max_grad_norm=0.5, method="loop")
+            got = clipped_grad_sum(compiled, _ce, x[:batch], y[:batch], max_grad_norm=0.5, method="fast")
+            for a, b in zip(got, want):
+                assert (a - b).norm() <= 1e-10 * b.norm()
+            names = {k.removeprefix("_orig_mod.").removeprefix("body."): v for k, v in seen.items()}
+            assert names == want_modes, seen  # on the rules (the weight used outside its call: exact fallback)
+    eager = [w for w in caught if "ran without the per-layer hooks" in str(w.message)]
+    assert len(eager) == (1 if warm_up else 0), [str(w.message) for w in caught]  # said once, and only then
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs  # dynamo did compile the model

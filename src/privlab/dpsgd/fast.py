@@ -112,7 +112,9 @@ roughly 15,000 such steps (less saved per step at smaller B). The whole model th
 ``torch.compile`` (``DPSGDConfig(compile=True)``; the fast path's hooks run eagerly inside it)
 was measured too, against the eager non-private step (data/results/dpsgd_cost_20261204): on CPU,
 one thread, the non-private step 1.02x and the fast path 1.29x (eager 1.27x); on an H200, 1.00x
-and 2.29x (eager 2.16x). Eager is the default on both (issue 18).
+and 2.29x (eager 2.16x). Eager is the default on both (issue 18). Code that ``torch.compile`` made
+before the hooks were registered (an evaluation pass first, say) does not run hooks added since; the
+fast path notices (no layer recorded its call), runs that model eagerly from then on, and warns.
 
 On a GPU the cost depends on whether the step is bound by the GPU or by the host issuing small
 kernels. Measured on an H200 (data/results/dpsgd_cost_20261204): GPT-2 small's shape at batch 256,
@@ -152,6 +154,7 @@ Used in: chapters 6, 8, 13.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import sys
 import warnings
@@ -292,6 +295,39 @@ def _hooks(site: _Site, linear_outputs: dict | None):
     return functools.partial(pre, site), functools.partial(post, site, linear_outputs)
 
 
+#: Models whose compiled code ran without the fast path's hooks: from then on run eagerly under it.
+_RUN_EAGERLY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _force_eager():
+    return torch.compiler.set_stance("force_eager") if "torch._dynamo" in sys.modules else contextlib.nullcontext()
+
+
+def _run_with_hooks(model: nn.Module, xs: tuple, sites: list[_Site]):
+    """``model(*xs)`` with the sites' hooks registered, and seen to run.
+
+    Code that ``torch.compile`` made before the hooks were registered (say, in an evaluation pass)
+    does not check for hooks added since (dynamo skips those guards), so it runs without them: no
+    site records its call, and every layer would fall back to the exact but slow global path on
+    every step. Then the forward runs again eagerly, with a warning, and so does every later forward
+    of that model here (measured: a compiled forward was no faster under the fast path, issue 18).
+    """
+    if model in _RUN_EAGERLY:
+        with _force_eager():
+            return model(*xs)
+    outputs = model(*xs)
+    if sites and "torch._dynamo" in sys.modules and not any(s.calls for s in sites):
+        outputs = None
+        with _force_eager():
+            outputs = model(*xs)
+        _RUN_EAGERLY[model] = True  # (also a model that never calls its layers: eager costs it nothing)
+        if any(s.calls for s in sites):  # eagerly the hooks ran: the compiled code had skipped them
+            warnings.warn(f"fast path: the compiled {type(model).__name__} ran without the per-layer hooks (code "
+                          "compiled before they were registered); it runs eagerly under the fast path from now on",
+                          RuntimeWarning, stacklevel=4)
+    return outputs
+
+
 # ---------------------------------------------------------------------------------------------
 # Where each parameter's gradient flows: one walk over the autograd graph of the summed loss.
 
@@ -379,8 +415,10 @@ def _probe_shapes(model: nn.Module, xs: tuple, sites: list[_Site]) -> dict[str, 
 
     handles = [s.module.register_forward_hook(recorder(s), with_kwargs=True, prepend=True) for s in sites]
     devices = sorted({x.device.index or 0 for x in xs if x.device.type == "cuda"})
+    # eagerly: code that dynamo compiled earlier does not check for hooks added since (a compiled
+    # forward could run without the recorders, and every site would fall back, exactly but slowly)
     try:
-        with torch.random.fork_rng(devices=devices):  # dropout here must not shift the caller's masks
+        with torch.random.fork_rng(devices=devices), _force_eager():  # dropout here must not shift the caller's masks
             model(*(x[:1] for x in xs))
     finally:
         for h in handles:
@@ -668,7 +706,7 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
         handles.append(s.module.register_forward_pre_hook(pre_hook, with_kwargs=True))
         handles.append(s.module.register_forward_hook(hook, with_kwargs=True, prepend=True))  # before user hooks
     try:
-        outputs = model(*xs)
+        outputs = _run_with_hooks(model, xs, sites)
     finally:
         for h in handles:
             h.remove()

@@ -300,7 +300,9 @@ _RUN_EAGERLY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _force_eager():
-    return torch.compiler.set_stance("force_eager") if "torch._dynamo" in sys.modules else contextlib.nullcontext()
+    """Run compiled code eagerly in this block (``torch.compiler.set_stance``, torch >= 2.6)."""
+    stance = getattr(torch.compiler, "set_stance", None)
+    return stance("force_eager") if stance is not None and "torch._dynamo" in sys.modules else contextlib.nullcontext()
 
 
 def _run_with_hooks(model: nn.Module, xs: tuple, sites: list[_Site]):

@@ -116,3 +116,61 @@ def test_a_compiled_model_gives_the_loops_clipped_sum(monkeypatch, how, model_fn
     eager = [w for w in caught if "ran without the per-layer hooks" in str(w.message)]
     assert len(eager) == (1 if warm_up else 0), [str(w.message) for w in caught]  # said once, and only then
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs  # dynamo did compile the model
+
+
+def test_nn_module_compile_after_a_warm_up_is_noticed_once_and_exact(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(fast, "_report_modes", lambda modes, reasons: seen.update(modes))
+    torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    reference, model = _UsesItsWeightOutside(), _UsesItsWeightOutside()
+    model.compile(backend="aot_eager", dynamic=True)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(8, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (8,), generator=g)
+    model(x)  # warm-up without the hooks
+    with pytest.warns(RuntimeWarning, match="ran without the per-layer hooks"):
+        got = clipped_grad_sum(model, _ce, x, y, max_grad_norm=0.5, method="fast")
+    want = clipped_grad_sum(reference, _ce, x, y, max_grad_norm=0.5, method="loop")
+    assert all((a - b).norm() <= 1e-10 * b.norm() for a, b in zip(got, want))
+    assert seen == {"lin": "global", "head": "fast"} and fast._RUN_EAGERLY[model] is True
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs
+
+
+class _CallsNoLayer(nn.Module):
+    """Owns a Linear but never calls it (``F.linear`` with its weights): every parameter takes the exact
+    global path, and the check for skipped hooks must not mistake that for compiled code."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(5, 3).double()
+
+    def forward(self, x):
+        return nn.functional.linear(x, self.lin.weight, self.lin.bias)
+
+
+def test_a_model_that_calls_no_layer_is_checked_once_and_not_forced_eager():
+    import torch._dynamo  # noqa: F401
+
+    model = _CallsNoLayer()
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (6,), generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no "ran without the hooks" warning
+        for _ in range(2):
+            got = clipped_grad_sum(model, _ce, x, y, max_grad_norm=0.5, method="fast")
+    want = clipped_grad_sum(model, _ce, x, y, max_grad_norm=0.5, method="loop")
+    assert all((a - b).norm() <= 1e-10 * b.norm() for a, b in zip(got, want))
+    assert fast._RUN_EAGERLY[model] is False
+
+
+def test_the_fast_path_inside_a_compiled_function_is_exact():
+    model = _mlp()
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(8, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (8,), generator=g)
+    torch._dynamo.reset()
+    step = torch.compile(lambda: clipped_grad_sum(model, _ce, x, y, max_grad_norm=0.5, method="fast"),
+                         backend="aot_eager")
+    got = step()
+    want = clipped_grad_sum(model, _ce, x, y, max_grad_norm=0.5, method="loop")
+    assert all((a - b).norm() <= 1e-10 * b.norm() for a, b in zip(got, want))

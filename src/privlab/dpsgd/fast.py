@@ -295,35 +295,55 @@ def _hooks(site: _Site, linear_outputs: dict | None):
     return functools.partial(pre, site), functools.partial(post, site, linear_outputs)
 
 
-#: Models whose compiled code ran without the fast path's hooks: from then on run eagerly under it.
+#: Per model checked by :func:`_run_with_hooks`: ``True`` if its compiled code ran without the fast
+#: path's hooks (it then runs eagerly under the fast path), ``False`` if it was checked and need not.
 _RUN_EAGERLY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _force_eager():
-    """Run compiled code eagerly in this block (``torch.compiler.set_stance``, torch >= 2.6)."""
-    stance = getattr(torch.compiler, "set_stance", None)
-    return stance("force_eager") if stance is not None and "torch._dynamo" in sys.modules else contextlib.nullcontext()
+def _call_eagerly_impl(model: nn.Module, xs: tuple):
+    stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+    with stance("force_eager") if stance is not None else contextlib.nullcontext():
+        return model(*xs)
+
+
+_CALL_EAGERLY: tuple = ()  # _call_eagerly_impl wrapped by torch.compiler.disable, made once when first needed
+
+
+def _call_eagerly(model: nn.Module, xs: tuple):
+    """``model(*xs)`` with compiled code run eagerly (``torch.compiler.set_stance("force_eager")``).
+
+    Kept out of any compiled region around the fast path (dynamo refuses to trace ``set_stance``).
+    The stance is process-wide while the call lasts: not for models compiled and run in other
+    threads at the same time (privlab trains in one thread)."""
+    global _CALL_EAGERLY
+    if "torch._dynamo" not in sys.modules:  # nothing was compiled
+        return model(*xs)
+    if not _CALL_EAGERLY:
+        _CALL_EAGERLY = (torch.compiler.disable(_call_eagerly_impl),)
+    return _CALL_EAGERLY[0](model, xs)
 
 
 def _run_with_hooks(model: nn.Module, xs: tuple, sites: list[_Site]):
     """``model(*xs)`` with the sites' hooks registered, and seen to run.
 
     Code that ``torch.compile`` made before the hooks were registered (say, in an evaluation pass)
-    does not check for hooks added since (dynamo skips those guards), so it runs without them: no
-    site records its call, and every layer would fall back to the exact but slow global path on
-    every step. Then the forward runs again eagerly, with a warning, and so does every later forward
-    of that model here (measured: a compiled forward was no faster under the fast path, issue 18).
+    does not check for hooks added since (dynamo skips those guards), so it can run without them:
+    no site records its call, and every layer falls back to the exact but slow global path. When
+    no site recorded a call, the forward runs once more eagerly; if the hooks ran then, the model
+    runs eagerly under the fast path from then on, with a warning (measured: a compiled forward was
+    no faster under the fast path, issue 18). Each model is checked once. (Hooks skipped in a
+    compiled part of a model while others ran are not caught here: those layers take the exact
+    global path.)
     """
-    if model in _RUN_EAGERLY:
-        with _force_eager():
-            return model(*xs)
+    flag = _RUN_EAGERLY.get(model)
+    if flag:
+        return _call_eagerly(model, xs)
     outputs = model(*xs)
-    if sites and "torch._dynamo" in sys.modules and not any(s.calls for s in sites):
+    if flag is None and sites and "torch._dynamo" in sys.modules and not any(s.calls for s in sites):
         outputs = None
-        with _force_eager():
-            outputs = model(*xs)
-        _RUN_EAGERLY[model] = True  # (also a model that never calls its layers: eager costs it nothing)
-        if any(s.calls for s in sites):  # eagerly the hooks ran: the compiled code had skipped them
+        outputs = _call_eagerly(model, xs)
+        _RUN_EAGERLY[model] = any(s.calls for s in sites)  # False: a model that does not call its layers
+        if _RUN_EAGERLY[model]:
             warnings.warn(f"fast path: the compiled {type(model).__name__} ran without the per-layer hooks (code "
                           "compiled before they were registered); it runs eagerly under the fast path from now on",
                           RuntimeWarning, stacklevel=4)
@@ -420,8 +440,8 @@ def _probe_shapes(model: nn.Module, xs: tuple, sites: list[_Site]) -> dict[str, 
     # eagerly: code that dynamo compiled earlier does not check for hooks added since (a compiled
     # forward could run without the recorders, and every site would fall back, exactly but slowly)
     try:
-        with torch.random.fork_rng(devices=devices), _force_eager():  # dropout here must not shift the caller's masks
-            model(*(x[:1] for x in xs))
+        with torch.random.fork_rng(devices=devices):  # dropout here must not shift the caller's masks
+            _call_eagerly(model, tuple(x[:1] for x in xs))
     finally:
         for h in handles:
             h.remove()

@@ -275,7 +275,10 @@ def _hook(site: _Site, linear_outputs: dict | None, module, args, kwargs, output
             site.producer = producer  # input = producer's unmodified output: recomputable
 
 
-_EAGER_HOOKS: tuple = ()  # (pre_hook, hook) wrapped by torch.compiler.disable, made once when first needed
+@functools.cache
+def _kept_out_of_compile(fn):
+    """``fn`` wrapped by ``torch.compiler.disable``, made once per process (not on every step)."""
+    return torch.compiler.disable(fn)
 
 
 def _hooks(site: _Site, linear_outputs: dict | None):
@@ -286,12 +289,9 @@ def _hooks(site: _Site, linear_outputs: dict | None):
     on Python objects, and autograd's sequence numbers must be read at run time, never baked into a
     graph. The wrappers are made once per process, not on every step (building 14 of them per step
     cost about 0.1 ms of host time on the StreamRec MLP, issue 18)."""
-    global _EAGER_HOOKS
     pre, post = _pre_hook, _hook
     if "torch._dynamo" in sys.modules:
-        if not _EAGER_HOOKS:
-            _EAGER_HOOKS = (torch.compiler.disable(_pre_hook), torch.compiler.disable(_hook))  # one assignment
-        pre, post = _EAGER_HOOKS
+        pre, post = _kept_out_of_compile(_pre_hook), _kept_out_of_compile(_hook)
     return functools.partial(pre, site), functools.partial(post, site, linear_outputs)
 
 
@@ -306,21 +306,15 @@ def _call_eagerly_impl(model: nn.Module, xs: tuple):
         return model(*xs)
 
 
-_CALL_EAGERLY: tuple = ()  # _call_eagerly_impl wrapped by torch.compiler.disable, made once when first needed
-
-
 def _call_eagerly(model: nn.Module, xs: tuple):
     """``model(*xs)`` with compiled code run eagerly (``torch.compiler.set_stance("force_eager")``).
 
     Kept out of any compiled region around the fast path (dynamo refuses to trace ``set_stance``).
     The stance is process-wide while the call lasts: not for models compiled and run in other
     threads at the same time (privlab trains in one thread)."""
-    global _CALL_EAGERLY
     if "torch._dynamo" not in sys.modules:  # nothing was compiled
         return model(*xs)
-    if not _CALL_EAGERLY:
-        _CALL_EAGERLY = (torch.compiler.disable(_call_eagerly_impl),)
-    return _CALL_EAGERLY[0](model, xs)
+    return _kept_out_of_compile(_call_eagerly_impl)(model, xs)
 
 
 def _run_with_hooks(model: nn.Module, xs: tuple, sites: list[_Site]):
@@ -340,7 +334,7 @@ def _run_with_hooks(model: nn.Module, xs: tuple, sites: list[_Site]):
         return _call_eagerly(model, xs)
     outputs = model(*xs)
     if flag is None and sites and "torch._dynamo" in sys.modules and not any(s.calls for s in sites):
-        outputs = None
+        outputs = None  # the hook-less forward's graph is freed before the eager one is built
         outputs = _call_eagerly(model, xs)
         _RUN_EAGERLY[model] = any(s.calls for s in sites)  # False: a model that does not call its layers
         if _RUN_EAGERLY[model]:

@@ -212,9 +212,7 @@ class LocalFederation:
             d.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.startup_timeout
         try:
-            port = self._start_listening(lambda p: self._spawn(
-                [f"{self._bin}/flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
-                 "--port", str(p)], self.logs / "superlink.log"), self.logs / "superlink.log", deadline)
+            port = self._start_listening(self._spawn_superlink, self.logs / "superlink.log", deadline)
             (self.home / "config.toml").write_text(
                 f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
                 f'address = "127.0.0.1:{port}"\ninsecure = true\n')  # fmt: skip
@@ -238,6 +236,10 @@ class LocalFederation:
                 self._ports.update(ports)
                 return ports
         raise RuntimeError(f"no {n} free ports outside the {len(self._ports)} this federation handed out")
+
+    def _spawn_superlink(self, port: int) -> subprocess.Popen:
+        return self._spawn([f"{self._bin}/flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
+                            "--port", str(port)], self.logs / "superlink.log")  # fmt: skip
 
     def _spawn_supernode(self, k: int, n: int, superlink_port: int, port: int) -> subprocess.Popen:
         return self._spawn([f"{self._bin}/flower-supernode", "--insecure", "--superlink",

@@ -60,14 +60,15 @@ notebooks: $(STAMP)
 # One thread per process (OMP_NUM_THREADS, inherited by nbval kernels, Flower's processes and
 # Otter's kernels; chapters read it through privlab.config.set_torch_threads): one worker per
 # core already fills the cores, and two chapters at two OpenMP threads each on two cores slow
-# each other several-fold. The chapters go first: xdist hands out files in this order, and the
-# long ones started last would leave one worker idle at the end.
+# each other several-fold. xdist hands out files in collection order (--no-loadscope-reorder; its
+# default sorts files by number of tests), and tests/conftest.py puts the slowest files first, so
+# a long one started last does not leave the other worker idle at the end.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 test: notebooks pdf-deps
 	PRIVLAB_SCALE=smoke PRIVLAB_NBVAL_CACHE=$(abspath $(BOOK_OUT))/smoke OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
 	    $(BIN)/python -m pytest $(NBDIR) tests src/privlab --ignore=tests/browser \
 	    -p privlab.nbcache --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -q \
-	    -n $(TEST_WORKERS) --dist loadfile
+	    -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 	$(MAKE) check-book
 
 lab: $(STAMP)

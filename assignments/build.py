@@ -281,6 +281,16 @@ def _error_row(message: str) -> dict:
     return {"total": 0.0, "error": message}
 
 
+#: The error of a kernel that exited before it ran anything: Jupyter picks the kernel's five ports by
+#: binding port 0 and closing it, and the kernel binds them a moment later, so another process can take
+#: one in between (jupyter/jupyter_client#487). No line of the submission has run, so it is started again.
+KERNEL_START_FAILURE = "Kernel died before replying to kernel_info"
+#: How many times a submission whose kernel died at start-up is started in all.
+KERNEL_START_ATTEMPTS = 3
+#: The command that grades one submission in its own process (``autograder`` and ``submission`` follow).
+GRADE_ONE = [sys.executable, str(Path(__file__).resolve()), "grade-one"]
+
+
 def grade_many(jobs: list[tuple[Path, Path]], *, processes: int = 1, timeout: float = DEFAULT_TIMEOUT,
                on_result=None) -> list[dict]:
     """Grade ``[(autograder_zip, submission), ...]``, each in its own process; rows in the same order.
@@ -288,7 +298,9 @@ def grade_many(jobs: list[tuple[Path, Path]], *, processes: int = 1, timeout: fl
     A row is ``{question: score, "total", "possible", "error": ""}``; a submission that fails to
     grade (unreadable, or running past ``timeout`` seconds) gets ``{"total": 0, "error": why}``
     and the others are graded as usual. A time-out kills the grading process group; its kernel
-    (started by Jupyter in a session of its own) exits when its parent does. ``on_result(i, row)``
+    (started by Jupyter in a session of its own) exits when its parent does. A kernel that dies
+    before it runs anything (:data:`KERNEL_START_FAILURE`) is started again, up to
+    :data:`KERNEL_START_ATTEMPTS` times in all, with a note on stderr. ``on_result(i, row)``
     is called as each submission finishes, e.g. to write a CSV row at once.
     """
     if processes < 1:
@@ -298,6 +310,7 @@ def grade_many(jobs: list[tuple[Path, Path]], *, processes: int = 1, timeout: fl
     results: list = [None] * len(jobs)
     pending = list(range(len(jobs)))
     running: dict[int, tuple[subprocess.Popen, float]] = {}
+    attempts = [0] * len(jobs)
 
     def finish(i: int, row: dict) -> None:
         results[i] = row
@@ -312,9 +325,9 @@ def grade_many(jobs: list[tuple[Path, Path]], *, processes: int = 1, timeout: fl
             if unreadable:
                 finish(i, _error_row(f"grading failed: {Path(submission).name} is not a readable notebook ({unreadable})"))
                 continue
-            cmd = [sys.executable, str(Path(__file__).resolve()), "grade-one", str(autograder), str(submission)]
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    start_new_session=True)
+            attempts[i] += 1
+            proc = subprocess.Popen([*GRADE_ONE, str(autograder), str(submission)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, start_new_session=True)
             running[i] = (proc, time.monotonic())
         time.sleep(0.05)
         for i, (proc, started) in list(running.items()):
@@ -332,6 +345,11 @@ def grade_many(jobs: list[tuple[Path, Path]], *, processes: int = 1, timeout: fl
                 finish(i, {**json.loads(lines[-1]), "error": ""})
             else:
                 last = [line for line in stderr.strip().splitlines() if line.strip()][-1:] or [f"exit {proc.returncode}"]
+                if KERNEL_START_FAILURE in last[0] and attempts[i] < KERNEL_START_ATTEMPTS:
+                    print(f"{Path(jobs[i][1]).name}: the kernel died at start-up (attempt {attempts[i]} of "
+                          f"{KERNEL_START_ATTEMPTS}); starting it again", file=sys.stderr, flush=True)
+                    pending.insert(0, i)
+                    continue
                 finish(i, _error_row(f"grading failed: {last[0][:300]}"))
     return results
 

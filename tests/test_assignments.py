@@ -55,6 +55,40 @@ def test_build_tool_rejects_bad_input(tmp_path):
         build_tool.variant_parameters("02_accounting", -1)
 
 
+FAKE_GRADE_ONE = """\
+import json, sys
+from pathlib import Path
+autograder, submission = sys.argv[1:]
+count = Path(submission + ".starts")
+n = int(count.read_text()) + 1 if count.exists() else 1
+count.write_text(str(n))
+fails, message = json.loads(Path(submission).read_text())
+if n <= fails:
+    sys.exit(f"RuntimeError: {message}")
+print(json.dumps({"q1": 1.0, "total": 1.0, "possible": 1.0}))
+"""
+
+
+def test_a_kernel_that_dies_at_start_up_is_started_again_and_nothing_else_is(tmp_path, monkeypatch):
+    """The Jupyter port race (a kernel's port taken before it binds it) kills a kernel before any
+    code runs: grading starts it again, up to KERNEL_START_ATTEMPTS times; any other failure is final."""
+    fake = tmp_path / "grade_one.py"
+    fake.write_text(FAKE_GRADE_ONE)
+    monkeypatch.setattr(build_tool, "GRADE_ONE", [sys.executable, str(fake)])
+    died = build_tool.KERNEL_START_FAILURE
+    cases = {"once": (1, died), "always": (99, died), "other": (1, "the student's code raised")}
+    jobs = []
+    for name, case in cases.items():
+        (tmp_path / name).write_text(json.dumps(case))
+        jobs.append((tmp_path / "autograder.zip", tmp_path / name))
+    once, always, other = build_tool.grade_many(jobs, processes=2, timeout=60)
+    assert once == {"q1": 1.0, "total": 1.0, "possible": 1.0, "error": ""}
+    assert always["total"] == 0.0 and always["error"] == f"grading failed: RuntimeError: {died}"
+    assert other["error"] == "grading failed: RuntimeError: the student's code raised"
+    starts = {name: int((tmp_path / f"{name}.starts").read_text()) for name in cases}
+    assert starts == {"once": 2, "always": build_tool.KERNEL_START_ATTEMPTS, "other": 1}
+
+
 def _notebook_text(path: Path) -> tuple[str, str]:
     nb = json.loads(path.read_text())
     return "\n".join("".join(c["source"]) for c in nb["cells"]), json.dumps(nb["metadata"])

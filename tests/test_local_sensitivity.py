@@ -81,6 +81,51 @@ def test_sample_and_aggregate_is_unbiased_for_a_clipped_statistic():
     assert abs(np.mean(vals) - 5.0) < 0.05
 
 
+def _blocks_seen(mechanism, data, seed):
+    seen = []
+
+    def stat(rows):
+        seen.append(frozenset(np.asarray(rows).tolist()))
+        return 0.0
+
+    mechanism(data, stat, blocks=5, lower=0.0, upper=1.0, epsilon=1.0, rng=make_rng(seed))
+    return seen
+
+
+def test_sample_and_aggregate_adding_a_record_changes_exactly_one_block():
+    """The add/remove coupling the guarantee rests on: each record's block is its own draw, so with the
+    same seed D' = D + {x} has D's blocks except one, which gains x. A balanced partition (the twin)
+    reshuffles: most blocks differ (the expert review's counterexample, chapter 5)."""
+    d = np.arange(40.0)
+    d_prime = np.r_[d, 99.0]
+    for seed in range(20):
+        before, after = _blocks_seen(ls.sample_and_aggregate, d, seed), _blocks_seen(ls.sample_and_aggregate, d_prime, seed)
+        before += [frozenset()] * (5 - len(before))  # an empty block is not passed to the statistic
+        after += [frozenset()] * (5 - len(after))
+        assert len(set(after) - set(before)) == 1 and len(set(before) - set(after)) == 1, seed
+        [grown] = set(after) - set(before)
+        assert 99.0 in grown and grown - {99.0} in set(before), seed
+    reshuffled = sum(len(set(_blocks_seen(ls.broken_balanced_sample_and_aggregate, d, s))
+                         - set(_blocks_seen(ls.broken_balanced_sample_and_aggregate, d_prime, s))) for s in range(20))
+    assert reshuffled > 20 * 3  # on average most of the 5 blocks differ
+
+
+def test_sample_and_aggregate_empty_blocks_count_as_the_midpoint_and_are_not_computed():
+    calls = []
+
+    def stat(rows):
+        calls.append(len(rows))
+        return 1.0
+
+    # 3 records in 50 blocks: at least 47 empty blocks, each the midpoint 0.5 of [0, 1]
+    out = ls.sample_and_aggregate(np.ones(3), stat, blocks=50, lower=0.0, upper=1.0, epsilon=1e9, rng=make_rng(2))
+    assert 0 not in calls and sum(calls) == 3
+    assert out == pytest.approx((len(calls) * 1.0 + (50 - len(calls)) * 0.5) / 50, abs=1e-6)
+    with pytest.raises(ValueError, match="need at least one record per block: 3 records, blocks=50"):
+        ls.broken_balanced_sample_and_aggregate(np.ones(3), stat, blocks=50, lower=0.0, upper=1.0, epsilon=1.0,
+                                                rng=make_rng(2))
+
+
 def test_ptr_answer_rate_matches_the_laplace_test_closed_form():
     # answers iff gamma + Lap(1/eps) > ln(1/delta)/eps: P = 1 - exp(-(gamma - thr) eps)/2 above the
     # threshold, exp((gamma - thr) eps)/2 below; 20k draws: binomial se <= 0.0036, tolerance 5 se

@@ -31,8 +31,8 @@ the median barely moves (its *local* sensitivity
 
 Neighbouring relation here: replace-one (:math:`n` public, as the median's index
 needs), privacy unit one record; for sample-and-aggregate, add/remove or replace-one
-(see :func:`sample_and_aggregate`: the blocks are a uniformly random *balanced*
-partition, and the argument couples the partitions of neighbours).
+(see :func:`sample_and_aggregate`: each record joins a block drawn independently, so a
+neighbour changes one block; a balanced partition would not, under add/remove).
 
 >>> x = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
 >>> local_sensitivity_median(x, upper=10.0)
@@ -58,7 +58,7 @@ from privlab._validate import check_array, check_delta, check_epsilon, check_int
 
 __all__ = [
     "local_sensitivity_median", "smooth_sensitivity_median", "smooth_median", "broken_local_sensitivity_median",
-    "distance_to_instability_median", "ptr_median", "sample_and_aggregate",
+    "broken_balanced_sample_and_aggregate", "distance_to_instability_median", "ptr_median", "sample_and_aggregate",
 ]  # fmt: skip
 
 
@@ -180,25 +180,28 @@ def sample_and_aggregate(data, statistic, *, blocks: int, lower, upper, epsilon,
     one record changes one block's clipped value by at most :math:`b - a`, so the mean moves by
     :math:`(b-a)/m`. :math:`\varepsilon`-DP under add/remove or replace-one.
 
-    The blocks are a uniformly random balanced partition (``permutation(n) % m``: sizes
-    differ by at most one), so adding a record reshuffles them; the coupling still works
-    because the released mean is symmetric in the block labels. Replace-one: use the
-    same permutation for both data sets; only the changed record's block differs.
-    Add/remove: a uniform balanced partition of :math:`D` with the new record added to a
-    uniformly chosen *smallest* block is a uniform balanced partition of :math:`D'` (up
-    to labels: each partition of :math:`D'` arises from exactly one of :math:`D` and one
-    choice of block), and again one block differs.
+    Each record joins a block drawn uniformly and independently of everything else
+    (``rng.integers(m)`` per record; blocks have Binomial sizes and may be empty). Add/remove:
+    couple the two runs on the blocks of the records both data sets share; the added record
+    lands in one block, so exactly one block's content differs. Replace-one: the changed
+    record keeps its draw, and again one block differs. A uniformly random *balanced*
+    partition (``permutation(n) % m``, sizes differing by at most one) does not have this
+    property under add/remove: which records share a block with the added one, and how
+    large that block is, change with :math:`n`, and a statistic that depends on them
+    (any function is allowed) shows a privacy loss up to about :math:`2\varepsilon`
+    (:func:`broken_balanced_sample_and_aggregate`, a planted twin in the DP test suite).
 
-    The guarantee needs every block's value in :math:`[a, b]`: a block on which the
-    statistic is undefined (NaN or infinite, e.g. a regression on a block whose records
-    all share one x, or a log of 0) counts as the public default :math:`(a + b)/2`, so a
+    The guarantee needs every block's value in :math:`[a, b]`: an empty block, or one on which
+    the statistic is undefined (NaN or infinite, e.g. a regression on a block whose records
+    all share one x, or a log of 0), counts as the public default :math:`(a + b)/2`, so a
     degenerate block, which one record can create, still moves the mean by at most
-    :math:`(b - a)/m` and never makes the release NaN.
+    :math:`(b - a)/m` and never makes the release NaN. (The statistic is not called on an
+    empty block.)
 
     Args:
         data: an array (or DataFrame) whose rows are records.
         statistic: ``statistic(rows) -> float``, any function (no sensitivity bound needed);
-            a non-finite value counts as :math:`(a + b)/2`.
+            a non-finite value, or an empty block, counts as :math:`(a + b)/2`.
         blocks: :math:`m`.
         lower, upper: the public clipping range :math:`[a, b]` of the statistic.
         epsilon: :math:`\varepsilon`.
@@ -216,11 +219,34 @@ def sample_and_aggregate(data, statistic, *, blocks: int, lower, upper, epsilon,
     if not hi > lo:
         raise ValueError(f"need lower < upper, got [{lower}, {upper}]")
     rng = check_rng(rng)
+    return _clipped_block_mean(data, statistic, rng.integers(m, size=len(data)), m, lo, hi, eps, rng)
+
+
+def _clipped_block_mean(data, statistic, block_of, m, lo, hi, eps, rng) -> float:
+    """The mean over blocks ``0..m-1`` of the clipped statistic (empty or undefined: the midpoint), plus noise."""
+    take = (lambda idx: data.iloc[idx]) if hasattr(data, "iloc") else (lambda idx: data[idx])
+    members = [np.flatnonzero(block_of == j) for j in range(m)]
+    raw = np.array([float(statistic(take(idx))) if idx.size else math.nan for idx in members])
+    values = np.clip(np.where(np.isfinite(raw), raw, (lo + hi) / 2), lo, hi)   # undefined: public default
+    return float(values.mean() + rng.laplace(scale=(hi - lo) / (m * eps)))
+
+
+def broken_balanced_sample_and_aggregate(data, statistic, *, blocks: int, lower, upper, epsilon,
+                                         rng: np.random.Generator) -> float:
+    r"""NOT DP under add/remove: :func:`sample_and_aggregate` on a uniformly random *balanced* partition.
+
+    The blocks are ``permutation(n) % m`` (sizes differ by at most one). Under replace-one it is
+    :math:`\varepsilon`-DP (one permutation for both data sets). Under add/remove it is not: with
+    :math:`n + 1 = qm + r`, adding a record changes which block sizes occur and who shares a block
+    with whom, and a statistic that reads them (e.g. ``1{|B| = q+1 and x not in B} + 1{|B| = q and
+    x in B}``) moves up to two block values, a privacy loss up to about :math:`2\varepsilon`. Kept as
+    the planted twin of "sample-and-aggregate" in the DP test suite (chapter 12), which catches it.
+    """
+    eps = check_epsilon(epsilon)
+    m = check_int("blocks", blocks, minimum=1)
+    lo, hi = float(lower), float(upper)
+    rng = check_rng(rng)
     n = len(data)
     if n < m:
         raise ValueError(f"need at least one record per block: {n} records, blocks={m}")
-    block_of = rng.permutation(n) % m
-    take = (lambda idx: data.iloc[idx]) if hasattr(data, "iloc") else (lambda idx: data[idx])
-    raw = np.array([float(statistic(take(np.flatnonzero(block_of == j)))) for j in range(m)])
-    values = np.clip(np.where(np.isfinite(raw), raw, (lo + hi) / 2), lo, hi)   # undefined: public default
-    return float(values.mean() + rng.laplace(scale=(hi - lo) / (m * eps)))
+    return _clipped_block_mean(data, statistic, rng.permutation(n) % m, m, lo, hi, eps, rng)

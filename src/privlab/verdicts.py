@@ -210,8 +210,9 @@ def two_sample_contrast(a, b, *, level: float = 0.95, df: float | None = None) -
         \mathrm{s.e.} = \sqrt{s_a^2/n_a + s_b^2/n_b}, \qquad
         \text{resolved} \iff |\bar a - \bar b| > t_{(1+\text{level})/2,\,\nu}\, \mathrm{s.e.}
 
-    with :math:`\nu` Welch-Satterthwaite's degrees of freedom unless ``df`` is given
-    (chapter 5 passes :math:`n_a + n_b - 2`, the pooled test's, which are never fewer).
+    with :math:`\nu` Welch-Satterthwaite's degrees of freedom unless ``df`` is given. (The pooled
+    test's :math:`n_a + n_b - 2` are never fewer, so with Welch's s.e. they make the test
+    anti-conservative when the variances differ; pass ``df`` only with a reason.)
 
     Returns:
         ``(difference, s.e., resolved)``.

@@ -90,7 +90,17 @@ def test_attack_is_at_chance_against_discrete_laplace():
         reachable=lambda y, x: grid_reachable(y, x), n_trials=N_TRIALS, rng=make_rng(5),
     )  # fmt: skip
     assert abs(result.success_rate - 0.5) < chance_tolerance(N_TRIALS)
-    assert result.decisive_rate == 0.0
+    assert result.decisive_rate == 0.0 and result.reachable_rate == 1.0  # every output on the integer grid
+
+
+def test_an_output_off_the_grid_shows_in_the_reachable_rate():
+    """The reachability attacker against an exact mechanism is at chance by construction; what the
+    result can show is whether the outputs stayed in the support: float noise added to the grid does not."""
+    result = distinguishing_attack(
+        lambda x, rng: discrete_laplace_mechanism(x, epsilon=Fraction(1, 10), rng=rng) + rng.normal(0, 1e-3), 0, 1,
+        reachable=lambda y, x: grid_reachable(y, x), n_trials=200, rng=make_rng(5),
+    )  # fmt: skip
+    assert result.decisive_rate == 0.0 and result.reachable_rate == 0.0
 
 
 def test_attack_is_at_chance_against_discrete_gaussian_and_snapping():

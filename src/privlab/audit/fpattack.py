@@ -211,6 +211,8 @@ class AttackResult:
         n_trials: trials run.
         n_correct: trials named correctly.
         decisive_rate: the share of outputs reachable from exactly one input.
+        reachable_rate: the share of outputs reachable from at least one input (1 for a mechanism
+            whose outputs all lie in the support the attacker was given).
     """
 
     success_rate: float
@@ -218,6 +220,7 @@ class AttackResult:
     n_trials: int
     n_correct: int
     decisive_rate: float
+    reachable_rate: float
 
 
 def distinguishing_attack(
@@ -248,15 +251,16 @@ def distinguishing_attack(
     """
     n, rng = check_int("n_trials", n_trials), check_rng(rng)
     secrets, coins = rng.integers(0, 2, size=n), rng.integers(0, 2, size=n)
-    correct = decisive = 0
+    correct = decisive = in_support = 0
     for secret, coin in zip(secrets.tolist(), coins.tolist()):
         y = mechanism(x1 if secret else x0, rng)
         r0, r1 = reachable(y, x0), reachable(y, x1)
         guess = coin if r0 == r1 else int(r1)
         decisive += r0 != r1
+        in_support += r0 or r1
         correct += guess == secret
     p = correct / n
-    return AttackResult(p, math.sqrt(p * (1.0 - p) / n), n, correct, decisive / n)
+    return AttackResult(p, math.sqrt(p * (1.0 - p) / n), n, correct, decisive / n, in_support / n)
 
 
 def dp_success_bound(*, epsilon, delta=0.0) -> float:

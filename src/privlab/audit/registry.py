@@ -556,6 +556,39 @@ register(Release(
     samples={"smoke": 3_000, "book": 20_000}))
 
 
+# the same mechanism with a statistic that reads its block's size and whether the added record is in it
+# (any statistic is allowed): D has 10 records at 0, D' adds one at 1, m = 5. With blocks drawn per record
+# the added record changes one block value; with a balanced partition (the twin) D' always has one block
+# of 3 and four of 2, D five of 2, and with probability 8/11 the statistic moves two block values: the
+# privacy loss of outputs >= 2/5 is ln((8 e^(2 eps) + 3) / 11) = 1.73 (expert review, session 10)
+from privlab.local_sensitivity import broken_balanced_sample_and_aggregate as _broken_balanced_sa  # noqa: E402
+
+
+def _block_size_statistic(rows) -> float:
+    has_added = bool(np.any(np.asarray(rows) == 1.0))
+    return float((len(rows) == 3 and not has_added) or (len(rows) == 2 and has_added))
+
+
+def _block_size_draw(mechanism):
+    def draw(x, n, rng):
+        return np.array([mechanism(np.asarray(x, dtype=float), _block_size_statistic, blocks=5, lower=0.0,
+                                   upper=1.0, epsilon=1.0, rng=rng) for _ in range(n)])
+
+    return draw
+
+
+_SA_SIZE_PAIR = ((np.zeros(10), np.r_[np.zeros(10), 1.0]),)
+register(Release(
+    name="sample-and-aggregate, size-reading statistic", relation="add/remove", epsilon=1.0, delta=0.0,
+    pairs=_SA_SIZE_PAIR, draw=_block_size_draw(_sample_and_aggregate), samples={"smoke": 5_000, "book": 40_000}))
+register(Release(
+    name="sample-and-aggregate, balanced blocks", relation="add/remove", epsilon=1.0, delta=0.0,
+    pairs=_SA_SIZE_PAIR, twin_of="sample-and-aggregate, size-reading statistic",
+    samples={"smoke": 5_000, "book": 40_000}, draw=_block_size_draw(_broken_balanced_sa),
+    bug="blocks are a uniformly random balanced partition (permutation(n) % m): adding a record changes "
+        "the block sizes and who shares a block, so two block values move"))
+
+
 # TopDown in miniature, replace-one with the national total invariant: nation -> 2 regions -> 2 areas
 # each, 2 cells; D' moves one person to another region, area and cell (one cell -1, one +1 per level).
 # Claim: 2 sum_l rho_l zCDP (L2 sensitivity sqrt 2 per level) converted at delta = 1e-6. The output is

@@ -7,7 +7,8 @@ each with its own run id and fresh ServerApp and ClientApp processes, so only th
 and the wall clock are shared, never a run's state. The simulation-engine test starts Ray. Each
 run has a generous timeout (a slow shared machine needs 60-90 s), and the launchers'
 cleanup is checked: no process they started survives (the shared federation's when
-the module ends).
+the module ends). The real-process runs are submitted before the simulation-engine test, so
+Ray's start-up and the other launcher tests overlap with their polling.
 """
 
 from __future__ import annotations
@@ -115,7 +116,9 @@ def test_flower_project_names_the_apps_and_every_config_key():
     assert secagg["config"] == DEFAULT_RUN_CONFIG and secagg["publisher"] == app["publisher"]
 
 
-def test_flower_simulation_engine_matches_privlab():
+def test_flower_simulation_engine_matches_privlab(runs):
+    # `runs`: the three real-process runs are submitted first and run meanwhile (they mostly wait on
+    # Flower's polling), as do the next three tests; the tests that read their results come after
     try:
         # one Ray worker: the three virtual SuperNodes' ClientApps take turns in it (the same run;
         # measured 31 against 43 CPU-seconds with two workers, each importing torch and Flower)
@@ -124,13 +127,6 @@ def test_flower_simulation_engine_matches_privlab():
         pytest.skip(f"Ray could not start on this overloaded machine: {str(err)[-300:]}")
     assert run.history["rounds"] == 2 and len(run.history["round-end-times"]) == 3
     assert _max_diff(privlab_twin(TINY), run.state) < TOLERANCE
-
-
-def test_real_processes_superlink_and_three_supernodes_match_privlab(runs):
-    run = runs["fedavg"].result()
-    assert runs["fedavg"].result() is run  # waited for once
-    assert run.history["rounds"] == 2 and set(run.history["train"]) == {"1", "2"}
-    assert _max_diff(privlab_twin(run.history["config"]), run.state) < TOLERANCE
 
 
 def test_launcher_stops_everything_on_timeout(private_tmp):
@@ -145,10 +141,20 @@ def test_a_federation_that_is_not_running_refuses_runs(private_tmp):
 
 
 def test_localhost_cli_help():
-    for cmd in (["-m", "privlab.federated.flower.localhost"], ["-m", "privlab.cli", "localhost"]):
-        out = subprocess.run([sys.executable, *cmd, "--help"], capture_output=True, text=True, timeout=120,
-                             check=False)  # fmt: skip
-        assert out.returncode == 0 and "--supernodes" in out.stdout, out.stderr
+    # both entry points at once: each process spends its few seconds importing torch and Flower
+    procs = [subprocess.Popen([sys.executable, *cmd, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+             for cmd in (["-m", "privlab.federated.flower.localhost"], ["-m", "privlab.cli", "localhost"])]
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and "--supernodes" in stdout, stderr
+
+
+def test_real_processes_superlink_and_three_supernodes_match_privlab(runs):
+    run = runs["fedavg"].result()
+    assert runs["fedavg"].result() is run  # waited for once
+    assert run.history["rounds"] == 2 and set(run.history["train"]) == {"1", "2"}
+    assert _max_diff(privlab_twin(run.history["config"]), run.state) < TOLERANCE
 
 
 #: SecAgg+ quantises n_k * theta_k to 2**22 levels on [-8, 8]: a step of 16 / 2**22 ~ 3.8e-6 per round.

@@ -16,6 +16,7 @@ from privlab.accounting import (
     GaussianEvent,
     LaplaceEvent,
     PldAccountant,
+    PoissonSampledEvent,
     calibrate_noise,
     dpsgd_epsilon,
     gaussian_epsilon,
@@ -121,6 +122,23 @@ def test_pld_takes_the_minimum_with_basic_composition():
     # where the PLD is tighter it is unchanged: ten Laplace queries at delta 1e-5
     many = PldAccountant().compose(LaplaceEvent.from_epsilon(0.1), count=10)
     assert many.get_epsilon(1e-5) < 0.99
+
+
+def test_pld_alone_on_request_is_the_discretised_pld_at_or_above_the_closed_form():
+    """basic_fallback=False reports the PLD itself (chapter 4 compares it with closed forms; with the
+    default, one subsampled Laplace event returns basic composition, i.e. the formula, verbatim)."""
+    event = PoissonSampledEvent(0.01, LaplaceEvent.from_epsilon(1.0))
+    formula = math.log1p(0.01 * math.expm1(1.0))
+    default = PldAccountant().compose(event)
+    alone = PldAccountant(basic_fallback=False).compose(event)
+    assert default.get_epsilon(1e-12) == formula  # the minimum with basic composition: the formula itself
+    assert alone.get_epsilon(1e-12) == alone._pld_epsilon(1e-12)
+    assert formula < alone.get_epsilon(1e-12) <= formula * (1 + 1e-3)
+    # delta too: for one Laplace event basic composition's delta is 0 above its epsilon, the PLD's is not
+    assert default.get_delta(1.0) == 0.0 and alone.get_delta(1.0) >= 0.0
+    assert alone.get_delta(formula * 0.9) > default.get_delta(formula * 0.9) * (1 - 1e-12) > 0
+    with pytest.raises(ValueError, match="basic_fallback must be True or False, got 0"):
+        PldAccountant(basic_fallback=0)
 
 
 @pytest.mark.parametrize("rho", [1e-9, 1e-7, 1e-5, 1e-3, 0.1, 1.0, 10.0])

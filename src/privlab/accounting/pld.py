@@ -44,7 +44,9 @@ What keeps this tight and fast (a compact version of ``dp_accounting.pld``):
    window onto the losses above epsilon is added to delta as well.
 
 Both adjacency directions (remove and add one record) are composed and the
-larger delta is reported, as in ``dp_accounting`` and Opacus's PRV accountant.
+larger delta is reported, as in ``dp_accounting`` (Opacus 1.6's PRV accountant for the
+subsampled Gaussian composes the remove direction only). By default the answer is the smaller
+of the PLD's and basic composition's (``basic_fallback``).
 
 Accuracy: the discretisation moves epsilon up by at most ``accuracy`` (relative,
 default :math:`10^{-3}`). The tests pin it against the exact Gaussian profile
@@ -275,6 +277,10 @@ class PldAccountant(Accountant):
 
         growth: growth factor of the gaps between grid points used in the
             tails of each per-step PLD (the bulk uses every grid point).
+        basic_fallback: report the smaller of the PLD's answer and basic composition's (default
+            ``True``; both are valid upper bounds, and for one pure-DP or one Gaussian event
+            basic composition is exact). ``False`` reports the discretised PLD alone, e.g. to
+            compare the PLD itself with a closed form.
 
     Attributes:
         last_step: the grid spacing used by the last query.
@@ -290,8 +296,11 @@ class PldAccountant(Accountant):
     name = "pld"
 
     def __init__(self, *, discretization: float | None = None, accuracy: float = 1e-3,
-                 tail_mass: float = 1e-15, growth: float = 1.02) -> None:
+                 tail_mass: float = 1e-15, growth: float = 1.02, basic_fallback: bool = True) -> None:
         super().__init__()
+        if not isinstance(basic_fallback, bool):
+            raise ValueError(f"basic_fallback must be True or False, got {basic_fallback!r}")
+        self.basic_fallback = basic_fallback
         self.growth = check_positive("growth", growth)
         self.discretization = None if discretization is None else check_positive("discretization", discretization)
         self.accuracy = check_positive("accuracy", accuracy)
@@ -362,6 +371,8 @@ class PldAccountant(Accountant):
 
     # ----- queries ------------------------------------------------------------------
     def _epsilon(self, delta: float) -> float:
+        if not self.basic_fallback:
+            return self._pld_epsilon(delta)
         return min(self._pld_epsilon(delta), self._basic().get_epsilon(delta))
 
     def _pld_epsilon(self, delta: float) -> float:
@@ -446,6 +457,8 @@ class PldAccountant(Accountant):
             return out
 
         pld = self._with_retries(run)
+        if not self.basic_fallback:
+            return pld
         try:
             return min(pld, self._basic().get_delta(epsilon))
         except NotImplementedError:  # basic composition has no delta(epsilon) for Gaussian steps

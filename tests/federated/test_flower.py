@@ -88,6 +88,25 @@ def _processes_with_env(marker: str) -> list[int]:
     return found
 
 
+def test_server_side_dp_refuses_a_round_with_a_missing_reply():
+    """Flower without its accountant would average the replies it got with noise for all K: the
+    strategy stops the run instead (the unit of the accountant is every sampled client, every round)."""
+    from privlab.federated.flower.server_app import StrictServerSideDP, make_strategy
+
+    class Reply:
+        def __init__(self, error=False):
+            self.error = error
+
+        def has_error(self):
+            return self.error
+
+    strategy = make_strategy({**DEFAULT_RUN_CONFIG, "dp-noise-multiplier": 1.0, "dp-clip-norm": 1.0}, 3)
+    assert isinstance(strategy, StrictServerSideDP)
+    for replies in ([Reply(), Reply()], [Reply(), Reply(), Reply(error=True)]):
+        with pytest.raises(RuntimeError, match="good replies of .* from 3 sampled clients"):
+            strategy.aggregate_train(1, replies)
+
+
 def test_experiment_is_the_same_on_every_process():
     a, b = experiment(TINY), experiment(dict(TINY))
     assert a.base_seed == b.base_seed and a.data.sizes.tolist() == [30, 40, 50]

@@ -13,7 +13,7 @@ natural silos              :func:`cps1988_silos` (the real CPS1988 table, one si
 IID                        :func:`iid_partition`: a uniformly random split
 label skew                 :func:`dirichlet_label_skew`: class :math:`c`'s records
                            split by :math:`p_c \sim \mathrm{Dir}(\alpha \mathbf 1_K)`
-                           (Hsu, Qi, Brown 2019, arXiv:1909.06335)
+                           (Yurochkin et al. 2019; Hsu et al. 2019 draw per client instead)
 quantity skew              :func:`quantity_skew`: sizes split by
                            :math:`p \sim \mathrm{Dir}(\alpha \mathbf 1_K)`, labels IID
 =========================  ===========================================================

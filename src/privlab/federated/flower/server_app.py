@@ -4,7 +4,8 @@ The ServerApp sends :math:`\theta_t` and a ``base-seed`` each round; Flower's
 ``FedAvg`` averages the returned models weighted by ``num-examples``.
 
 Differential privacy: with ``dp-noise-multiplier > 0`` the strategy is wrapped in
-Flower's ``DifferentialPrivacyServerSideFixedClipping`` (clip each update to
+Flower's ``DifferentialPrivacyServerSideFixedClipping`` (:class:`StrictServerSideDP`: a round with a
+missing reply stops the run; clip each update to
 ``dp-clip-norm``, Gaussian noise :math:`\sigma C / K` on the average); client
 weights are then uniform (``unit-weight``) so one client's sensitivity is
 :math:`C/K`. The cumulative :math:`\varepsilon` per round comes from
@@ -31,7 +32,29 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from ..dp import epsilon_per_round
 from .task import context_run_config, experiment, write_outputs
 
-__all__ = ["app", "make_server_app", "make_strategy"]
+__all__ = ["StrictServerSideDP", "app", "make_server_app", "make_strategy"]
+
+
+class StrictServerSideDP(DifferentialPrivacyServerSideFixedClipping):
+    """Flower's server-side fixed-clipping DP that refuses a round unless every sampled client replied.
+
+    Without Flower's own accountant, Flower 1.41 only logs a warning when fewer than
+    ``num_sampled_clients`` replies arrive, and then averages over the replies received while the
+    noise stays :math:`\sigma C / K`: the effective noise multiplier on the sum falls to
+    :math:`\sigma m / K` and the divisor is no longer the public :math:`K`, so the reported
+    :math:`\varepsilon` would not hold. This subclass raises instead (privlab accounts outside Flower).
+    """
+
+    def aggregate_train(self, server_round, replies):
+        replies = list(replies)
+        good = sum(not msg.has_error() for msg in replies)
+        if good != self.num_sampled_clients or good != len(replies):
+            raise RuntimeError(
+                f"round {server_round}: {good} good replies of {len(replies)} from {self.num_sampled_clients} "
+                "sampled clients; server-side DP needs every sampled client's update (the noise and the "
+                "divisor are calibrated to all of them), so the run stops instead of releasing a round "
+                "whose epsilon would be understated")
+        return super().aggregate_train(server_round, replies)
 
 
 def make_strategy(cfg: Mapping[str, object], num_clients: int):
@@ -43,7 +66,7 @@ def make_strategy(cfg: Mapping[str, object], num_clients: int):
                         weighted_by_key="unit-weight" if sigma > 0 else "num-examples")  # fmt: skip
     if sigma <= 0:
         return base
-    return DifferentialPrivacyServerSideFixedClipping(
+    return StrictServerSideDP(
         base, noise_multiplier=sigma, clipping_norm=float(cfg["dp-clip-norm"]), num_sampled_clients=num_clients)
 
 

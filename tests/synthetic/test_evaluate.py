@@ -15,11 +15,14 @@ from scipy.stats.contingency import association
 
 from privlab.datasets import load_cps1988
 from privlab.synthetic import CopySynthesizer, IndependentSynthesizer, evaluate_synthetic
+from privlab.synthetic.evaluate import encode_features, gain_over_chance
 from privlab.synthetic.metrics import (
     association_matrix,
+    contingency_table,
     correlation_distance,
     correlation_ratio,
     cramers_v,
+    holdout_test,
     ks_statistic,
     nndr,
     pearson,
@@ -53,13 +56,15 @@ def test_identical_data_has_zero_distance(tables):
     assert res.marginal_metric == {"x": "KS", "y": "KS", "c": "TV", "d": "TV", "t": "TV"}
     assert res.correlation_frobenius == 0 and res.correlation_mean_abs == 0
     assert res.utility_synthetic == res.utility_real and res.utility_ratio == 1.0  # same data, same model seed
+    assert res.train_closer_share == 1.0  # every synthetic record sits on a training record, none on a holdout one
 
 
 def test_exact_copies_are_caught(tables):
     train, hold, _ = tables
     res = evaluate_synthetic(train, hold, train.sample(frac=1.0, random_state=1), target="t", rng=0)
     assert res.dcr_synthetic_median == 0 and res.nndr_mean == 0
-    assert res.dcr_share == 1.0
+    assert res.dcr_share == 1.0 and res.train_closer_share == 1.0
+    assert 0.5 < res.nndr_holdout_mean < 1  # fresh real records: the baseline the copies fall far below
     assert res.mia_auc > 0.99  # continuous columns: no holdout record sits on a training record
 
 
@@ -87,7 +92,18 @@ def test_an_independent_sample_leaks_nothing(tables):
     assert abs(res.dcr_share - 0.5) < Z * math.sqrt(0.25 / 2000) + Z * se_auc  # median of holdout is estimated
     assert res.correlation_mean_abs < 0.05
     assert max(res.marginal.values()) < Z * math.sqrt(2 / 2000)  # KS and TV noise ~ 1/sqrt(n)
-    assert res.utility_ratio > 0.95
+    # the same model trained on another sample: the gain over chance agrees with the real model's, to Z SE of
+    # the difference of two AUCs (Hanley-McNeil SE of each, in quadrature, in units of the real gain)
+    y = (hold["t"] == "yes").to_numpy()
+    n_pos, n_neg, auc = int(y.sum()), int((~y).sum()), res.utility_real
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    se = math.sqrt((auc * (1 - auc) + (n_pos - 1) * (q1 - auc**2) + (n_neg - 1) * (q2 - auc**2)) / (n_pos * n_neg))
+    assert abs(res.utility_ratio - 1) < Z * math.sqrt(2) * se / (auc - 0.5)
+    # Platzer-Reutterer: a fresh sample is as near the holdout as the training set (permutation SE under 0.5)
+    assert abs(res.train_closer_share - 0.5) < Z * res.train_closer_se
+    assert res.train_closer_se >= 0.5 / math.sqrt(res.n_queries) * 0.99  # never below the binomial SE, about
+    # a fresh sample's NNDR is the holdout's (means of 2,000 ratios each, their SEs in quadrature)
+    assert abs(res.nndr_mean - res.nndr_holdout_mean) < Z * math.sqrt(2) * 0.5 / math.sqrt(2000)
 
 
 def test_independent_columns_lose_the_correlations(tables):
@@ -108,7 +124,8 @@ def test_summary_and_frame(tables):
     res = evaluate_synthetic(train, hold, fresh, target="x", rng=0, model="logistic")
     s = res.summary()
     assert list(s.index) == ["marginal_mean", "marginal_max", "corr_frobenius", "corr_mean_abs", "tstr_auc",
-                             "trtr_auc", "utility_ratio", "nndr_mean", "dcr_share", "mia_auc"]
+                             "trtr_auc", "utility_ratio", "nndr_mean", "nndr_holdout_mean", "dcr_share",
+                             "train_closer_share", "mia_auc"]
     f = res.to_frame()
     assert f.loc["marginal[x] (KS)", "value"] == res.marginal["x"] and f.loc["mia_auc", "value"] == res.mia_auc
     assert res.target.startswith("x > ")
@@ -119,6 +136,62 @@ def test_evaluate_runs_on_cps_with_copies_caught():
     train, hold = df.iloc[:1500], df.iloc[1500:]
     res = evaluate_synthetic(train, hold, CopySynthesizer(seed=0).fit(train).sample(1500, rng=0), target="parttime", rng=0)
     assert res.dcr_synthetic_median == 0 and res.dcr_share > 0.9 and res.mia_auc > 0.7
+
+
+def test_utility_ratio_is_the_gain_over_chance(tables):
+    """Not the plain AUC ratio, which stays near 0.5 / AUC_real for a table that teaches nothing."""
+    train, hold, fresh = tables
+    res = evaluate_synthetic(train, hold, fresh, target="t", rng=0)
+    assert res.utility_ratio == pytest.approx((res.utility_synthetic - 0.5) / (res.utility_real - 0.5))
+    constant = fresh.assign(t=pd.Categorical(["no"] * len(fresh), ["no", "yes"]))  # no label to learn
+    useless = evaluate_synthetic(train, hold, constant, target="t", rng=0)
+    assert useless.utility_synthetic == 0.5 and useless.utility_ratio == 0.0
+    assert gain_over_chance(0.8, 0.8) == 1.0 and math.isnan(gain_over_chance(0.6, 0.5))
+    assert gain_over_chance(0.4, 0.9) == pytest.approx(-0.25)  # worse than chance: negative
+
+
+def test_holdout_baselines_match_a_direct_computation(tables):
+    """The holdout NNDR and the holdout test, recomputed from the encoded frames (all rows: no subsampling)."""
+    train, hold, fresh = tables
+    syn = CopySynthesizer(noise=0.5, seed=0).fit(train).sample(len(train), rng=2)
+    res = evaluate_synthetic(train, hold, syn, target="t", rng=0, max_records=len(train))
+    num, cats = ["x", "y"], {"c": ["hi", "lo"], "d": ["u", "v"], "t": ["no", "yes"]}
+    x_train, x_hold, x_syn = encode_features([train, hold, syn], num, cats, reference=train)
+    assert res.nndr_holdout_mean == pytest.approx(nndr(x_train, x_hold).mean())
+    to_train = np.sort(np.linalg.norm(x_syn[:, None] - x_train[None], axis=2), axis=1)[:, 0]
+    to_hold = np.sort(np.linalg.norm(x_syn[:, None] - x_hold[None], axis=2), axis=1)[:, 0]
+    assert res.train_closer_share == pytest.approx(np.mean(to_train < to_hold) + 0.5 * np.mean(to_train == to_hold))
+    assert 0.5 < res.train_closer_share < 1  # jittered copies: nearer their sources, not on them
+
+
+def test_holdout_test_standard_error_is_the_permutation_one():
+    """The closed-form null SE against relabelling the pooled rows at random, many times."""
+    rng = np.random.default_rng(5)
+    train, hold = rng.normal(size=(300, 2)), rng.normal(size=(300, 2))
+    queries = rng.normal(size=(400, 2)) * 0.3  # crowded: many queries share a nearest row
+    share, se = holdout_test(train, hold, queries)
+    pool = np.vstack([train, hold])
+    nearest = np.argmin(((queries[:, None] - pool[None]) ** 2).sum(axis=2), axis=1)
+    sims = []
+    for _ in range(4000):
+        label = np.zeros(len(pool), bool)
+        label[rng.permutation(len(pool))[:300]] = True
+        sims.append(label[nearest].mean())
+    assert share == pytest.approx(np.mean(nearest < 300))  # continuous data: no ties
+    # the simulated SD has relative SE about 1/sqrt(2 * 4000)
+    assert se == pytest.approx(np.std(sims, ddof=1), rel=Z / math.sqrt(2 * 4000))
+    assert se > 1.5 * 0.5 / math.sqrt(len(queries))  # crowding widens it beyond the binomial
+    with pytest.raises(ValueError, match="same number of rows"):
+        holdout_test(train, hold[:-1], queries)
+
+
+def test_copy_records_its_sources(tables):
+    train, _, _ = tables
+    gen = CopySynthesizer(noise=0.1, seed=0).fit(train)
+    out = gen.sample(500, rng=3)
+    src = train.iloc[gen.source_rows_].reset_index(drop=True)
+    assert out[["c", "d", "t"]].equals(src[["c", "d", "t"]])  # categoricals copied exactly
+    assert np.abs(out["x"] - src["x"]).max() < Z * 0.1 * train["x"].std(ddof=0)  # jitter of 0.1 SD
 
 
 # ----------------------------------------------------------------------------- metrics against oracles
@@ -133,6 +206,8 @@ def test_metrics_against_scipy_and_hand_values():
     x, y = rng.choice(["p", "q", "r"], 500), rng.choice(["s", "t"], 500)
     table = pd.crosstab(x, y).to_numpy()
     assert cramers_v(x, y, bias_corrected=False) == pytest.approx(association(table, method="cramer"))
+    ours = pd.DataFrame(contingency_table(x, y), index=pd.unique(x), columns=pd.unique(y))
+    pd.testing.assert_frame_equal(ours.sort_index().sort_index(axis=1), pd.crosstab(x, y), check_names=False)
     assert cramers_v(x, y) <= cramers_v(x, y, bias_corrected=False)
     g = rng.choice(["u", "v", "w"], 500)
     v = rng.normal(size=500) + (g == "u")

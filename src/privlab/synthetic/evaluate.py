@@ -12,16 +12,28 @@ on (``real_train``) and with real records it never saw (``real_holdout``):
 * **utility**, train-on-synthetic-test-on-real: a fixed classifier (scikit-learn
   ``HistGradientBoostingClassifier``, or ``LogisticRegression``) predicts the
   binary ``target`` from the other columns; its ROC AUC on the holdout when
-  trained on synthetic, next to the AUC when trained on ``real_train``, and the
-  ratio of the two;
+  trained on synthetic, next to the AUC when trained on ``real_train``, and
+  ``utility_ratio``, the share of the real model's gain over chance,
+  :math:`(\mathrm{AUC}_{syn} - 1/2)/(\mathrm{AUC}_{real} - 1/2)`: 0 for a table
+  that teaches nothing, 1 for one as good as the real data (the plain ratio
+  :math:`\mathrm{AUC}_{syn}/\mathrm{AUC}_{real}` would not fall much below
+  :math:`0.5/\mathrm{AUC}_{real}` even for noise);
 * **NNDR**: per synthetic record, :math:`d_1/d_2` to its two nearest training
-  records (mean and 5th percentile);
+  records (mean and 5th percentile), beside the mean NNDR of holdout records
+  (real people the generator never saw), its baseline;
 * **DCR**: distance from each synthetic record to its closest training record,
   against the same distance for holdout records. ``dcr_share`` is the share of
   synthetic records closer to the training set than the median holdout record
   is (ties count half): about 0.5 for records as new as fresh real data, 1 for
   copies. A generator that piles its records onto dense regions also scores
-  high without copying anyone, so read it next to the membership-inference AUC;
+  high without copying anyone, so read it next to the membership-inference AUC
+  and next to ``train_closer_share``, Platzer and Reutterer's holdout test: the
+  share of synthetic records closer to the training set than to an equally large
+  holdout set (ties count half), with ``train_closer_se``, its permutation standard
+  error under the null that the two halves are exchangeable
+  (:func:`~privlab.synthetic.metrics.holdout_test`). Dense regions are dense in both
+  halves, so a generator that crowds into them stays near 0.5 there; one that copies
+  training rows goes to 1;
 * **membership inference**: the attacker scores each record of
   ``real_train`` :math:`\cup` ``real_holdout`` by minus its distance to the
   closest synthetic record (closer means "member") and we report the ROC AUC
@@ -58,6 +70,7 @@ from privlab.synthetic.domain import is_numeric_column
 from privlab.synthetic.metrics import (
     association_matrix,
     correlation_distance,
+    holdout_test,
     ks_statistic,
     nearest_distances,
     nndr,
@@ -65,7 +78,7 @@ from privlab.synthetic.metrics import (
 )
 from privlab.synthetic.tables import as_rng, check_frame
 
-__all__ = ["SyntheticEvaluation", "evaluate_synthetic", "binary_target", "encode_features"]
+__all__ = ["SyntheticEvaluation", "evaluate_synthetic", "binary_target", "encode_features", "gain_over_chance"]
 
 _MODELS = ("hgb", "logistic")
 
@@ -81,12 +94,15 @@ class SyntheticEvaluation:
     correlation_mean_abs: float
     utility_real: float  # AUC on the holdout, model trained on real_train
     utility_synthetic: float  # AUC on the holdout, model trained on synthetic
-    utility_ratio: float  # utility_synthetic / utility_real
+    utility_ratio: float  # (utility_synthetic - 1/2) / (utility_real - 1/2): the share of the gain over chance
     nndr_mean: float
     nndr_p05: float
+    nndr_holdout_mean: float  # the same for holdout records: the baseline of fresh real data
     dcr_synthetic_median: float
     dcr_holdout_median: float
     dcr_share: float
+    train_closer_share: float  # synthetic records nearer the training set than an equal-size holdout set
+    train_closer_se: float  # its standard error under the null of exchangeable halves (permutation)
     mia_auc: float
     n_queries: int
     target: str  # how the utility label is defined, e.g. "parttime == 'yes'"
@@ -104,7 +120,9 @@ class SyntheticEvaluation:
             "trtr_auc": self.utility_real,
             "utility_ratio": self.utility_ratio,
             "nndr_mean": self.nndr_mean,
+            "nndr_holdout_mean": self.nndr_holdout_mean,
             "dcr_share": self.dcr_share,
+            "train_closer_share": self.train_closer_share,
             "mia_auc": self.mia_auc,
         })
 
@@ -154,6 +172,31 @@ def encode_features(frames: list, numeric: list, categories: dict, *, reference:
             parts.append(np.eye(len(cats))[codes])
         out.append(np.hstack(parts) if parts else np.zeros((len(df), 0)))
     return out
+
+
+def gain_over_chance(auc: float, auc_real: float) -> float:
+    r"""The share of the real model's AUC gain over chance that the synthetic model keeps.
+
+    .. math::
+
+        \frac{\mathrm{AUC}_{syn} - 1/2}{\mathrm{AUC}_{real} - 1/2}
+
+    0 for a synthetic table that teaches the classifier nothing, 1 for one as good
+    as the real training data, negative for one that teaches the wrong sign. Not
+    defined (NaN) when the real model itself does no better than chance.
+
+    Args:
+        auc: :math:`\mathrm{AUC}_{syn}`, the model trained on synthetic data.
+        auc_real: :math:`\mathrm{AUC}_{real}`, the same model trained on real data.
+
+    >>> round(gain_over_chance(0.7, 0.8), 4)  # two thirds of the gain, where 0.7 / 0.8 would say 0.875
+    0.6667
+    >>> gain_over_chance(0.5, 0.8)
+    0.0
+
+    Used in: chapter 10.
+    """
+    return (auc - 0.5) / (auc_real - 0.5) if auc_real > 0.5 else float("nan")
 
 
 def _fit_predict_auc(model: str, x_train, y_train, x_test, y_test, seed: int) -> float:
@@ -285,19 +328,29 @@ def evaluate_synthetic(real_train: pd.DataFrame, real_holdout: pd.DataFrame, syn
     q_syn = _subsample(x_syn, max_records, rng)
     ratio = nndr(x_train, q_syn) if len(x_train) >= 2 else np.ones(len(q_syn))
     dcr_syn = nearest_distances(x_train, q_syn)[:, 0]
-    dcr_hold = nearest_distances(x_train, _subsample(x_hold, max_records, rng))[:, 0]
+    q_hold = _subsample(x_hold, max_records, rng)
+    d_hold = nearest_distances(x_train, q_hold, k=min(2, len(x_train)))
+    dcr_hold = d_hold[:, 0]
+    ratio_hold = (np.divide(d_hold[:, 0], d_hold[:, 1], out=np.ones(len(d_hold)), where=d_hold[:, 1] > 0)
+                  if len(x_train) >= 2 else np.ones(len(d_hold)))  # the same 0/0 = 1 as nndr()
     med = float(np.median(dcr_hold))
     share = float(np.mean(dcr_syn < med) + 0.5 * np.mean(dcr_syn == med))
     members, non_members = _subsample(x_train, max_records, rng), _subsample(x_hold, max_records, rng)
     dist = nearest_distances(x_syn, np.vstack([members, non_members]))[:, 0]
     labels = np.r_[np.ones(len(members)), np.zeros(len(non_members))]
     mia = float(roc_auc_score(labels, -dist))
+    # Platzer and Reutterer's holdout test: train and holdout cut to the same size (a larger set
+    # is nearer by its size alone); drawn last, so the numbers above do not depend on it
+    m = min(len(x_train), len(x_hold))
+    closer, closer_se = holdout_test(_subsample(x_train, m, rng), _subsample(x_hold, m, rng), q_syn)
 
     return SyntheticEvaluation(
         marginal=marg, marginal_metric={c: "KS" if c in numeric else "TV" for c in cols}, marginal_holdout=marg_hold,
         correlation_frobenius=frob, correlation_mean_abs=mean_abs,
-        utility_real=auc_real, utility_synthetic=auc_syn, utility_ratio=auc_syn / auc_real,
+        utility_real=auc_real, utility_synthetic=auc_syn, utility_ratio=gain_over_chance(auc_syn, auc_real),
         nndr_mean=float(ratio.mean()), nndr_p05=float(np.quantile(ratio, 0.05)),
+        nndr_holdout_mean=float(ratio_hold.mean()),
         dcr_synthetic_median=float(np.median(dcr_syn)), dcr_holdout_median=med, dcr_share=share,
-        mia_auc=mia, n_queries=len(q_syn), target=target_desc, association_real=a_real, association_synthetic=a_syn,
+        train_closer_share=closer, train_closer_se=closer_se, mia_auc=mia, n_queries=len(q_syn),
+        target=target_desc, association_real=a_real, association_synthetic=a_syn,
     )

@@ -11,7 +11,7 @@ and ``synth.sample(n)["t"]`` (older tutorials pass a bare DataFrame and
 >>> gc.sample(3, rng=1).dtypes.equals(df.dtypes)
 True
 
-What is and is not seeded (SDV 2.0.0, ctgan 0.11, copulas 0.12, rdt 1.x):
+What is and is not seeded (SDV 2.0.0, ctgan 0.12.1, copulas 0.14.1, rdt 2.0.0):
 
 * ``fit``: SDV takes no seed. CTGAN and TVAE draw from torch's and numpy's
   *global* generators while training (weights, batches, noise). The wrapper
@@ -30,7 +30,8 @@ SDV's batch of 500; ``paper`` uses SDV's defaults (300 epochs, batch 500, all
 rows) on a GPU when present. Measured on 2 shared CPU cores with one torch
 thread (see ``threads``): CTGAN about 2.3 s and TVAE about 0.6 s per epoch on
 10,000 CPS1988 rows, so a book-scale CTGAN on the 14,000-row training half takes
-about a minute. Two speed fixes matter: ctgan's preprocessing runs
+about a minute, and SDV's default of 300 epochs about 16 minutes on the same CPU (a
+GPU shortens it; it is not required). Two speed fixes matter: ctgan's preprocessing runs
 ``joblib.Parallel`` with worker processes (about 20 s of start-up on 2 cores;
 we run it sequentially: threads would race on numpy's global generator), and torch's and BLAS's 2 threads on a loaded
 2-core machine ran 2 to 8 times slower than 1 thread (TVAE, 1 epoch on all

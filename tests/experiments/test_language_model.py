@@ -1,6 +1,7 @@
 """The language-model experiment: corpus split, canaries, exposure, user packing, the fast path on the
 chapter's model, LoRA leaving the base weights alone, and the CLI."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -231,3 +232,31 @@ def test_every_scale_fits_the_corpus(scale):
                                 n_users=s.n_users, canaries_per_repetition=s.canaries_per_repetition,
                                 rng=np.random.default_rng(seed))
         assert len(split.public) == s.n_public
+
+
+def test_the_user_level_schedule_does_not_depend_on_the_user_removed():
+    """Review of chapter 14: the user-level steps (hence sigma) were computed from the private row
+    count, which removing a user changes (by that user's rows). They now come from the split's planned
+    row count, a configuration constant, and the number of users."""
+    from privlab.datasets.text import make_text_split
+
+    s = lm.LM_SCALES["smoke"]
+    split = make_text_split(seq_len=s.seq_len, n_private=s.n_private, n_public=s.n_public, n_users=s.n_users,
+                            canaries_per_repetition=s.canaries_per_repetition, rng=np.random.default_rng(0))
+    assert split.planned_private_rows == len(split.private)
+    users = np.unique(split.private_users)
+    full = lm.training_schedule(s, unit="user", planned_rows=split.planned_private_rows, n_units=len(users),
+                                batch=max(2, len(users) // 4))
+    # a neighbour without one user: fewer rows, one user fewer, the same planned row count
+    without = lm.training_schedule(s, unit="user", planned_rows=split.planned_private_rows,
+                                   n_units=len(users) - 1, batch=max(2, (len(users) - 1) // 4))
+    heavy = int(np.bincount(np.searchsorted(users, split.private_users)).max())
+    rows_based = lm.training_schedule(s, unit="user", planned_rows=len(split.private) - heavy,
+                                      n_units=len(users) - 1, batch=max(2, (len(users) - 1) // 4))
+    assert without[1] == full[1]  # the steps do not move with the user removed ...
+    assert rows_based[1] != full[1]  # ... where reading the rows did (the review's 160 -> 135 at smoke)
+    assert full[1] == lm.training_schedule(s, unit="example", planned_rows=split.planned_private_rows,
+                                           n_units=len(split.private), batch=s.batch_size)[1]
+    no_plan = dataclasses.replace(split, planned_private_rows=None)
+    with pytest.raises(ValueError, match="planned_private_rows"):
+        lm.finetune(None, no_plan, s, epsilon=1.0, method="full", unit="user", seed=0)

@@ -127,8 +127,12 @@ def random_halves(n_models: int, n_examples: int, rng: np.random.Generator) -> n
     :math:`(\lfloor N/2 \rfloor - 1)`-subset of the others, :math:`j` uniform among the
     rest): a *replacement* of one example. Training that is :math:`(\varepsilon,
     \delta)`-DP under add/remove is :math:`(2\varepsilon, (1 + e^\varepsilon)\delta)`-DP
-    under replacement (group privacy for two), and that is the bound for a membership
-    test on this design: :func:`dp_tpr_bound` at those parameters.
+    under replacement (group privacy for two), a valid bound for a membership test on this
+    design (:func:`dp_tpr_bound` at those parameters), but a loose one for a test that ranks a
+    member against non-members scored by the same model: against the add/remove neighbour
+    without the member, the member is exchangeable with those non-members, so its rate of
+    landing above the threshold is the false-positive rate, and the add/remove
+    :math:`(\varepsilon, \delta)` bound applies.
 
     >>> keep = random_halves(4, 6, np.random.default_rng(0))
     >>> keep.shape, keep.sum(1).tolist()

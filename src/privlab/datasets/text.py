@@ -108,6 +108,10 @@ class TextSplit:
     canaries: list[Canary]
     fingerprint: str
     tokenizer: CharTokenizer = field(default_factory=CharTokenizer)
+    #: the private row count the split was planned with (n_private plus the canary copies), a constant
+    #: of the configuration: what a DP schedule may read, where the rows themselves change with the
+    #: user or example a neighbouring data set adds or removes
+    planned_private_rows: int | None = None
 
 
 def _chunks(text: str, length: int) -> list[str]:
@@ -164,4 +168,6 @@ def make_text_split(*, seq_len: int, n_private: int, n_public: int, n_users: int
     private_users = np.concatenate([private_users, np.array([u for _, u in canary_rows], dtype=users.dtype)])
     tok = CharTokenizer()
     enc = lambda rows: torch.tensor([tok.encode(t) for t in rows], dtype=torch.long)
-    return TextSplit(enc(public), enc(texts), private_users, enc(validation), canaries, fingerprint, tok)
+    planned = n_private + canaries_per_repetition * int(sum(repetitions))
+    return TextSplit(enc(public), enc(texts), private_users, enc(validation), canaries, fingerprint, tok,
+                     planned_private_rows=planned)

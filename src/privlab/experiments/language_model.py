@@ -57,7 +57,7 @@ from privlab.datasets.text import Canary, CharTokenizer, TextSplit, canary_text,
 from privlab.dpsgd import DPSGDConfig, lm_loss, train
 from privlab.provenance import write_json
 
-__all__ = ["LMScale", "LM_SCALES", "build_model", "sequence_losses", "canary_space_losses", "exposure",
+__all__ = ["LMScale", "LM_SCALES", "training_schedule", "build_model", "sequence_losses", "canary_space_losses", "exposure",
            "canary_exposures", "recode_canaries", "replicate_exposures", "membership_attack", "sequence_lira",
            "sequence_mia", "pack_users", "UserLM",
            "add_lora", "user_lm_loss", "finetune", "pretrain", "evaluate_language_model", "default_runs", "run",
@@ -357,10 +357,17 @@ def finetune(base: nn.Module, split: TextSplit, s: LMScale, *, epsilon: float, m
         trained_rows = np.arange(len(split.private))
     delta = 1.0 / (100 * n)
     # as many steps as the example-level runs take (s.finetune_epochs over the private rows):
-    # user-level runs differ from them in the unit, not in how long they train
-    example_steps = s.finetune_epochs * round(len(split.private) / s.batch_size)
-    epochs = s.finetune_epochs if unit == "example" else max(1, round(example_steps / round(n / batch)))
-    steps = epochs * round(n / batch)
+    # user-level runs differ from them in the unit, not in how long they train. The row count is the
+    # scale's planned one (private examples plus canary copies), a constant of the configuration: at
+    # the user level the data's own row count changes with the user added or removed, and a step
+    # count (or sigma) computed from it would reveal that user's number of rows
+    planned_rows = split.planned_private_rows
+    if planned_rows is None:
+        if unit == "user":
+            raise ValueError("a user-level run needs split.planned_private_rows (make_text_split sets it): "
+                             "a schedule read from the rows would depend on the user removed")
+        planned_rows = len(split.private)  # example level: N treated as public, as in train
+    epochs, steps = training_schedule(s, unit=unit, planned_rows=planned_rows, n_units=n, batch=batch)
     private = math.isfinite(epsilon)
     sigma = calibrate_noise(target_epsilon=epsilon, delta=delta, sample_rate=batch / n, steps=steps) if private else 0.0
     clip = 1.0 if (private or clip_only) else None
@@ -501,6 +508,25 @@ def default_runs(scale: str, epsilons=None) -> list[tuple]:
     if finite:
         runs += [(finite[-1], "lora", "example"), (finite[-1], "full", "user")]
     return runs
+
+
+def training_schedule(s: LMScale, *, unit: str, planned_rows: int, n_units: int, batch: int) -> tuple[int, int]:
+    """``(epochs, steps)`` of a fine-tuning run: ``s.finetune_epochs`` over the examples, and at the user
+    level as many steps as that (user-level runs differ in the unit, not in how long they train).
+
+    Reads the planned row count (a configuration constant), never the rows: at the user level the
+    rows change with the user a neighbouring data set removes, and the number of users ``n_units``
+    is the public size there.
+
+    >>> s = LM_SCALES["smoke"]
+    >>> training_schedule(s, unit="user", planned_rows=655, n_units=20, batch=5)   # smoke: 655 planned rows
+    (40, 160)
+    """
+    example_steps = s.finetune_epochs * round(planned_rows / s.batch_size)
+    if unit == "example":
+        return s.finetune_epochs, s.finetune_epochs * round(n_units / batch)
+    epochs = max(1, round(example_steps / round(n_units / batch)))
+    return epochs, epochs * round(n_units / batch)
 
 
 def run(scale: str = "smoke", *, runs=None, seed: int = 0, progress: bool = True, replicate_runs=(),

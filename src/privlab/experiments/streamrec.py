@@ -704,7 +704,12 @@ def _run_sweep(scale, *, epsilons, seed, studies, progress, device, profile) -> 
                             **{g: v["recall@20"] for g, v in r["segments"].items()}} for r in runs})  # fmt: skip
         out["threshold"] = threshold_table(rec).reset_index(names="group").to_dict(orient="records")
     oracle = data.ceiling()
+    p_test = float(np.mean(data.y_test))  # the test positive (click) rate: the classification floors
     out["baselines"] = {"random": {"recall@20": random_recall(data.cand_user, data.cand_label, k=20)},
+                        "test_positive_rate": p_test,
+                        "majority": {"accuracy": max(p_test, 1 - p_test),
+                                     "f1": 2 * p_test / (1 + p_test) if p_test > 0.5 else 0.0},
+                        "all_positive": {"accuracy": p_test, "f1": 2 * p_test / (1 + p_test)},
                         "oracle": {"recall@20": float(oracle.loc["overall", "recall@20"]),
                                    "ndcg@20": float(oracle.loc["overall", "ndcg@20"]),
                                    "auc": float(oracle.loc["overall", "auc"])},

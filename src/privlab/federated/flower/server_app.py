@@ -36,7 +36,7 @@ __all__ = ["StrictServerSideDP", "app", "make_server_app", "make_strategy"]
 
 
 class StrictServerSideDP(DifferentialPrivacyServerSideFixedClipping):
-    """Flower's server-side fixed-clipping DP that refuses a round unless every sampled client replied.
+    r"""Flower's server-side fixed-clipping DP that refuses a round unless every sampled client replied.
 
     Without Flower's own accountant, Flower 1.41 only logs a warning when fewer than
     ``num_sampled_clients`` replies arrive, and then averages over the replies received while the

@@ -213,13 +213,18 @@ def sample_and_aggregate(data, statistic, *, blocks: int, lower, upper, epsilon,
     ...                            rng=make_rng(0)), 6)
     0.5
     """
+    m, lo, hi, eps, rng = _block_args(blocks, lower, upper, epsilon, rng)
+    return _clipped_block_mean(data, statistic, rng.integers(m, size=len(data)), m, lo, hi, eps, rng)
+
+
+def _block_args(blocks, lower, upper, epsilon, rng):
+    """The checked ``(m, a, b, epsilon, rng)`` of a sample-and-aggregate release."""
     eps = check_epsilon(epsilon)
     m = check_int("blocks", blocks, minimum=1)
     lo, hi = float(lower), float(upper)
     if not hi > lo:
         raise ValueError(f"need lower < upper, got [{lower}, {upper}]")
-    rng = check_rng(rng)
-    return _clipped_block_mean(data, statistic, rng.integers(m, size=len(data)), m, lo, hi, eps, rng)
+    return m, lo, hi, eps, check_rng(rng)
 
 
 def _clipped_block_mean(data, statistic, block_of, m, lo, hi, eps, rng) -> float:
@@ -242,10 +247,7 @@ def broken_balanced_sample_and_aggregate(data, statistic, *, blocks: int, lower,
     x in B}``) moves up to two block values, a privacy loss up to about :math:`2\varepsilon`. Kept as
     the planted twin of "sample-and-aggregate" in the DP test suite (chapter 12), which catches it.
     """
-    eps = check_epsilon(epsilon)
-    m = check_int("blocks", blocks, minimum=1)
-    lo, hi = float(lower), float(upper)
-    rng = check_rng(rng)
+    m, lo, hi, eps, rng = _block_args(blocks, lower, upper, epsilon, rng)
     n = len(data)
     if n < m:
         raise ValueError(f"need at least one record per block: {n} records, blocks={m}")

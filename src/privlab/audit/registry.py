@@ -545,14 +545,18 @@ register(Release(
 # sample-and-aggregate, add/remove: the block maximum clipped to [0, 1] over m = 3 random blocks; D' adds a
 # record at 1, which moves exactly one block's value from 0 to 1, the mean by (b - a)/m: the Laplace
 # mechanism's worst case (privacy loss exactly eps in the tails)
-def _sample_and_aggregate_draw(x, n, rng):
-    return np.array([_sample_and_aggregate(np.asarray(x, dtype=float), np.max, blocks=3, lower=0.0, upper=1.0,
-                                           epsilon=1.0, rng=rng) for _ in range(n)])
+def _sa_draw(mechanism, statistic, blocks):
+    """``draw(x, n, rng)``: n releases of a sample-and-aggregate ``mechanism`` on [0, 1] at epsilon 1."""
+    def draw(x, n, rng):
+        return np.array([mechanism(np.asarray(x, dtype=float), statistic, blocks=blocks, lower=0.0, upper=1.0,
+                                   epsilon=1.0, rng=rng) for _ in range(n)])
+
+    return draw
 
 
 register(Release(
     name="sample-and-aggregate", relation="add/remove", epsilon=1.0, delta=0.0,
-    pairs=((np.r_[np.zeros(6), 1.0], np.zeros(6)),), draw=_sample_and_aggregate_draw,
+    pairs=((np.r_[np.zeros(6), 1.0], np.zeros(6)),), draw=_sa_draw(_sample_and_aggregate, np.max, 3),
     samples={"smoke": 3_000, "book": 20_000}))
 
 
@@ -569,22 +573,14 @@ def _block_size_statistic(rows) -> float:
     return float((len(rows) == 3 and not has_added) or (len(rows) == 2 and has_added))
 
 
-def _block_size_draw(mechanism):
-    def draw(x, n, rng):
-        return np.array([mechanism(np.asarray(x, dtype=float), _block_size_statistic, blocks=5, lower=0.0,
-                                   upper=1.0, epsilon=1.0, rng=rng) for _ in range(n)])
-
-    return draw
-
-
 _SA_SIZE_PAIR = ((np.zeros(10), np.r_[np.zeros(10), 1.0]),)
 register(Release(
     name="sample-and-aggregate, size-reading statistic", relation="add/remove", epsilon=1.0, delta=0.0,
-    pairs=_SA_SIZE_PAIR, draw=_block_size_draw(_sample_and_aggregate), samples={"smoke": 5_000, "book": 40_000}))
+    pairs=_SA_SIZE_PAIR, draw=_sa_draw(_sample_and_aggregate, _block_size_statistic, 5), samples={"smoke": 5_000, "book": 40_000}))
 register(Release(
     name="sample-and-aggregate, balanced blocks", relation="add/remove", epsilon=1.0, delta=0.0,
     pairs=_SA_SIZE_PAIR, twin_of="sample-and-aggregate, size-reading statistic",
-    samples={"smoke": 5_000, "book": 40_000}, draw=_block_size_draw(_broken_balanced_sa),
+    samples={"smoke": 5_000, "book": 40_000}, draw=_sa_draw(_broken_balanced_sa, _block_size_statistic, 5),
     bug="blocks are a uniformly random balanced partition (permutation(n) % m): adding a record changes "
         "the block sizes and who shares a block, so two block values move"))
 

@@ -329,10 +329,8 @@ def evaluate_synthetic(real_train: pd.DataFrame, real_holdout: pd.DataFrame, syn
     ratio = nndr(x_train, q_syn) if len(x_train) >= 2 else np.ones(len(q_syn))
     dcr_syn = nearest_distances(x_train, q_syn)[:, 0]
     q_hold = _subsample(x_hold, max_records, rng)
-    d_hold = nearest_distances(x_train, q_hold, k=min(2, len(x_train)))
-    dcr_hold = d_hold[:, 0]
-    ratio_hold = (np.divide(d_hold[:, 0], d_hold[:, 1], out=np.ones(len(d_hold)), where=d_hold[:, 1] > 0)
-                  if len(x_train) >= 2 else np.ones(len(d_hold)))  # the same 0/0 = 1 as nndr()
+    ratio_hold = nndr(x_train, q_hold) if len(x_train) >= 2 else np.ones(len(q_hold))
+    dcr_hold = nearest_distances(x_train, q_hold)[:, 0]
     med = float(np.median(dcr_hold))
     share = float(np.mean(dcr_syn < med) + 0.5 * np.mean(dcr_syn == med))
     members, non_members = _subsample(x_train, max_records, rng), _subsample(x_hold, max_records, rng)

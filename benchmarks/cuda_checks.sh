@@ -4,10 +4,10 @@
 #   bash benchmarks/cuda_checks.sh OUTDIR [STEP ...]      (default: every step, in this order)
 #
 # Steps, each under its own time limit, writing its log (and JSON) to OUTDIR:
-#   mlp        benchmarks/dpsgd.py on CUDA, StreamRec MLP, batch 4096, with the torch.compile rows
-#              (issue 18's CUDA row);
+#   mlp        benchmarks/dpsgd.py on CUDA, StreamRec MLP, batch 4096, with the torch.compile rows and
+#              the CUDA-graph rows (issue 18's CUDA row);
 #   test       tests/dpsgd/test_cuda.py: the fast path equals the loop on CUDA (float64), noise drawn on
-#              the device, training with device="cuda", compile=True;
+#              the device, training with device="cuda", compile=True, CUDA-graph steps equal to eager ones;
 #   lm         benchmarks/dpsgd_lm.py on CUDA: the tiny GPT of chapter 14, full and LoRA, batch 32, T = 128;
 #   mlp64k     benchmarks/dpsgd.py on CUDA at batch 65536;
 #   streamrec  the StreamRec sweep of chapter 13 end to end on CUDA (smoke scale, eps = 8 and no DP);

@@ -45,6 +45,14 @@ shared machine the ratios, measured side by side, are the figures to read, not t
 
 Benchmarks are not tests: this prints figures and never fails on a slow machine.
 
+On CUDA, two more rows (``--no-graph`` skips them): a non-private and privlab's fast step replayed
+from a CUDA graph (:class:`privlab.dpsgd.CUDAGraphStep`, what ``DPSGDConfig(cuda_graph=True)`` trains):
+each call pads the batch to the capacity a Poisson batch of this expected size out of
+:data:`GRAPH_N` examples gets (:func:`privlab.dpsgd.graph_capacity`: 4480 rows for 4096), copies the
+indices to the device and replays. Their ratio to each other is printed too. Their peak memory is
+that of the warm-up and capture (a replay allocates nothing: the graph's pool holds that memory
+between steps).
+
 With ``--compile``, two more rows: a non-private step and privlab's fast step on
 ``torch.compile(model, dynamic=True)`` (what ``DPSGDConfig(compile=True)`` trains), against the
 same eager non-private baseline.
@@ -64,6 +72,7 @@ import warnings
 
 import torch
 
+from privlab.dpsgd import graph_capacity
 from privlab.profiling import (  # noqa: F401  (time_steps, step_peak_bytes, disable_heap_trimming: dpsgd_lm.py's too)
     STEPS,
     disable_heap_trimming,
@@ -260,6 +269,42 @@ METHODS = {
     **{name: STEPS[name] for name in ("privlab vmap", "privlab loop", "opacus hooks", "opacus ew",
                                       "opacus functorch", "opacus ghost")},
 }
+#: The data set size the CUDA-graph rows pad for (a Poisson batch of ``--batch`` expected rows out of it).
+GRAPH_N = 1_000_000
+
+
+def graphed(private: bool):
+    """A step replayed from a CUDA graph on the batch padded to its Poisson capacity (CUDA only)."""
+
+    def make(model, *, batch, device):
+        from privlab.dpsgd import CUDAGraphStep, DPOptimizer, graph_capacity
+        from privlab.losses import bce_losses
+
+        if torch.device(device).type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        dp = DPOptimizer(torch.optim.SGD(model.parameters(), lr=0.01), noise_multiplier=1.0 if private else 0.0,
+                         max_grad_norm=1.0 if private else None, expected_batch_size=float(batch),
+                         generator=torch.Generator(device=device).manual_seed(0), method="fast")
+        capacity, idx, held = graph_capacity(GRAPH_N, batch / GRAPH_N), torch.arange(batch), {}
+
+        def step(x, y):
+            if not held:  # the first call warms up and captures; its peak is the graph's memory
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
+                held["graph"] = CUDAGraphStep(dp, model, bce_losses, (x,), y, capacity=capacity)
+                held["graph"](idx)
+                torch.cuda.synchronize()
+                step.peak_bytes = torch.cuda.max_memory_allocated() - before
+                return
+            held["graph"](idx)
+
+        return step, lambda: None
+
+    return make
+
+
+GRAPHED = {"non-private graph": graphed(False), "privlab fast graph": graphed(True)}
 #: Rows added by ``--compile`` (compilation takes seconds to a minute; its warm-up steps are not timed).
 COMPILED = {"non-private compiled": compiled(STEPS["non-private"]),
             "privlab fast compiled": compiled(STEPS["privlab fast"])}
@@ -281,6 +326,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-kernel", action="store_true", help="skip the table of the kernel alone")
     parser.add_argument("--compile", action="store_true",
                         help="add the rows of a non-private and a privlab fast step on torch.compile(model)")
+    parser.add_argument("--no-graph", action="store_true", help="on CUDA, skip the two CUDA-graph rows")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     args = parser.parse_args(argv)
     heap = "glibc default"
@@ -298,8 +344,9 @@ def main(argv=None) -> dict:
 
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     runs, failed = {}, {}
-    methods = {**METHODS, **COMPILED}
-    for name in args.methods + (list(COMPILED) if args.compile else []):
+    methods = {**METHODS, **COMPILED, **GRAPHED}
+    graph_rows = list(GRAPHED) if device.type == "cuda" and not args.no_graph else []
+    for name in args.methods + (list(COMPILED) if args.compile else []) + graph_rows:
         torch.manual_seed(0)
         model = streamrec_mlp().to(device).train()
         n = args.loop_batch if name == "privlab loop" else args.batch
@@ -319,7 +366,8 @@ def main(argv=None) -> dict:
         scale = 1e3 * args.batch / r["batch"]  # milliseconds; the loop's time scales linearly with the batch
         results[name] = dict(batch=r["batch"], ms_per_step=scale * statistics.median(t[0] for t in r["times"]),
                              cpu_ms_per_step=scale * statistics.median(t[1] for t in r["times"]),
-                             peak_mb=step_peak_bytes(r["step"], r["release"], r["x"], r["y"], device) / 2**20)
+                             peak_mb=getattr(r["step"], "peak_bytes", None) / 2**20 if hasattr(r["step"], "peak_bytes")
+                             else step_peak_bytes(r["step"], r["release"], r["x"], r["y"], device) / 2**20)
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
     base = results.get("non-private")
     print(f"DP-SGD step on the StreamRec MLP, batch {args.batch}, device {device}, "
@@ -344,6 +392,11 @@ def main(argv=None) -> dict:
         r.update(time_ratio=tr, cpu_time_ratio=cr, memory_ratio=mr)
     for name, why in failed.items():
         print(f"{name:18s} failed: {why}")
+    if {"non-private graph", "privlab fast graph"} <= results.keys():
+        g, ng = results["privlab fast graph"], results["non-private graph"]
+        print(f"CUDA graphs (batch padded to {graph_capacity(GRAPH_N, args.batch / GRAPH_N)} rows; memory: warm-up "
+              f"and capture): privlab fast graph / non-private graph = {g['ms_per_step'] / ng['ms_per_step']:.2f}x "
+              f"time, {g['peak_mb'] / ng['peak_mb']:.2f}x memory")
     kernels = {}
     if not args.no_kernel:
         torch.manual_seed(0)

@@ -21,6 +21,8 @@ training loop                  :func:`train`, :class:`DPSGDConfig`, :class:`Trai
 many small MLPs at once        :mod:`privlab.dpsgd.batched` (backpropagation by
                                hand, per-example norms, clipped sums)
 several processes              :mod:`privlab.dpsgd.distributed`
+CUDA graphs                    :class:`CUDAGraphStep`, :func:`graph_capacity`
+                               (:mod:`privlab.dpsgd.graphs`: padded Poisson batches)
 choosing C                     :func:`profile_grad_norms`, :func:`summarize_grad_norms`
 language-model loss            :func:`lm_loss` (per-example next-token cross-entropy)
 =============================  ==================================================
@@ -36,6 +38,7 @@ from .clipping import (
     clipped_grad_sum_with_stats,
     per_example_grad_norms,
 )
+from .graphs import CUDAGraphStep, graph_capacity
 from .lm import lm_loss
 from .optimizer import DPOptimizer, StepStats
 from .per_sample import per_example_losses, per_sample_grads
@@ -55,6 +58,7 @@ from .train import DPSGDConfig, RunSeeds, TrainResult, epsilon_spent, run_seeds,
 __all__ = [
     "METHODS",
     "SAMPLERS",
+    "CUDAGraphStep",
     "ClippedSum",
     "DPOptimizer",
     "DPSGDConfig",
@@ -70,6 +74,7 @@ __all__ = [
     "clipped_grad_sum_with_stats",
     "covered_types",
     "epsilon_spent",
+    "graph_capacity",
     "lm_loss",
     "make_sampler",
     "per_example_grad_norms",

@@ -225,6 +225,9 @@ def train_distributed(
         raise ValueError(f"config must be a DPSGDConfig, got {type(config).__name__}")
     if config.record_grad_norms:
         raise ValueError("record_grad_norms=True is not supported in distributed training; profile with train()")
+    if config.cuda_graph:
+        raise ValueError("cuda_graph=True is not supported in distributed training (each rank's slice varies); "
+                         "use train() on one device")
     rank, world = _world()
     if world > 1:
         if rank != 0:

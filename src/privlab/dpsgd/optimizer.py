@@ -118,6 +118,7 @@ class DPOptimizer:
         self.generator = generator
         self.method = method
         self.record_norms = bool(record_norms)
+        self._keep: Tensor | None = None  # the step's padding mask, set by ``step(..., keep=)`` only
 
     @property
     def private(self) -> bool:
@@ -132,8 +133,13 @@ class DPOptimizer:
     def clipped_sum(self, model: nn.Module, loss_fn, inputs, targets) -> ClippedSum:
         r""":math:`\sum_i c_i g_i`, with the unclipped norms and the per-example losses."""
         return clipped_grad_sum_with_stats(
-            model, loss_fn, inputs, targets, factors_fn=self.clip_factors, method=self.method
+            model, loss_fn, inputs, targets, factors_fn=self._masked_factors, method=self.method
         )
+
+    def _masked_factors(self, norms: Tensor) -> Tensor:
+        """``clip_factors``, then 0 on padding rows (``keep`` False): applied after any override of it."""
+        c = self.clip_factors(norms)
+        return c if self._keep is None else torch.where(self._keep, c, torch.zeros_like(c))
 
     def reduce(self, grads: list[Tensor]) -> list[Tensor]:
         """Combine the clipped sums of several workers (identity for one process)."""
@@ -186,7 +192,7 @@ class DPOptimizer:
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
-    def step(self, model: nn.Module, loss_fn, inputs, targets) -> StepStats:
+    def step(self, model: nn.Module, loss_fn, inputs, targets, *, keep: Tensor | None = None) -> StepStats:
         r"""One DP-SGD step on a batch (possibly empty); returns tensors, never host numbers.
 
         Args:
@@ -194,20 +200,36 @@ class DPOptimizer:
             loss_fn: per-example loss, as in :func:`privlab.dpsgd.clipped_grad_sum`.
             inputs: tensor or tuple of tensors with leading batch dimension ``B``.
             targets: tensor ``(B, ...)`` or ``None``.
+            keep: optional bool mask ``(B,)``; rows where it is ``False`` are padding and enter no
+                sum: their clip factor is 0 (so the clipped sum is exactly that of the kept rows),
+                their loss is not counted, and the non-private mean is over the kept rows. A batch
+                padded to a fixed size this way is what :class:`privlab.dpsgd.CUDAGraphStep` replays.
+
+        Raises:
+            ValueError: ``keep`` is not a bool tensor of shape ``(B,)``.
         """
+        if keep is not None:
+            batch = batch_size_of(as_input_tuple(inputs))
+            if not isinstance(keep, Tensor) or keep.dtype != torch.bool or tuple(keep.shape) != (batch,):
+                raise ValueError(f"keep must be a bool tensor of shape ({batch},), got "
+                                 f"{getattr(keep, 'dtype', type(keep).__name__)} {tuple(getattr(keep, 'shape', ()))}")
         if not self.private:
-            return self._nonprivate_step(model, loss_fn, inputs, targets)
+            return self._nonprivate_step(model, loss_fn, inputs, targets, keep)
         self.zero_grad()  # the last step's gradients are not needed here: free them before this one's
-        result = self.clipped_sum(model, loss_fn, inputs, targets)  # 1-3: per-sample grads, clip, sum
-        params, losses, norms = result.params, result.losses, result.norms
+        self._keep = keep
+        try:
+            result = self.clipped_sum(model, loss_fn, inputs, targets)  # 1-3: per-sample grads, clip, sum
+        finally:
+            self._keep = None
+        params, losses, norms = result.params, _kept(result.losses, keep), result.norms
         grads, result = self.reduce(result.grads), None  # each stage's input is freed once it returns
         grads = self.add_noise(grads)  # 4: + N(0, sigma^2 C^2)
         grads = self.scale(grads)  # 5: / (qN)
         self.apply(params, grads)  # 6: optimizer step
         return StepStats(losses.sum(), norms)
 
-    def _nonprivate_step(self, model, loss_fn, inputs, targets) -> StepStats:
-        """The baseline: mean loss over the batch, one backward, optimizer step."""
+    def _nonprivate_step(self, model, loss_fn, inputs, targets, keep=None) -> StepStats:
+        """The baseline: mean loss over the (kept rows of the) batch, one backward, optimizer step."""
         xs = as_input_tuple(inputs)
         batch = batch_size_of(xs)
         norms = None
@@ -217,7 +239,15 @@ class DPOptimizer:
         if batch == 0:
             device = next(model.parameters()).device
             return StepStats(torch.zeros((), device=device), norms)
-        losses = per_example_losses(loss_fn(model(*xs), targets), batch)
-        losses.mean().backward()
+        losses = _kept(per_example_losses(loss_fn(model(*xs), targets), batch), keep)
+        if keep is None:
+            losses.mean().backward()
+        else:  # the mean over the kept rows, their count a device number (no host sync)
+            (losses.sum() / keep.sum().clamp(min=1)).backward()
         self.optimizer.step()
         return StepStats(losses.detach().sum(), norms)
+
+
+def _kept(losses: Tensor, keep: Tensor | None) -> Tensor:
+    """Per-example losses with the padding rows' set to 0."""
+    return losses if keep is None else torch.where(keep, losses, torch.zeros_like(losses))

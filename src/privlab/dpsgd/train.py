@@ -25,6 +25,9 @@ Engineering, as the house style asks:
   untouched), the dropout masks;
 * ``compile=True`` runs the model through ``torch.compile(dynamic=True)``
   (batch sizes vary under Poisson sampling);
+* ``cuda_graph=True`` (CUDA only) replays each step from one CUDA graph, the
+  batch padded to a fixed capacity with masked rows (:mod:`privlab.dpsgd.graphs`):
+  the same clipped sum, noise and accounting, without the host's per-kernel work;
 * a tqdm bar per run, off with ``progress=False``.
 
 With ``noise_multiplier=0`` and ``max_grad_norm=None`` the same loop trains
@@ -64,6 +67,7 @@ from .._validate import (
 )
 from ..accounting import DPSGD_ACCOUNTANTS, dpsgd_epsilon
 from .clipping import METHODS
+from .graphs import CUDAGraphStep, graph_capacity
 from .optimizer import DPOptimizer
 from .per_sample import as_input_tuple, batch_size_of
 from .sampling import SAMPLERS, make_sampler
@@ -97,6 +101,9 @@ class DPSGDConfig:
         sampler: ``"poisson"`` or ``"shuffle"`` (warns; accounting flagged invalid).
         accountant: ``"pld"``, ``"rdp"`` or ``None`` (skip accounting, epsilon NaN).
         compile: run the model through ``torch.compile``.
+        cuda_graph: on CUDA, replay each step from a CUDA graph on padded Poisson batches
+            (:class:`privlab.dpsgd.CUDAGraphStep`); needs ``method="fast"``, ``optimizer`` ``"sgd"`` or
+            ``"adam"`` (then created with ``capturable=True``), ``compile=False`` and the data on the device.
         progress: show a tqdm bar.
         device: ``"cpu"``, ``"cuda"``, ... or ``None`` for the model's current device.
         record_grad_norms: keep every unclipped per-example norm (for profiling).
@@ -124,6 +131,7 @@ class DPSGDConfig:
     sampler: str = "poisson"
     accountant: str | None = "pld"
     compile: bool = False
+    cuda_graph: bool = False
     progress: bool = True
     device: str | None = None
     record_grad_norms: bool = False
@@ -152,6 +160,11 @@ class DPSGDConfig:
                                      ("accountant", self.accountant, (*DPSGD_ACCOUNTANTS, None))]:
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.cuda_graph:
+            for name, value, ok in [("method", self.method, "fast"), ("compile", self.compile, False),
+                                    ("optimizer", self.optimizer, ("sgd", "adam"))]:
+                if value != ok and not (isinstance(ok, tuple) and value in ok):
+                    raise ValueError(f"cuda_graph=True needs {name} = {ok!r}, got {value!r}")
 
     @property
     def private(self) -> bool:
@@ -189,6 +202,8 @@ class DPSGDConfig:
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         if callable(self.optimizer):
             return self.optimizer(params)
+        if self.cuda_graph and self.optimizer == "adam":  # its step counter on the device, as graphs need
+            return torch.optim.Adam(params, lr=self.lr, capturable=True)
         return OPTIMIZERS[self.optimizer](params, lr=self.lr)
 
 
@@ -307,6 +322,20 @@ def resolve_device(device) -> torch.device:
     return device
 
 
+def _graphed_step(config, dp, net, loss_fn, xs_dev, y_dev, device, q) -> CUDAGraphStep | None:
+    """The run's :class:`CUDAGraphStep`, or ``None`` (not asked for; or the data stayed in host memory)."""
+    if not config.cuda_graph:
+        return None
+    if device.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs a CUDA device, got {device}")
+    if any(t.device != device for t in (*xs_dev, *(() if y_dev is None else (y_dev,)))):
+        warnings.warn("cuda_graph=True: the data did not fit on the device; stepping eagerly", RuntimeWarning,
+                      stacklevel=3)
+        return None
+    n = xs_dev[0].shape[0]
+    return CUDAGraphStep(dp, net, loss_fn, xs_dev, y_dev, capacity=graph_capacity(n, q))
+
+
 def train(
     model: nn.Module,
     X,
@@ -381,6 +410,7 @@ def train(
         record_norms=config.record_grad_norms,
     )
     net = torch.compile(model, dynamic=True) if config.compile else model
+    graphed = _graphed_step(config, dp, net, loss_fn, xs_dev, y_dev, device, q)
     losses, epsilons, seconds, evals, norms = [], [], [], [], []
     steps = 0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -392,9 +422,13 @@ def train(
             model.train()
             totals = torch.zeros(2, device=device, dtype=torch.float64)  # (loss sum, count)
             for idx in sampler:
-                xb = tuple(_gather(x, idx, device) for x in xs_dev)
-                yb = None if y_dev is None else _gather(y_dev, idx, device)
-                stats = dp.step(net, loss_fn, xb if len(xb) > 1 else xb[0], yb)
+                stats = None if graphed is None else graphed(idx)  # None: empty, or over the capacity
+                if stats is None:
+                    xb = tuple(_gather(x, idx, device) for x in xs_dev)
+                    yb = None if y_dev is None else _gather(y_dev, idx, device)
+                    stats = dp.step(net, loss_fn, xb if len(xb) > 1 else xb[0], yb)
+                elif stats.norms is not None:
+                    stats = stats._replace(norms=stats.norms.clone())  # the next replay overwrites them
                 totals[0] += stats.loss_sum.to(torch.float64)
                 totals[1] += idx.numel()
                 steps += 1

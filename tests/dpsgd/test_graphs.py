@@ -1,0 +1,120 @@
+"""Padded batches for CUDA graphs: the ``keep`` mask of DPOptimizer.step and the graph step's checks.
+
+The graph itself needs a GPU (tests/dpsgd/test_cuda.py); what it relies on is checked here on the
+CPU: a step on a batch padded with ``keep=False`` rows is the step on the unpadded batch (private,
+with a planted no-clipping bug too, and non-private), and the configuration refuses what a graph
+cannot replay.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from privlab.audit import NoClipOptimizer
+from privlab.dpsgd import CUDAGraphStep, DPOptimizer, DPSGDConfig, graph_capacity, train
+
+
+def _ce(out, t):
+    return nn.functional.cross_entropy(out, t, reduction="none")
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 3)).double()
+
+
+def _data(n=10):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g)
+
+
+def _padded(x, y, pad):
+    """The batch with ``pad`` copies of its first row appended, and the mask that marks them."""
+    rows = torch.cat([torch.arange(x.shape[0]), torch.zeros(pad, dtype=torch.long)])
+    keep = torch.arange(rows.numel()) < x.shape[0]
+    return x[rows], y[rows], keep
+
+
+@pytest.mark.parametrize("cls, sigma, clip", [(DPOptimizer, 1.0, 0.3), (NoClipOptimizer, 1.0, 0.3),
+                                              (DPOptimizer, 0.0, None)],
+                         ids=["private", "planted-no-clip", "non-private"])
+def test_padded_step_equals_the_unpadded_step(cls, sigma, clip):
+    x, y = _data()
+    xp, yp, keep = _padded(x, y, pad=6)
+    results = []
+    for xb, yb, k in [(x, y, None), (xp, yp, keep)]:
+        model = _model()
+        dp = cls(torch.optim.SGD(model.parameters(), lr=0.5), noise_multiplier=sigma, max_grad_norm=clip,
+                 expected_batch_size=10.0, generator=torch.Generator().manual_seed(3))
+        stats = dp.step(model, _ce, xb, yb, keep=k)
+        results.append(([p.detach().clone() for p in model.parameters()], stats.loss_sum))
+    (plain, loss_plain), (padded, loss_padded) = results
+    for a, b in zip(plain, padded):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(loss_plain, loss_padded, rtol=1e-12, atol=1e-12)
+
+
+def test_all_padding_moves_parameters_by_noise_only():
+    x, y = _data()
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    dp = DPOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=0.0, max_grad_norm=1.0,
+                     expected_batch_size=10.0)
+    stats = dp.step(model, _ce, x, y, keep=torch.zeros(10, dtype=torch.bool))
+    assert stats.loss_sum.item() == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # sigma 0: nothing moves
+
+
+@pytest.mark.parametrize("keep", [torch.ones(10), torch.ones(9, dtype=torch.bool), [True] * 10],
+                         ids=["float", "short", "list"])
+def test_keep_must_be_a_bool_mask_of_the_batch(keep):
+    x, y = _data()
+    dp = DPOptimizer(torch.optim.SGD(_model().parameters(), lr=0.1), noise_multiplier=0.0, max_grad_norm=1.0,
+                     expected_batch_size=10.0)
+    with pytest.raises(ValueError, match=r"keep must be a bool tensor of shape \(10,\)"):
+        dp.step(_model(), _ce, x, y, keep=keep)
+
+
+def test_graph_capacity_covers_poisson_batches():
+    n, q = 100_000, 0.01
+    k = graph_capacity(n, q)
+    assert k % 64 == 0 and k >= n * q + 6 * (n * q * (1 - q)) ** 0.5
+    sizes = torch.distributions.Binomial(n, torch.tensor(q)).sample((10_000,))
+    assert (sizes <= k).all()
+    assert graph_capacity(50, 0.9) == 50  # never above N
+
+
+def test_graph_step_needs_cuda_data():
+    model = _model()
+    dp = DPOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=0.0, max_grad_norm=1.0,
+                     expected_batch_size=4.0)
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"CUDAGraphStep needs all data on one CUDA device, got \['cpu'\]"):
+        CUDAGraphStep(dp, model, _ce, (x,), y, capacity=8)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(method="vmap"), r"cuda_graph=True needs method = 'fast', got 'vmap'"),
+    (dict(compile=True), r"cuda_graph=True needs compile = False, got True"),
+    (dict(optimizer=lambda p: torch.optim.SGD(p, lr=0.1)), r"cuda_graph=True needs optimizer = \('sgd', 'adam'\)"),
+])
+def test_config_refuses_what_a_graph_cannot_replay(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0, batch_size=4, cuda_graph=True, **kwargs)
+
+
+def test_train_with_cuda_graph_on_the_cpu_is_refused_naming_the_device():
+    x, y = _data()
+    cfg = DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0, batch_size=4, cuda_graph=True, progress=False,
+                      accountant=None)
+    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device, got cpu"):
+        train(copy.deepcopy(_model()), x, y, loss_fn=_ce, config=cfg, generator=torch.Generator().manual_seed(0))
+
+
+def test_adam_under_cuda_graph_is_capturable():
+    cfg = DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0, batch_size=4, cuda_graph=True, optimizer="adam")
+    assert cfg.make_optimizer(_model().parameters()).defaults["capturable"] is True

@@ -171,7 +171,8 @@ class CUDAGraphStep:
         if self._graph is None:
             self._capture(idx)
         self._load(idx)
-        before = self.dp.generator.get_state() if self.replays == 0 and self.dp.generator is not None else None
+        noisy = self.dp.private and self.dp.noise_std() > 0 and self.dp.generator is not None
+        before = self.dp.generator.get_state() if self.replays == 0 and noisy else None
         self._graph.replay()
         if before is not None and torch.equal(before, self.dp.generator.get_state()):
             # a replay that did not advance the noise generator would add the same noise every step

@@ -34,10 +34,16 @@ when the exact total would exceed the budget by any amount. Other accountants
 return a float epsilon, compared with a strict ``<=``, no tolerance.
 
 Adaptivity: with the budget fixed in advance and each query's cost known when
-it is asked, basic composition is valid for adaptively chosen queries (Rogers,
-Roth, Ullman, Vadhan 2016, arXiv:1605.08294, "privacy filters"); for the other
-accountants the odometer is exact when the sequence of mechanisms does not
-depend on the data, and the filter versions cost slightly more.
+it is asked, basic composition is valid even when the queries and their
+epsilons are chosen adaptively: the odometer is then a *privacy filter* (Rogers,
+Roth, Ullman, Vadhan 2016, arXiv:1605.08294). For the other accountants the
+odometer compares a fixed-sequence composition theorem with the budget, which
+is valid only when the sequence of privacy parameters is fixed in advance (does
+not depend on the data or on earlier answers). Filters that allow adaptive
+parameters exist at almost no extra cost: for advanced composition, matching its
+rate including constants, and for approximate zCDP (Whitehouse, Ramdas, Rogers,
+Wu, ICML 2023, arXiv:2203.05481), and for Renyi DP at a given order (Feldman and
+Zrnic, NeurIPS 2021, arXiv:2008.11193); but they are not implemented here.
 
 >>> odo = PrivacyOdometer(total_epsilon=1.0, total_delta=1e-6)
 >>> _ = odo.spend("mean age", epsilon=0.4)
@@ -309,6 +315,9 @@ class PrivacyOdometer:
         total_delta: the budget :math:`\delta \in (0, 1)`.
         composition: the accountant that judges the queries, one of
             ``"basic"`` (default), ``"advanced"``, ``"rdp"``, ``"zcdp"``, ``"pld"``.
+            Only ``"basic"`` is valid for adaptively chosen epsilons (a privacy
+            filter); the others assume the sequence is fixed in advance (see the
+            module docstring).
         ledger: a :class:`Ledger` or a path; its records are replayed now, and
             again (under the ledger's lock) before every :meth:`spend`, so the
             budget holds for all odometers sharing the file together; every

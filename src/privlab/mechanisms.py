@@ -207,8 +207,10 @@ def exponential_log_probabilities(utilities, *, epsilon, sensitivity, monotonic:
     computed with ``logsumexp`` (the maximum is subtracted before
     exponentiating), so utilities in the tens of thousands are exact. With
     ``monotonic=True`` (utilities that all move the same way between
-    neighbours, such as counts) the factor 2 is dropped. Reference: McSherry and
-    Talwar (2007), "Mechanism design via differential privacy"; Dwork and Roth (2014), Theorem 3.10.
+    neighbours, such as counts under add/remove neighbouring; under
+    replace-one one count rises while another falls, so counts are not
+    monotonic and the factor 2 must stay) the factor 2 is dropped.
+    Reference: McSherry and Talwar (2007), "Mechanism design via differential privacy"; Dwork and Roth (2014), Theorem 3.10.
 
     Args:
         utilities: :math:`u(D, r)` per candidate :math:`r`, a finite non-empty 1-D array.

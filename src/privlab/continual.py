@@ -158,5 +158,16 @@ def tree_error_std(T: int, *, epsilon) -> np.ndarray:
     per set bit of :math:`t`)."""
     T, eps = check_int("T", T), check_epsilon(epsilon)
     L = tree_levels(T)
-    pop = np.array([bin(t).count("1") for t in range(1, T + 1)])
-    return np.sqrt(2 * pop) * L / eps
+    return np.sqrt(2 * _popcount(np.arange(1, T + 1))) * L / eps
+
+
+def _popcount(t: np.ndarray) -> np.ndarray:
+    """Set bits of each non-negative integer (``numpy.bitwise_count`` where numpy has it).
+
+    >>> _popcount(np.array([1, 2, 3, 7, 8, 1023])).tolist()
+    [1, 1, 2, 3, 1, 10]
+    """
+    t = np.asarray(t, dtype=np.int64)
+    if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+        return np.bitwise_count(t).astype(np.int64)
+    return np.array([bin(int(v)).count("1") for v in t.ravel()], dtype=np.int64).reshape(t.shape)

@@ -105,9 +105,7 @@ class CUDAGraphStep:
             raise ValueError(f"CUDAGraphStep needs all data on one CUDA device, got {sorted(map(str, devices))}")
         self.device = next(iter(devices))
         self.n = xs[0].shape[0]
-        self.capacity = check_int("capacity", capacity, minimum=1)
-        if self.capacity > self.n:
-            raise ValueError(f"capacity must be at most N = {self.n}, got {capacity}")
+        self.capacity = check_int("capacity", capacity, minimum=1)  # may exceed N: padding repeats rows
         self.dp, self.model, self.loss_fn, self.xs, self.y = dp, model, loss_fn, xs, y
         self.warmup = check_int("warmup", warmup, minimum=1)
         self._slots = torch.zeros(self.capacity + 1, dtype=torch.int64, device=self.device)  # indices, then |S|

@@ -28,10 +28,13 @@ not, the step raises. Before capture the step runs a few times eagerly
 (warm-up, as CUDA graphs need); the parameters, optimizer state and random
 generators are restored afterwards, so the run's first replay is its first step.
 
-Status: the padding (``keep``) is tested on the CPU (``tests/dpsgd/test_graphs.py``); the
-capture and replay are tested in ``tests/dpsgd/test_cuda.py`` (equal to the eager steps, noise
-included), which needs a GPU and has not yet run on one (no device was lent when this was written;
-``benchmarks/cuda_checks.sh`` runs it).
+Status: everything but the graph itself is tested on the CPU (``tests/dpsgd/test_graphs.py``):
+the padding (``keep``), and, with :class:`_EagerEngine` standing in for CUDA, the warm-up and its
+undoing, the restored generators, the statistics handed back and :func:`~privlab.dpsgd.train`'s
+use of it, each equal to eager stepping. The CUDA recording and replay are tested in
+``tests/dpsgd/test_cuda.py`` (equal to the eager steps, noise included), which needs a GPU and
+has not yet run on one (no device was lent when this was written; ``benchmarks/cuda_checks.sh``
+runs it).
 
 Used by :func:`privlab.dpsgd.train` with ``DPSGDConfig(cuda_graph=True)``;
 measured in ``benchmarks/dpsgd.py --device cuda`` (rows "non-private graph", "privlab fast graph").
@@ -44,7 +47,9 @@ capacity is stepped eagerly, so the sampling stays Poisson and the accountant's.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -74,6 +79,70 @@ def graph_capacity(n: int, sample_rate: float, *, sds: float = 6.0, multiple: in
     return int(min(n, multiple * math.ceil(max(k, 1) / multiple)))
 
 
+class _CUDAEngine:
+    """What :class:`CUDAGraphStep` asks of CUDA: a side stream for warm-up, the default generator's
+    state, and recording the step as a graph (its outputs become the step's static tensors)."""
+
+    device_type = "cuda"
+    pinned = True  # host buffers in pinned memory (asynchronous copies)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def side_stream(device):
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            yield
+        torch.cuda.current_stream(device).wait_stream(side)
+
+    @staticmethod
+    def get_rng_state(device) -> Tensor:
+        return torch.cuda.get_rng_state(device)
+
+    @staticmethod
+    def set_rng_state(state: Tensor, device) -> None:
+        torch.cuda.set_rng_state(state, device)
+
+    @staticmethod
+    def record(step: CUDAGraphStep, generators) -> Callable[[], None]:
+        graph = torch.cuda.CUDAGraph()
+        for g in generators:
+            graph.register_generator_state(g)
+        with torch.cuda.graph(graph):
+            step._stats = step._body()
+        step._graph = graph  # keeps the graph (and its memory pool) alive
+        return graph.replay
+
+
+class _EagerEngine(_CUDAEngine):
+    """For tests on a machine without CUDA: the same protocol on the CPU, "recording" the step as a
+    function that runs it again (no warm-up stream; the CPU generator's state). Everything of
+    :class:`CUDAGraphStep` but the graph itself: padding, the warm-up and its undoing, the
+    noise-generator check, the statistics it hands back."""
+
+    device_type = "cpu"
+    pinned = False
+
+    @staticmethod
+    def side_stream(device):
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def get_rng_state(device) -> Tensor:
+        return torch.get_rng_state()
+
+    @staticmethod
+    def set_rng_state(state: Tensor, device) -> None:
+        torch.set_rng_state(state)
+
+    @staticmethod
+    def record(step: CUDAGraphStep, generators) -> Callable[[], None]:
+        def replay():
+            step._stats = step._body()
+
+        return replay
+
+
 class CUDAGraphStep:
     r"""``dp.step`` on rows ``idx`` of device-resident data, replayed from a CUDA graph at a fixed capacity.
 
@@ -98,20 +167,23 @@ class CUDAGraphStep:
         ValueError: data not on one CUDA device, or a bad ``capacity``.
     """
 
+    engine = _CUDAEngine  # tests on a CPU machine substitute _EagerEngine (tests/dpsgd/test_graphs.py)
+
     def __init__(self, dp: DPOptimizer, model: nn.Module, loss_fn, xs: tuple[Tensor, ...], y: Tensor | None, *,
                  capacity: int, warmup: int = 3):
         devices = {t.device for t in (*xs, *(() if y is None else (y,)))}
-        if len(devices) != 1 or next(iter(devices)).type != "cuda":
+        if len(devices) != 1 or next(iter(devices)).type != self.engine.device_type:
             raise ValueError(f"CUDAGraphStep needs all data on one CUDA device, got {sorted(map(str, devices))}")
         self.device = next(iter(devices))
         self.n = xs[0].shape[0]
         self.capacity = check_int("capacity", capacity, minimum=1)  # may exceed N: padding repeats rows
         self.dp, self.model, self.loss_fn, self.xs, self.y = dp, model, loss_fn, xs, y
+        self._graph = None
         self.warmup = check_int("warmup", warmup, minimum=1)
         self._slots = torch.zeros(self.capacity + 1, dtype=torch.int64, device=self.device)  # indices, then |S|
         self._positions = torch.arange(self.capacity, device=self.device)
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._stats: StepStats | None = None
+        self._replay = None  # the recorded step, set at the first call
+        self._stats: StepStats | None = None  # its outputs (static tensors a replay overwrites)
         self.replays = 0
 
     def _body(self) -> StepStats:
@@ -123,27 +195,25 @@ class CUDAGraphStep:
 
     def _load(self, idx: Tensor) -> None:
         m = idx.numel()
-        host = torch.empty(self.capacity + 1, dtype=torch.int64, pin_memory=True)
+        host = torch.empty(self.capacity + 1, dtype=torch.int64, pin_memory=self.engine.pinned)
         host[:m] = idx
         host[m:-1] = idx[0]  # padding: a row the batch already holds
         host[-1] = m
         self._slots.copy_(host, non_blocking=True)  # the pinned block is not reused before the copy ran
 
     def _capture(self, idx: Tensor) -> None:
+        engine = self.engine
         params = [p for group in self.dp.optimizer.param_groups for p in group["params"]]
         saved = [p.detach().clone() for p in params]
         state = {id(t): t.clone() for s in self.dp.optimizer.state.values() for t in s.values()
                  if isinstance(t, Tensor)}
         gens = [self.dp.generator] if self.dp.generator is not None else []
         gen_states = [g.get_state() for g in gens]
-        cuda_rng = torch.cuda.get_rng_state(self.device)
+        default_rng = engine.get_rng_state(self.device)
         self._load(idx)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
+        with engine.side_stream(self.device):
             for _ in range(self.warmup):
                 self._body()
-        torch.cuda.current_stream(self.device).wait_stream(side)
         with torch.no_grad():  # undo the warm-up steps
             for p, v in zip(params, saved):
                 p.copy_(v)
@@ -153,25 +223,20 @@ class CUDAGraphStep:
                         t.copy_(state[id(t)]) if id(t) in state else t.zero_()
         for g, st in zip(gens, gen_states):
             g.set_state(st)
-        torch.cuda.set_rng_state(cuda_rng, self.device)
+        engine.set_rng_state(default_rng, self.device)
         self.dp.zero_grad()
-        graph = torch.cuda.CUDAGraph()
-        for g in gens:
-            graph.register_generator_state(g)
-        with torch.cuda.graph(graph):
-            self._stats = self._body()
-        self._graph = graph
+        self._replay = engine.record(self, gens)
 
     def __call__(self, idx: Tensor) -> StepStats | None:
         m = idx.numel()
         if m == 0 or m > self.capacity:
             return None
-        if self._graph is None:
+        if self._replay is None:
             self._capture(idx)
         self._load(idx)
         noisy = self.dp.private and self.dp.noise_std() > 0 and self.dp.generator is not None
         before = self.dp.generator.get_state() if self.replays == 0 and noisy else None
-        self._graph.replay()
+        self._replay()
         if before is not None and torch.equal(before, self.dp.generator.get_state()):
             # a replay that did not advance the noise generator would add the same noise every step
             raise RuntimeError("CUDA graph replay left the noise generator's state unchanged: the noise would "

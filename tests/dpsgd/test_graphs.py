@@ -168,8 +168,13 @@ def test_train_with_the_graph_step_logic_equals_eager_train(eager_engine):
         cfg = DPSGDConfig(noise_multiplier=0.8, max_grad_norm=1.0, batch_size=30, epochs=3, lr=0.1,
                           progress=False, cuda_graph=graph, record_grad_norms=True)
         runs.append(train(_model(), X, y, loss_fn=_ce, config=cfg, generator=torch.Generator().manual_seed(1)))
-    eager, graphed = runs
+    assert_same_run(*runs)
+
+
+def assert_same_run(eager, graphed):
+    """Two TrainResults, eager and graphed, of one configuration: the same run (test_cuda.py uses it too)."""
     assert graphed.epsilons == eager.epsilons and graphed.steps == eager.steps
     assert graphed.losses == pytest.approx(eager.losses, rel=1e-9)
+    assert graphed.grad_norms.shape == eager.grad_norms.shape
     assert graphed.grad_norms == pytest.approx(eager.grad_norms, rel=1e-8)  # cloned before the next replay
     assert graphed.losses[-1] < graphed.losses[0]

@@ -569,7 +569,8 @@ def run_sweep(scale: str | Scale | None = None, *, epsilons: Sequence[float] = (
     ``data``, ``baselines`` (Recall@20 and NDCG@20 of random scores and of the oracle),
     ``runs`` (one record per epsilon), ``studies`` (``batch_size``, ``clip_norm``,
     ``clipping_only``, ``seed_replicates``, ``user_level``, ``accounting``, ``non_private``: a
-    non-private run at the studies' epochs, the sweep's own when they match), ``privacy_over_time``
+    non-private run at the studies' epochs, the sweep's own when they match; ``clipping_only_sweep``,
+    the clipping-only run at the sweep's epochs and :math:`C`), ``privacy_over_time``
     (:func:`privacy_over_time`), ``selection`` (:func:`selection_cost`), ``threshold``
     (rows of :func:`threshold_table`, if ``inf`` is swept), ``timing``, ``machine``, ``versions``, ``commit``.
     """
@@ -669,6 +670,13 @@ def _run_sweep(scale, *, epsilons, seed, studies, progress, device, profile) -> 
         clip = clip_study(data, clip_norms=clip_cs, reuse=[base], **kw)
         only = clip_study(data, clip_norms=sorted({prof.published_clip_norm, c_pub}), noise=False, **kw)
         large = next(r for r in clip if r["max_grad_norm"] == c_pub)
+        # clipping only at the sweep's epochs and C (the study's run when their epochs match): splits
+        # the sweep's own drops into a clipping and a noise share
+        only_sweep = next((r for r in only if r["max_grad_norm"] == c_pub and r["epochs"] == prof.epochs), None)
+        only_sweep_seconds = 0.0
+        if only_sweep is None:
+            only_sweep = run_one(data, epsilon=e_s, max_grad_norm=c_pub, noise=False, **kw)
+            only_sweep_seconds = only_sweep["wall_seconds"]
         s_prof = replace(prof, epochs=prof.study_epochs or prof.epochs)
         small = run_one(data, epsilon=e_s, batch_size=prof.small_batch_size, **{**kw, "profile": s_prof})
         # the studies' own non-private baseline, at the studies' epochs (the sweep's when they match)
@@ -686,12 +694,14 @@ def _run_sweep(scale, *, epsilons, seed, studies, progress, device, profile) -> 
                for e, r in zip(eps_list, runs) if not math.isinf(e)]  # fmt: skip
         example_runs = {id(r): r for r in [*runs, *clip, small, *reps]}.values()
         out["studies"] = {"batch_size": [small, large], "clip_norm": clip, "clipping_only": only,
+                          "clipping_only_sweep": only_sweep,
                           "seed_replicates": [base, *reps], "user_level": user, "accounting": acc,
                           "non_private": np_study,
                           "seconds": time.perf_counter() - t2,
                           "seconds_by_study": {"batch_size": small["wall_seconds"],
                                                "clip_norm": sum(r["wall_seconds"] for r in clip if r is not base),
                                                "clipping_only": sum(r["wall_seconds"] for r in only),
+                                               "clipping_only_sweep": only_sweep_seconds,
                                                "seed_replicates": sum(r["wall_seconds"] for r in reps),
                                                "user_level": user_seconds,
                                                "non_private": 0.0 if np_sweep else np_study["wall_seconds"],

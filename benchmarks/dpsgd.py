@@ -72,7 +72,8 @@ import warnings
 
 import torch
 
-from privlab.dpsgd import graph_capacity
+from privlab.dpsgd import CUDAGraphStep, DPOptimizer, graph_capacity
+from privlab.losses import bce_losses
 from privlab.profiling import (  # noqa: F401  (time_steps, step_peak_bytes, disable_heap_trimming: dpsgd_lm.py's too)
     STEPS,
     disable_heap_trimming,
@@ -214,7 +215,6 @@ def kernel_rows(model, x, y, previous):
 
     from privlab.dpsgd import clip_factors
     from privlab.dpsgd.fast import fast_norms_and_clipped_sum
-    from privlab.losses import bce_losses
 
     def fwd_bwd():
         model.zero_grad(set_to_none=True)
@@ -277,9 +277,6 @@ def graphed(private: bool):
     """A step replayed from a CUDA graph on the batch padded to its Poisson capacity (CUDA only)."""
 
     def make(model, *, batch, device):
-        from privlab.dpsgd import CUDAGraphStep, DPOptimizer, graph_capacity
-        from privlab.losses import bce_losses
-
         if torch.device(device).type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
         dp = DPOptimizer(torch.optim.SGD(model.parameters(), lr=0.01), noise_multiplier=1.0 if private else 0.0,
@@ -305,6 +302,14 @@ def graphed(private: bool):
 
 
 GRAPHED = {"non-private graph": graphed(False), "privlab fast graph": graphed(True)}
+
+
+def _peak_bytes(run: dict, device) -> int:
+    """A row's peak memory: a graph row's, measured at its capture (a replay allocates nothing), or one step's."""
+    captured = getattr(run["step"], "peak_bytes", None)
+    if captured is not None:
+        return captured
+    return step_peak_bytes(run["step"], run["release"], run["x"], run["y"], device)
 #: Rows added by ``--compile`` (compilation takes seconds to a minute; its warm-up steps are not timed).
 COMPILED = {"non-private compiled": compiled(STEPS["non-private"]),
             "privlab fast compiled": compiled(STEPS["privlab fast"])}
@@ -366,8 +371,7 @@ def main(argv=None) -> dict:
         scale = 1e3 * args.batch / r["batch"]  # milliseconds; the loop's time scales linearly with the batch
         results[name] = dict(batch=r["batch"], ms_per_step=scale * statistics.median(t[0] for t in r["times"]),
                              cpu_ms_per_step=scale * statistics.median(t[1] for t in r["times"]),
-                             peak_mb=getattr(r["step"], "peak_bytes", None) / 2**20 if hasattr(r["step"], "peak_bytes")
-                             else step_peak_bytes(r["step"], r["release"], r["x"], r["y"], device) / 2**20)
+                             peak_mb=_peak_bytes(r, device) / 2**20)
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
     base = results.get("non-private")
     print(f"DP-SGD step on the StreamRec MLP, batch {args.batch}, device {device}, "

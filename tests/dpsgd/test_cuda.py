@@ -151,24 +151,7 @@ def _graph_pair(sigma):
 
 @pytest.mark.parametrize("sigma", [0.0, 1.0], ids=["clipped-sum", "with-noise"])
 def test_graph_replays_the_eager_step_on_padded_batches(sigma):
-    from privlab.dpsgd import CUDAGraphStep, PoissonSampler, graph_capacity
-
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(200, 5, generator=g, dtype=torch.float64).to(CUDA)
-    y = torch.randint(0, 3, (200,), generator=g).to(CUDA)
-    batches = list(PoissonSampler(200, sample_rate=0.1, generator=torch.Generator().manual_seed(1), steps=4))
-    (m_eager, dp_eager), (m_graph, dp_graph) = _graph_pair(sigma)
-    graphed = CUDAGraphStep(dp_graph, m_graph, _ce, (X,), y, capacity=graph_capacity(200, 0.1))
-    assert graphed.capacity > max(b.numel() for b in batches)  # every batch padded, none stepped eagerly
-    for idx in batches:
-        i = idx.to(CUDA)
-        eager = dp_eager.step(m_eager, _ce, X[i], y[i])
-        stats = graphed(idx)
-        torch.testing.assert_close(stats.loss_sum, eager.loss_sum, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(stats.norms, eager.norms, rtol=1e-10, atol=1e-12)
-    assert graphed.replays == len(batches)
-    for a, b in zip(m_graph.parameters(), m_eager.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)  # the same noise draws, the same updates
+    graphs_tests.assert_graph_replays_eager(*_graph_pair(sigma), features=5, device=CUDA)
 
 
 def test_graph_hands_empty_and_oversized_batches_back_without_capturing():
@@ -183,16 +166,8 @@ def test_graph_hands_empty_and_oversized_batches_back_without_capturing():
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_train_with_cuda_graph_equals_eager_train(optimizer):
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(400, 5, generator=g, dtype=torch.float64)
-    y = (X[:, 0] > 0).long() + (X[:, 1] > 0).long()
-    runs = []
-    for graph in (False, True):
-        cfg = DPSGDConfig(noise_multiplier=0.8, max_grad_norm=1.0, batch_size=40, epochs=3, lr=0.05,
-                          optimizer=optimizer, device="cuda", progress=False, cuda_graph=graph,
-                          record_grad_norms=True)
-        runs.append(train(_mlp(), X, y, loss_fn=_ce, config=cfg, generator=torch.Generator().manual_seed(1)))
-    graphs_tests.assert_same_run(*runs)
+    graphs_tests.assert_graphed_train_equals_eager(_mlp, n=400, features=5, batch_size=40, lr=0.05,
+                                                   optimizer=optimizer, device="cuda")
 
 
 def test_train_with_cuda_graph_and_dropout_is_deterministic_and_trains():

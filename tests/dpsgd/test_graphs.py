@@ -133,46 +133,58 @@ def eager_engine(monkeypatch):
 def test_graph_step_logic_replays_the_eager_step(eager_engine):
     """Padding, the warm-up (three real steps, momentum state included) and its undoing, the noise
     generator's restored state: after four padded "replays" the model is the eagerly stepped one."""
-    from privlab.dpsgd import PoissonSampler
-
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(200, 4, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 3, (200,), generator=g)
-    batches = list(PoissonSampler(200, sample_rate=0.1, generator=torch.Generator().manual_seed(1), steps=4))
     pair = []
     for _ in range(2):
         model = _model()
         dp = DPOptimizer(torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9), noise_multiplier=1.0,
                          max_grad_norm=0.3, expected_batch_size=20.0, generator=torch.Generator().manual_seed(5))
         pair.append((model, dp))
-    (m_eager, dp_eager), (m_graph, dp_graph) = pair
-    step = CUDAGraphStep(dp_graph, m_graph, _ce, (X,), y, capacity=graph_capacity(200, 0.1))
-    assert step.capacity > max(b.numel() for b in batches)
-    for idx in batches:
-        eager = dp_eager.step(m_eager, _ce, X[idx], y[idx])
-        stats = step(idx)
-        torch.testing.assert_close(stats.loss_sum, eager.loss_sum, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(stats.norms, eager.norms, rtol=1e-10, atol=1e-12)
-    assert step.replays == len(batches)
-    for a, b in zip(m_graph.parameters(), m_eager.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    step = assert_graph_replays_eager(*pair, features=4, device=torch.device("cpu"))
     assert step(torch.arange(0)) is None and step(torch.arange(step.capacity + 1) % 200) is None
 
 
-def test_train_with_the_graph_step_logic_equals_eager_train(eager_engine):
+def assert_graph_replays_eager(eager, graphed, *, features: int, device) -> CUDAGraphStep:
+    """Four Poisson batches of 200 rows at q = 0.1, stepped eagerly by ``eager = (model, dp)`` and
+    replayed by a CUDAGraphStep over ``graphed``, models and noise generators alike at the start:
+    the same losses, norms and parameters after each. Returns the graph step (test_cuda.py calls
+    it on a GPU)."""
+    from privlab.dpsgd import PoissonSampler
+
     g = torch.Generator().manual_seed(0)
-    X = torch.randn(300, 4, generator=g, dtype=torch.float64)
+    X = torch.randn(200, features, generator=g, dtype=torch.float64).to(device)
+    y = torch.randint(0, 3, (200,), generator=g).to(device)
+    batches = list(PoissonSampler(200, sample_rate=0.1, generator=torch.Generator().manual_seed(1), steps=4))
+    (m_eager, dp_eager), (m_graph, dp_graph) = eager, graphed
+    step = CUDAGraphStep(dp_graph, m_graph, _ce, (X,), y, capacity=graph_capacity(200, 0.1))
+    assert step.capacity > max(b.numel() for b in batches)  # every batch padded, none stepped eagerly
+    for idx in batches:
+        i = idx.to(device)
+        stats_eager = dp_eager.step(m_eager, _ce, X[i], y[i])
+        stats = step(idx)
+        torch.testing.assert_close(stats.loss_sum, stats_eager.loss_sum, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(stats.norms, stats_eager.norms, rtol=1e-10, atol=1e-12)
+    assert step.replays == len(batches)
+    for a, b in zip(m_graph.parameters(), m_eager.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)  # the same noise draws, the same updates
+    return step
+
+
+def test_train_with_the_graph_step_logic_equals_eager_train(eager_engine):
+    assert_graphed_train_equals_eager(_model, n=300, features=4, batch_size=30, lr=0.1)
+
+
+def assert_graphed_train_equals_eager(make_model, *, n: int, features: int, **config):
+    """train() with and without cuda_graph on the same data, seeds and config: the same run (losses,
+    per-example norms, epsilons). tests/dpsgd/test_cuda.py calls it on a GPU."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(n, features, generator=g, dtype=torch.float64)
     y = (X[:, 0] > 0).long() + (X[:, 1] > 0).long()
     runs = []
     for graph in (False, True):
-        cfg = DPSGDConfig(noise_multiplier=0.8, max_grad_norm=1.0, batch_size=30, epochs=3, lr=0.1,
-                          progress=False, cuda_graph=graph, record_grad_norms=True)
-        runs.append(train(_model(), X, y, loss_fn=_ce, config=cfg, generator=torch.Generator().manual_seed(1)))
-    assert_same_run(*runs)
-
-
-def assert_same_run(eager, graphed):
-    """Two TrainResults, eager and graphed, of one configuration: the same run (test_cuda.py uses it too)."""
+        cfg = DPSGDConfig(noise_multiplier=0.8, max_grad_norm=1.0, epochs=3, progress=False, cuda_graph=graph,
+                          record_grad_norms=True, **config)
+        runs.append(train(make_model(), X, y, loss_fn=_ce, config=cfg, generator=torch.Generator().manual_seed(1)))
+    eager, graphed = runs
     assert graphed.epsilons == eager.epsilons and graphed.steps == eager.steps
     assert graphed.losses == pytest.approx(eager.losses, rel=1e-9)
     assert graphed.grad_norms.shape == eager.grad_norms.shape

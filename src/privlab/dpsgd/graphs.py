@@ -114,7 +114,7 @@ class _CUDAEngine:
         return graph.replay
 
 
-class _EagerEngine(_CUDAEngine):
+class _EagerEngine:
     """For tests on a machine without CUDA: the same protocol on the CPU, "recording" the step as a
     function that runs it again (no warm-up stream; the CPU generator's state). Everything of
     :class:`CUDAGraphStep` but the graph itself: padding, the warm-up and its undoing, the

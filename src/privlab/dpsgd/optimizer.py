@@ -138,8 +138,7 @@ class DPOptimizer:
 
     def _masked_factors(self, norms: Tensor) -> Tensor:
         """``clip_factors``, then 0 on padding rows (``keep`` False): applied after any override of it."""
-        c = self.clip_factors(norms)
-        return c if self._keep is None else torch.where(self._keep, c, torch.zeros_like(c))
+        return _zero_padding(self.clip_factors(norms), self._keep)
 
     def reduce(self, grads: list[Tensor]) -> list[Tensor]:
         """Combine the clipped sums of several workers (identity for one process)."""
@@ -221,7 +220,7 @@ class DPOptimizer:
             result = self.clipped_sum(model, loss_fn, inputs, targets)  # 1-3: per-sample grads, clip, sum
         finally:
             self._keep = None
-        params, losses, norms = result.params, _kept(result.losses, keep), result.norms
+        params, losses, norms = result.params, _zero_padding(result.losses, keep), result.norms
         grads, result = self.reduce(result.grads), None  # each stage's input is freed once it returns
         grads = self.add_noise(grads)  # 4: + N(0, sigma^2 C^2)
         grads = self.scale(grads)  # 5: / (qN)
@@ -239,7 +238,7 @@ class DPOptimizer:
         if batch == 0:
             device = next(model.parameters()).device
             return StepStats(torch.zeros((), device=device), norms)
-        losses = _kept(per_example_losses(loss_fn(model(*xs), targets), batch), keep)
+        losses = _zero_padding(per_example_losses(loss_fn(model(*xs), targets), batch), keep)
         if keep is None:
             losses.mean().backward()
         else:  # the mean over the kept rows, their count a device number (no host sync)
@@ -248,6 +247,6 @@ class DPOptimizer:
         return StepStats(losses.detach().sum(), norms)
 
 
-def _kept(losses: Tensor, keep: Tensor | None) -> Tensor:
-    """Per-example losses with the padding rows' set to 0."""
-    return losses if keep is None else torch.where(keep, losses, torch.zeros_like(losses))
+def _zero_padding(t: Tensor, keep: Tensor | None) -> Tensor:
+    """Per-example values ``(B,)`` (clip factors, losses) with the padding rows' set to 0."""
+    return t if keep is None else torch.where(keep, t, torch.zeros_like(t))

@@ -248,3 +248,72 @@ def test_norm_layer_first_gets_its_rule_after_the_backward(modes):
     model = nn.Sequential(nn.LayerNorm(4), nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 1))
     check_fast_matches(model, mse, (torch.randn(6, 4),), torch.randn(6, 1, dtype=torch.float64))
     assert modes["0"] == "fast"
+
+
+# ----------------------------------------------------------------------- rows that are not the examples
+
+
+class SortsItsBatch(nn.Module):
+    """Sorts the batch by its first feature before ``a`` and restores the order after it, as packing
+    sequences by length does: every shape is batch first, but row i of ``a`` is not example i."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(5, 4), nn.Linear(4, 1)
+
+    def forward(self, x):
+        order = torch.argsort(x[:, 0])
+        back = torch.empty_like(order)
+        back[order] = torch.arange(len(order))
+        return self.b(torch.tanh(self.a(x[order]))[back]).squeeze(1)
+
+
+def test_a_layer_whose_rows_are_permuted_falls_back(modes):
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 5), torch.randn(8)
+    check_fast_matches(SortsItsBatch(), mse, (x,), y)
+    assert modes == {"a": "global", "b": "fast"}  # b's rows are the examples' again
+
+
+def test_without_the_row_check_the_clipped_sum_mixes_examples(monkeypatch):
+    """What the row check prevents: the permuted layer's rows clipped with other examples' factors."""
+    torch.manual_seed(0)
+    model, x, y = SortsItsBatch().double(), torch.randn(8, 5).double(), torch.randn(8).double()
+    monkeypatch.setattr(fast, "_row_check", lambda *args: (frozenset(), ""))
+    wrong = clipped_grad_sum(model, mse, x, y, max_grad_norm=0.1, method="fast")
+    right = clipped_grad_sum(model, mse, x, y, max_grad_norm=0.1, method="loop")
+    assert max(float((a - b).abs().max()) for a, b in zip(wrong, right)) > 1e-3
+
+
+def test_a_loss_that_mixes_examples_sends_every_layer_to_the_exact_path(modes):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1), nn.Flatten(0))
+    x, y = torch.randn(6, 3), torch.randn(6)
+
+    def centred(out, t):  # each loss reads the batch's mean output: not one loss per example
+        return (out - out.mean() - t) ** 2
+
+    fast.fast_norms_and_clipped_sum(model, centred, (x,), y)
+    assert set(modes.values()) == {"global"}
+
+
+def test_row_check_keeps_dropout_models_fast_and_restores_training_flags(modes):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 2), nn.Dropout(0.5), nn.Linear(2, 1))
+    model[3].eval()  # a submodule left in evaluation mode on purpose stays so
+    calls = []
+    model[0].register_forward_hook(lambda *args: calls.append(1))
+    x, y = torch.randn(7, 3), torch.randn(7, 1)
+    for _ in range(3):
+        fast.fast_norms_and_clipped_sum(model, mse, (x,), y)
+    assert set(modes.values()) == {"fast"}
+    assert [m.training for m in model] == [True, True, True, False, True] and model.training
+    assert len(calls) == 3 + 1 + 5  # three steps, one shape probe, one row check (3 alone + 2 together)
+
+
+def test_identical_examples_need_no_row_check(modes):
+    model = SortsItsBatch()
+    x, y = torch.ones(4, 5), torch.zeros(4)
+    fast.fast_norms_and_clipped_sum(model, mse, (x,), y)
+    assert modes == {"a": "fast", "b": "fast"}  # all rows alike: any pairing is the right one
+    check_fast_matches(model, mse, (torch.randn(4, 5),), y)  # checked on the next batch with distinct rows

@@ -20,8 +20,10 @@ skips the weight-gradient matmuls there.
 
 **When a layer-local answer is exact.** The formulas above hold for a module's
 parameters only if (i) their gradient reaches the loss *only through that
-module's output* in *one* call, and (ii) the leading dimension of its input and
-output *is* the batch. Neither is assumed; both are checked on every step:
+module's output* in *one* call, (ii) the leading dimension of its input and
+output *is* the batch, and (iii) row :math:`i` of them is example :math:`i`'s.
+None is assumed; the first two are checked on every step, the third once per
+model and shapes:
 
 * *Gradient flow*, from the autograd graph of :math:`\sum_i \ell_i` (one walk
   over its nodes, before the backward). Autograd numbers nodes in creation
@@ -42,6 +44,14 @@ output *is* the batch. Neither is assumed; both are checked on every step:
   default layout inside ``nn.MultiheadAttention`` and
   ``nn.TransformerEncoderLayer`` with ``batch_first=False``) fails the test
   and falls back, instead of clipping time steps.
+* *Rows*, by value: a model that sorts its batch (by length, say) before a layer
+  and restores the order after it keeps every shape, yet pairs row :math:`i` of
+  that layer with another example's clip factor, mixing examples in the clipped
+  sum: one example's effect on it is no longer bounded by C, silently. A few distinct examples are run
+  in evaluation mode alone, together, and together in reverse order; a layer
+  whose inputs or output do not give each example's own values in its row takes
+  the exact global path, and if the per-example losses do not match either (a
+  loss that reads the batch), every layer does (:func:`_row_check`).
 
 The model's inputs are batch first by the contract of the per-example API
 (example :math:`i` is ``x[i]``, as for ``method="loop"``); a model that permutes
@@ -489,6 +499,135 @@ def _batch_first(site: _Site, probe: dict, batch: int) -> bool:
     return True
 
 
+
+# ---------------------------------------------------------------------------------------------
+# Whether row i of a layer's input and output is example i's: checked by value on a few examples.
+
+_ROW_CHECKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: How many examples the row check runs: alone, together, and together in reverse order.
+ROW_CHECK_EXAMPLES = 3
+
+
+def _distinct_examples(xs: tuple, targets, k: int) -> list[int]:
+    """Up to ``k`` indices among the first 32 examples whose inputs (with targets) differ pairwise."""
+    keys, chosen = [], []
+    for i in range(min(xs[0].shape[0], 32)):
+        key = [x[i] for x in xs] + ([targets[i]] if isinstance(targets, Tensor) else [])
+        if not any(all(torch.equal(a, b) for a, b in zip(key, other)) for other in keys):
+            keys.append(key)
+            chosen.append(i)
+            if len(chosen) == k:
+                break
+    return chosen
+
+
+def _record_calls(model: nn.Module, sites: list[_Site], xs: tuple):
+    """``model(*xs)`` (eagerly) and, per site, the tensor arguments and output of its first call."""
+    seen: dict[str, list] = {}
+
+    def recorder(site):
+        def hook(module, args, kwargs, output):
+            if site.name not in seen:
+                seen[site.name] = [a for a in args if isinstance(a, Tensor)] + [
+                    output if isinstance(output, Tensor) else None]
+        return hook
+
+    handles = [s.module.register_forward_hook(recorder(s), with_kwargs=True, prepend=True) for s in sites]
+    try:
+        return _call_eagerly(model, xs), seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _same_values(a: Tensor, b: Tensor) -> bool:
+    """Equal integers; floats equal up to float error (relative to the larger of the two tensors)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if not (a.is_floating_point() or a.is_complex()):
+        return torch.equal(a, b)
+    rtol = max(1e-3, 8 * torch.finfo(a.dtype).eps)
+    wide = torch.complex128 if a.is_complex() else torch.float64
+    a, b = a.to(wide), b.to(wide)
+    scale = max(float(a.abs().nan_to_num(0).max()), float(b.abs().nan_to_num(0).max()), 1e-30)
+    return bool(torch.isclose(a, b, rtol=0, atol=rtol * scale, equal_nan=True).all())
+
+
+def _row_check(model: nn.Module, loss_fn, xs: tuple, targets, sites: list[_Site]) -> tuple[frozenset, str]:
+    """Sites whose rows are not the examples', and why the losses are not per example ("" if they are).
+
+    The rules and the local path pair row :math:`i` of a layer's input with row :math:`i` of its
+    output gradient and weight both by example :math:`i`'s clip factor. Shapes cannot show that
+    row :math:`i` *is* example :math:`i`: a model that sorts its batch (say, by length) before a
+    layer and restores the order after it keeps every shape, and the clipped sum would then mix
+    one example's gradient in one layer with another's in the next: each layer's part of one
+    example's contribution is scaled by another example's clip factor, and removing an example
+    changes other rows' factors, so its effect on the sum is no longer bounded by :math:`C`
+    (silently). So :data:`ROW_CHECK_EXAMPLES` distinct
+    examples are run in evaluation mode without gradients, each alone, together, and together in
+    reverse order, and every site's tensor arguments and output, and the per-example losses, must
+    give example :math:`i`'s values in its row whatever its position (up to float error). A site
+    that fails takes the exact global path; if the losses fail, every site does. Cached per model,
+    input and target shapes, site set and loss function (as the batch-dimension probe): a model
+    whose row order depends on the data is checked on the first batch it sees, in both orders.
+    Examples with identical inputs and targets cannot be told apart (nor need to be, on that batch).
+    """
+    key = (tuple((tuple(x.shape[1:]), x.dtype, x.device) for x in xs),
+           None if not isinstance(targets, Tensor) else (tuple(targets.shape[1:]), targets.dtype),
+           tuple((s.name, id(s.module)) for s in sites), loss_fn)
+    cache = _ROW_CHECKS.setdefault(model, {})
+    if key in cache:
+        return cache[key]
+    idx = _distinct_examples(xs, targets, ROW_CHECK_EXAMPLES)
+    if len(idx) < 2:  # every example of this batch is the same: any pairing of rows is the right one
+        return frozenset(), ""
+    orders = [idx, idx[::-1], *([i] for i in idx)]
+    training = {m: m.training for m in model.modules()}
+    devices = sorted({x.device.index or 0 for x in xs if x.device.type == "cuda"})
+    runs = []
+    try:
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            for order in orders:
+                sel = torch.tensor(order, device=xs[0].device)
+                out, seen = _record_calls(model, sites, tuple(x[sel] for x in xs))
+                sub = targets[sel] if isinstance(targets, Tensor) else targets
+                runs.append((order, seen, per_example_losses(loss_fn(out, sub), len(order))))
+    except Exception as err:  # noqa: BLE001  (any failure: nothing is verified, every site is exact)
+        result = frozenset(s.name for s in sites), f"the row check could not run ({str(err).splitlines()[0][:120]})"
+        cache[key] = result
+        return result
+    finally:
+        for m, flag in training.items():
+            m.training = flag
+    alone = {order[0]: (seen, losses) for order, seen, losses in runs[2:]}
+    bad, loss_reason = set(), ""
+    for order, seen, losses in runs[:2]:
+        for pos, i in enumerate(order):
+            one_seen, one_loss = alone[i]
+            if not _same_values(losses[pos:pos + 1], one_loss):
+                loss_reason = "a batch's per-example losses differ from its examples' losses alone (row check)"
+            for s in sites:
+                many, one = seen.get(s.name), one_seen.get(s.name)
+                if many is None or one is None or len(many) != len(one):
+                    bad.add(s.name)
+                    continue
+                for t, u in zip(many, one):
+                    if t is None or u is None:
+                        ok = t is None and u is None
+                    elif t.shape == u.shape and t.shape[:1] == (1,):  # a batch-independent call: (1, ...) alike
+                        ok = _same_values(t, u)
+                    else:
+                        ok = t.shape[:1] == (len(order),) and _same_values(t[pos:pos + 1], u)
+                    if not ok:
+                        bad.add(s.name)
+                        break
+    if len(cache) > 64:
+        cache.clear()
+    cache[key] = result = (frozenset(bad), loss_reason)
+    return result
+
+
 # ---------------------------------------------------------------------------------------------
 # The decision per module.
 
@@ -744,6 +883,13 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
             for _, p in s.params:
                 windows[id(p)].append(s.window)
     modes = {s: _mode(s, batch, graph, probe, windows, sites) for s in sites}
+    checked = [s for s in sites if modes[s] in ("fast", "local")]
+    if checked:  # row i must be example i's in every layer the rules or the local path handle
+        misaligned, loss_reason = _row_check(model, loss_fn, xs, targets, sites)
+        for s in checked:
+            if loss_reason or s.name in misaligned:
+                modes[s] = "global"
+                s.reason = loss_reason or "row i of its input or output is not example i's (row check)"
     tied = _tied_pairs(sites, modes)
     for s in sites:
         # Memory option: a norm layer fed directly by a Linear need not keep its input alive through the

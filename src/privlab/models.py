@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from privlab._validate import check_int, check_probability
 
-__all__ = ["MLP", "StreamRecClickPredictor", "count_parameters"]
+__all__ = ["MLP", "BatchSortingMLP", "StreamRecClickPredictor", "count_parameters"]
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = True) -> int:
@@ -144,6 +144,37 @@ class MLP(nn.Sequential):
             width = h
         layers.append(nn.Linear(width, out_features))
         super().__init__(*layers)
+
+
+class BatchSortingMLP(nn.Module):
+    r"""A two-layer network that sorts its batch by the first feature before the first layer and
+    restores the order after it: :math:`f(x)_i = w_2^\top \tanh(W_1 x_i + b_1) + b_2`.
+
+    Every example's output depends on that example alone (the sort is undone), so per-example
+    gradients are well defined and the loop computes them. But inside, row :math:`i` of the first
+    layer's input is *not* example :math:`i` (sorting sequences by length before packing them does
+    the same). Per-layer hooks that read row :math:`i` of a layer as example :math:`i`'s, as
+    Opacus's ``GradSampleModule`` does, attribute that layer's gradients to the wrong examples,
+    silently (chapter 8); privlab's fast path checks rows by value and takes its exact path there.
+
+    >>> net = BatchSortingMLP(3, 4)
+    >>> x = torch.randn(5, 3)
+    >>> bool(torch.allclose(net(x)[2:3], net(x[2:3])))   # each output is its example's alone
+    True
+
+    Used in: chapter 8.
+    """
+
+    def __init__(self, in_features: int, hidden: int) -> None:
+        super().__init__()
+        self.first = nn.Linear(check_int("in_features", in_features, minimum=1), check_int("hidden", hidden, minimum=1))
+        self.second = nn.Linear(hidden, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        order = torch.argsort(x[:, 0])
+        back = torch.empty_like(order)
+        back[order] = torch.arange(len(order), device=x.device)
+        return self.second(torch.tanh(self.first(x[order]))[back]).squeeze(-1)
 
 
 @contextmanager

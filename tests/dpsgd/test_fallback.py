@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from privlab.dpsgd import clipped_grad_sum, fast, per_example_grad_norms
+from privlab.dpsgd import clipped_grad_sum, fast, per_example_grad_norms, removal_gaps
+from privlab.models import BatchSortingMLP
 
 
 
@@ -253,32 +254,24 @@ def test_norm_layer_first_gets_its_rule_after_the_backward(modes):
 # ----------------------------------------------------------------------- rows that are not the examples
 
 
-class SortsItsBatch(nn.Module):
-    """Sorts the batch by its first feature before ``a`` and restores the order after it, as packing
-    sequences by length does: every shape is batch first, but row i of ``a`` is not example i."""
-
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = nn.Linear(5, 4), nn.Linear(4, 1)
-
-    def forward(self, x):
-        order = torch.argsort(x[:, 0])
-        back = torch.empty_like(order)
-        back[order] = torch.arange(len(order))
-        return self.b(torch.tanh(self.a(x[order]))[back]).squeeze(1)
+def sorting_net():
+    """Sorts the batch by its first feature before its first layer and restores the order after it
+    (privlab.models.BatchSortingMLP): every shape is batch first, but row i of that layer is not
+    example i."""
+    return BatchSortingMLP(5, 4)
 
 
 def test_a_layer_whose_rows_are_permuted_falls_back(modes):
     torch.manual_seed(0)
     x, y = torch.randn(8, 5), torch.randn(8)
-    check_fast_matches(SortsItsBatch(), mse, (x,), y)
-    assert modes == {"a": "global", "b": "fast"}  # b's rows are the examples' again
+    check_fast_matches(sorting_net(), mse, (x,), y)
+    assert modes == {"first": "global", "second": "fast"}  # second's rows are the examples' again
 
 
 def test_without_the_row_check_the_clipped_sum_mixes_examples(monkeypatch):
     """What the row check prevents: the permuted layer's rows clipped with other examples' factors."""
     torch.manual_seed(0)
-    model, x, y = SortsItsBatch().double(), torch.randn(8, 5).double(), torch.randn(8).double()
+    model, x, y = sorting_net().double(), torch.randn(8, 5).double(), torch.randn(8).double()
     monkeypatch.setattr(fast, "_row_check", lambda *args: (frozenset(), ""))
     wrong = clipped_grad_sum(model, mse, x, y, max_grad_norm=0.1, method="fast")
     right = clipped_grad_sum(model, mse, x, y, max_grad_norm=0.1, method="loop")
@@ -312,8 +305,42 @@ def test_row_check_keeps_dropout_models_fast_and_restores_training_flags(modes):
 
 
 def test_identical_examples_need_no_row_check(modes):
-    model = SortsItsBatch()
+    model = sorting_net()
     x, y = torch.ones(4, 5), torch.zeros(4)
     fast.fast_norms_and_clipped_sum(model, mse, (x,), y)
-    assert modes == {"a": "fast", "b": "fast"}  # all rows alike: any pairing is the right one
+    assert modes == {"first": "fast", "second": "fast"}  # all rows alike: any pairing is the right one
     check_fast_matches(model, mse, (torch.randn(4, 5),), y)  # checked on the next batch with distinct rows
+
+
+def _flat_sum(model, method, clip):
+    def flat(x, y):
+        return torch.cat([g.flatten() for g in clipped_grad_sum(model, mse, x, y, max_grad_norm=clip, method=method)])
+    return flat
+
+
+def test_removing_an_example_moves_the_fast_sum_by_at_most_c_on_the_sorting_net():
+    torch.manual_seed(0)
+    model, x, y = sorting_net().double(), 2 * torch.randn(16, 5).double(), 3 * torch.randn(16).double()
+    for method in ("fast", "loop"):
+        assert float(removal_gaps(_flat_sum(model, method, 0.1), x, y).max()) <= 0.1 * (1 + 1e-9), method
+
+
+def test_opacus_hooks_on_the_sorting_net_move_the_sum_by_more_than_c():
+    """Opacus 1.6's hooks read row i of every layer as example i's (chapter 8 shows it): if a release
+    fixes this, the chapter's claim must change."""
+    opacus = pytest.importorskip("opacus")
+    torch.manual_seed(0)
+    model, x, y = sorting_net().double(), 2 * torch.randn(16, 5).double(), 3 * torch.randn(16).double()
+
+    def opacus_sum(xs, ys):
+        gsm = opacus.GradSampleModule(model, loss_reduction="sum")
+        opt = opacus.optimizers.DPOptimizer(torch.optim.SGD(gsm.parameters(), lr=0.0), noise_multiplier=0.0,
+                                            max_grad_norm=0.1, expected_batch_size=len(xs), loss_reduction="sum")
+        opt.zero_grad()
+        mse(gsm(xs), ys).sum().backward()
+        opt.pre_step()
+        out = torch.cat([p.grad.flatten() for p in gsm.parameters()])
+        gsm._close()
+        return out
+
+    assert float(removal_gaps(opacus_sum, x, y).max()) > 1.5 * 0.1

@@ -12,7 +12,8 @@ per-sample gradients           :func:`per_sample_grads` (``"loop"``, ``"vmap"``)
                                the ``"fast"`` path never forms them
                                (:mod:`privlab.dpsgd.fast`)
 clip and sum (the kernel)      :func:`clipped_grad_sum`, :func:`clip_factors`,
-                               :func:`per_example_grad_norms`
+                               :func:`per_example_grad_norms`; :func:`removal_gaps`
+                               (its sensitivity, measured on one batch)
 noise, scale, optimizer step   :class:`DPOptimizer`
 Poisson sampling / shuffling   :class:`PoissonSampler`, :class:`ShuffleSampler`,
                                :func:`make_sampler`
@@ -37,6 +38,7 @@ from .clipping import (
     clipped_grad_sum,
     clipped_grad_sum_with_stats,
     per_example_grad_norms,
+    removal_gaps,
 )
 from .graphs import CUDAGraphStep, graph_capacity
 from .lm import lm_loss
@@ -82,6 +84,7 @@ __all__ = [
     "per_sample_grads",
     "profile_grad_norms",
     "register_rule",
+    "removal_gaps",
     "run_seeds",
     "steps_per_epoch",
     "summarize_grad_norms",

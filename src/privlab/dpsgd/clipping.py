@@ -43,7 +43,7 @@ from .per_sample import (
 from .rules import weighted_rows
 
 __all__ = ["METHODS", "ClippedSum", "clip_factors", "clipped_grad_sum", "clipped_grad_sum_with_stats",
-           "per_example_grad_norms"]
+           "per_example_grad_norms", "removal_gaps"]
 
 #: Methods accepted by :func:`clipped_grad_sum`.
 METHODS = ("loop", "vmap", "fast")
@@ -215,3 +215,34 @@ def per_example_grad_norms(model: nn.Module, loss_fn, inputs, targets, *, method
     Used in: chapters 6, 13.
     """
     return clipped_grad_sum_with_stats(model, loss_fn, inputs, targets, factors_fn=None, method=method).norms.detach()
+
+
+def removal_gaps(clipped_sum: Callable[[Tensor, Tensor], Tensor], inputs: Tensor, targets: Tensor) -> Tensor:
+    r"""How far removing each example moves a clipped sum: :math:`\|\bar g(D) - \bar g(D \setminus \{k\})\|_2`
+    for every example :math:`k` of the batch :math:`D`, shape ``(B,)``.
+
+    For a correct clipped sum every gap is at most :math:`C` (each example adds one term of norm
+    at most :math:`C`, and no other term depends on it): the add/remove sensitivity the noise is
+    calibrated to, measured on one batch. A gap above :math:`C` refutes the implementation (a
+    single batch cannot prove it right).
+
+    Args:
+        clipped_sum: maps a batch ``(inputs, targets)`` to the clipped sum, one flat tensor.
+        inputs, targets: the batch, batch first (one tensor each).
+
+    >>> net = torch.nn.Linear(3, 1)
+    >>> x, y = torch.randn(6, 3), torch.randn(6)
+    >>> def flat(x, y):
+    ...     loss = lambda out, t: (out.squeeze(1) - t) ** 2
+    ...     return torch.cat([g.flatten() for g in clipped_grad_sum(net, loss, x, y, max_grad_norm=0.1)])
+    >>> bool(removal_gaps(flat, x, y).max() <= 0.1 + 1e-6)
+    True
+
+    Used in: chapter 8.
+    """
+    full = clipped_sum(inputs, targets)
+    gaps = []
+    for k in range(len(inputs)):
+        keep = torch.cat([torch.arange(k), torch.arange(k + 1, len(inputs))]).to(inputs.device)
+        gaps.append(torch.linalg.vector_norm(full - clipped_sum(inputs[keep], targets[keep])))
+    return torch.stack(gaps)

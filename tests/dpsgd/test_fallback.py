@@ -268,11 +268,13 @@ def test_a_layer_whose_rows_are_permuted_falls_back(modes):
     assert modes == {"first": "global", "second": "fast"}  # second's rows are the examples' again
 
 
-def test_without_the_row_check_the_clipped_sum_mixes_examples(monkeypatch):
-    """What the row check prevents: the permuted layer's rows clipped with other examples' factors."""
+def test_without_the_checks_the_clipped_sum_mixes_examples(monkeypatch):
+    """What the row check (and the loop check) prevent: the permuted layer's rows clipped with other
+    examples' factors."""
     torch.manual_seed(0)
     model, x, y = sorting_net().double(), torch.randn(8, 5).double(), torch.randn(8).double()
     monkeypatch.setattr(fast, "_row_check", lambda *args: (frozenset(), ""))
+    monkeypatch.setattr(fast, "_loop_check", lambda *args: "")
     wrong = clipped_grad_sum(model, mse, x, y, max_grad_norm=0.1, method="fast")
     right = clipped_grad_sum(model, mse, x, y, max_grad_norm=0.1, method="loop")
     assert max(float((a - b).abs().max()) for a, b in zip(wrong, right)) > 1e-3
@@ -301,7 +303,10 @@ def test_row_check_keeps_dropout_models_fast_and_restores_training_flags(modes):
         fast.fast_norms_and_clipped_sum(model, mse, (x,), y)
     assert set(modes.values()) == {"fast"}
     assert [m.training for m in model] == [True, True, True, False, True] and model.training
-    assert len(calls) == 3 + 1 + 5  # three steps, one shape probe, one row check (3 alone + 2 together)
+    # three steps, one shape probe, one row check (a determinism test: 2; 7 examples alone and 2
+    # together) and one loop check (a determinism test: 2; the loop over the 7: 7; the fast path on
+    # them: 1, and its shape probe with dropout off: 1)
+    assert len(calls) == 3 + 1 + (2 + 9) + (2 + 7 + 1 + 1)
 
 
 def test_identical_examples_need_no_row_check(modes):
@@ -344,3 +349,146 @@ def test_opacus_hooks_on_the_sorting_net_move_the_sum_by_more_than_c():
         return out
 
     assert float(removal_gaps(opacus_sum, x, y).max()) > 1.5 * 0.1
+
+
+
+# ------------------------------------------- what only the check against the loop sees (a red-team read)
+
+
+class _TwoLayers(nn.Module):
+    def __init__(self, hook=None):
+        super().__init__()
+        self.l1, self.l2, self.hook = nn.Linear(4, 5), nn.Linear(5, 2), hook
+
+    def forward(self, x):
+        h = self.l1(x)
+        if self.hook is not None and h.requires_grad:
+            self.hook(h)
+        return self.l2(torch.tanh(h))
+
+
+class _BatchNormalisedGrad(torch.autograd.Function):
+    """Identity forward; the backward divides by the norm of the whole batch's gradient."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(h):
+        return h.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # functorch-ready, so the exact path can vmap it
+        pass
+
+    @staticmethod
+    def backward(ctx, g):
+        return g / g.norm()
+
+
+class _CoupledInBackward(_TwoLayers):
+    def forward(self, x):
+        return self.l2(_BatchNormalisedGrad.apply(torch.tanh(self.l1(x))))
+
+
+class _SortsWhenTraining(_TwoLayers):
+    def forward(self, x):
+        h = torch.tanh(self.l1(x))
+        if not self.training:
+            return self.l2(h)
+        order = torch.argsort(x[:, 0])
+        return self.l2(h[order])[torch.argsort(order)]
+
+
+def _sum_loss(out, t):
+    return ((out - t) ** 2).sum(1)
+
+
+@pytest.mark.parametrize("case", ["node pre-hook", "node hook", "backward coupling"])
+def test_what_the_structural_checks_miss_the_loop_check_catches(case, modes):
+    torch.manual_seed(0)
+    model = {"node pre-hook": lambda: _TwoLayers(lambda h: h.grad_fn.register_prehook(lambda go: (3 * go[0],))),
+             "node hook": lambda: _TwoLayers(lambda h: h.grad_fn.register_hook(
+                 lambda gi, go: tuple(None if g is None else 3 * g for g in gi))),
+             "backward coupling": _CoupledInBackward}[case]()
+    check_fast_matches(model, _sum_loss, (torch.randn(6, 4),), torch.randn(6, 2))
+    assert set(modes.values()) == {"global"}
+
+
+def test_checks_run_in_training_mode_when_the_forward_is_deterministic(modes):
+    """A model that reorders its batch only in training: the row check, run in training mode (no
+    dropout to switch off), finds the reordered layer; the other stays fast."""
+    torch.manual_seed(0)
+    check_fast_matches(_SortsWhenTraining(), _sum_loss, (torch.randn(6, 4),), torch.randn(6, 2))
+    assert modes == {"l1": "fast", "l2": "global"}
+
+
+class _MergesInEval(nn.Module):
+    """As loralib's layers: train(False) merges the adapter into the weight, train(True) unmerges it."""
+
+    def __init__(self):
+        super().__init__()
+        self.base = nn.Linear(4, 3)
+        self.base.weight.requires_grad_(False)
+        self.a, self.b = nn.Parameter(torch.randn(2, 4)), nn.Parameter(torch.randn(3, 2))
+        self.dropout, self.merged = nn.Dropout(0.1), False
+
+    def train(self, mode=True):
+        super().train(mode)
+        with torch.no_grad():
+            if not mode and not self.merged:
+                self.base.weight += self.b @ self.a
+            elif mode and self.merged:
+                self.base.weight -= self.b @ self.a
+        self.merged = not mode
+        return self
+
+    def forward(self, x):
+        out = self.base(x)
+        return out if self.merged else out + self.dropout(x) @ self.a.t() @ self.b.t()
+
+
+def test_the_checks_leave_a_model_that_merges_in_eval_unmerged():
+    torch.manual_seed(0)
+    model = _MergesInEval()
+    weight = model.base.weight.clone()
+    grads = clipped_grad_sum(model, _sum_loss, torch.randn(6, 4), torch.randn(6, 3), max_grad_norm=1.0)
+    assert not model.merged and model.training and torch.equal(model.base.weight, weight)
+    assert all(float(g.norm()) > 0 for g in grads)  # the adapters still learn
+
+
+def test_a_global_forward_hook_sends_every_layer_to_the_exact_path(modes):
+    torch.manual_seed(0)
+    handle = nn.modules.module.register_module_forward_hook(
+        lambda m, i, o: o * 3 if isinstance(m, nn.Linear) else None)
+    try:
+        check_fast_matches(_TwoLayers(), _sum_loss, (torch.randn(6, 4),), torch.randn(6, 2))
+    finally:
+        handle.remove()
+    assert set(modes.values()) == {"global"}
+
+
+def test_rules_read_the_weights_not_stale_attributes(modes):
+    """A weight replaced after construction: the rules read its shape, and a negative padding_idx set
+    later counts from the end, as F.linear and F.embedding do (the layers stay on their rules)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(12, 2)
+    lin.weight = nn.Parameter(torch.randn(2, 4))
+    check_fast_matches(lin, lambda o, t: ((o - t) ** 2).sum((1, 2)), (torch.randn(3, 3, 4),), torch.randn(3, 3, 2))
+    assert modes == {"": "fast"}
+
+    class Emb(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(10, 3), nn.Linear(3, 1)
+
+        def forward(self, ids):
+            return self.head(self.emb(ids)).squeeze(-1)
+
+    modes.clear()
+    model = Emb()
+    model.emb.weight = nn.Parameter(torch.cat([model.emb.weight.data, torch.randn(5, 3)]))  # 15 rows
+    model.emb.padding_idx = -1
+    ids = torch.randint(0, 15, (3, 300))
+    ids[:, -3:] = 14  # the padding row
+    check_fast_matches(model, lambda o, t: ((o - t) ** 2).sum(1), (ids,), torch.randn(3, 300))
+    assert modes == {"emb": "fast", "head": "fast"}

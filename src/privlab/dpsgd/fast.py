@@ -23,7 +23,7 @@ parameters only if (i) their gradient reaches the loss *only through that
 module's output* in *one* call, (ii) the leading dimension of its input and
 output *is* the batch, and (iii) row :math:`i` of them is example :math:`i`'s.
 None is assumed; the first two are checked on every step, the third once per
-model and shapes:
+model and shapes, and the result against the per-example loop once too:
 
 * *Gradient flow*, from the autograd graph of :math:`\sum_i \ell_i` (one walk
   over its nodes, before the backward). Autograd numbers nodes in creation
@@ -47,11 +47,19 @@ model and shapes:
 * *Rows*, by value: a model that sorts its batch (by length, say) before a layer
   and restores the order after it keeps every shape, yet pairs row :math:`i` of
   that layer with another example's clip factor, mixing examples in the clipped
-  sum: one example's effect on it is no longer bounded by C, silently. A few distinct examples are run
-  in evaluation mode alone, together, and together in reverse order; a layer
-  whose inputs or output do not give each example's own values in its row takes
-  the exact global path, and if the per-example losses do not match either (a
-  loss that reads the batch), every layer does (:func:`_row_check`).
+  sum: one example's effect on it is no longer bounded by C, silently. A few distinct examples,
+  spread over the first batch, are run alone, together, and together in reverse order (with dropout
+  off when the forward is random); a layer whose inputs or output do not give each example's own
+  values in its row takes the exact global path, and if the per-example losses do not match either
+  (a loss that reads the batch), every layer does (:func:`_row_check`).
+* *The loop*, end to end, on those examples: the fast path's norms and clipped sum must equal the
+  per-example loop's, or every layer takes the exact path (:func:`_loop_check`). It catches what the
+  structural checks cannot see: autograd hooks on a layer's nodes or global module hooks that change
+  what a rule assumes, examples coupled only in the backward pass, reordering only in training.
+
+The last two are checked on the first batch a model and shapes see, and cached: a model whose
+behaviour changes with the data or the batch size later (or, with dropout, only in training) can
+still escape them. They are safeguards, not proofs.
 
 The model's inputs are batch first by the contract of the per-example API
 (example :math:`i` is ``x[i]``, as for ``method="loop"``); a model that permutes
@@ -165,6 +173,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import math
 import functools
 import sys
 import warnings
@@ -186,7 +195,7 @@ from .per_sample import (
     trainable_parameters,
     vmap_grads_and_losses,
 )
-from .rules import Rule, layer_norm_from_stats, row_sq_norms, rule_for, weighted_rows
+from .rules import Rule, embedding_padding_row, layer_norm_from_stats, row_sq_norms, rule_for, weighted_rows
 
 __all__ = ["MODES", "RECOMPUTE_NORM_INPUTS", "fast_norms_and_clipped_sum"]
 
@@ -504,14 +513,17 @@ def _batch_first(site: _Site, probe: dict, batch: int) -> bool:
 # Whether row i of a layer's input and output is example i's: checked by value on a few examples.
 
 _ROW_CHECKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-#: How many examples the row check runs: alone, together, and together in reverse order.
-ROW_CHECK_EXAMPLES = 3
+#: How many examples the row check and the check against the loop run (alone, together, reversed).
+ROW_CHECK_EXAMPLES = 8
 
 
 def _distinct_examples(xs: tuple, targets, k: int) -> list[int]:
-    """Up to ``k`` indices among the first 32 examples whose inputs (with targets) differ pairwise."""
+    """Up to ``k`` examples whose inputs (with targets) differ pairwise, spread over the batch:
+    evenly spaced positions first, then the first 64 in order."""
+    batch = xs[0].shape[0]
+    spread = [round(j * (batch - 1) / max(1, k - 1)) for j in range(k)]
     keys, chosen = [], []
-    for i in range(min(xs[0].shape[0], 32)):
+    for i in dict.fromkeys(spread + list(range(min(batch, 64)))):
         key = [x[i] for x in xs] + ([targets[i]] if isinstance(targets, Tensor) else [])
         if not any(all(torch.equal(a, b) for a, b in zip(key, other)) for other in keys):
             keys.append(key)
@@ -541,7 +553,8 @@ def _record_calls(model: nn.Module, sites: list[_Site], xs: tuple):
 
 
 def _same_values(a: Tensor, b: Tensor) -> bool:
-    """Equal integers; floats equal up to float error (relative to the larger of the two tensors)."""
+    """Equal integers; floats equal up to float error: relative to each entry, with a floor of 1% of
+    the larger tensor's largest entry (so one large feature cannot hide differences in small ones)."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
     if not (a.is_floating_point() or a.is_complex()):
@@ -549,8 +562,10 @@ def _same_values(a: Tensor, b: Tensor) -> bool:
     rtol = max(1e-3, 8 * torch.finfo(a.dtype).eps)
     wide = torch.complex128 if a.is_complex() else torch.float64
     a, b = a.to(wide), b.to(wide)
-    scale = max(float(a.abs().nan_to_num(0).max()), float(b.abs().nan_to_num(0).max()), 1e-30)
-    return bool(torch.isclose(a, b, rtol=0, atol=rtol * scale, equal_nan=True).all())
+    entry = torch.maximum(a.abs(), b.abs()).nan_to_num(0)
+    floor = max(float(entry.max()) if entry.numel() else 0.0, 1e-30) * 1e-2
+    return bool(torch.isclose(a, b, rtol=0, atol=0, equal_nan=True).logical_or(
+        (a - b).abs() <= rtol * (entry + floor)).all())
 
 
 def _row_check(model: nn.Module, loss_fn, xs: tuple, targets, sites: list[_Site]) -> tuple[frozenset, str]:
@@ -564,7 +579,8 @@ def _row_check(model: nn.Module, loss_fn, xs: tuple, targets, sites: list[_Site]
     example's contribution is scaled by another example's clip factor, and removing an example
     changes other rows' factors, so its effect on the sum is no longer bounded by :math:`C`
     (silently). So :data:`ROW_CHECK_EXAMPLES` distinct
-    examples are run in evaluation mode without gradients, each alone, together, and together in
+    examples are run without gradients (with every module's ``training`` attribute False when the
+    forward is random: :func:`_without_sampling`), each alone, together, and together in
     reverse order, and every site's tensor arguments and output, and the per-example losses, must
     give example :math:`i`'s values in its row whatever its position (up to float error). A site
     that fails takes the exact global path; if the losses fail, every site does. Cached per model,
@@ -582,12 +598,11 @@ def _row_check(model: nn.Module, loss_fn, xs: tuple, targets, sites: list[_Site]
     if len(idx) < 2:  # every example of this batch is the same: any pairing of rows is the right one
         return frozenset(), ""
     orders = [idx, idx[::-1], *([i] for i in idx)]
-    training = {m: m.training for m in model.modules()}
     devices = sorted({x.device.index or 0 for x in xs if x.device.type == "cuda"})
     runs = []
     try:
-        model.eval()
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), _without_sampling(model, tuple(x[:2] for x in xs)), \
+                torch.no_grad():
             for order in orders:
                 sel = torch.tensor(order, device=xs[0].device)
                 out, seen = _record_calls(model, sites, tuple(x[sel] for x in xs))
@@ -597,16 +612,15 @@ def _row_check(model: nn.Module, loss_fn, xs: tuple, targets, sites: list[_Site]
         result = frozenset(s.name for s in sites), f"the row check could not run ({str(err).splitlines()[0][:120]})"
         cache[key] = result
         return result
-    finally:
-        for m, flag in training.items():
-            m.training = flag
     alone = {order[0]: (seen, losses) for order, seen, losses in runs[2:]}
     bad, loss_reason = set(), ""
     for order, seen, losses in runs[:2]:
+        # the losses as whole vectors: a tolerance floor from the largest, so a near-zero loss's float
+        # error does not count as a difference
+        if not _same_values(losses, torch.cat([alone[i][1] for i in order])):
+            loss_reason = "a batch's per-example losses differ from its examples' losses alone (row check)"
         for pos, i in enumerate(order):
-            one_seen, one_loss = alone[i]
-            if not _same_values(losses[pos:pos + 1], one_loss):
-                loss_reason = "a batch's per-example losses differ from its examples' losses alone (row check)"
+            one_seen = alone[i][0]
             for s in sites:
                 many, one = seen.get(s.name), one_seen.get(s.name)
                 if many is None or one is None or len(many) != len(one):
@@ -626,6 +640,97 @@ def _row_check(model: nn.Module, loss_fn, xs: tuple, targets, sites: list[_Site]
         cache.clear()
     cache[key] = result = (frozenset(bad), loss_reason)
     return result
+
+
+_LOOP_CHECKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _deterministic(model: nn.Module, xs: tuple) -> bool:
+    """Does the model give the same outputs twice on the same inputs (no dropout or other sampling)?"""
+    with torch.no_grad():
+        first, second = (getattr(o, "logits", o) for o in (_call_eagerly(model, xs), _call_eagerly(model, xs)))
+    return isinstance(first, Tensor) and isinstance(second, Tensor) and torch.equal(first, second)
+
+
+@contextlib.contextmanager
+def _without_sampling(model: nn.Module, xs: tuple):
+    """The model as it is if its forward is deterministic on ``xs``; else with every module's ``training``
+    attribute False (dropout off) until the block ends. Set and restored as attributes, never through
+    ``train()``/``eval()``: a library's ``train(False)`` may do more (loralib merges LoRA weights into
+    the base weight there, and unmerges only in ``train(True)``), and a check must leave the model as
+    it found it."""
+    flags = {m: m.training for m in model.modules()}
+    try:
+        if model.training and not _deterministic(model, xs):
+            for m in flags:
+                m.training = False
+        yield
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+
+
+def _loop_check(model: nn.Module, loss_fn, xs: tuple, targets, params: list, modules, recompute) -> str:
+    r""""" if the fast path gives the loop's per-example norms and clipped sum on a few examples of
+    this batch; else why not (then every layer takes the exact global path).
+
+    The structural checks (gradient flow, batch dimension, rows) cover the ways a layer-local answer
+    is known to go wrong; this check covers the rest end to end: autograd hooks on a layer's nodes
+    or global module hooks that change what a rule assumes, examples coupled only in the backward
+    pass (a custom ``autograd.Function``), module attributes that disagree with the parameters. On
+    :data:`ROW_CHECK_EXAMPLES` distinct examples spread over the batch, in the model's training mode
+    if its forward is deterministic there (else with dropout off, :func:`_without_sampling`, as two
+    random passes differ), with gradients: the fast path's norms and clipped sum (at :math:`C` the median norm)
+    against :func:`~privlab.dpsgd.per_sample.loop_grads_and_losses`, each within a relative 1e-3
+    (per example, per parameter). Cached per model, shapes, parameters and loss function: like the
+    other checks, it sees the first batch, so a model whose behaviour changes with the data, the batch
+    size beyond these examples, or (with dropout) the training mode can still escape it.
+    """
+    key = (tuple((tuple(x.shape[1:]), x.dtype, x.device) for x in xs),
+           None if not isinstance(targets, Tensor) else (tuple(targets.shape[1:]), targets.dtype),
+           tuple(id(p) for p in params), loss_fn, recompute)
+    cache = _LOOP_CHECKS.setdefault(model, {})
+    if key in cache:
+        return cache[key]
+    idx = _distinct_examples(xs, targets, ROW_CHECK_EXAMPLES)
+    if len(idx) < 2:  # every example of this batch is the same: nothing to compare per example
+        return ""
+    sel = torch.tensor(idx, device=xs[0].device)
+    sub_x = tuple(x[sel] for x in xs)
+    sub_t = targets[sel] if isinstance(targets, Tensor) else targets
+    devices = sorted({x.device.index or 0 for x in xs if x.device.type == "cuda"})
+    why = ""
+    try:
+        with torch.random.fork_rng(devices=devices), _without_sampling(model, sub_x):
+            loop_grads, _ = loop_grads_and_losses(model, loss_fn, sub_x, sub_t, params)
+            loop_norms = sum(row_sq_norms(g).double() for g in loop_grads).sqrt()
+            clip = float(loop_norms.median()) or 1.0
+
+            def factors(n):
+                return clip / n.double().clamp_min(clip)
+
+            grads, norms, _ = fast_norms_and_clipped_sum(model, loss_fn, sub_x, sub_t, factors, params=params,
+                                                         modules=modules, recompute_norm_inputs=recompute,
+                                                         _check=False)
+            want = [weighted_rows(factors(loop_norms).to(g.dtype), g) for g in loop_grads]
+    except Exception as err:  # noqa: BLE001  (nothing verified: every layer takes the exact path)
+        why = f"the check against the loop could not run ({str(err).splitlines()[0][:120]})"
+    if not why:
+        rtol = max(1e-3, max(8 * torch.finfo(p.dtype).eps for p in params) if params else 1e-3)
+        norms = norms.double()
+        if not bool(((norms - loop_norms).abs() <= rtol * (loop_norms + 1e-2 * loop_norms.max() + 1e-30)).all()):
+            why = "its per-example norms differ from the loop's on a few examples of this batch (loop check)"
+        else:
+            total = math.sqrt(sum(float(w.double().square().sum()) for w in want))
+            for g, w in zip(grads, want):
+                err = float((g.double() - w.double()).norm())
+                if err > rtol * (float(w.double().norm()) + 1e-2 * total + 1e-30):
+                    why = "its clipped sum differs from the loop's on a few examples of this batch (loop check)"
+                    break
+    if len(cache) > 64:
+        cache.clear()
+    cache[key] = why
+    return why
 
 
 # ---------------------------------------------------------------------------------------------
@@ -700,11 +805,11 @@ def _tied_cross_term(emb: _Site, b_emb: Tensor, lin: _Site, b_lin: Tensor) -> Te
     so :math:`\langle G^{emb}_i, G^{lin}_i\rangle = \sum_{s,t} b^{lin}_{i,s,id_{i,t}}\,\langle a_{i,s}, b^{emb}_{i,t}\rangle`:
     about :math:`B T_{lin} T_{emb} d` flops, no :math:`V \times d` tensor per example.
     """
-    batch, dim = b_emb.shape[0], emb.module.embedding_dim
+    batch, dim, pad = b_emb.shape[0], emb.module.weight.shape[1], embedding_padding_row(emb.module)
     ids = emb.args[0].reshape(batch, -1)
     be = b_emb.reshape(batch, -1, dim)
-    if emb.module.padding_idx is not None:  # the padding row gets no gradient through the embedding
-        be = be * (ids != emb.module.padding_idx).unsqueeze(-1).to(be.dtype)
+    if pad is not None:  # the padding row gets no gradient through the embedding
+        be = be * (ids != pad).unsqueeze(-1).to(be.dtype)
     a = lin.args[0].detach().reshape(batch, -1, dim)
     bl = b_lin.reshape(batch, a.shape[1], -1)
     inner = a @ be.transpose(1, 2)  # (B, S, T): <a_{i,s}, b_emb_{i,t}>
@@ -829,7 +934,7 @@ def _single_example(model, loss_fn, xs, targets, factors_fn, params):
 
 
 def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None, *, params=None, modules=None,
-                               recompute_norm_inputs: bool | None = None):
+                               recompute_norm_inputs: bool | None = None, _check: bool = True):
     r"""Per-example norms :math:`\|g_i\|` and, if ``factors_fn`` is given, :math:`\sum_i c_i g_i`.
 
     Args:
@@ -884,12 +989,20 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
                 windows[id(p)].append(s.window)
     modes = {s: _mode(s, batch, graph, probe, windows, sites) for s in sites}
     checked = [s for s in sites if modes[s] in ("fast", "local")]
-    if checked:  # row i must be example i's in every layer the rules or the local path handle
+    # (never while a CUDA graph is captured: the checks synchronise; CUDAGraphStep's warm-up steps,
+    # on the same shapes, ran and cached them)
+    if checked and not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):  # row i must be example i's in every layer the rules or the local path handle
         misaligned, loss_reason = _row_check(model, loss_fn, xs, targets, sites)
+        # end to end, once per model and shapes: the fast path against the loop on a few of these
+        # examples (``_check=False`` is that check's own call)
+        unverified = _loop_check(model, loss_fn, xs, targets, params, modules, recompute) if _check else ""
+        global_hooks = "a global module forward hook is registered (it can change a layer's output)" \
+            if nn.modules.module._global_forward_hooks else ""
         for s in checked:
-            if loss_reason or s.name in misaligned:
+            if unverified or global_hooks or loss_reason or s.name in misaligned:
                 modes[s] = "global"
-                s.reason = loss_reason or "row i of its input or output is not example i's (row check)"
+                s.reason = (unverified or global_hooks or loss_reason
+                            or "row i of its input or output is not example i's (row check)")
     tied = _tied_pairs(sites, modes)
     for s in sites:
         # Memory option: a norm layer fed directly by a Linear need not keep its input alive through the

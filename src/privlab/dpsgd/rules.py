@@ -185,8 +185,8 @@ def _affine(a: Tensor, b: Tensor, d_in: int, d_out: int, want_w: bool, want_b: b
 
 @register_rule(nn.Linear)
 def _linear(module: nn.Linear, a: Tensor, b: Tensor) -> LayerContribution:
-    return _affine(a, b, module.in_features, module.out_features,
-                   _trainable(module, "weight"), _trainable(module, "bias"))
+    d_out, d_in = module.weight.shape  # what F.linear reads, not in_features/out_features (which can be stale)
+    return _affine(a, b, d_in, d_out, _trainable(module, "weight"), _trainable(module, "bias"))
 
 
 def _norm_layer_contribution(module: nn.Module, x_hat: Tensor, b: Tensor, param_dims: int) -> LayerContribution:
@@ -254,13 +254,21 @@ def _group_norm(module: nn.GroupNorm, x: Tensor, b: Tensor) -> LayerContribution
     return _norm_layer_contribution(module, x_hat.movedim(1, -1), b.movedim(1, -1), 1)
 
 
+def embedding_padding_row(module: nn.Embedding) -> int | None:
+    """The row ``F.embedding`` keeps at zero gradient: ``padding_idx``, a negative one counted from the
+    end of the weight (an attribute set after construction is neither checked nor normalised by torch)."""
+    pad = module.padding_idx
+    return pad + module.weight.shape[0] if pad is not None and pad < 0 else pad
+
+
 @register_rule(nn.Embedding)
 def _embedding(module: nn.Embedding, ids: Tensor, b: Tensor) -> LayerContribution:
     # grad_i[v] = sum_{t: id_{i,t} = v} b_{i,t}, so ||grad_i||^2 = sum_{t,t'} [id_it = id_it'] <b_it, b_it'>
-    batch, dim = ids.shape[0], module.embedding_dim
+    vocab, dim = module.weight.shape  # what F.embedding reads, not num_embeddings (which can be stale)
+    batch, pad = ids.shape[0], embedding_padding_row(module)
     ids2, g = ids.reshape(batch, -1), b.reshape(batch, -1, dim)
-    if module.padding_idx is not None:  # the padding row never receives a gradient
-        g = g * (ids2 != module.padding_idx).unsqueeze(-1).to(g.dtype)
+    if pad is not None:  # the padding row never receives a gradient
+        g = g * (ids2 != pad).unsqueeze(-1).to(g.dtype)
     steps = ids2.shape[1]
     if steps == 1:
         norm2 = row_sq_norms(g)
@@ -268,10 +276,10 @@ def _embedding(module: nn.Embedding, ids: Tensor, b: Tensor) -> LayerContributio
         same = (ids2.unsqueeze(2) == ids2.unsqueeze(1)).to(g.dtype)
         norm2 = (same * (g @ g.transpose(1, 2))).sum((1, 2))
     else:  # long sequences: sum rows per (example, id) pair; torch.unique synchronises on CUDA
-        keys = torch.arange(batch, device=ids.device).unsqueeze(1) * module.num_embeddings + ids2
+        keys = torch.arange(batch, device=ids.device).unsqueeze(1) * vocab + ids2
         uniq, inverse = torch.unique(keys.reshape(-1), return_inverse=True)
         rows = g.new_zeros(uniq.shape[0], dim).index_add_(0, inverse, g.reshape(-1, dim))
-        norm2 = g.new_zeros(batch).index_add_(0, uniq // module.num_embeddings, row_sq_norms(rows))
+        norm2 = g.new_zeros(batch).index_add_(0, uniq // vocab, row_sq_norms(rows))
 
     def weighted_sum(c: Tensor) -> dict[str, Tensor]:
         rows = scale_rows(g, c).reshape(-1, dim)

@@ -221,3 +221,51 @@ def test_public_proxy_keeps_the_private_rows_per_user():
     rows = [np.bincount(d.train_user)[np.unique(d.train_user)] for d in (full, small)]
     se = math.hypot(*(r.std(ddof=1) / math.sqrt(r.size) for r in rows))
     assert abs(rows[0].mean() - rows[1].mean()) < 3 * se  # the same rows per user, within 3 standard errors
+
+
+# a whole sweep with its studies in a few seconds: one epsilon, one extra seed, tiny data
+TINY_SWEEP = dict(n_interactions=4_000, n_users=300, n_items=100, n_eval_users=50, batch_size=512,
+                  small_batch_size=256, clip_norms=(1.0,), seed_replicates=1, profile_epochs=1,
+                  user_batch_size=32, user_max_rows=8)  # fmt: skip
+
+
+@pytest.mark.parametrize("epochs, study_epochs", [(1, None), (2, 1)])
+def test_study_seed_replicates_are_at_the_studies_epochs(epochs, study_epochs):
+    from privlab.experiments.streamrec import run_sweep
+
+    prof = streamrec_profile("smoke", epochs=epochs, study_epochs=study_epochs, **TINY_SWEEP)
+    st = run_sweep(profile=prof, epsilons=(3,), progress=False)["studies"]
+    sweep, study = st["seed_replicates"], st["study_seed_replicates"]
+    assert len(sweep) == len(study) == 2 and len({r["seed"] for r in study}) == 2
+    assert [r["seed"] for r in study] == [r["seed"] for r in sweep]
+    large = st["batch_size"][1]
+    assert study[0] is large is next(r for r in st["clip_norm"] if r["max_grad_norm"] == large["max_grad_norm"])
+    assert all(r["epsilon_target"] == 3 and r["epochs"] == epochs for r in sweep)
+    if study_epochs is None:
+        # smoke-like: the studies train for the sweep's epochs, so their replicates are the sweep's runs
+        assert all(a is b for a, b in zip(study, sweep))
+        assert st["seconds_by_study"]["study_seed_replicates"] == 0.0
+    else:
+        # distinct runs of the studies' configuration: their epochs, the proxy's C, the large batch
+        assert not any(a is b for a in study for b in sweep)
+        for r in study:
+            assert r["epochs"] == study_epochs == st["non_private"]["epochs"] and not r["clipping_only"]
+            assert (r["max_grad_norm"], r["batch_size"], r["sigma"]) == (
+                large["max_grad_norm"], large["batch_size"], large["sigma"])  # fmt: skip
+        assert study[1]["metrics"] != study[0]["metrics"]  # another seed, another model
+        assert st["seconds_by_study"]["study_seed_replicates"] == pytest.approx(study[1]["wall_seconds"])
+
+
+def test_seed_replicates_rejects_what_it_cannot_replicate():
+    from privlab.experiments.streamrec import seed_replicates
+
+    prof = streamrec_profile("smoke")
+    run = {"privacy_unit": "interaction", "epsilon_target": 3.0, "epochs": 1, "batch_size": 512,
+           "max_grad_norm": 1.0, "clipping_only": False, "lr": prof.lr, "prior_log_odds": 0.0, "seed": 0}  # fmt: skip
+    assert seed_replicates(None, run, profile=prof, n=0) == [run]
+    with pytest.raises(ValueError, match="n must be"):
+        seed_replicates(None, run, profile=prof, n=-1)
+    with pytest.raises(ValueError, match="privacy unit"):
+        seed_replicates(None, {**run, "privacy_unit": "user"}, profile=prof, n=1)
+    with pytest.raises(ValueError, match="lr"):
+        seed_replicates(None, {**run, "lr": 1.0}, profile=prof, n=1)

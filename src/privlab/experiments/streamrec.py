@@ -38,8 +38,13 @@ batch of 1024, 2 epochs and lr :math:`2\cdot10^{-3}`. The batch study
 compares 512 with 4096 (256 with 1024 at smoke scale) and the clip-norm study
 :math:`C \in \{0.1, 0.5, 1, 2, 5\}` plus the proxy's :math:`C` (0.1, 1 and
 the proxy's at smoke scale), both at :math:`\varepsilon = 3` for
-``study_epochs`` epochs (5 at book scale; else the sweep's). The seed
-replicates repeat the sweep's :math:`\varepsilon = 3` run with other seeds.
+``study_epochs`` epochs (5 at book scale; else the sweep's). Two sets of seed
+replicates (:func:`seed_replicates`) measure the seed variation at the epochs
+of the runs they judge: ``seed_replicates`` repeat the sweep's
+:math:`\varepsilon = 3` run (the sweep's epochs) with other seeds, and
+``study_seed_replicates`` the studies' :math:`\varepsilon = 3` run at the
+proxy's :math:`C` (the studies' epochs); where the two epoch counts are equal
+the second set *is* the first (the same runs, trained once).
 
 **Threads.** The model is small (16,065 parameters): torch's intra-op threads
 gain little on its matrix products and, on shared cores, spin against other
@@ -94,8 +99,8 @@ from .user_level import pack_by_user, train_user_level
 __all__ = [
     "METRICS", "PRIVACY_UNITS", "PUBLIC_SEED_OFFSET", "StreamRecProfile", "accounting_study", "calibrate_sigma",
     "choose_clip_norm", "clip_study", "convergence_epoch", "epsilon_label", "prior_log_odds", "privacy_over_time",
-    "public_proxy", "random_recall", "run_one", "run_sweep", "run_user_level", "selection_cost", "streamrec_profile",
-    "threshold_table", "torch_threads",
+    "public_proxy", "random_recall", "run_one", "run_sweep", "run_user_level", "seed_replicates", "selection_cost",
+    "streamrec_profile", "threshold_table", "torch_threads",
 ]  # fmt: skip
 
 #: The metrics every case-study run reports (StreamRec and MovieLens), columns of
@@ -122,7 +127,7 @@ class StreamRecProfile:
     clip_quantile: float = 0.5  # C = this quantile of the proxy's per-example norms
     clip_norms: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0)
     delta: float | None = None  # None: 1/(100 N), N the number of privacy units
-    seed_replicates: int = 2  # extra seeds of the epsilon-3 run, for the seed variation
+    seed_replicates: int = 2  # extra seeds of the epsilon-3 runs (sweep's and studies'), for the seed variation
     study_epsilon: float = 3.0
     study_epochs: int | None = None  # epochs of the batch and clip studies; None: the sweep's epochs
     proxy_interactions: int | None = None  # public proxy rows (users scaled to keep rows per user); None: n_interactions
@@ -557,6 +562,67 @@ def clip_study(data, *, profile: StreamRecProfile, seed: int, clip_norms: Sequen
     return out
 
 
+def _run_key(r: dict) -> tuple:
+    """What makes two example-level records the same training: configuration and seed."""
+    return (r["epsilon_target"], r["epochs"], r["batch_size"], r["max_grad_norm"], r["clipping_only"], r["lr"],
+            r["prior_log_odds"], r["seed"])  # fmt: skip
+
+
+def seed_replicates(data, run: dict, *, profile: StreamRecProfile, n: int, reuse: Sequence[dict] = (),
+                    progress: bool = True, device=None) -> list[dict]:  # fmt: skip
+    r"""``run`` and ``n`` more seeds of its configuration: the replicates that measure its seed variation.
+
+    The seed standard deviation :math:`s` of a metric over these :math:`n + 1`
+    runs is the yardstick for contrasts between runs *of this configuration's
+    kind*, above all its epochs: a run at other epochs may vary across seeds
+    differently. The extra seeds are :func:`privlab.config.spawn_seeds` of
+    ``run["seed"]``; every other setting is the run's own (target epsilon,
+    epochs, batch size, :math:`C`, noise or clipping only, output-bias
+    initialisation), the learning rate must be the profile's, and delta is the
+    profile's. A record of ``reuse`` with the same configuration and seed stands
+    in for that seed's run, so replicates of one configuration are trained once.
+
+    Args:
+        data: a :class:`privlab.datasets.StreamRecData` (not touched when every run is reused).
+        run: an example-level record of :func:`run_one`, the first replicate.
+        profile: a :class:`StreamRecProfile` (its epochs are replaced by the run's).
+        n: how many more seeds.
+        reuse: records that may stand in for a seed's run.
+        progress: a tqdm bar per run.
+        device: torch device (``None``: CUDA if available, else CPU).
+
+    Returns:
+        ``[run, *others]``: ``n + 1`` records of one configuration with distinct seeds, ``run`` first.
+
+    Raises:
+        ValueError: ``n`` negative, a user-level ``run``, or a profile whose learning rate is not the run's.
+
+    >>> run = {"privacy_unit": "interaction", "epsilon_target": 3.0, "epochs": 1, "batch_size": 512,
+    ...        "max_grad_norm": 1.0, "clipping_only": False, "lr": 2e-3, "prior_log_odds": 0.0, "seed": 0}
+    >>> others = [{**run, "seed": s} for s in spawn_seeds(0, 2)]
+    >>> reps = seed_replicates(None, run, profile=streamrec_profile("smoke"), n=2, reuse=[run, *others])
+    >>> reps[0] is run and all(a is b for a, b in zip(reps[1:], others))
+    True
+
+    Used in: chapter 13.
+    """
+    n = check_int("n", n, minimum=0)
+    if run["privacy_unit"] != "interaction":
+        raise ValueError(f"seed_replicates replicates example-level runs, got privacy unit {run['privacy_unit']!r}")
+    if run["lr"] != profile.lr:
+        raise ValueError(f"the profile's lr must be the run's, got {profile.lr} for a run at {run['lr']}")
+    prof = replace(profile, epochs=run["epochs"])
+    out = [run]
+    for s in spawn_seeds(run["seed"], n):
+        key = _run_key({**run, "seed": s})
+        same = [r for r in reuse if _run_key(r) == key]
+        out.append(same[0] if same else run_one(data, epsilon=run["epsilon_target"], profile=prof, seed=s,
+                                                max_grad_norm=run["max_grad_norm"], batch_size=run["batch_size"],
+                                                noise=not run["clipping_only"], bias_init=run["prior_log_odds"],
+                                                progress=progress, device=device))  # fmt: skip
+    return out
+
+
 def run_sweep(scale: str | Scale | None = None, *, epsilons: Sequence[float] = (1, 3, 8, math.inf),
               seed: int = 0, studies: bool = True, progress: bool = True, device=None,
               profile: StreamRecProfile | None = None, threads: int | None = 1) -> dict:  # fmt: skip
@@ -568,9 +634,14 @@ def run_sweep(scale: str | Scale | None = None, *, epsilons: Sequence[float] = (
     Keys: ``configuration``, ``privacy_unit``, ``public_proxy`` (:func:`choose_clip_norm`),
     ``data``, ``baselines`` (Recall@20 and NDCG@20 of random scores and of the oracle),
     ``runs`` (one record per epsilon), ``studies`` (``batch_size``, ``clip_norm``,
-    ``clipping_only``, ``seed_replicates``, ``user_level``, ``accounting``, ``non_private``: a
-    non-private run at the studies' epochs, the sweep's own when they match; ``clipping_only_sweep``,
-    the clipping-only run at the sweep's epochs and :math:`C`), ``privacy_over_time``
+    ``clipping_only``, ``seed_replicates``: the sweep's study-epsilon run and
+    ``profile.seed_replicates`` more seeds of it, at the sweep's epochs; ``study_seed_replicates``:
+    the same for the studies' run at the study epsilon and the proxy's :math:`C` (the clip study's
+    row, the large batch of the batch study), at the studies' epochs, and the very same runs as
+    ``seed_replicates`` when those epochs are the sweep's; ``user_level``, ``accounting``,
+    ``non_private``: a non-private run at the studies' epochs, the sweep's own when they match;
+    ``clipping_only_sweep``, the clipping-only run at the sweep's epochs and :math:`C`;
+    ``seconds``, ``seconds_by_study``: wall seconds of what each study trained anew), ``privacy_over_time``
     (:func:`privacy_over_time`), ``selection`` (:func:`selection_cost`), ``threshold``
     (rows of :func:`threshold_table`, if ``inf`` is swept), ``timing``, ``machine``, ``versions``, ``commit``.
     """
@@ -682,8 +753,13 @@ def _run_sweep(scale, *, epsilons, seed, studies, progress, device, profile) -> 
         # the studies' own non-private baseline, at the studies' epochs (the sweep's when they match)
         np_sweep = next((r for r in runs if math.isinf(r["epsilon_target"]) and r["epochs"] == s_prof.epochs), None)
         np_study = np_sweep or run_one(data, epsilon=math.inf, **{**kw, "profile": s_prof})
-        reps = [run_one(data, epsilon=e_s, **{**kw, "seed": s})
-                for s in spawn_seeds(seed, prof.seed_replicates)] if prof.seed_replicates else []  # fmt: skip
+        rep_kw = {"n": prof.seed_replicates, "progress": progress, "device": device}
+        reps = seed_replicates(data, base, profile=prof, **rep_kw)[1:]
+        # the studies' own replicates: their epsilon-3 run at the proxy's C (`large`, which the ablation,
+        # batch, clip and user-level contrasts use) and as many seeds more, at the studies' epochs; where
+        # those are the sweep's, `large` is `base` and these are the sweep's replicates, not retrained
+        study_reps = seed_replicates(data, large, profile=s_prof, reuse=[base, *reps], **rep_kw)
+        study_new = [r for r in study_reps if not any(r is x for x in (base, *reps, *clip))]
         t_u = time.perf_counter()
         u_prof = replace(s_prof, epochs=prof.user_epochs or s_prof.epochs)
         user = run_user_level(data, epsilon=e_s, profile=u_prof, seed=seed, max_grad_norm=public["user_max_grad_norm"],
@@ -692,10 +768,11 @@ def _run_sweep(scale, *, epsilons, seed, studies, progress, device, profile) -> 
         acc = [{"epsilon_target": e, "sigma": r["sigma"], "sample_rate": q, "steps": steps, "delta": delta,
                 **accounting_study(sigma=r["sigma"], sample_rate=q, steps=steps, delta=delta)}
                for e, r in zip(eps_list, runs) if not math.isinf(e)]  # fmt: skip
-        example_runs = {id(r): r for r in [*runs, *clip, small, *reps]}.values()
+        example_runs = {id(r): r for r in [*runs, *clip, small, *reps, *study_reps]}.values()
         out["studies"] = {"batch_size": [small, large], "clip_norm": clip, "clipping_only": only,
                           "clipping_only_sweep": only_sweep,
-                          "seed_replicates": [base, *reps], "user_level": user, "accounting": acc,
+                          "seed_replicates": [base, *reps], "study_seed_replicates": study_reps,
+                          "user_level": user, "accounting": acc,
                           "non_private": np_study,
                           "seconds": time.perf_counter() - t2,
                           "seconds_by_study": {"batch_size": small["wall_seconds"],
@@ -703,6 +780,7 @@ def _run_sweep(scale, *, epsilons, seed, studies, progress, device, profile) -> 
                                                "clipping_only": sum(r["wall_seconds"] for r in only),
                                                "clipping_only_sweep": only_sweep_seconds,
                                                "seed_replicates": sum(r["wall_seconds"] for r in reps),
+                                               "study_seed_replicates": sum((r["wall_seconds"] for r in study_new), 0.0),
                                                "user_level": user_seconds,
                                                "non_private": 0.0 if np_sweep else np_study["wall_seconds"],
                                                }}  # fmt: skip

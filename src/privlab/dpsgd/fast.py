@@ -988,10 +988,11 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
             for _, p in s.params:
                 windows[id(p)].append(s.window)
     modes = {s: _mode(s, batch, graph, probe, windows, sites) for s in sites}
+    # row i must be example i's in every layer the rules or the local path handle; never checked while
+    # a CUDA graph is captured (the checks synchronise; CUDAGraphStep's warm-up steps, on the same
+    # shapes, ran and cached them)
     checked = [s for s in sites if modes[s] in ("fast", "local")]
-    # (never while a CUDA graph is captured: the checks synchronise; CUDAGraphStep's warm-up steps,
-    # on the same shapes, ran and cached them)
-    if checked and not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):  # row i must be example i's in every layer the rules or the local path handle
+    if checked and not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
         misaligned, loss_reason = _row_check(model, loss_fn, xs, targets, sites)
         # end to end, once per model and shapes: the fast path against the loop on a few of these
         # examples (``_check=False`` is that check's own call)

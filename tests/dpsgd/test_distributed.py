@@ -126,6 +126,18 @@ def test_two_gloo_processes_equal_single_process(case_dir):
     assert (flat0 - flat).abs().max() > 1e-2
 
 
+def test_ranks_with_different_seeds_are_refused(case_dir):
+    """Each rank draws the global batch from its own generator: different seeds would let an example
+    be summed twice. Both ranks refuse, naming what differs."""
+    out = str(case_dir / "unused")
+    script = case_dir / "worker_seeds.py"
+    text = WORKER.format(here=str(case_dir), out=out)
+    script.write_text(text.replace("torch.Generator().manual_seed(7)", "torch.Generator().manual_seed(7 + rank)"))
+    procs, outputs = _launch_two_ranks(script)
+    for p, text in zip(procs, outputs):
+        assert p.returncode != 0 and "differs from rank 0 in its generator state" in text, text[-2000:]
+
+
 def test_single_process_equals_train():
     """Without a process group, train_distributed is train (same seed, same result)."""
     def loss_fn(out, t):

@@ -304,9 +304,10 @@ def test_row_check_keeps_dropout_models_fast_and_restores_training_flags(modes):
     assert set(modes.values()) == {"fast"}
     assert [m.training for m in model] == [True, True, True, False, True] and model.training
     # three steps, one shape probe, one row check (a determinism test: 2; 7 examples alone and 2
-    # together) and one loop check (a determinism test: 2; the loop over the 7: 7; the fast path on
-    # them: 1, and its shape probe with dropout off: 1)
-    assert len(calls) == 3 + 1 + (2 + 9) + (2 + 7 + 1 + 1)
+    # together; the whole batch in order and permuted: 2) and one loop check (a determinism test: 2;
+    # the loop over the 7: 7; the fast path on them: 1, its shape probe with dropout off: 1, and its
+    # own row check with dropout off, a new key: 9 + 2)
+    assert len(calls) == 3 + 1 + (2 + 9 + 2) + (2 + 7 + 1 + 1 + 9 + 2)
 
 
 def test_identical_examples_need_no_row_check(modes):
@@ -492,3 +493,97 @@ def test_rules_read_the_weights_not_stale_attributes(modes):
     ids[:, -3:] = 14  # the padding row
     check_fast_matches(model, lambda o, t: ((o - t) ** 2).sum(1), (ids,), torch.randn(3, 300))
     assert modes == {"emb": "fast", "head": "fast"}
+
+
+
+# ------------------------------------------------------------- from a second review of the checks
+
+
+def test_a_sort_key_the_checked_examples_share_is_caught_on_the_whole_batch(modes):
+    """The few examples the row check runs alone all share the sort key (0): among them the sort
+    changes nothing, but the whole batch, permuted, shows the sorted layer's rows stay put."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 5)
+    x[:, 0] = 0.0
+    x[[5, 12, 30, 41, 50], 0] = 1.0  # none of the evenly spread examples the check picks first
+    check_fast_matches(sorting_net(), mse, (x,), torch.randn(64))
+    assert modes == {"first": "global", "second": "fast"}
+
+
+class _SortsWhenTrainingTuple(_SortsWhenTraining):
+    def forward(self, x):
+        return super().forward(x), x.sum(1)  # a tuple: still a deterministic forward
+
+
+def test_a_tuple_output_is_checked_in_training_mode(modes):
+    torch.manual_seed(0)
+    check_fast_matches(_SortsWhenTrainingTuple(), lambda o, t: _sum_loss(o[0], t), (torch.randn(6, 4),),
+                       torch.randn(6, 2))
+    assert modes == {"l1": "fast", "l2": "global"}
+
+
+def test_the_checks_are_cached_per_training_mode(modes):
+    torch.manual_seed(0)
+    model, x, y = _SortsWhenTraining().double(), torch.randn(6, 4).double(), torch.randn(6, 2).double()
+    model.eval()
+    per_example_grad_norms(model, _sum_loss, x, y)  # checked in evaluation mode: no reordering there
+    model.train()
+    check_fast_matches(model, _sum_loss, (x,), y)
+    assert modes == {"l1": "fast", "l2": "global"}
+
+
+class _Counts(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 1)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x):
+        self.calls += 1
+        return self.lin(x).squeeze(-1)
+
+
+def test_the_checks_leave_buffers_and_run_once_for_a_fresh_lambda_each_step(modes):
+    torch.manual_seed(0)
+    model, x, y = _Counts(), torch.randn(6, 3), torch.randn(6)
+    seen = []
+    model.lin.register_forward_hook(lambda *args: seen.append(1))
+    for _ in range(3):
+        fast.fast_norms_and_clipped_sum(model, lambda o, t: (o - t) ** 2, (x,), y)
+    assert int(model.calls) == 3  # only the steps' own forward passes count
+    assert len(seen) == 3 + 1 + (2 + 6 + 2 + 2) + (2 + 6 + 1)  # checked once, not on every step
+
+
+def test_a_check_that_sends_every_layer_to_the_exact_path_says_so_once():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1), nn.Flatten(0))
+    x, y = torch.randn(6, 3), torch.randn(6)
+
+    def centred(out, t):
+        return (out - out.mean() - t) ** 2
+
+    with pytest.warns(RuntimeWarning, match="every layer of Sequential takes the exact") as caught:
+        for _ in range(2):
+            fast.fast_norms_and_clipped_sum(model, centred, (x,), y)
+    assert len([w for w in caught if "every layer" in str(w.message)]) == 1
+
+
+@pytest.mark.parametrize("method", ["fast", "vmap", "loop"])
+def test_an_example_with_a_nan_gradient_is_left_out_not_spread(method):
+    """sqrt of a squared residual has an infinite slope at 0: that example's gradient is NaN. Its clip
+    factor is 0 and the sum is the others' (else one example could switch the release to NaN)."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1).double()
+    with torch.no_grad():
+        model.bias.zero_()
+    x, y = torch.randn(8, 3).double(), torch.randn(8).double()
+    x[2], y[2] = 0.0, 0.0
+
+    def loss(out, t):
+        return ((out.squeeze(1) - t) ** 2).sqrt()
+
+    keep = torch.arange(8) != 2
+    got = clipped_grad_sum(model, loss, x, y, max_grad_norm=1.0, method=method)
+    want = clipped_grad_sum(model, loss, x[keep], y[keep], max_grad_norm=1.0, method="loop")
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

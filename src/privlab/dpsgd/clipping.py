@@ -66,18 +66,21 @@ def clip_factors(norms: Tensor, *, max_grad_norm: float) -> Tensor:
         max_grad_norm: the clipping norm :math:`C > 0`.
 
     Returns:
-        Tensor ``(B,)`` with entries in ``(0, 1]`` (``1`` for a zero gradient).
+        Tensor ``(B,)`` with entries in ``(0, 1]`` (``1`` for a zero gradient), and ``0`` for an
+        example whose norm is not finite (NaN or infinite gradient): it is left out of the sum, as
+        if clipped to zero, instead of turning the whole release into NaN (which one example could
+        then switch on and off: an unbounded privacy loss).
 
     Raises:
         ValueError: if ``max_grad_norm`` is not a finite number > 0 or ``norms`` is not 1-D.
 
-    >>> clip_factors(torch.tensor([0.0, 0.5, 2.0, 4.0]), max_grad_norm=1.0)
-    tensor([1.0000, 1.0000, 0.5000, 0.2500])
+    >>> clip_factors(torch.tensor([0.0, 0.5, 2.0, 4.0, float("nan")]), max_grad_norm=1.0)
+    tensor([1.0000, 1.0000, 0.5000, 0.2500, 0.0000])
     """
     c = check_positive("max_grad_norm", max_grad_norm)
     if norms.ndim != 1:
         raise ValueError(f"norms must have shape (B,), got {tuple(norms.shape)}")
-    return c / norms.clamp_min(c)
+    return torch.where(torch.isfinite(norms), c / norms.clamp_min(c), torch.zeros_like(norms))
 
 
 def _materialised(per_example: Callable):
@@ -139,7 +142,23 @@ def clipped_grad_sum_with_stats(
         empty = torch.zeros(0, device=device)
         grads = None if factors_fn is None else [torch.zeros_like(p) for p in params]
         return ClippedSum(grads, empty, empty, params)
-    return ClippedSum(*_METHOD_IMPLS[method](model, loss_fn, xs, targets, factors_fn, named, modules), params)
+    grads, norms, losses = _METHOD_IMPLS[method](model, loss_fn, xs, targets, factors_fn, named, modules)
+    if grads is not None and not _capturing() and not bool(torch.isfinite(norms).all()):
+        # an example with a NaN or infinite gradient has clip factor 0, but 0 * inf is NaN in the
+        # weighted sum: the sum over the other examples, computed without it (its exact meaning)
+        finite = torch.isfinite(norms)
+        if bool(finite.any()):
+            sub = tuple(x[finite] for x in xs)
+            grads = _METHOD_IMPLS[method](model, loss_fn, sub, None if targets is None else targets[finite],
+                                          factors_fn, named, modules)[0]
+        else:
+            grads = [torch.zeros_like(p) for p in params]
+    return ClippedSum(grads, norms, losses, params)
+
+
+def _capturing() -> bool:
+    """Is a CUDA graph being captured (no host synchronisation allowed)?"""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def clipped_grad_sum(

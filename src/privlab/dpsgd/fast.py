@@ -47,19 +47,20 @@ model and shapes, and the result against the per-example loop once too:
 * *Rows*, by value: a model that sorts its batch (by length, say) before a layer
   and restores the order after it keeps every shape, yet pairs row :math:`i` of
   that layer with another example's clip factor, mixing examples in the clipped
-  sum: one example's effect on it is no longer bounded by C, silently. A few distinct examples,
-  spread over the first batch, are run alone, together, and together in reverse order (with dropout
-  off when the forward is random); a layer whose inputs or output do not give each example's own
-  values in its row takes the exact global path, and if the per-example losses do not match either
-  (a loss that reads the batch), every layer does (:func:`_row_check`).
+  sum: one example's effect on it is no longer bounded by C, silently. The first batch is run
+  in its order and permuted (every layer's rows must follow the examples), and a few distinct
+  examples of it alone, together and reversed (each row must be its example's alone), with dropout
+  off when the forward is random; a layer that fails takes the exact global path, and if the
+  per-example losses fail (a loss that reads the batch), every layer does (:func:`_row_check`).
 * *The loop*, end to end, on those examples: the fast path's norms and clipped sum must equal the
   per-example loop's, or every layer takes the exact path (:func:`_loop_check`). It catches what the
   structural checks cannot see: autograd hooks on a layer's nodes or global module hooks that change
   what a rule assumes, examples coupled only in the backward pass, reordering only in training.
 
-The last two are checked on the first batch a model and shapes see, and cached: a model whose
-behaviour changes with the data or the batch size later (or, with dropout, only in training) can
-still escape them. They are safeguards, not proofs.
+The last two are checked on the first batch a model, shapes, training flags and loss function see,
+and cached: a model whose behaviour changes with the data or the batch size later (or, with
+dropout, only in training) can still escape them. They are safeguards, not proofs. When a check
+sends every layer to the exact path, a warning says why (once per model and reason).
 
 The model's inputs are batch first by the contract of the per-example API
 (example :math:`i` is ``x[i]``, as for ``method="loop"``); a model that permutes
@@ -429,6 +430,20 @@ def _flows_only_through_output(site: _Site, graph: _Graph, windows: dict[int, li
 _PROBES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+@contextlib.contextmanager
+def _buffers_kept(model: nn.Module):
+    """Restore every buffer afterwards: the probe's and the checks' extra forward passes must not
+    change the model's state (a running mean, a step counter), so that training is the same with or
+    without them."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)
+
+
 def _probe_shapes(model: nn.Module, xs: tuple, sites: list[_Site]) -> dict[str, tuple]:
     """Per site, the tensor shapes of its first call when the model runs on the first example alone.
 
@@ -453,7 +468,7 @@ def _probe_shapes(model: nn.Module, xs: tuple, sites: list[_Site]) -> dict[str, 
     # eagerly: code that dynamo compiled earlier does not check for hooks added since (a compiled
     # forward could run without the recorders, and every site would fall back, exactly but slowly)
     try:
-        with torch.random.fork_rng(devices=devices):  # dropout here must not shift the caller's masks
+        with torch.random.fork_rng(devices=devices), _buffers_kept(model):  # nor shift the caller's masks
             _call_eagerly(model, tuple(x[:1] for x in xs))
     finally:
         for h in handles:
@@ -517,6 +532,15 @@ _ROW_CHECKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 ROW_CHECK_EXAMPLES = 8
 
 
+def _check_key(model: nn.Module, loss_fn, xs: tuple, targets) -> tuple:
+    """What the checks' verdicts are cached by: input and target shapes without the batch, every
+    module's training flag, and the loss function's code (a lambda made afresh each step is the same
+    loss: keying on the object would repeat the checks on every step)."""
+    return (tuple((tuple(x.shape[1:]), x.dtype, x.device) for x in xs),
+            None if not isinstance(targets, Tensor) else (tuple(targets.shape[1:]), targets.dtype),
+            tuple(m.training for m in model.modules()), getattr(loss_fn, "__code__", loss_fn))
+
+
 def _distinct_examples(xs: tuple, targets, k: int) -> list[int]:
     """Up to ``k`` examples whose inputs (with targets) differ pairwise, spread over the batch:
     evenly spaced positions first, then the first 64 in order."""
@@ -542,6 +566,33 @@ def _record_calls(model: nn.Module, sites: list[_Site], xs: tuple):
             if site.name not in seen:
                 seen[site.name] = [a for a in args if isinstance(a, Tensor)] + [
                     output if isinstance(output, Tensor) else None]
+        return hook
+
+    handles = [s.module.register_forward_hook(recorder(s), with_kwargs=True, prepend=True) for s in sites]
+    try:
+        return _call_eagerly(model, xs), seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _fingerprints(model: nn.Module, sites: list[_Site], xs: tuple):
+    """``model(*xs)`` (eagerly) and, per site, a fingerprint of each tensor argument and of the output of
+    its first call: every row projected on 4 fixed random directions, ``(rows, 4)`` in float64, so a
+    whole batch's rows can be compared without keeping its activations."""
+    seen: dict[str, list] = {}
+
+    def project(t):
+        if not isinstance(t, Tensor):
+            return None
+        rows = t.detach().reshape(t.shape[0], -1).to(torch.float64) if t.ndim else t.detach().reshape(1, 1).double()
+        gen = torch.Generator(device=rows.device).manual_seed(rows.shape[1])
+        return rows @ torch.randn(rows.shape[1], 4, generator=gen, device=rows.device, dtype=torch.float64)
+
+    def recorder(site):
+        def hook(module, args, kwargs, output):
+            if site.name not in seen:
+                seen[site.name] = [project(a) for a in args if isinstance(a, Tensor)] + [project(output)]
         return hook
 
     handles = [s.module.register_forward_hook(recorder(s), with_kwargs=True, prepend=True) for s in sites]
@@ -578,19 +629,18 @@ def _row_check(model: nn.Module, loss_fn, xs: tuple, targets, sites: list[_Site]
     one example's gradient in one layer with another's in the next: each layer's part of one
     example's contribution is scaled by another example's clip factor, and removing an example
     changes other rows' factors, so its effect on the sum is no longer bounded by :math:`C`
-    (silently). So :data:`ROW_CHECK_EXAMPLES` distinct
-    examples are run without gradients (with every module's ``training`` attribute False when the
-    forward is random: :func:`_without_sampling`), each alone, together, and together in
-    reverse order, and every site's tensor arguments and output, and the per-example losses, must
-    give example :math:`i`'s values in its row whatever its position (up to float error). A site
-    that fails takes the exact global path; if the losses fail, every site does. Cached per model,
-    input and target shapes, site set and loss function (as the batch-dimension probe): a model
-    whose row order depends on the data is checked on the first batch it sees, in both orders.
-    Examples with identical inputs and targets cannot be told apart (nor need to be, on that batch).
+    (silently). So, without gradients (with every module's ``training`` attribute False when the
+    forward is random: :func:`_without_sampling`): the whole batch runs in its order and in a fixed
+    random permutation, and every site's tensor arguments and output (as fingerprints, four random
+    projections per row) must permute with it; and :data:`ROW_CHECK_EXAMPLES` distinct examples run
+    each alone, together, and together in reverse order, and must give example :math:`i`'s values
+    in its row whatever its position (up to float error), which also catches rows that depend on
+    other examples. The per-example losses must pass both. A site that fails takes the exact global
+    path; if the losses fail, every site does. Cached per :func:`_check_key` and site set: a model
+    whose row order depends on the data is checked on the first batch it sees. Examples with
+    identical inputs and targets cannot be told apart (nor need to be, on that batch).
     """
-    key = (tuple((tuple(x.shape[1:]), x.dtype, x.device) for x in xs),
-           None if not isinstance(targets, Tensor) else (tuple(targets.shape[1:]), targets.dtype),
-           tuple((s.name, id(s.module)) for s in sites), loss_fn)
+    key = (_check_key(model, loss_fn, xs, targets), tuple((s.name, id(s.module)) for s in sites))
     cache = _ROW_CHECKS.setdefault(model, {})
     if key in cache:
         return cache[key]
@@ -599,7 +649,10 @@ def _row_check(model: nn.Module, loss_fn, xs: tuple, targets, sites: list[_Site]
         return frozenset(), ""
     orders = [idx, idx[::-1], *([i] for i in idx)]
     devices = sorted({x.device.index or 0 for x in xs if x.device.type == "cuda"})
-    runs = []
+    runs, whole = [], []
+    # and the whole batch, in its order and permuted: a layer's rows must follow the examples (a sort by
+    # a key the few examples above share leaves them in place; over the whole batch it shows)
+    perm = torch.randperm(xs[0].shape[0], generator=torch.Generator().manual_seed(0)).to(xs[0].device)
     try:
         with torch.random.fork_rng(devices=devices), _without_sampling(model, tuple(x[:2] for x in xs)), \
                 torch.no_grad():
@@ -608,12 +661,30 @@ def _row_check(model: nn.Module, loss_fn, xs: tuple, targets, sites: list[_Site]
                 out, seen = _record_calls(model, sites, tuple(x[sel] for x in xs))
                 sub = targets[sel] if isinstance(targets, Tensor) else targets
                 runs.append((order, seen, per_example_losses(loss_fn(out, sub), len(order))))
+            for order in (torch.arange(len(perm), device=perm.device), perm):
+                out, fp = _fingerprints(model, sites, tuple(x[order] for x in xs))
+                sub = targets[order] if isinstance(targets, Tensor) else targets
+                whole.append((fp, per_example_losses(loss_fn(out, sub), len(order))))
+                out = None  # (a language model's logits: not two batches of them at once)
     except Exception as err:  # noqa: BLE001  (any failure: nothing is verified, every site is exact)
         result = frozenset(s.name for s in sites), f"the row check could not run ({str(err).splitlines()[0][:120]})"
         cache[key] = result
         return result
     alone = {order[0]: (seen, losses) for order, seen, losses in runs[2:]}
     bad, loss_reason = set(), ""
+    (fp_a, loss_a), (fp_b, loss_b) = whole
+    if not _same_values(loss_b, loss_a[perm]):
+        loss_reason = "a batch's per-example losses do not follow its examples when it is permuted (row check)"
+    for s in sites:
+        many, permuted = fp_a.get(s.name), fp_b.get(s.name)
+        if many is None or permuted is None or len(many) != len(permuted):
+            bad.add(s.name)
+            continue
+        for t, u in zip(many, permuted):
+            if (t is None) != (u is None):
+                bad.add(s.name)
+            elif t is not None and not _same_values(u, t[perm] if t.shape[0] == len(perm) else t):
+                bad.add(s.name)
     for order, seen, losses in runs[:2]:
         # the losses as whole vectors: a tolerance floor from the largest, so a near-zero loss's float
         # error does not count as a difference
@@ -643,13 +714,34 @@ def _row_check(model: nn.Module, loss_fn, xs: tuple, targets, sites: list[_Site]
 
 
 _LOOP_CHECKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_WARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _warn_once(model: nn.Module, reason: str) -> None:
+    """Say once per model and reason that a check sent every layer to the exact (slow) path."""
+    seen = _WARNED.setdefault(model, set())
+    if reason not in seen:
+        seen.add(reason)
+        warnings.warn(f"fast path: every layer of {type(model).__name__} takes the exact per-example path "
+                      f"(about one more forward and backward pass per step): {reason}", RuntimeWarning,
+                      stacklevel=4)
+
+
+def _output_tensors(out) -> list[Tensor]:
+    """Every tensor of a model's output: a tensor, a tuple/list/dict of them, a ``transformers`` output."""
+    if isinstance(out, Tensor):
+        return [out]
+    if hasattr(out, "to_tuple"):  # transformers' ModelOutput
+        out = out.to_tuple()
+    return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, Tensor)]
 
 
 def _deterministic(model: nn.Module, xs: tuple) -> bool:
     """Does the model give the same outputs twice on the same inputs (no dropout or other sampling)?"""
     with torch.no_grad():
-        first, second = (getattr(o, "logits", o) for o in (_call_eagerly(model, xs), _call_eagerly(model, xs)))
-    return isinstance(first, Tensor) and isinstance(second, Tensor) and torch.equal(first, second)
+        first, second = (_output_tensors(_call_eagerly(model, xs)) for _ in range(2))
+    return bool(first) and len(first) == len(second) and all(
+        a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, second))
 
 
 @contextlib.contextmanager
@@ -661,10 +753,11 @@ def _without_sampling(model: nn.Module, xs: tuple):
     it found it."""
     flags = {m: m.training for m in model.modules()}
     try:
-        if model.training and not _deterministic(model, xs):
-            for m in flags:
-                m.training = False
-        yield
+        with _buffers_kept(model):
+            if model.training and not _deterministic(model, xs):
+                for m in flags:
+                    m.training = False
+            yield
     finally:
         for m, flag in flags.items():
             m.training = flag
@@ -686,9 +779,7 @@ def _loop_check(model: nn.Module, loss_fn, xs: tuple, targets, params: list, mod
     other checks, it sees the first batch, so a model whose behaviour changes with the data, the batch
     size beyond these examples, or (with dropout) the training mode can still escape it.
     """
-    key = (tuple((tuple(x.shape[1:]), x.dtype, x.device) for x in xs),
-           None if not isinstance(targets, Tensor) else (tuple(targets.shape[1:]), targets.dtype),
-           tuple(id(p) for p in params), loss_fn, recompute)
+    key = (_check_key(model, loss_fn, xs, targets), tuple(id(p) for p in params), recompute)
     cache = _LOOP_CHECKS.setdefault(model, {})
     if key in cache:
         return cache[key]
@@ -704,6 +795,13 @@ def _loop_check(model: nn.Module, loss_fn, xs: tuple, targets, params: list, mod
         with torch.random.fork_rng(devices=devices), _without_sampling(model, sub_x):
             loop_grads, _ = loop_grads_and_losses(model, loss_fn, sub_x, sub_t, params)
             loop_norms = sum(row_sq_norms(g).double() for g in loop_grads).sqrt()
+            finite = torch.isfinite(loop_norms)  # an example with a NaN/inf gradient is left out of sums
+            if not bool(finite.all()):
+                if int(finite.sum()) < 2:
+                    return ""  # nothing to compare on this batch (not cached: the next batch is checked)
+                sub_x, loop_norms = tuple(x[finite] for x in sub_x), loop_norms[finite]
+                sub_t = sub_t[finite] if isinstance(sub_t, Tensor) else sub_t
+                loop_grads = [g[finite] for g in loop_grads]
             clip = float(loop_norms.median()) or 1.0
 
             def factors(n):
@@ -999,6 +1097,8 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
         unverified = _loop_check(model, loss_fn, xs, targets, params, modules, recompute) if _check else ""
         global_hooks = "a global module forward hook is registered (it can change a layer's output)" \
             if nn.modules.module._global_forward_hooks else ""
+        if unverified or global_hooks or loss_reason:
+            _warn_once(model, unverified or global_hooks or loss_reason)
         for s in checked:
             if unverified or global_hooks or loss_reason or s.name in misaligned:
                 modes[s] = "global"

@@ -292,3 +292,22 @@ def test_concurrent_appends_from_several_processes_do_not_interleave(tmp_path):
 def test_missing_ledger_is_empty(tmp_path):
     assert Ledger(tmp_path / "none.jsonl").records() == []
     assert os.path.exists(tmp_path) and len(Ledger(tmp_path / "none.jsonl")) == 0
+
+
+def test_nested_deltas_count_against_the_budget():
+    """A composed, self-composed or Poisson-sampled (epsilon, delta) query spends its leaves' deltas
+    (a red-team read found them read as 0: 100 queries of delta 1e-3 passed a budget of 1e-5)."""
+    from privlab.accounting import ComposedEvent, EpsilonDeltaEvent, PoissonSampledEvent, SelfComposedEvent
+
+    for event in (SelfComposedEvent(EpsilonDeltaEvent(0.01, 1e-3), 100),
+                  ComposedEvent((EpsilonDeltaEvent(0.01, 0.5),)),
+                  PoissonSampledEvent(1.0, EpsilonDeltaEvent(0.01, 1e-4))):
+        odo = PrivacyOdometer(total_epsilon=2.0, total_delta=1e-5)
+        with pytest.raises(BudgetExceededError, match="delta"):
+            odo.spend("q", event=event)
+        assert odo.spent_delta == 0.0
+    odo = PrivacyOdometer(total_epsilon=2.0, total_delta=1e-5)
+    record = odo.spend("q", event=SelfComposedEvent(EpsilonDeltaEvent(0.01, 1e-8), 100))
+    assert record.delta == pytest.approx(1e-6) and odo.spent_delta == pytest.approx(1e-6)
+    sampled = PoissonSampledEvent(0.1, EpsilonDeltaEvent(0.5, 1e-6))
+    assert float(PrivacyOdometer._delta_of([sampled])) == pytest.approx(1e-7)

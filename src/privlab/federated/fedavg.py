@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -345,7 +346,11 @@ def simulate(model: nn.Module, data: FederatedDataset, algorithm: FedAvg, *, rng
         algorithm: :class:`FedAvg`, :class:`FedProx` or :class:`FedAdam`.
         rng: the one generator for everything random: the base seed of the
             clients' shuffles (first draw, :func:`draw_base_seed`), client sampling,
-            noise, and (through a spawned child stream) secure-aggregation keys.
+            noise, and (through a spawned child stream) secure-aggregation keys. The noise is
+            reproducible from it, so epsilon assumes its seed secret; every client receives the
+            base seed, from which a small seed (``make_rng(48611)``) is found by trying seeds, and
+            with it the noise (a red-team read rebuilt it to 2e-7). For a deployment, seed from the
+            operating system (``np.random.default_rng()``) and keep it secret.
         method: how local training runs: ``"vmap"`` (all clients of a round at once,
             ``torch.func``, any model), ``"bmm"`` (all at once by batched matmuls, MLPs only),
             ``"loop"`` (one by one, the reference), ``"auto"`` (``bmm`` where possible, else ``vmap``).
@@ -354,7 +359,9 @@ def simulate(model: nn.Module, data: FederatedDataset, algorithm: FedAvg, *, rng
         secure_aggregation: ``None`` or a :class:`~privlab.federated.secagg.SecAggConfig`:
             the server sums the client vectors by the masking protocol.
         eval_data: ``(x, y)`` arrays to evaluate the global model on each round.
-        evaluate_train: also evaluate on the pooled training data.
+        evaluate_train: also evaluate on the pooled training data. Those columns are computed on
+            the private data without noise: outside the DP guarantee (a warning says so when
+            ``privacy`` is set), for diagnosis, not for release.
         progress: show a tqdm bar. device: where tensors live (default: the model's).
 
     Returns:
@@ -375,6 +382,10 @@ def simulate(model: nn.Module, data: FederatedDataset, algorithm: FedAvg, *, rng
     clients = ClientTensors(data, device)
     evals = {"test": eval_data} if eval_data is not None else {}
     if evaluate_train:
+        if not isinstance(privacy, NoPrivacy):
+            warnings.warn("simulate(evaluate_train=True): the train_* columns are computed on the private data "
+                          "without noise, outside the DP guarantee; do not release them with the model",
+                          RuntimeWarning, stacklevel=2)
         evals["train"] = data.pooled()
     evals = {k: (torch.as_tensor(np.asarray(x, np.float32), device=device),
                  torch.as_tensor(np.asarray(y, np.float32), device=device)) for k, (x, y) in evals.items()}

@@ -366,7 +366,9 @@ def simulate(model: nn.Module, data: FederatedDataset, algorithm: FedAvg, *, rng
 
     Returns:
         A :class:`FedResult`; ``history`` has ``round``, ``clients``, ``epsilon``
-        (cumulative, ``inf`` without DP), ``seconds`` and the evaluation columns.
+        (cumulative, ``inf`` without DP), ``seconds`` and the evaluation columns. Under client-level
+        DP's add/remove neighbours, ``clients`` (the number sampled, :math:`|S_t|`) is not covered by
+        epsilon (it moves with the client added; the noisy sum is the release): for diagnosis.
 
     Raises:
         ValueError: for an unknown ``method``, or (naming the client) a NaN update.

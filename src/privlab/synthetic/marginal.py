@@ -294,6 +294,9 @@ class MarginalSynthesizer:
             edges.append((i, j))
             self.measurements_.append(Measurement("select", (self.columns_[i], self.columns_[j]), eps_0**2 / 8,
                                                   epsilon=eps_0))
+        # the exponential mechanism's exact scores (L1 distances of the true 2-way counts from the
+        # noisy independence fit): kept for teaching and tests, NOT part of the DP release. Only
+        # sample()'s output and the measurements are; a fitted object must not be published
         self.selection_scores_ = {(self.columns_[i], self.columns_[j]): s for (i, j), s in score.items()}
         return edges
 

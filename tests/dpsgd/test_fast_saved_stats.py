@@ -85,3 +85,26 @@ def test_recomputed_when_refused(monkeypatch):
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(4, 5), nn.LayerNorm(5), nn.ReLU(), nn.Linear(5, 1)).double()
     _check(model, torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 1, dtype=torch.float64))
+
+
+def test_activation_checkpointing_keeps_the_rules(monkeypatch):
+    """Under torch.utils.checkpoint (non-reentrant) the LayerNorm rule does not read the node's saved
+    statistics (that unpacked the recomputed tensors twice and failed the backward): it normalises
+    again, and every layer stays on its rule."""
+    from torch.utils.checkpoint import checkpoint
+
+    seen = {}
+    monkeypatch.setattr(fast, "_report_modes", lambda modes, reasons: seen.update(modes))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Tanh())
+            self.head = nn.Linear(6, 1)
+
+        def forward(self, x):
+            return self.head(checkpoint(self.block, x, use_reentrant=False))
+
+    torch.manual_seed(4)
+    _check(Net().double(), torch.randn(7, 4, dtype=torch.float64), torch.randn(7, 1, dtype=torch.float64))
+    assert set(seen.values()) == {"fast"}, seen

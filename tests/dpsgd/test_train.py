@@ -133,7 +133,8 @@ def test_epsilon_comes_from_privlab_accounting(monkeypatch):
               generator=torch.Generator().manual_seed(0))
     train_module._epsilon.cache_clear()
     q = 16 / 60
-    assert calls == [(1.0, q, 4 * k, 1e-3, "rdp") for k in (1, 2, 3)]
+    # the whole run first (checked before the first step), then each epoch (the last one cached)
+    assert calls == [(1.0, q, 12, 1e-3, "rdp")] + [(1.0, q, 4 * k, 1e-3, "rdp") for k in (1, 2)]
     assert r.epsilons == pytest.approx((0.4, 0.8, 1.2))
     assert [row["epoch"] for row in r.history()] == [1, 2, 3]
 
@@ -227,3 +228,16 @@ def test_given_delta_at_least_one_over_n_warns():
     with pytest.warns(RuntimeWarning, match="delta = 0.05 >= 1/N"):
         train(model(), X, y, loss_fn=ce, config=config(accountant="rdp", delta=0.05),
               generator=torch.Generator().manual_seed(0))
+
+
+def test_an_accountant_that_refuses_the_run_fails_before_the_first_step():
+    """PLD refuses a tiny sigma: train says so before it changes the model, not after an epoch."""
+    model = nn.Linear(3, 1)
+    before = model.weight.detach().clone()
+    x, y = torch.randn(200, 3), torch.randn(200)
+    cfg = DPSGDConfig(noise_multiplier=0.01, max_grad_norm=1.0, batch_size=20, epochs=2, lr=0.1, progress=False,
+                      delta=1e-5)
+    with pytest.raises(ValueError, match="too small for the PLD accountant"):
+        train(model, x, y, loss_fn=lambda o, t: (o.squeeze(1) - t) ** 2, config=cfg,
+              generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model.weight, before)

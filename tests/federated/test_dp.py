@@ -208,3 +208,14 @@ def test_invalid_privacy_parameters_raise(field, value):
 def test_invalid_sample_level_settings_raise(kwargs):
     with pytest.raises(ValueError):
         SampleLevelDP(**kwargs)
+
+
+def test_simulate_warns_when_delta_is_not_below_one_over_the_units():
+    from privlab.config import make_rng, make_torch_generator
+    from privlab.federated import ClientLevelDP, FedAvg, hospital_sites, make_model, simulate
+
+    data = hospital_sites(rng=make_rng(0))
+    model = make_model(data.num_features, 4, generator=make_torch_generator(0))
+    with pytest.warns(RuntimeWarning, match=f"not below 1/{data.num_clients}"):
+        simulate(model, data, FedAvg(rounds=1), rng=make_rng(1),
+                 privacy=ClientLevelDP(clip_norm=1.0, noise_multiplier=1.0, delta=0.5))

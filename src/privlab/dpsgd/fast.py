@@ -242,6 +242,7 @@ class _Site:
     out_is_tensor: bool = True
     producer: _Site | None = None  # the Linear whose output is this norm layer's input
     broadcast: object = None  # for a batch-independent output added to a batch-first tensor: the sum's edge
+    saved_hooks: bool = False  # saved-tensor hooks (activation checkpointing) were active during the call
     reason: str = ""  # why the site is not on the fast path (for tests and debugging)
 
 
@@ -269,6 +270,11 @@ def _tensor_shapes(args, output) -> tuple:
     return shapes + ((tuple(output.shape) if isinstance(output, Tensor) else None),)
 
 
+def _SAVED_TENSOR_HOOKS():
+    """The innermost saved-tensor hooks in force (``torch.utils.checkpoint`` installs some), or ``None``."""
+    return torch._C._autograd._top_saved_tensors_default_hooks(False)
+
+
 def _pre_hook(site: _Site, module, args, kwargs):
     site.calls += 1
     if site.calls == 1:
@@ -280,6 +286,7 @@ def _hook(site: _Site, linear_outputs: dict | None, module, args, kwargs, output
         return
     site.window = (site.window[0], _next_sequence_nr())
     site.args, site.kwargs = args, kwargs
+    site.saved_hooks = _SAVED_TENSOR_HOOKS() is not None
     site.versions = tuple(a._version if isinstance(a, Tensor) else None for a in args)
     site.shapes = _tensor_shapes(args, output)
     site.out_is_tensor = isinstance(output, Tensor)
@@ -964,6 +971,8 @@ def _saved_layer_norm_stats(site: _Site, x: Tensor):
     if type(site.module) is not nn.LayerNorm or type(node).__name__ != "NativeLayerNormBackward0" or \
             x.dtype not in (torch.float32, torch.float64):
         return None
+    if site.saved_hooks:  # checkpointed: reading the node's saved tensors would unpack them a second time
+        return None       # (the backward then fails); the rule normalises again
     try:
         saved_x, mean, rstd = node._saved_input, node._saved_result1, node._saved_result2
         shape = tuple(node._saved_normalized_shape)

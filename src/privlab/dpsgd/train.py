@@ -366,10 +366,13 @@ def train(
             process's part of each batch).
 
     Returns:
-        :class:`TrainResult`.
+        :class:`TrainResult`. Its epsilons account for this call's steps only: a model trained
+        further by a second call has spent the composition of both (compose them with
+        :mod:`privlab.accounting`, or train in one call).
 
     Raises:
-        ValueError: bad config, generator or data shapes.
+        ValueError: bad config, generator or data shapes; an accountant that refuses the run's
+            settings (checked for the whole run before the first step).
 
     Reference: Abadi et al. 2016 (arXiv:1607.00133), Algorithm 1.
 
@@ -411,6 +414,10 @@ def train(
         method=config.method,
         record_norms=config.record_grad_norms,
     )
+    if config.private and config.accountant is not None:
+        # the whole run's epsilon once before the first step: an accountant that refuses these
+        # settings (PLD at a tiny sigma) fails here, not after an epoch has changed the model
+        epsilon_spent(config, sample_rate=q, steps=config.epochs * len(sampler), delta=delta)
     net = torch.compile(model, dynamic=True) if config.compile else model
     graphed = _graphed_step(config, dp, net, loss_fn, xs_dev, y_dev, device, q)
     losses, epsilons, seconds, evals, norms = [], [], [], [], []

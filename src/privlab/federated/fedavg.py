@@ -377,6 +377,15 @@ def simulate(model: nn.Module, data: FederatedDataset, algorithm: FedAvg, *, rng
     """
     check_rng(rng)
     privacy = NoPrivacy() if privacy is None else privacy
+    delta = getattr(privacy, "delta", None)
+    if delta is not None:  # client level: the K clients are the units; sample level: the N examples
+        from .dp import ClientLevelDP  # (dp imports this module)
+
+        units = data.num_clients if isinstance(privacy, ClientLevelDP) else int(sum(len(y) for y in data.y))
+        if delta >= 1 / units:
+            warnings.warn(f"delta={delta:g} is not below 1/{units} (1 / the number of privacy units): a mechanism "
+                          f"that publishes one unit's data outright meets it; take delta well below 1/{units}",
+                          RuntimeWarning, stacklevel=2)
     trainer = privacy.trainer(method)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     spec = ParamSpec(model)

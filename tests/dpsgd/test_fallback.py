@@ -587,3 +587,70 @@ def test_an_example_with_a_nan_gradient_is_left_out_not_spread(method):
     want = clipped_grad_sum(model, loss, x[keep], y[keep], max_grad_norm=1.0, method="loop")
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_a_nan_example_under_a_padding_mask_is_left_out_too():
+    """DPOptimizer.step(keep=...) reads the whole batch's mask in its clip rule: the recomputed sum
+    must take the factors of the full batch, not of the finite rows alone."""
+    from privlab.dpsgd import DPOptimizer
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3).double(), torch.randn(8).double()
+    x[2], y[2] = 0.0, 0.0
+    keep = torch.ones(8, dtype=torch.bool)
+    keep[-1] = False  # a padding row
+
+    def loss(out, t):
+        return ((out.squeeze(1) - t) ** 2).sqrt()
+
+    sums = []
+    for rows, mask in ((torch.arange(8), keep), (torch.tensor([0, 1, 3, 4, 5, 6]), None)):
+        model = nn.Linear(3, 1).double()
+        with torch.no_grad():
+            model.weight.copy_(torch.tensor([[0.3, -0.2, 0.5]]))
+            model.bias.zero_()
+        dp = DPOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=0.0, max_grad_norm=1.0,
+                         expected_batch_size=6)
+        dp.step(model, loss, x[rows], y[rows], **({} if mask is None else {"keep": mask}))
+        sums.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(sums[0], sums[1], rtol=1e-9, atol=1e-12)
+
+
+def test_loss_keys_tell_closures_apart_and_match_fresh_lambdas():
+    def per_example(fn):
+        return lambda o, t: fn(o, t)
+
+    def plain(o, t):
+        return (o - t) ** 2
+
+    def centred(o, t):
+        return (o - o.mean() - t) ** 2
+
+    assert fast._loss_key(per_example(plain)) != fast._loss_key(per_example(centred))
+    assert fast._loss_key(per_example(plain)) == fast._loss_key(per_example(plain))
+
+
+class _ScaledByBuffer(nn.Module):
+    """A buffer the backward needs (saved by the multiplication) and a frozen BatchNorm in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(3, 4), nn.Linear(4, 1)
+        self.norm = nn.BatchNorm1d(4).eval()
+        self.register_buffer("scale", torch.tensor(2.0))
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.norm.eval()  # frozen statistics
+        return self
+
+    def forward(self, x):
+        return self.l2(self.norm(torch.tanh(self.l1(x)) * self.scale)).squeeze(-1)
+
+
+def test_the_checks_leave_buffers_the_backward_needs_untouched():
+    torch.manual_seed(0)
+    model = _ScaledByBuffer()
+    model.norm.weight.requires_grad_(False)
+    model.norm.bias.requires_grad_(False)
+    check_fast_matches(model, mse, (torch.randn(6, 3),), torch.randn(6))

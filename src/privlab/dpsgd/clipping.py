@@ -69,7 +69,9 @@ def clip_factors(norms: Tensor, *, max_grad_norm: float) -> Tensor:
         Tensor ``(B,)`` with entries in ``(0, 1]`` (``1`` for a zero gradient), and ``0`` for an
         example whose norm is not finite (NaN or infinite gradient): it is left out of the sum, as
         if clipped to zero, instead of turning the whole release into NaN (which one example could
-        then switch on and off: an unbounded privacy loss).
+        then switch on and off: an unbounded privacy loss). The eager kernel then recomputes the sum
+        without it (one host synchronisation per step checks the norms); a step replayed from a
+        CUDA graph cannot, and a non-finite example still makes that step NaN.
 
     Raises:
         ValueError: if ``max_grad_norm`` is not a finite number > 0 or ``norms`` is not 1-D.
@@ -145,12 +147,19 @@ def clipped_grad_sum_with_stats(
     grads, norms, losses = _METHOD_IMPLS[method](model, loss_fn, xs, targets, factors_fn, named, modules)
     if grads is not None and not _capturing() and not bool(torch.isfinite(norms).all()):
         # an example with a NaN or infinite gradient has clip factor 0, but 0 * inf is NaN in the
-        # weighted sum: the sum over the other examples, computed without it (its exact meaning)
+        # weighted sum: the sum over the other examples, computed again without it (each example's
+        # own gradient decides whether it takes part, so each still moves the sum by at most C).
+        # The factors are those of the full batch (a rule may read the batch's rows, as a padding
+        # mask does); a second pass draws new dropout masks. Not inside a captured CUDA graph.
         finite = torch.isfinite(norms)
         if bool(finite.any()):
             sub = tuple(x[finite] for x in xs)
+
+            def factors_of_rows(sub_norms):
+                return factors_fn(norms.masked_scatter(finite, sub_norms))[finite]
+
             grads = _METHOD_IMPLS[method](model, loss_fn, sub, None if targets is None else targets[finite],
-                                          factors_fn, named, modules)[0]
+                                          factors_of_rows, named, modules)[0]
         else:
             grads = [torch.zeros_like(p) for p in params]
     return ClippedSum(grads, norms, losses, params)

@@ -237,9 +237,12 @@ def train_distributed(
             raise ValueError("non-private distributed training is plain DDP; use torch's DistributedDataParallel")
         device = torch.device(config.device) if config.device is not None else next(model.parameters()).device
         model.to(device)
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        n = batch_size_of(as_input_tuple(X))
+        _same_on_every_rank(generator, n, config, device, rank, world)  # before anything is changed
         for t in list(model.parameters()) + list(model.buffers()):  # DDP's construction-time broadcast:
             dist.broadcast(t.data, src=0)  # every replica starts from rank 0's parameters
-        _same_on_every_rank(generator, len(X), config, device, rank, world)
     return train(model, X, y, loss_fn=loss_fn, config=config, generator=generator, eval_fn=eval_fn,
                  dp_optimizer_cls=DistributedDPOptimizer)
 
@@ -256,8 +259,12 @@ def _same_on_every_rank(generator: torch.Generator, n: int, config: DPSGDConfig,
     def digest(data: bytes) -> int:
         return int.from_bytes(hashlib.sha256(data).digest()[:7], "big")
 
-    same = dataclasses.replace(config, progress=False, device=None)  # these may differ by rank
-    mine = torch.tensor([digest(generator.get_state().numpy().tobytes()), n, digest(repr(same).encode())],
+    # every field but progress and device (they may differ by rank); a callable (an optimizer
+    # factory) by its qualified name, as its repr holds a per-process address
+    fields = [(f.name, getattr(v, "__qualname__", None) if callable(v) else repr(v))
+              for f in dataclasses.fields(config) if f.name not in ("progress", "device")
+              for v in [getattr(config, f.name)]]
+    mine = torch.tensor([digest(generator.get_state().numpy().tobytes()), n, digest(repr(fields).encode())],
                         dtype=torch.int64, device=device)
     every = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(every, mine)

@@ -439,16 +439,21 @@ _PROBES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 @contextlib.contextmanager
 def _buffers_kept(model: nn.Module):
-    """Restore every buffer afterwards: the probe's and the checks' extra forward passes must not
-    change the model's state (a running mean, a step counter), so that training is the same with or
-    without them."""
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    """Leave the buffers as they were: the probe's and the checks' extra forward passes must not change
+    the model's state (a running mean, a step counter), so that training is the same with or without
+    them. A buffer reassigned meanwhile is put back; one changed in place is copied back, and only
+    then (an unchanged buffer keeps its version, which the live graph's backward may check)."""
+    saved = [(m, name, b, b.detach().clone()) for m in model.modules() for name, b in m._buffers.items()
+             if b is not None]
     try:
         yield
     finally:
         with torch.no_grad():
-            for b, value in saved:
-                b.copy_(value)
+            for m, name, b, value in saved:
+                if m._buffers.get(name) is not b:
+                    m._buffers[name] = b
+                if not torch.equal(b, value):
+                    b.copy_(value)
 
 
 def _probe_shapes(model: nn.Module, xs: tuple, sites: list[_Site]) -> dict[str, tuple]:
@@ -545,7 +550,26 @@ def _check_key(model: nn.Module, loss_fn, xs: tuple, targets) -> tuple:
     loss: keying on the object would repeat the checks on every step)."""
     return (tuple((tuple(x.shape[1:]), x.dtype, x.device) for x in xs),
             None if not isinstance(targets, Tensor) else (tuple(targets.shape[1:]), targets.dtype),
-            tuple(m.training for m in model.modules()), getattr(loss_fn, "__code__", loss_fn))
+            tuple(m.training for m in model.modules()), _loss_key(loss_fn))
+
+
+def _loss_key(loss_fn):
+    """A function made afresh each step is the same loss if its code and what it closes over are the
+    same objects: key on those (a bound method: its function and instance; a ``functools.partial``:
+    its function and arguments), so the checks run once, and two closures of one factory over
+    different values (a centred loss and a plain one) are told apart. (Ids: the objects are alive
+    while the caller's loss is.)"""
+    if isinstance(loss_fn, functools.partial):
+        return ("partial", _loss_key(loss_fn.func), tuple(id(a) for a in loss_fn.args),
+                tuple((k, id(v)) for k, v in sorted(loss_fn.keywords.items())))
+    if hasattr(loss_fn, "__self__") and hasattr(loss_fn, "__func__"):
+        return ("method", _loss_key(loss_fn.__func__), id(loss_fn.__self__))
+    code = getattr(loss_fn, "__code__", None)
+    if code is None:
+        return loss_fn
+    cells = tuple(id(c.cell_contents) for c in (loss_fn.__closure__ or ()))
+    return (code, cells, tuple(id(d) for d in (loss_fn.__defaults__ or ())),
+            tuple((k, id(v)) for k, v in sorted((loss_fn.__kwdefaults__ or {}).items())))
 
 
 def _distinct_examples(xs: tuple, targets, k: int) -> list[int]:
@@ -592,9 +616,13 @@ def _fingerprints(model: nn.Module, sites: list[_Site], xs: tuple):
     def project(t):
         if not isinstance(t, Tensor):
             return None
-        rows = t.detach().reshape(t.shape[0], -1).to(torch.float64) if t.ndim else t.detach().reshape(1, 1).double()
+        rows = t.detach().reshape(t.shape[0], -1) if t.ndim else t.detach().reshape(1, 1)
         gen = torch.Generator(device=rows.device).manual_seed(rows.shape[1])
-        return rows @ torch.randn(rows.shape[1], 4, generator=gen, device=rows.device, dtype=torch.float64)
+        out = torch.zeros(rows.shape[0], 4, dtype=torch.float64, device=rows.device)
+        for a in range(0, rows.shape[1], 1 << 16):  # in chunks: a language model's logits are large
+            chunk = rows[:, a:a + (1 << 16)].to(torch.float32)
+            out += (chunk @ torch.randn(chunk.shape[1], 4, generator=gen, device=rows.device)).double()
+        return out, t.dtype
 
     def recorder(site):
         def hook(module, args, kwargs, output):
@@ -610,14 +638,17 @@ def _fingerprints(model: nn.Module, sites: list[_Site], xs: tuple):
             h.remove()
 
 
-def _same_values(a: Tensor, b: Tensor) -> bool:
+def _same_values(a: Tensor, b: Tensor, dtype: torch.dtype | None = None) -> bool:
     """Equal integers; floats equal up to float error: relative to each entry, with a floor of 1% of
-    the larger tensor's largest entry (so one large feature cannot hide differences in small ones)."""
+    the larger tensor's largest entry (so one large feature cannot hide differences in small ones);
+    ``dtype``: the precision the values were computed in, if not theirs (fingerprints)."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    if not (a.is_floating_point() or a.is_complex()):
-        return torch.equal(a, b)
-    rtol = max(1e-3, 8 * torch.finfo(a.dtype).eps)
+    dtype = dtype or a.dtype
+    if not (dtype.is_floating_point or dtype.is_complex):
+        return torch.equal(a, b) if not (a.is_floating_point() or a.is_complex()) else bool(
+            ((a - b).abs() <= 1e-6 * (a.abs() + b.abs()).max().clamp_min(1)).all())
+    rtol = max(1e-3, 8 * torch.finfo(dtype).eps)
     wide = torch.complex128 if a.is_complex() else torch.float64
     a, b = a.to(wide), b.to(wide)
     entry = torch.maximum(a.abs(), b.abs()).nan_to_num(0)
@@ -690,8 +721,10 @@ def _row_check(model: nn.Module, loss_fn, xs: tuple, targets, sites: list[_Site]
         for t, u in zip(many, permuted):
             if (t is None) != (u is None):
                 bad.add(s.name)
-            elif t is not None and not _same_values(u, t[perm] if t.shape[0] == len(perm) else t):
-                bad.add(s.name)
+            elif t is not None:
+                (t, dtype), (u, _) = t, u
+                if not _same_values(u, t[perm] if t.shape[0] == len(perm) else t, dtype=dtype):
+                    bad.add(s.name)
     for order, seen, losses in runs[:2]:
         # the losses as whole vectors: a tolerance floor from the largest, so a near-zero loss's float
         # error does not count as a difference
@@ -761,7 +794,7 @@ def _without_sampling(model: nn.Module, xs: tuple):
     flags = {m: m.training for m in model.modules()}
     try:
         with _buffers_kept(model):
-            if model.training and not _deterministic(model, xs):
+            if any(flags.values()) and not _deterministic(model, xs):
                 for m in flags:
                     m.training = False
             yield

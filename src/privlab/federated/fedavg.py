@@ -346,8 +346,8 @@ def simulate(model: nn.Module, data: FederatedDataset, algorithm: FedAvg, *, rng
         algorithm: :class:`FedAvg`, :class:`FedProx` or :class:`FedAdam`.
         rng: the one generator for everything random: the base seed of the
             clients' shuffles (first draw, :func:`draw_base_seed`), client sampling,
-            noise, and (through a spawned child stream) secure-aggregation keys. The noise is
-            reproducible from it, so epsilon assumes its seed secret; every client receives the
+            noise, and (through a spawned child stream) secure-aggregation keys. Client-level DP's
+            noise is drawn from it, so epsilon assumes its seed secret; every client receives the
             base seed, from which a small seed (``make_rng(48611)``) is found by trying seeds, and
             with it the noise (a red-team read rebuilt it to 2e-7). For a deployment, seed from the
             operating system (``np.random.default_rng()``) and keep it secret.

@@ -138,6 +138,21 @@ def test_ranks_with_different_seeds_are_refused(case_dir):
         assert p.returncode != 0 and "differs from rank 0 in its generator state" in text, text[-2000:]
 
 
+def test_an_optimizer_factory_is_the_same_on_every_rank(case_dir):
+    """A lambda's repr holds a per-process address: the ranks' consistency check compares its name."""
+    out = str(case_dir / "factory")
+    script = case_dir / "worker_factory.py"
+    text = WORKER.format(here=str(case_dir), out=out).replace(
+        "model, X, y, loss_fn, cfg = make_case()",
+        "model, X, y, loss_fn, cfg = make_case()\n"
+        "import dataclasses\n"
+        "cfg = dataclasses.replace(cfg, optimizer=lambda p: torch.optim.SGD(p, lr=0.2))")
+    script.write_text(text)
+    procs, outputs = _launch_two_ranks(script)
+    for p, text in zip(procs, outputs):
+        assert p.returncode == 0, text[-2000:]
+
+
 def test_single_process_equals_train():
     """Without a process group, train_distributed is train (same seed, same result)."""
     def loss_fn(out, t):

@@ -588,15 +588,16 @@ def _distinct_examples(xs: tuple, targets, k: int) -> list[int]:
     return chosen
 
 
-def _record_calls(model: nn.Module, sites: list[_Site], xs: tuple):
-    """``model(*xs)`` (eagerly) and, per site, the tensor arguments and output of its first call."""
+def _record_calls(model: nn.Module, sites: list[_Site], xs: tuple, keep=lambda t: t):
+    """``model(*xs)`` (eagerly) and, per site, ``keep`` of each tensor argument and of the output of its
+    first call (``None`` for an output that is not a tensor)."""
     seen: dict[str, list] = {}
 
     def recorder(site):
         def hook(module, args, kwargs, output):
             if site.name not in seen:
-                seen[site.name] = [a for a in args if isinstance(a, Tensor)] + [
-                    output if isinstance(output, Tensor) else None]
+                seen[site.name] = [keep(a) for a in args if isinstance(a, Tensor)] + [
+                    keep(output) if isinstance(output, Tensor) else None]
         return hook
 
     handles = [s.module.register_forward_hook(recorder(s), with_kwargs=True, prepend=True) for s in sites]
@@ -607,35 +608,17 @@ def _record_calls(model: nn.Module, sites: list[_Site], xs: tuple):
             h.remove()
 
 
-def _fingerprints(model: nn.Module, sites: list[_Site], xs: tuple):
-    """``model(*xs)`` (eagerly) and, per site, a fingerprint of each tensor argument and of the output of
-    its first call: every row projected on 4 fixed random directions, ``(rows, 4)`` in float64, so a
-    whole batch's rows can be compared without keeping its activations."""
-    seen: dict[str, list] = {}
-
-    def project(t):
-        if not isinstance(t, Tensor):
-            return None
-        rows = t.detach().reshape(t.shape[0], -1) if t.ndim else t.detach().reshape(1, 1)
-        gen = torch.Generator(device=rows.device).manual_seed(rows.shape[1])
-        out = torch.zeros(rows.shape[0], 4, dtype=torch.float64, device=rows.device)
-        for a in range(0, rows.shape[1], 1 << 16):  # in chunks: a language model's logits are large
-            chunk = rows[:, a:a + (1 << 16)].to(torch.float32)
-            out += (chunk @ torch.randn(chunk.shape[1], 4, generator=gen, device=rows.device)).double()
-        return out, t.dtype
-
-    def recorder(site):
-        def hook(module, args, kwargs, output):
-            if site.name not in seen:
-                seen[site.name] = [project(a) for a in args if isinstance(a, Tensor)] + [project(output)]
-        return hook
-
-    handles = [s.module.register_forward_hook(recorder(s), with_kwargs=True, prepend=True) for s in sites]
-    try:
-        return _call_eagerly(model, xs), seen
-    finally:
-        for h in handles:
-            h.remove()
+def _fingerprint(t: Tensor) -> tuple[Tensor, torch.dtype]:
+    """Every row of ``t`` projected on 4 fixed random directions, ``(rows, 4)`` in float64 (summed in
+    float32 chunks: a language model's logits are large), and the dtype it was computed in: a whole
+    batch's rows compared without keeping its activations."""
+    rows = t.detach().reshape(t.shape[0], -1) if t.ndim else t.detach().reshape(1, 1)
+    gen = torch.Generator(device=rows.device).manual_seed(rows.shape[1])
+    out = torch.zeros(rows.shape[0], 4, dtype=torch.float64, device=rows.device)
+    for a in range(0, rows.shape[1], 1 << 16):
+        chunk = rows[:, a:a + (1 << 16)].to(torch.float32)
+        out += (chunk @ torch.randn(chunk.shape[1], 4, generator=gen, device=rows.device)).double()
+    return out, t.dtype
 
 
 def _same_values(a: Tensor, b: Tensor, dtype: torch.dtype | None = None) -> bool:
@@ -655,6 +638,13 @@ def _same_values(a: Tensor, b: Tensor, dtype: torch.dtype | None = None) -> bool
     floor = max(float(entry.max()) if entry.numel() else 0.0, 1e-30) * 1e-2
     return bool(torch.isclose(a, b, rtol=0, atol=0, equal_nan=True).logical_or(
         (a - b).abs() <= rtol * (entry + floor)).all())
+
+
+def _calls_agree(first: list | None, second: list | None, same) -> bool:
+    """Two recordings of one site's call agree: the same tensors present, each pair passing ``same``."""
+    if first is None or second is None or len(first) != len(second):
+        return False
+    return all(t is None and u is None if t is None or u is None else same(t, u) for t, u in zip(first, second))
 
 
 def _row_check(model: nn.Module, loss_fn, xs: tuple, targets, sites: list[_Site]) -> tuple[frozenset, str]:
@@ -700,7 +690,7 @@ def _row_check(model: nn.Module, loss_fn, xs: tuple, targets, sites: list[_Site]
                 sub = targets[sel] if isinstance(targets, Tensor) else targets
                 runs.append((order, seen, per_example_losses(loss_fn(out, sub), len(order))))
             for order in (torch.arange(len(perm), device=perm.device), perm):
-                out, fp = _fingerprints(model, sites, tuple(x[order] for x in xs))
+                out, fp = _record_calls(model, sites, tuple(x[order] for x in xs), keep=_fingerprint)
                 sub = targets[order] if isinstance(targets, Tensor) else targets
                 whole.append((fp, per_example_losses(loss_fn(out, sub), len(order))))
                 out = None  # (a language model's logits: not two batches of them at once)
@@ -713,40 +703,23 @@ def _row_check(model: nn.Module, loss_fn, xs: tuple, targets, sites: list[_Site]
     (fp_a, loss_a), (fp_b, loss_b) = whole
     if not _same_values(loss_b, loss_a[perm]):
         loss_reason = "a batch's per-example losses do not follow its examples when it is permuted (row check)"
-    for s in sites:
-        many, permuted = fp_a.get(s.name), fp_b.get(s.name)
-        if many is None or permuted is None or len(many) != len(permuted):
-            bad.add(s.name)
-            continue
-        for t, u in zip(many, permuted):
-            if (t is None) != (u is None):
-                bad.add(s.name)
-            elif t is not None:
-                (t, dtype), (u, _) = t, u
-                if not _same_values(u, t[perm] if t.shape[0] == len(perm) else t, dtype=dtype):
-                    bad.add(s.name)
+    def permuted_alike(t, u):  # fingerprints (rows, 4) and dtypes: u's rows are t's, permuted
+        (t, dtype), (u, _) = t, u
+        return _same_values(u, t[perm] if t.shape[0] == len(perm) else t, dtype=dtype)
+
+    bad |= {s.name for s in sites if not _calls_agree(fp_a.get(s.name), fp_b.get(s.name), permuted_alike)}
     for order, seen, losses in runs[:2]:
         # the losses as whole vectors: a tolerance floor from the largest, so a near-zero loss's float
         # error does not count as a difference
         if not _same_values(losses, torch.cat([alone[i][1] for i in order])):
             loss_reason = "a batch's per-example losses differ from its examples' losses alone (row check)"
         for pos, i in enumerate(order):
-            one_seen = alone[i][0]
-            for s in sites:
-                many, one = seen.get(s.name), one_seen.get(s.name)
-                if many is None or one is None or len(many) != len(one):
-                    bad.add(s.name)
-                    continue
-                for t, u in zip(many, one):
-                    if t is None or u is None:
-                        ok = t is None and u is None
-                    elif t.shape == u.shape and t.shape[:1] == (1,):  # a batch-independent call: (1, ...) alike
-                        ok = _same_values(t, u)
-                    else:
-                        ok = t.shape[:1] == (len(order),) and _same_values(t[pos:pos + 1], u)
-                    if not ok:
-                        bad.add(s.name)
-                        break
+            def own_row(t, u, pos=pos, size=len(order)):  # row pos of the batch is this example's alone
+                if t.shape == u.shape and t.shape[:1] == (1,):  # a batch-independent call: (1, ...) alike
+                    return _same_values(t, u)
+                return t.shape[:1] == (size,) and _same_values(t[pos:pos + 1], u)
+
+            bad |= {s.name for s in sites if not _calls_agree(seen.get(s.name), alone[i][0].get(s.name), own_row)}
     if len(cache) > 64:
         cache.clear()
     cache[key] = result = (frozenset(bad), loss_reason)

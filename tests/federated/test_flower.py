@@ -204,6 +204,9 @@ def test_flower_dp_wrapper_adds_calibrated_noise_and_privlab_accounts_for_it(fed
     run = runs["dp"].result()
     assert federation.num_supernodes == k and run.history["config"]["dp-noise-multiplier"] == sigma
     assert run.history["epsilon"] == [dpsgd_epsilon(noise_multiplier=sigma, sample_rate=1.0, steps=1, delta=1e-5)]
+    # the clients' averaged metrics carry no noise: the history says epsilon does not cover them
+    assert run.history["outside_guarantee"] == ["train", "evaluate"]
+    assert "outside_guarantee" not in runs["fedavg"].result().history
 
     exp = experiment({**cfg})
     clean = simulate(exp.model, exp.data, exp.algorithm, rng=make_rng(0),  # noise 1e-12 * C: negligible

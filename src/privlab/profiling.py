@@ -25,7 +25,8 @@ on one logit, SGD, :math:`\sigma = 1`, :math:`C = 1` for the private ones) and `
 drops the gradients: a non-private step, privlab's :class:`~privlab.dpsgd.DPOptimizer`
 with each per-sample method, and Opacus 1.6's ``grad_sample_mode`` ``hooks``, ``ew``,
 ``functorch`` and ``ghost`` (its logits squeezed to ``(B,)``, so the ``(B, 1)`` pitfall of
-chapter 8 does not apply). The network is :func:`streamrec_mlp`.
+chapter 8 does not apply). The network is :func:`streamrec_mlp`. Beside them,
+:func:`opacus_clipped_sum`: Opacus's clipped sum alone, noise off, for checking its sensitivity.
 
 Used in: chapters 6, 8; ``benchmarks/dpsgd.py``, ``benchmarks/dpsgd_lm.py``.
 """
@@ -40,12 +41,12 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from .dpsgd import DPOptimizer
 from .losses import bce_losses
 
-__all__ = ["STEPS", "cpu_step_peak_bytes", "disable_heap_trimming", "nonprivate_step", "opacus_step",
+__all__ = ["STEPS", "cpu_step_peak_bytes", "disable_heap_trimming", "nonprivate_step", "opacus_clipped_sum", "opacus_step",
            "privlab_step", "step_peak_bytes", "streamrec_mlp", "sync", "time_steps", "timed"]
 
 
@@ -246,6 +247,33 @@ def opacus_step(mode: str) -> Callable:
         return step, lambda: opt.zero_grad(set_to_none=True)
 
     return factory
+
+
+def opacus_clipped_sum(model: nn.Module, loss_fn, inputs, targets, *, max_grad_norm: float,
+                       functorch: bool = False) -> Tensor:
+    """Opacus 1.6's clipped sum of per-sample gradients, noise off, as one flat vector.
+
+    ``GradSampleModule`` (its per-layer hooks, or with ``functorch`` vmap over each layer's saved rows)
+    with sum reduction, then ``DPOptimizer.pre_step`` (clip each sample to ``max_grad_norm``, sum, add
+    zero noise); the hooks are removed afterwards, so ``model`` can be wrapped again. ``inputs``: a
+    tensor or a tuple of the model's positional inputs. For :func:`privlab.dpsgd.removal_gaps`.
+
+    Used in: chapter 8.
+    """
+    from opacus import GradSampleModule  # Opacus is imported only when asked for
+    from opacus.optimizers import DPOptimizer as OpacusDPOptimizer
+
+    xs = inputs if isinstance(inputs, tuple) else (inputs,)
+    gsm = GradSampleModule(model, loss_reduction="sum", force_functorch=functorch)
+    try:
+        opt = OpacusDPOptimizer(torch.optim.SGD(gsm.parameters(), lr=0.0), noise_multiplier=0.0,
+                                max_grad_norm=max_grad_norm, expected_batch_size=len(xs[0]), loss_reduction="sum")
+        opt.zero_grad()
+        loss_fn(gsm(*xs), targets).sum().backward()
+        opt.pre_step()
+        return torch.cat([p.grad.flatten() for p in gsm.parameters()])
+    finally:
+        gsm._close()
 
 
 #: Step factories by name, ``factory(model, *, batch, device) -> (step, release)``.

@@ -13,6 +13,7 @@ from torch import nn
 
 from privlab.dpsgd import clipped_grad_sum, fast, per_example_grad_norms, removal_gaps
 from privlab.models import BatchSortingMLP
+from privlab.profiling import opacus_clipped_sum
 
 
 
@@ -334,20 +335,12 @@ def test_removing_an_example_moves_the_fast_sum_by_at_most_c_on_the_sorting_net(
 def test_opacus_hooks_on_the_sorting_net_move_the_sum_by_more_than_c():
     """Opacus 1.6's hooks read row i of every layer as example i's (chapter 8 shows it): if a release
     fixes this, the chapter's claim must change."""
-    opacus = pytest.importorskip("opacus")
+    pytest.importorskip("opacus")
     torch.manual_seed(0)
     model, x, y = sorting_net().double(), 2 * torch.randn(16, 5).double(), 3 * torch.randn(16).double()
 
     def opacus_sum(xs, ys):
-        gsm = opacus.GradSampleModule(model, loss_reduction="sum")
-        opt = opacus.optimizers.DPOptimizer(torch.optim.SGD(gsm.parameters(), lr=0.0), noise_multiplier=0.0,
-                                            max_grad_norm=0.1, expected_batch_size=len(xs), loss_reduction="sum")
-        opt.zero_grad()
-        mse(gsm(xs), ys).sum().backward()
-        opt.pre_step()
-        out = torch.cat([p.grad.flatten() for p in gsm.parameters()])
-        gsm._close()
-        return out
+        return opacus_clipped_sum(model, mse, xs, ys, max_grad_norm=0.1)
 
     assert float(removal_gaps(opacus_sum, x, y).max()) > 1.5 * 0.1
 

@@ -36,3 +36,26 @@ def test_glue_matches_myst_nb(monkeypatch, value, display):
     assert ours == theirs and len(ours) == 1
     (_, kwargs) = ours[0]
     assert kwargs["metadata"]["scrapbook"]["name"] == "x" and kwargs["raw"] is True
+
+
+def test_importing_privlab_book_leaves_myst_nb_and_nbformat_out():
+    """Every chapter's kernel imports privlab.book for ``glue``: myst-nb (about 0.5 s) and nbformat
+    load only when the book's build asks for the renderer (entry point ``privlab.book:AltTextRenderer``)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, privlab.book as b; print(sorted({'myst_nb', 'nbformat', 'jsonschema'} & set(sys.modules)));"
+            "r = b.AltTextRenderer; print(r.__module__, r.__qualname__, r.__mro__[1].__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["[]", "privlab.book AltTextRenderer myst_nb.core.render"]
+
+
+def test_the_renderer_entry_point_loads_privlabs_renderer():
+    from importlib.metadata import entry_points
+
+    import privlab.book
+
+    (entry,) = [e for e in entry_points(group="myst_nb.renderers") if e.name == "privlab"]
+    assert entry.load() is privlab.book.AltTextRenderer
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        privlab.book.nope  # noqa: B018

@@ -32,6 +32,7 @@ Nothing here is privacy code; it keeps the test pipeline and the book reading th
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -132,9 +133,9 @@ def glue(name: str, variable, display: bool = True) -> None:
 
     The same output as ``myst_nb.glue`` (a display with the variable's IPython formats and
     ``{"scrapbook": {"name": name, "mime_prefix": ...}}`` metadata; ``tests/test_book_glue.py``
-    checks the two agree), without its import chain: ``myst_nb.glue``'s first call imports
-    nbformat, hence jsonschema and rfc3987_syntax, which builds a parser at import (about 3 s
-    on an idle CPU, per chapter kernel).
+    checks the two agree), without its import chain (myst-nb, nbformat and jsonschema, in every
+    chapter's kernel; with jsonschema >= 4.25, whose rfc3987-syntax builds a parser at import,
+    about 3 s on an idle CPU).
     """
     from IPython.core.formatters import format_display_data
     from IPython.display import display as ipy_display
@@ -412,28 +413,40 @@ def _doctree_read(app, doctree) -> None:
     _append_note(doctree, note)
 
 
-try:  # the book's extra; the rest of this module works without it
+@functools.cache
+def _alt_text_renderer():
+    """The renderer class, made on first use: importing myst-nb costs about 0.5 s, and every
+    chapter's kernel imports this module for ``glue``."""
     from myst_nb.core.render import NbElementRenderer
-except ImportError:  # pragma: no cover
-    NbElementRenderer = object
+
+    class AltTextRenderer(NbElementRenderer):
+        """myst-nb's renderer, plus alt text for figures (entry point ``myst_nb.renderers: privlab``).
+
+        ``privlab.plotting.use_style()`` puts each figure's description in its PNG output's
+        metadata (``{"image/png": {"alt": ...}}``); myst-nb 1.x takes only ``width`` and
+        ``height`` from there. The metadata is part of the output, so it survives the
+        jupyter-cache (outputs of a cached chapter never pass through the kernel again). The
+        browser check asserts every ``<img>`` has it.
+        """
+
+        def render_image(self, data):
+            found = super().render_image(data)
+            alt = data.output_metadata.get(data.mime_type, {}).get("alt")
+            for image in found:
+                if alt and not image.get("alt"):
+                    image["alt"] = str(alt)
+            return found
+
+    AltTextRenderer.__module__, AltTextRenderer.__qualname__ = __name__, "AltTextRenderer"
+    return AltTextRenderer
 
 
-class AltTextRenderer(NbElementRenderer):
-    """myst-nb's renderer, plus alt text for figures (entry point ``myst_nb.renderers: privlab``).
-
-    ``privlab.plotting.use_style()`` puts each figure's description in its PNG output's metadata
-    (``{"image/png": {"alt": ...}}``); myst-nb 1.x takes only ``width`` and ``height`` from there.
-    The metadata is part of the output, so it survives the jupyter-cache (outputs of a cached
-    chapter never pass through the kernel again). The browser check asserts every ``<img>`` has it.
-    """
-
-    def render_image(self, data):
-        found = super().render_image(data)
-        alt = data.output_metadata.get(data.mime_type, {}).get("alt")
-        for image in found:
-            if alt and not image.get("alt"):
-                image["alt"] = str(alt)
-        return found
+def __getattr__(name: str):
+    # ``privlab.book:AltTextRenderer``, the entry point myst-nb loads, without importing myst-nb
+    # for everyone else (PEP 562)
+    if name == "AltTextRenderer":
+        return _alt_text_renderer()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _append_note(doctree, note) -> None:

@@ -123,3 +123,13 @@ def test_distributed_subcommand_is_the_module_entry_point(tmp_path, capsys):
     assert main(["distributed", *argv]) == 0
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["world_size"] == 1 and run["steps"] == 4 and math.isfinite(run["epsilon"])
+
+
+def test_text_output_names_the_run_it_accounted(capsys):
+    # N = 1100, B = 300, 3 epochs: ceil(E N / B) = 11 steps (Opacus's convention), printed so that a
+    # reader can compare it with privlab.dpsgd.train's 3 round(N / B) = 12
+    assert main(["epsilon", "--noise-multiplier", "1", "--batch-size", "300", "--dataset-size", "1100",
+                 "--epochs", "3"]) == 0
+    assert "q = 0.272727, T = 11)" in capsys.readouterr().out
+    assert main(["calibrate", "--target-epsilon", "1", "--sample-rate", "0.01", "--steps", "12"]) == 0
+    assert "(delta = 1e-05; q = 0.01, T = 12)" in capsys.readouterr().out

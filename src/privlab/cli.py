@@ -82,6 +82,8 @@ def _run_shape(args: argparse.Namespace) -> tuple[float, int]:
     """``(sample_rate, steps)`` from either ``--sample-rate/--steps`` or ``--batch-size/--dataset-size/--epochs``.
 
     q = B / N and T = ceil(E N / B), the convention of Opacus and of chapter 4.
+    ``privlab.dpsgd.train`` runs E round(N / B) steps (E whole epochs of round(1 / q) steps),
+    which can be one step more per epoch: for its runs give ``--steps`` (the step count it reports).
     """
     direct = args.sample_rate is not None or args.steps is not None
     shape = [args.batch_size, args.dataset_size, args.epochs]
@@ -111,7 +113,7 @@ def _epsilon(args: argparse.Namespace) -> int:
                      "noise_multiplier": args.noise_multiplier, "epsilon": out})
         return 0
     for name, eps in out.items():
-        print(f"{name}: epsilon = {eps:.6g} (delta = {args.delta:g})")
+        print(f"{name}: epsilon = {eps:.6g} (delta = {args.delta:g}; q = {q:.6g}, T = {steps})")
     return 0
 
 
@@ -124,7 +126,8 @@ def _calibrate(args: argparse.Namespace) -> int:
                      "target_epsilon": args.target_epsilon, "noise_multiplier": out})
         return 0
     for name, sigma in out.items():
-        print(f"{name}: noise_multiplier = {sigma:.6g} for epsilon <= {args.target_epsilon:g}")
+        print(f"{name}: noise_multiplier = {sigma:.6g} for epsilon <= {args.target_epsilon:g} "
+              f"(delta = {args.delta:g}; q = {q:.6g}, T = {steps})")
     return 0
 
 
@@ -135,7 +138,8 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=int, default=None, help="number of training steps T")
     g.add_argument("--batch-size", type=int, default=None, help="expected batch size B")
     g.add_argument("--dataset-size", type=int, default=None, help="number of training examples N")
-    g.add_argument("--epochs", type=float, default=None, help="epochs E (T = ceil(E N / B))")
+    g.add_argument("--epochs", type=float, default=None, help="epochs E (T = ceil(E N / B), Opacus's convention; "
+                   "privlab.dpsgd.train runs E round(N / B) steps: give --steps to match its runs)")
     p.add_argument("--delta", type=float, default=1e-5, help="target delta (default 1e-5; use < 1/N)")
     p.add_argument("--accountant", nargs="+", default=["pld"], choices=list(ACCOUNTANTS),
                    help="one or more accountants (default: pld)")

@@ -450,3 +450,67 @@ def test_other_invalid_arguments():
         exponential_log_probabilities([[1.0, 2.0]], epsilon=1, sensitivity=1)
     with pytest.raises(ValueError, match="overflows"):
         exponential_log_probabilities([1e308, 0.0], epsilon=10, sensitivity=0.1)
+
+
+@pytest.mark.parametrize("epsilon, delta", [(1e-3, 1e-10), (1e-8, 1e-10), (1e-12, 1e-5), (1e-13, 1e-50),
+                                            (1e-14, 1e-50), (1e-13, 1e-300)])
+def test_analytic_sigma_meets_delta_exactly_even_for_tiny_epsilon(epsilon, delta):
+    """For tiny epsilon, delta(sigma) is a difference of nearly equal terms: rounding once let the
+    search accept a sigma whose exact delta was 2e-26 against a target of 1e-50 (epsilon 1e-14)."""
+    mp = pytest.importorskip("mpmath")
+    from privlab.mechanisms import analytic_gaussian_sigma
+
+    sigma = analytic_gaussian_sigma(sensitivity=1.0, epsilon=epsilon, delta=delta)
+    with mp.workdps(80):
+        s, e = mp.mpf(sigma), mp.mpf(epsilon)
+        exact = mp.ncdf(1 / (2 * s) - e * s) - mp.exp(e) * mp.ncdf(-1 / (2 * s) - e * s)
+        assert exact <= delta, (sigma, mp.nstr(exact, 6))
+        if epsilon < 1e-12:  # beyond double precision's reach the bound is conservative: safe, not tight
+            return
+        # and not needlessly large: 1% less noise breaks the target
+        s = s * mp.mpf("0.99")
+        assert mp.ncdf(1 / (2 * s) - e * s) - mp.exp(e) * mp.ncdf(-1 / (2 * s) - e * s) > delta
+
+
+@pytest.mark.parametrize("epsilon", [1e-6, 0.5, 1.0, 4.0, 10.0, 30.0, 36.0, 36.5, 37.0, 40.0, 1000.0])
+def test_randomized_response_is_at_least_as_private_as_claimed_in_double_precision(epsilon):
+    """The keep event is U < p with U = rng.random() on the grid of 2^-53: P(keep) = p exactly. It was
+    expit(eps), which rounds to 1.0 for eps >= 37 (never a flip: no finite epsilon) and rounded up
+    below that (eps 36 was 36.04-DP)."""
+    from fractions import Fraction
+
+    from privlab.mechanisms import _keep_threshold
+
+    p = _keep_threshold(epsilon)
+    keep = Fraction(math.ceil(Fraction(p) * 2**53), 2**53)  # P(U < p), U uniform on k 2^-53
+    assert 0 < 1 - keep and keep == Fraction(p)
+    with mpmath.workdps(60):
+        realised = mpmath.log(mpmath.mpf(keep.numerator) / (keep.denominator - keep.numerator))
+        assert realised <= epsilon
+        if epsilon <= 10:  # and only a rounding away from it (the grid is coarse next to tiny flip rates)
+            assert epsilon - realised < 1e-9
+
+
+def test_flags_and_inputs_that_would_be_read_wrongly_are_refused():
+    # "False" is truthy: it once dropped the factor 2 (half the noise); "12" and 1+2j became numbers
+    from privlab import selection, sparse_vector
+    from privlab.mechanisms import exponential_log_probabilities, laplace_mechanism
+
+    with pytest.raises(ValueError, match="monotonic must be True or False, got 'False'"):
+        exponential_log_probabilities([1.0, 0.0], epsilon=1.0, sensitivity=1.0, monotonic="False")
+    with pytest.raises(ValueError, match="monotonic must be True or False, got 'no'"):
+        selection.report_noisy_max([1.0, 0.0], epsilon=1.0, sensitivity=1.0, rng=make_rng(0), monotonic="no")
+    with pytest.raises(ValueError, match="monotonic must be True or False, got 0"):
+        sparse_vector.sparse_vector([1.0, 0.0], threshold=0.5, c=1, epsilon=1.0, sensitivity=1.0,
+                                    rng=make_rng(0), monotonic=0)
+    for bad in ("12", ["1", "2"], 1 + 2j, np.array([1 + 0j])):
+        with pytest.raises(ValueError, match="value must be real numbers"):
+            laplace_mechanism(bad, sensitivity=1.0, epsilon=1.0, rng=make_rng(0))
+
+
+def test_exponential_mechanism_is_exact_for_utilities_near_two_to_the_52():
+    # unshifted, the exponents lost the digits that tell candidates apart: probabilities summed to 1.135
+    from privlab.mechanisms import exponential_log_probabilities
+
+    p = np.exp(exponential_log_probabilities([2.0**52, 2.0**52 + 4], epsilon=4.0, sensitivity=4.0))
+    np.testing.assert_allclose(p, [1 / (1 + math.e**2), math.e**2 / (1 + math.e**2)], rtol=1e-12)

@@ -253,3 +253,14 @@ def test_tree_levels_counts_only_the_nodes_that_enter_a_prefix(T):
                 start += 2**lvl
     per_step = [sum((lvl, s // 2**lvl) in used for lvl in range(T.bit_length() + 2)) for s in range(T)]
     assert max(per_step) == continual.tree_levels(T)   # attained (step 0): the bound is tight
+
+
+@pytest.mark.parametrize("release", [continual.naive_fresh_counts, continual.noisy_increment_counts,
+                                     continual.binary_tree_counts])
+@pytest.mark.parametrize("bad", [5.0, -7.0, 1.5])
+def test_continual_counts_refuse_events_outside_zero_one(release, bad):
+    # the noise is calibrated to one event moving each count by at most 1: x = 5 once lost 5 epsilon
+    x = np.array([0.0, 1.0, bad, 0.0])
+    with pytest.raises(ValueError, match=rf"x\[2\] = {bad}"):
+        release(x, epsilon=1.0, rng=make_rng(0))
+    release(np.array([0.0, 0.5, 1.0]), epsilon=1.0, rng=make_rng(0))  # fractions of an event are fine

@@ -97,3 +97,18 @@ def test_measurement_noise_has_the_calibrated_variance():
 def test_topdown_needs_one_rho_per_level():
     with pytest.raises(ValueError, match="one rho per level"):
         topdown.topdown(_toy(), rho_per_level=[0.1], rng=make_rng(0))
+
+
+@pytest.mark.parametrize("rho", [0.02, 6e-7, 4e-7, 1e-9])
+def test_the_noise_variance_is_never_below_one_over_two_rho(monkeypatch, rho):
+    """A tiny rho once became 1e-6 (half the noise: 6e-7) or 0 (a ZeroDivisionError: 4e-7) when
+    rounded to a fraction with denominator 10^6; now sigma^2 is rounded up instead."""
+    from fractions import Fraction
+
+    seen = []
+    real = topdown.sample_discrete_gaussian
+    monkeypatch.setattr(topdown, "sample_discrete_gaussian",
+                        lambda sigma2, **kw: (seen.append(sigma2), real(sigma2, **kw))[1])
+    topdown.topdown(_toy(), rho_per_level=[rho] * 3, rng=make_rng(0))
+    want = 1 / (2 * Fraction(rho))
+    assert len(seen) == 3 and all(want <= s <= want + Fraction(1, 10**6) for s in seen), (seen, float(want))

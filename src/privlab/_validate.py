@@ -91,7 +91,15 @@ def check_int(name: str, value, *, minimum: int = 1) -> int:
 
 
 def check_array(name: str, values, *, ndim: int | None = None, allow_empty: bool = False) -> np.ndarray:
-    """A finite float array (no NaN or inf), optionally of a given rank, non-empty by default."""
+    """A finite float array (no NaN or inf), optionally of a given rank, non-empty by default.
+
+    Strings and complex numbers are refused (``float("12")`` and dropping an imaginary part would
+    turn them into numbers silently).
+    """
+    kind = getattr(values, "dtype", None)
+    kind = kind.kind if isinstance(kind, np.dtype) else np.asarray(values).dtype.kind
+    if kind in "cUS":
+        raise ValueError(f"{name} must be real numbers, got {values!r}")
     try:
         arr = np.asarray(values, dtype=float)
     except (TypeError, ValueError) as exc:
@@ -104,6 +112,13 @@ def check_array(name: str, values, *, ndim: int | None = None, allow_empty: bool
         bad = arr[~np.isfinite(arr)].ravel()[0]
         raise ValueError(f"{name} must be finite, got a {bad} value")
     return arr
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` if it is True or False (a string such as ``"False"`` is truthy: refused)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def check_torch_generator(generator, *, name: str = "generator", when: str = ""):

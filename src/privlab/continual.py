@@ -48,9 +48,15 @@ __all__ = ["tree_levels", "naive_fresh_counts", "noisy_increment_counts", "binar
 
 
 def _stream(x) -> np.ndarray:
+    """The stream, checked: the noise is calibrated to one event moving a count by at most 1."""
     a = check_array("x", x)
     if a.ndim != 1:
         raise ValueError(f"x must be a 1-D stream, got shape {a.shape}")
+    outside = np.flatnonzero((a < 0) | (a > 1))
+    if outside.size:
+        t = int(outside[0])
+        raise ValueError(f"x must lie in [0, 1] (one event per step; the noise is calibrated to "
+                         f"sensitivity 1), got x[{t}] = {a[t].item()!r}")
     return a
 
 

@@ -1,7 +1,7 @@
 r"""Exact samplers for the discrete Laplace and discrete Gaussian, and the mechanisms built on them.
 
 Floating-point noise leaks through its low-order bits (Mironov 2012; see
-:mod:`privlab.fpattack`). The fix of Canonne, Kamath and Steinke (2020,
+:mod:`privlab.audit.fpattack`). The fix of Canonne, Kamath and Steinke (2020,
 arXiv:2004.00010) samples *integer* noise exactly, with integer arithmetic only:
 
 .. math::

@@ -81,6 +81,23 @@ def _log_gaussian_delta(ratio: float, epsilon: float) -> float:
     return float(log_ndtr(a)) + math.log(-math.expm1(-gap))
 
 
+def _log_gaussian_delta_upper(ratio: float, epsilon: float) -> float:
+    """An upper bound on log gaussian_delta that covers its rounding (what the sigma search accepts).
+
+    For small epsilon, ``a = h - x`` and ``b = -h - x`` lose digits to rounding when ``h << x``, and
+    ``delta`` is a difference of nearly equal terms: add the most that an error of a few ulps of
+    ``x`` in ``a`` and ``b`` (``delta`` moves by at most ``phi(a)`` per unit of either) and a few
+    ulps in the log-gap (``Phi(a)`` per unit) can change it.
+    """
+    if ratio == 0:
+        return 0.0
+    h, x = 0.5 / ratio, epsilon * ratio
+    a = h - x
+    log_phi = -0.5 * min(a, 0.0) ** 2 - 0.5 * math.log(2 * math.pi)  # phi at the point of [b, a] nearest 0
+    log_slack = math.log(8 * 2.0**-52) + float(np.logaddexp(math.log(max(x, h)) + log_phi, log_ndtr(a)))
+    return float(np.logaddexp(_log_gaussian_delta(ratio, epsilon) + 1e-12, log_slack))
+
+
 def gaussian_delta(*, sigma, sensitivity, epsilon) -> float:
     r"""The exact :math:`\delta` of the Gaussian mechanism at :math:`\varepsilon`.
 
@@ -128,8 +145,11 @@ def analytic_gaussian_sigma(*, sensitivity, epsilon, delta) -> float:
     decreasing in :math:`\sigma` and depending only on :math:`\sigma/\Delta_2`.
     The root is bracketed by doubling and halving :math:`\sigma/\Delta_2` (at
     most 2,000 steps each way), then found by Brent's method on
-    :math:`\log \delta(\varepsilon; \sigma) - \log\delta`. Valid for every
-    :math:`\varepsilon > 0`. Reference: Balle and Wang (2018), arXiv:1805.06530,
+    :math:`\log \delta(\varepsilon; \sigma) - \log\delta`, and stepped up until an upper bound
+    on :math:`\delta(\varepsilon; \sigma)` that covers its rounding is below :math:`\delta` (checked
+    against 80-digit arithmetic down to :math:`\varepsilon = 10^{-14}`; below about
+    :math:`10^{-12}` double precision cannot resolve :math:`\delta` and the result is larger than
+    :math:`\sigma^*`, never smaller). Valid for every :math:`\varepsilon > 0`. Reference: Balle and Wang (2018), arXiv:1805.06530,
     Theorem 8 and Algorithm 1.
 
     Args:
@@ -171,9 +191,11 @@ def analytic_gaussian_sigma(*, sensitivity, epsilon, delta) -> float:
     if not excess(lo) > 0 >= excess(hi):  # pragma: no cover - impossible for a valid delta
         raise RuntimeError(f"could not bracket sigma for epsilon={epsilon}, delta={delta}")
     sigma = sensitivity * math.exp(brentq(excess, lo, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500))
-    for k in range(64):  # Brent may stop a hair short: step up (2^-52, 2^-51, ...) until delta(sigma) <= delta
-        if math.exp(_log_gaussian_delta(sigma / sensitivity, epsilon)) <= delta:
-            break
+    # Brent may stop a hair short, and for tiny epsilon delta(sigma) is itself rounded: step up
+    # (by 2^-52, 2^-51, ...) until an upper bound on delta(sigma) that covers the rounding is <= delta
+    for k in range(64):
+        if _log_gaussian_delta_upper(sigma / sensitivity, epsilon) <= log_target:
+            return sigma
         sigma *= 1.0 + 2.0 ** (k - 52)
-    return sigma
+    raise RuntimeError(f"no sigma found for epsilon={epsilon}, delta={delta}")  # pragma: no cover
 

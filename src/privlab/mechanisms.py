@@ -14,9 +14,17 @@ come from :mod:`privlab.sensitivity`, whose Gaussian calibrations
 >>> round(analytic_gaussian_sigma(sensitivity=1.0, epsilon=1.0, delta=1e-5), 4)
 3.7306
 
+Floating point: these mechanisms teach the proofs, which are about real numbers. Their samplers
+are numpy's double-precision ones, and such noise leaks through its low-order bits: an output
+reachable from one input and not from its neighbour (Mironov 2012). Chapter 12 attacks
+:func:`laplace_mechanism`'s sampler (``privlab.audit.fpattack``; the two are bit for bit the same
+draws) and names the input far above the epsilon-DP ceiling. For a release, use the exact integer
+samplers of :mod:`privlab.discrete` (discrete Laplace and Gaussian, the grid mechanism).
+
 References: Dwork and Roth (2014), "The Algorithmic Foundations of Differential
 Privacy"; Balle and Wang (2018), arXiv:1805.06530; McSherry and Talwar (2007);
-Warner (1965).
+Warner (1965); Mironov (2012), "On significance of the least significant bits for
+differential privacy", CCS.
 
 Used in: chapter 2.
 """
@@ -29,7 +37,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import expit, logsumexp
 
-from privlab._validate import check_array, check_epsilon, check_nonnegative, check_positive, check_rng
+from privlab._validate import check_array, check_bool, check_epsilon, check_nonnegative, check_positive, check_rng
 from privlab.gaussian import analytic_gaussian_sigma, classic_gaussian_sigma, gaussian_delta
 
 __all__ = [
@@ -84,7 +92,9 @@ def laplace_mechanism(value, *, sensitivity, epsilon, rng: np.random.Generator):
     For a vector answer (a histogram), independent Laplace noise on every
     coordinate with the L1 sensitivity of the whole vector is
     :math:`\varepsilon`-DP (vector Laplace). Reference: Dwork and Roth (2014),
-    Definition 3.3 and Theorem 3.6.
+    Definition 3.3 and Theorem 3.6. The guarantee is the real-valued mechanism's: this sampler is
+    numpy's double-precision Laplace, which leaks through its low-order bits (Mironov 2012;
+    chapter 12 attacks it); :func:`privlab.discrete.discrete_laplace_mechanism` is exact.
 
     Args:
         value: :math:`f(D)`, a finite number or a non-empty finite array.
@@ -137,6 +147,9 @@ def gaussian_mechanism(value, *, sensitivity, epsilon, delta, rng: np.random.Gen
     :math:`\varepsilon`) or :func:`classic_gaussian_sigma` (``"classic"``, only
     :math:`\varepsilon < 1`), with the L2 sensitivity of the whole vector.
     Reference: Dwork and Roth (2014), Theorem A.1; Balle and Wang (2018), arXiv:1805.06530.
+    As for :func:`laplace_mechanism`, the guarantee is the real-valued mechanism's (double-precision
+    normal noise has the same kind of low-order-bit leak); the exact one is
+    :func:`privlab.discrete.discrete_gaussian_mechanism`.
 
     Args:
         value: :math:`f(D)`, a finite number or a non-empty finite array.
@@ -186,11 +199,17 @@ def gaussian_expected_abs_error(*, sigma) -> float:
 
 
 def _exponential_scores(utilities, epsilon, sensitivity, monotonic: bool) -> np.ndarray:
-    """The exponents eps * u / (2 Delta_u) (eps * u / Delta_u when monotonic)."""
+    """The exponents eps * (u - max u) / (2 Delta_u) (without the 2 when monotonic).
+
+    Shifted by the largest utility first (the distribution is unchanged): with utilities near 2^52
+    the unshifted exponents lose the digits that tell candidates apart, and the Gumbel draws added
+    to them are rounded to the exponents' coarse grid.
+    """
     epsilon, sensitivity = check_epsilon(epsilon), check_positive("sensitivity", sensitivity)
+    monotonic = check_bool("monotonic", monotonic)
     u = check_array("utilities", utilities, ndim=1)
-    with np.errstate(over="ignore"):
-        scores = epsilon * u / (sensitivity if monotonic else 2.0 * sensitivity)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scores = epsilon * (u - u.max()) / (sensitivity if monotonic else 2.0 * sensitivity)
     if not np.all(np.isfinite(scores)):
         raise ValueError(f"epsilon * utilities / sensitivity overflows, got max |u| = {np.max(np.abs(u))}")
     return scores
@@ -239,6 +258,10 @@ def exponential_mechanism(utilities, *, epsilon, sensitivity, rng: np.random.Gen
     Draws :math:`U \sim \mathrm{Uniform}[0, 1)` and returns the first :math:`r`
     with :math:`\sum_{r' \le r} \Pr[r'] > U`, the probabilities from
     :func:`exponential_log_probabilities`. Reference: McSherry and Talwar (2007).
+    In double precision :math:`U` is a multiple of :math:`2^{-53}`, so each probability is rounded
+    to that grid: pure :math:`\varepsilon`-DP up to an additive :math:`2^{-53}` or so per candidate
+    (a candidate below that is never drawn, while its neighbour's may be). The exact alternative
+    samples on integers (Ilvento 2020, the base-2 exponential mechanism).
 
     Args:
         utilities: :math:`u(D, r)`, a finite non-empty 1-D array.
@@ -337,7 +360,10 @@ def randomized_response(bits, *, epsilon, rng: np.random.Generator) -> np.ndarra
 
     .. math:: \Pr[y = x] = \frac{e^\varepsilon}{1 + e^\varepsilon}, \qquad \Pr[y = 1 - x] = \frac{1}{1 + e^\varepsilon}
 
-    Each report is :math:`\varepsilon`-DP for its respondent (local DP).
+    Each report is :math:`\varepsilon`-DP for its respondent (local DP): the keep probability is
+    rounded down to the uniform draw's grid of :math:`2^{-53}`, so in double precision the report
+    is at least as private as claimed (for :math:`\varepsilon \ge 37` it is
+    :math:`\ln(2^{53} - 1) \approx 36.7`-DP, not better).
     Reference: Warner (1965), "Randomized response: a survey technique for
     eliminating evasive answer bias", JASA 60(309); Dwork and Roth (2014), Section 3.2.
 
@@ -358,10 +384,21 @@ def randomized_response(bits, *, epsilon, rng: np.random.Generator) -> np.ndarra
 
     Used in: chapter 2.
     """
-    p = randomized_response_keep_probability(epsilon=epsilon)
+    p = _keep_threshold(epsilon)
     rng = check_rng(rng)
     x = _check_bits("bits", bits)
     return np.where(rng.random(size=x.shape) < p, x, 1 - x)
+
+
+def _keep_threshold(epsilon) -> float:
+    """The double ``p`` with ``U < p`` as the keep event, ``U = rng.random()``, a multiple of 2^-53.
+
+    ``P(U < p) = p`` exactly for a double ``p`` in [1/2, 1); ``p`` is rounded *down* from
+    ``1 - expit(-eps)`` (the flip probability, accurate for any eps) and never reaches 1.0 (for
+    eps >= 37, ``expit(eps)`` is 1.0 in double precision: no bit would ever be flipped).
+    """
+    q = float(expit(-check_epsilon(epsilon)))
+    return float(np.nextafter(1.0 - np.nextafter(q, 1.0), 0.0))
 
 
 class RandomizedResponseEstimate(NamedTuple):

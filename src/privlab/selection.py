@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import integrate
 
-from privlab._validate import check_array, check_epsilon, check_int, check_positive, check_rng
+from privlab._validate import check_array, check_bool, check_epsilon, check_int, check_positive, check_rng
 from privlab.mechanisms import exponential_mechanism_gumbel
 
 __all__ = ["report_noisy_max", "permute_and_flip", "SELECTORS", "expected_score_gap",
@@ -90,7 +90,7 @@ def report_noisy_max(scores, *, epsilon, sensitivity, rng: np.random.Generator, 
     if noise == "gumbel":
         return exponential_mechanism_gumbel(q, epsilon=epsilon, sensitivity=delta_q, rng=rng,
                                             monotonic=monotonic, size=size)
-    scale = (1.0 if monotonic else 2.0) * delta_q / epsilon
+    scale = (1.0 if check_bool("monotonic", monotonic) else 2.0) * delta_q / epsilon
     shape = () if size is None else (check_int("size", size),)
     if noise == "laplace":
         z = rng.laplace(scale=scale, size=shape + q.shape)
@@ -98,7 +98,9 @@ def report_noisy_max(scores, *, epsilon, sensitivity, rng: np.random.Generator, 
         z = rng.exponential(scale=scale, size=shape + q.shape)
     else:
         raise ValueError(f"noise must be 'laplace', 'gumbel' or 'exponential', got {noise!r}")
-    idx = np.argmax(q + z, axis=-1)
+    # shifted by the top score (the argmax is unchanged): noise added to scores near 2^52 would be
+    # rounded to their coarse grid
+    idx = np.argmax((q - q.max()) + z, axis=-1)
     return int(idx) if size is None else idx
 
 
@@ -130,7 +132,7 @@ def permute_and_flip(scores, *, epsilon, sensitivity, rng: np.random.Generator,
     epsilon = check_epsilon(epsilon)
     delta_q = check_positive("sensitivity", sensitivity)
     rng = check_rng(rng)
-    factor = 1.0 if monotonic else 2.0
+    factor = 1.0 if check_bool("monotonic", monotonic) else 2.0
     log_p = epsilon * (q - q.max()) / (factor * delta_q)   # log of each coin's heads probability
     n = 1 if size is None else check_int("size", size)
     # Vectorised over draws: a random order per draw, coins for every candidate, the first head wins.
@@ -176,7 +178,7 @@ def selection_probabilities(scores, *, epsilon, sensitivity, noise="exponential"
     """
     q = _scores(scores)
     delta_q = check_positive("sensitivity", sensitivity)
-    b = (1.0 if monotonic else 2.0) * delta_q / check_epsilon(epsilon)
+    b = (1.0 if check_bool("monotonic", monotonic) else 2.0) * delta_q / check_epsilon(epsilon)
     if noise == "gumbel":
         z = (q - q.max()) / b
         return np.exp(z) / np.exp(z).sum()

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from privlab._validate import check_array, check_epsilon, check_int, check_positive, check_rng
+from privlab._validate import check_array, check_bool, check_epsilon, check_int, check_positive, check_rng
 
 __all__ = [
     "sparse_vector", "above_threshold",
@@ -119,7 +119,7 @@ def sparse_vector(values, *, threshold, c: int, epsilon, sensitivity, rng: np.ra
     n = _draws(size)
     eps1 = eps2 = eps / 2
     rho = rng.laplace(scale=d / eps1, size=(n, 1))
-    nu = rng.laplace(scale=(1 if monotonic else 2) * c * d / eps2, size=(n, q.size))
+    nu = rng.laplace(scale=(1 if check_bool("monotonic", monotonic) else 2) * c * d / eps2, size=(n, q.size))
     out = _code(q + nu >= _threshold(threshold) + rho, c)
     return out[0] if size is None else out
 

@@ -44,6 +44,7 @@ Used in: the chapter "Selection, the sparse vector and local DP".
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -178,7 +179,9 @@ def topdown(h: Hierarchy, *, rho_per_level, rng: np.random.Generator) -> tuple[l
     rng = check_rng(rng)
     noisy = []
     for counts, rho in zip(h.counts, rhos):
-        sigma2 = Fraction(1, 1) / (2 * Fraction(rho).limit_denominator(10**6))
+        # sigma^2 = 1 / (2 rho), rounded *up* to a multiple of 10^-6 (more noise, never less; a
+        # rounded rho could reach 0 or double a tiny rho's cost), exact for the sampler
+        sigma2 = Fraction(math.ceil(Fraction(10**6, 2) / Fraction(rho)), 10**6)
         noisy.append(counts + sample_discrete_gaussian(sigma2, rng=rng, size=counts.shape))
     # the invariant: exact, so only replace-one neighbours (equal totals) are protected
     total = int(h.counts[0].sum())

@@ -158,3 +158,17 @@ def test_bad_scale_raises_naming_the_value(bad):
 def test_invalid_inputs_raise(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_privlabs_laplace_mechanism_is_the_textbook_sampler_the_attack_breaks():
+    """``mechanisms.laplace_mechanism`` (every chapter's Laplace) draws the textbook float64 noise bit for
+    bit, so the attack names its input far above the epsilon-DP ceiling: its docstring says so."""
+    from privlab import mechanisms
+
+    ours = mechanisms.laplace_mechanism(np.zeros(500), sensitivity=1.0, epsilon=0.1, rng=make_rng(5))
+    assert np.array_equal(ours, textbook_laplace_mechanism(0.0, scale=10.0, rng=make_rng(5), size=500))
+    r = distinguishing_attack(lambda x, rng: mechanisms.laplace_mechanism(float(x), sensitivity=1.0, epsilon=0.1, rng=rng),
+                              0, 1, reachable=lambda y, x: textbook_laplace_reachable(y, x, scale=10.0),
+                              n_trials=300, rng=make_rng(3))
+    assert r.success_rate > dp_success_bound(epsilon=0.1) + 6 * r.standard_error
+    assert "Mironov" in mechanisms.laplace_mechanism.__doc__ and "discrete" in mechanisms.gaussian_mechanism.__doc__

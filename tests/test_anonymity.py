@@ -1,5 +1,6 @@
 """Re-identification helpers against hand-built tables."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -76,3 +77,13 @@ def test_band_labels_each_row():
 def test_bad_input_raises(table, call):
     with pytest.raises(ValueError):
         call(table)
+
+
+def test_missing_sensitive_values_count_and_bands_do_not_overlap():
+    # an all-missing class had distinct l = 0 and was not homogeneous; lower = 18 gave bands 18-27 and 20-29
+    t = pd.DataFrame({"zip": ["a", "a", "b", "b"], "dx": [np.nan, np.nan, "flu", "cold"]})
+    assert an.l_diversity(t, ["zip"], "dx") == 1
+    r = an.homogeneity_attack(t, ["zip"], "dx")
+    assert (r.homogeneous_classes, r.exposed_records) == (1, 2)
+    with pytest.raises(ValueError, match="lower must be a multiple of width=10, got 18"):
+        an.band(pd.Series([5, 19, 21, 25]), 10, lower=18)

@@ -261,3 +261,34 @@ def test_auc_flat_matches_sklearn_with_ties_and_nan():
     phi = phi + keep
     boot = bootstrap_auc([phi], keep, n_boot=100, rng=rng)
     assert abs(boot.mean() - auc_flat(phi, keep)) < 0.02 and 0.003 < boot.std() < 0.05
+
+
+def test_per_example_variances_need_two_models_on_each_side():
+    """With one 'in' (or 'out') model left, ddof=1 divided 0 or a rounding residual by 0: members got
+    -inf and non-members +inf (AUC 0.38 with no signal at all); such cells are nan now, for both sides."""
+    from privlab.attacks.lira import lira_scores
+
+    rng = np.random.default_rng(0)
+    m_models, n = 6, 400
+    keep = rng.random((m_models, n)) < 0.5
+    phi = rng.normal(size=(m_models, n))  # no membership signal
+    for ddof in (0, 1):
+        scores = lira_scores(phi, keep, online=True, global_variance=False, ddof=ddof)
+        n_in = keep.sum(0) - keep
+        n_out = (~keep).sum(0) - ~keep
+        few = (n_in < 2) | (n_out < 2)
+        assert np.isnan(scores[few]).all() and np.isfinite(scores[~few]).all()
+        assert np.isnan(scores[keep]).mean() == pytest.approx(np.isnan(scores[~keep]).mean(), abs=0.05)
+
+
+def test_tied_infinite_scores_are_one_threshold():
+    # np.diff(inf, inf) is nan, so each tied inf was a threshold of its own, in input order
+    from privlab.attacks.lira import roc_curve, tpr_at_fpr, tpr_at_fpr_flat
+
+    s = np.array([np.inf, np.inf, np.inf, np.inf, 0.0, -1.0])
+    for m in (np.array([1, 1, 0, 0, 1, 0], bool), np.array([0, 0, 1, 1, 1, 0], bool)):
+        fpr, tpr = roc_curve(s, m)
+        assert fpr.tolist()[:2] == [0.0, 2 / 3] and tpr.tolist()[:2] == [0.0, 2 / 3]
+        assert tpr_at_fpr(s, m, 0.0) == tpr_at_fpr_flat(s, m, 0.0) == 0.0
+    assert np.isnan(tpr_at_fpr_flat(s[:2], np.array([1, 1], bool), 0.1))   # one class: nan, not an error
+    assert np.isnan(tpr_at_fpr_flat(s[:2], np.array([0, 0], bool), 0.1))

@@ -340,3 +340,13 @@ def test_zero_or_negative_scale_raises(bad):
 def test_invalid_inputs_raise(call):
     with pytest.raises(ValueError):
         call()
+
+
+@pytest.mark.parametrize("value", [2**63 + 5, np.array([2**64 - 1, 7], dtype=np.uint64), np.int64(2**63 - 1),
+                                   -(2**62)])
+def test_integers_that_would_wrap_in_int64_are_refused(value):
+    # 2^63 + 5 came back as -9223372036854775803; a uint64 2^64 - 1 as -1
+    from privlab.discrete import discrete_laplace_mechanism
+
+    with pytest.raises(ValueError, match="below 2\\^62 in absolute value"):
+        discrete_laplace_mechanism(value, epsilon=1, rng=random.Random(0))

@@ -170,3 +170,10 @@ def test_sample_and_aggregate_maps_undefined_blocks_to_the_midpoint():
 def test_median_tools_refuse_even_length_or_out_of_range(x):
     with pytest.raises(ValueError, match="odd length|upper"):
         ls.local_sensitivity_median(x, upper=10.0)
+
+
+@pytest.mark.parametrize("lower, upper", [(-math.inf, 10.0), (0.0, math.inf), (math.nan, 1.0)])
+def test_sample_and_aggregate_refuses_infinite_bounds(lower, upper):
+    # an infinite bound made the noise scale infinite: the release was inf
+    with pytest.raises(ValueError, match="need finite lower < upper"):
+        ls.sample_and_aggregate(np.ones(10), np.mean, blocks=2, lower=lower, upper=upper, epsilon=1.0, rng=make_rng(0))

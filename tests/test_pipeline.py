@@ -30,10 +30,14 @@ def test_medicore_validates_without_warnings():
 
 
 def test_over_budget_dpsgd_target_refused():
-    with pytest.raises(ValueError, match=r"dpsgd_target_epsilon = 3.5 exceeds total_epsilon = 3"):
+    with pytest.raises(ValueError, match=r"exceed total_epsilon = 3: dpsgd_target_epsilon = 3.5 \+"):
         PrivacyConfig(**{**MEDICORE, "dpsgd_target_epsilon": 3.5})
-    with pytest.raises(ValueError, match="exceeds total_epsilon"):
+    with pytest.raises(ValueError, match="exceed total_epsilon"):
         PrivacyConfig(**{**MEDICORE, "synthetic_data": True, "synthetic_dp_epsilon": 1.5})
+    # synthetic data alone over the budget, no DP-SGD target: a ValueError (it was a TypeError formatting None)
+    with pytest.raises(ValueError, match=r"dpsgd_target_epsilon = 0 \+ synthetic_dp_epsilon = 5"):
+        PrivacyConfig(**{**MEDICORE, "dpsgd_target_epsilon": None, "synthetic_data": True,
+                         "synthetic_dp_epsilon": 5.0})
 
 
 def test_warnings_fire_where_they_should():
@@ -66,7 +70,7 @@ def test_target_within_budget_property(total, frac):
     if target <= total:
         assert PrivacyConfig(total_epsilon=total, delta=1e-6, dpsgd_target_epsilon=target).reserve_epsilon >= -1e-9
     elif target > total * (1 + 1e-9):
-        with pytest.raises(ValueError, match="exceeds total_epsilon"):
+        with pytest.raises(ValueError, match="exceed total_epsilon"):
             PrivacyConfig(total_epsilon=total, delta=1e-6, dpsgd_target_epsilon=target)
 
 

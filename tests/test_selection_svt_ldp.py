@@ -264,3 +264,27 @@ def test_continual_counts_refuse_events_outside_zero_one(release, bad):
     with pytest.raises(ValueError, match=rf"x\[2\] = {bad}"):
         release(x, epsilon=1.0, rng=make_rng(0))
     release(np.array([0.0, 0.5, 1.0]), epsilon=1.0, rng=make_rng(0))  # fractions of an event are fine
+
+
+def test_local_dp_servers_refuse_reports_they_would_misread():
+    # +-1 reports cast to bool all read as 1; j = -1 landed in the last sketch row; 0.5 became value 0
+    pm1 = np.where(make_rng(0).random((50, 3)) < 0.5, -1, 1)
+    with pytest.raises(ValueError, match=r"array of bits .* values \[-1\]"):
+        local_dp.unary_estimate(pm1, epsilon=1.0)
+    j, signs = local_dp.cms_client([1, 2, 3], epsilon=1.0, m=8, h=4, rng=make_rng(0))
+    with pytest.raises(ValueError, match=r"in \[0, h=4\)"):
+        local_dp.cms_estimate(np.r_[j[:-1], -1], signs, [1, 2, 3], epsilon=1.0, m=8, h=4)
+    with pytest.raises(ValueError, match=r"\(n, m=8\) array of -1 and \+1"):
+        local_dp.cms_estimate(j, signs * 2, [1, 2, 3], epsilon=1.0, m=8, h=4)
+    with pytest.raises(ValueError, match="values must be integers, got 0.5"):
+        local_dp.cms_client([1, 0.5], epsilon=1.0, m=8, h=4, rng=make_rng(0))
+
+
+@pytest.mark.parametrize("epsilon", [1.0, 800.0])
+def test_local_dp_probabilities_do_not_overflow(epsilon):
+    # math.exp(800) raised OverflowError, naming no value
+    p, q = local_dp.grr_probabilities(k=4, epsilon=epsilon)
+    assert p + 3 * q == pytest.approx(1.0) and (epsilon > 700 or p / q == pytest.approx(math.exp(epsilon)))
+    assert local_dp.unary_probabilities(epsilon=epsilon, kind="optimized")[1] == pytest.approx(1 / (math.exp(min(epsilon, 700)) + 1))
+    j, signs = local_dp.cms_client([1, 2], epsilon=epsilon, m=8, h=4, rng=make_rng(0))
+    assert np.isfinite(local_dp.cms_estimate(j, signs, [1, 2], epsilon=epsilon, m=8, h=4)).all()

@@ -64,3 +64,25 @@ def test_difference_verdict_and_interval_verdict():
 def test_bad_inputs_name_the_value(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_degenerate_inputs_are_errors_not_verdicts():
+    # a NaN contrast read "unresolved"; a one-row b broadcast against a; an inverted interval read "flat"
+    import math
+
+    from privlab.verdicts import difference_verdict, interval_verdict, paired_test_var
+
+    with pytest.raises(ValueError, match="diff must not be NaN"):
+        difference_verdict(math.nan, 0.1)
+    with pytest.raises(ValueError, match="diff must not be NaN"):
+        difference_verdict(np.array([0.3, math.nan]), 0.1)
+    with pytest.raises(ValueError, match=r"same >= 2 rows, got shapes \(4,\) and \(1,\)"):
+        paired_test_var([1, 0, 1, 1], [1])
+    with pytest.raises(ValueError, match="finite"):
+        paired_test_var([1, 0, math.nan], [1, 0, 1])
+    with pytest.raises(ValueError, match="lower <= upper"):
+        interval_verdict(0.03, 0.002, 0.01)
+    with pytest.raises(ValueError, match="lower <= upper"):
+        interval_verdict(math.nan, 0.002, 0.01)
+    with pytest.raises(ValueError, match="margin"):
+        interval_verdict(0.0, 0.002, -0.01)

@@ -94,9 +94,18 @@ def check_rational(name: str, value, *, allow_zero: bool = False) -> Fraction:
 def check_integers(name: str, value) -> np.ndarray:
     """A non-empty integer array (integral floats accepted), as int64."""
     arr = np.asarray(value)
+    if arr.dtype.kind == "O" and arr.size and all(isinstance(v, (int, np.integer)) for v in arr.ravel()):
+        big = [v for v in arr.ravel() if abs(int(v)) >= 2**62]  # Python ints: check before any cast
+        if big:
+            raise ValueError(f"{name} must be integers below 2^62 in absolute value, got {big[0]}")
+        arr = arr.astype(np.int64)
     if arr.dtype.kind in "iu":
         if arr.size == 0:
             raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
+        # int64 with headroom for the noise (a uint64 beyond 2^63 or a count near 2^63 would wrap)
+        if np.any(arr >= 2**62) or (arr.dtype.kind == "i" and np.any(arr <= -(2**62))):
+            bad = arr[(arr >= 2**62) | ((arr <= -(2**62)) if arr.dtype.kind == "i" else False)].ravel()[0]
+            raise ValueError(f"{name} must be integers below 2^62 in absolute value, got {bad}")
         return arr.astype(np.int64)
     if arr.dtype.kind == "b":
         raise ValueError(f"{name} must be integers, got booleans {value!r}")

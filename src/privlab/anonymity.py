@@ -75,7 +75,8 @@ def l_diversity(df: pd.DataFrame, qi: Sequence[str], sensitive: str) -> int:
     (distinct l-diversity, the simplest instantiation).
     """
     cols = _check_columns(df, list(qi) + [sensitive])[:-1]
-    return int(df.groupby(cols, observed=True, dropna=False)[sensitive].nunique().min())
+    # a missing sensitive value counts as a value (nunique drops it: an all-missing class had l = 0)
+    return int(df.groupby(cols, observed=True, dropna=False)[sensitive].nunique(dropna=False).min())
 
 
 @dataclass(frozen=True)
@@ -130,9 +131,15 @@ def generalise(df: pd.DataFrame, rules: Mapping[str, Callable[[pd.Series], pd.Se
 
 
 def band(values: pd.Series, width: int, *, lower: int | None = None) -> pd.Series:
-    """Coarsen integers into bands ``"a-b"`` of ``width`` (a generalisation hierarchy level)."""
+    """Coarsen integers into bands ``"a-b"`` of ``width`` (a generalisation hierarchy level).
+
+    ``lower``: bottom coding, values below it join the first band ``lower``-``lower + width - 1``
+    (which keeps that label); a multiple of ``width``, so that the bands do not overlap.
+    """
     if width < 1:
         raise ValueError(f"width must be >= 1, got {width}")
+    if lower is not None and lower % width:  # 18 with width 10 gave bands 18-27 and 20-29
+        raise ValueError(f"lower must be a multiple of width={width}, got {lower}")
     v = np.asarray(values, dtype=int)
     lo = (v // width) * width if lower is None else np.maximum(lower, (v // width) * width)
     starts, which = np.unique(lo, return_inverse=True)  # format each band once, not each row
@@ -171,7 +178,7 @@ def homogeneity_attack(df: pd.DataFrame, qi: Sequence[str], sensitive: str) -> H
     """
     cols = _check_columns(df, list(qi) + [sensitive])[:-1]
     grouped = df.groupby(cols, observed=True, dropna=False)[sensitive]
-    distinct, size = grouped.nunique(), grouped.size()
+    distinct, size = grouped.nunique(dropna=False), grouped.size()  # missing counts as a value
     homogeneous = distinct == 1
     return HomogeneityResult(
         classes=int(len(distinct)),

@@ -48,6 +48,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.special import expit
 
 from privlab._validate import check_array, check_epsilon, check_int, check_rng
 
@@ -82,8 +83,9 @@ def grr_probabilities(*, k: int, epsilon) -> tuple[float, float]:
     (0.75, 0.25)
     """
     k, eps = check_int("k", k, minimum=2), check_epsilon(epsilon)
-    denom = math.exp(eps) + k - 1
-    return math.exp(eps) / denom, 1 / denom
+    # divided through by e^eps: no overflow for a large epsilon (math.exp(800) raises)
+    denom = 1 + (k - 1) * math.exp(-eps)
+    return 1 / denom, math.exp(-eps) / denom
 
 
 def grr_perturb(values, *, k: int, epsilon, rng: np.random.Generator) -> np.ndarray:
@@ -121,7 +123,7 @@ def unary_probabilities(*, epsilon, kind: str = "optimized") -> tuple[float, flo
         p = 1 / (1 + math.exp(-eps / 2))
         return p, 1 - p
     if kind == "optimized":
-        return 0.5, 1 / (math.exp(eps) + 1)
+        return 0.5, float(expit(-eps))
     raise ValueError(f"kind must be 'symmetric' or 'optimized', got {kind!r}")
 
 
@@ -137,9 +139,11 @@ def unary_perturb(values, *, k: int, epsilon, rng: np.random.Generator, kind: st
 
 def unary_estimate(reports, *, epsilon, kind: str = "optimized") -> np.ndarray:
     """Unbiased counts from unary-encoding reports."""
-    bits = np.asarray(reports, dtype=bool)
-    if bits.ndim != 2:
-        raise ValueError(f"reports must be an (n, k) array of bits, got shape {bits.shape}")
+    raw = np.asarray(reports)
+    if raw.ndim != 2 or not np.isin(raw, (0, 1)).all():  # a cast to bool reads -1, 2 and NaN as 1
+        raise ValueError(f"reports must be an (n, k) array of bits (0/1 or booleans), got shape {raw.shape}"
+                         + ("" if raw.ndim != 2 else f" and values {np.unique(raw[~np.isin(raw, (0, 1))])[:3]}"))
+    bits = raw.astype(bool)
     p, q = unary_probabilities(epsilon=epsilon, kind=kind)
     return _debias(bits.sum(axis=0).astype(float), bits.shape[0], p, q)
 
@@ -169,7 +173,10 @@ def cms_client(values, *, epsilon, m: int, h: int, rng: np.random.Generator, has
     Returns:
         ``(j, signs)``: the hash indices, shape ``(n,)``, and the ``(n, m)`` :math:`\pm 1` reports.
     """
-    d = check_array("values", values).astype(np.int64)
+    d = check_array("values", values, ndim=1)
+    if not np.all(d == np.round(d)):  # a fraction would be truncated into another value's bucket
+        raise ValueError(f"values must be integers, got {d[d != np.round(d)][0]}")
+    d = d.astype(np.int64)
     eps = check_epsilon(epsilon)
     m, h = check_int("m", m, minimum=2), check_int("h", h)
     rng = check_rng(rng)
@@ -177,7 +184,7 @@ def cms_client(values, *, epsilon, m: int, h: int, rng: np.random.Generator, has
     j = rng.integers(0, h, size=d.size)
     v = -np.ones((d.size, m))
     v[np.arange(d.size), _bucket(d, j, a, b, m)] = 1.0
-    flip = rng.random((d.size, m)) < 1 / (1 + math.exp(eps / 2))
+    flip = rng.random((d.size, m)) < float(expit(-eps / 2))
     return j, np.where(flip, -v, v)
 
 
@@ -211,9 +218,16 @@ def cms_estimate(j, signs, candidates, *, epsilon, m: int, h: int, hash_seed: in
     :math:`C` is invertible.
     """
     eps = check_epsilon(epsilon)
-    c_eps = (math.exp(eps / 2) + 1) / (math.exp(eps / 2) - 1)
+    c_eps = 1 / math.tanh(eps / 4)  # (e^(eps/2) + 1) / (e^(eps/2) - 1), without overflow
+    m, h = check_int("m", m, minimum=2), check_int("h", h)
     signs = np.asarray(signs, dtype=float)
+    if signs.ndim != 2 or signs.shape[1] != m or not np.isin(signs, (-1.0, 1.0)).all():
+        raise ValueError(f"signs must be an (n, m={m}) array of -1 and +1, got shape {signs.shape}")
     n = signs.shape[0]
+    j = np.asarray(j)
+    if j.shape != (n,) or j.dtype.kind not in "iu" or (n and (j.min() < 0 or j.max() >= h)):
+        raise ValueError(f"j must be {n} integer hash indices in [0, h={h}), got shape {j.shape}"
+                         + (f", range [{j.min()}, {j.max()}]" if j.size and j.dtype.kind in "iuf" else ""))
     sketch = np.zeros((h, m))
     np.add.at(sketch, np.asarray(j), h * (c_eps * signs / 2 + 0.5))
     a, b = _hashes(h, hash_seed)

@@ -222,8 +222,8 @@ def _block_args(blocks, lower, upper, epsilon, rng):
     eps = check_epsilon(epsilon)
     m = check_int("blocks", blocks, minimum=1)
     lo, hi = float(lower), float(upper)
-    if not hi > lo:
-        raise ValueError(f"need lower < upper, got [{lower}, {upper}]")
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):  # an infinite bound releases inf
+        raise ValueError(f"need finite lower < upper, got [{lower}, {upper}]")
     return m, lo, hi, eps, check_rng(rng)
 
 

@@ -84,7 +84,7 @@ class PrivacyConfig:
     >>> PrivacyConfig(total_epsilon=3, delta=1e-6, dpsgd_target_epsilon=4)
     Traceback (most recent call last):
     ...
-    ValueError: dpsgd_target_epsilon = 4 exceeds total_epsilon = 3 (with synthetic_dp_epsilon = 0, basic composition) by 1
+    ValueError: the planned epsilons exceed total_epsilon = 3: dpsgd_target_epsilon = 4 + synthetic_dp_epsilon = 0 (basic composition) = 4, over by 1
 
     Used in: chapter 12.
     """
@@ -117,9 +117,9 @@ class PrivacyConfig:
         planned = (self.dpsgd_target_epsilon or 0.0) + (self.synthetic_dp_epsilon or 0.0)
         if planned > self.total_epsilon * (1 + 1e-12):
             raise ValueError(
-                f"dpsgd_target_epsilon = {self.dpsgd_target_epsilon:g} exceeds total_epsilon = {self.total_epsilon:g} "
-                f"(with synthetic_dp_epsilon = {self.synthetic_dp_epsilon or 0:g}, basic composition) by "
-                f"{planned - self.total_epsilon:g}")
+                f"the planned epsilons exceed total_epsilon = {self.total_epsilon:g}: dpsgd_target_epsilon = "
+                f"{self.dpsgd_target_epsilon or 0:g} + synthetic_dp_epsilon = {self.synthetic_dp_epsilon or 0:g} "
+                f"(basic composition) = {planned:g}, over by {planned - self.total_epsilon:g}")
         notes = []
         if self.federated:
             for name in ("n_clients", "local_epochs", "rounds"):

@@ -63,7 +63,7 @@ def difference_verdict(diff, tolerance):
     array of verdicts, elementwise.
 
     Raises:
-        ValueError: a negative or NaN tolerance.
+        ValueError: a negative or NaN tolerance, or a NaN difference.
 
     >>> difference_verdict(0.3, 0.1), difference_verdict(-0.3, 0.1), difference_verdict(0.05, 0.1)
     ('holds', 'contradicted', 'unresolved')
@@ -75,6 +75,8 @@ def difference_verdict(diff, tolerance):
     d, tol = np.asarray(diff, dtype=float), np.asarray(tolerance, dtype=float)
     if np.any(np.isnan(tol)) or np.any(tol < 0):
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    if np.any(np.isnan(d)):  # NaN compares False both ways: it would read "unresolved"
+        raise ValueError(f"diff must not be NaN, got {diff}")
     out = np.where(d > tol, "holds", np.where(d < -tol, "contradicted", "unresolved"))
     return str(out) if out.ndim == 0 else out
 
@@ -138,9 +140,12 @@ def paired_test_var(a, b) -> float:
 
     Used in: chapter 11.
     """
-    diff = np.asarray(a, float) - np.asarray(b, float)
-    if diff.ndim != 1 or diff.size < 2:
-        raise ValueError(f"a and b need the same >= 2 rows, got shape {diff.shape}")
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape or a.ndim != 1 or a.size < 2:  # no broadcasting: the rows are paired
+        raise ValueError(f"a and b need the same >= 2 rows, got shapes {a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("a and b must be finite")
+    diff = a - b
     return float(diff.var(ddof=1) / diff.size)
 
 
@@ -154,8 +159,9 @@ def paired_interval(per_seed, test_var: float = 0.0, level: float = 0.95) -> dic
 
     (Welch-Satterthwaite degrees of freedom with the test set's part taken as known. When the
     seeds agree exactly, e.g. every seed at a 100% ceiling, their variance estimate is 0 but
-    not the variance: :math:`\nu = n - 1`, the formula's smallest value, so a ceiling does
-    not pass for certainty.)
+    not the variance: :math:`\nu = n - 1`, the formula's smallest value, so with a test-set
+    variance a ceiling does not pass for certainty. With ``test_var = 0`` as well the standard
+    error is 0 and the interval is the mean alone: pass the test set's variance.)
 
     Args:
         per_seed: the contrast on each seed (at least 2).
@@ -196,6 +202,10 @@ def interval_verdict(lower: float, upper: float, margin: float) -> str:
 
     Used in: chapter 11.
     """
+    if not (math.isfinite(lower) and math.isfinite(upper) and lower <= upper):
+        raise ValueError(f"need finite lower <= upper, got ({lower}, {upper})")
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"margin must be a finite number >= 0, got {margin}")
     if upper < margin:
         return "flat"
     if lower > margin:
@@ -212,7 +222,8 @@ def two_sample_contrast(a, b, *, level: float = 0.95, df: float | None = None) -
 
     with :math:`\nu` Welch-Satterthwaite's degrees of freedom unless ``df`` is given. (The pooled
     test's :math:`n_a + n_b - 2` are never fewer, so with Welch's s.e. they make the test
-    anti-conservative when the variances differ; pass ``df`` only with a reason.)
+    anti-conservative when the variances differ; pass ``df`` only with a reason.) Two constant
+    samples have s.e. 0: any difference between them is then "resolved".
 
     Returns:
         ``(difference, s.e., resolved)``.

@@ -173,7 +173,8 @@ def lira_scores(
 
     Returns:
         ``(M, N)`` scores; ``nan`` where the other models have no "in" (online)
-        or no "out" example.
+        or no "out" example, and with ``global_variance=False`` where they have fewer
+        than two (no variance).
 
     Raises:
         ValueError: shapes differ, fewer than 3 models, or non-finite ``phi``.
@@ -200,14 +201,15 @@ def lira_scores(
         mu_out = (s_out_all - phi * ~keep) / n_out
         var_in = ((q_in_all - phi**2 * keep) / n_in - mu_in**2) * n_in / (n_in - ddof)
         var_out = ((q_out_all - phi**2 * ~keep) / n_out - mu_out**2) * n_out / (n_out - ddof)
+    # a variance needs two models: with one, ddof=1 divides 0 by 0 when the target is on the other side
+    # and a rounding residual by 0 when it is not (members -inf, non-members +inf: AUC 0.38 with no
+    # signal), and ddof=0 gives 0, floored to 1e-12 below
+    var_in, var_out = np.where(n_in >= 2, var_in, np.nan), np.where(n_out >= 2, var_out, np.nan)
     if global_variance:
         var_in = np.broadcast_to(
-            np.nanmean(np.where(n_in >= 2, var_in, np.nan), 1, keepdims=True), phi.shape
+            np.nanmean(var_in, 1, keepdims=True), phi.shape
         )
-        var_out = np.broadcast_to(
-            np.nanmean(np.where(n_out >= 2, var_out, np.nan), 1, keepdims=True),
-            phi.shape,
-        )
+        var_out = np.broadcast_to(np.nanmean(var_out, 1, keepdims=True), phi.shape)
     var_in, var_out = np.maximum(var_in, 1e-12), np.maximum(var_out, 1e-12)
     with np.errstate(invalid="ignore"):
         if online:
@@ -244,9 +246,9 @@ def roc_curve(scores, members) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("members must hold both members and non-members")
     order = np.argsort(-s, kind="stable")
     s, m = s[order], m[order]
-    last = np.r_[
-        np.flatnonzero(np.diff(s) != 0), s.size - 1
-    ]  # one point per distinct threshold
+    # one point per distinct threshold (s[1:] != s[:-1], not np.diff: inf - inf is nan, and each
+    # tied infinite score became a threshold of its own, ordered by input position)
+    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), s.size - 1]
     tp, fp = np.cumsum(m)[last], np.cumsum(~m)[last]
     return np.r_[0.0, fp / (~m).sum()], np.r_[0.0, tp / m.sum()]
 
@@ -511,7 +513,9 @@ def tpr_at_fpr_flat(s: np.ndarray, m: np.ndarray, f: float) -> float:
 
     With :math:`k` the most false positives allowed, the best threshold sits just above the
     :math:`(k+1)`-th largest non-member score, found by ``np.partition`` in linear time.
-    NaN scores are dropped. Equal to :func:`tpr_at_fpr` (the tests check it, ties and NaN included).
+    NaN scores are dropped. Equal to :func:`tpr_at_fpr` (the tests check it, ties and NaN included),
+    except on scores of one class only (a bootstrap replicate can draw them): ``nan`` here, as
+    :func:`bootstrap_auc` gives such a replicate, where :func:`tpr_at_fpr` raises.
 
     >>> tpr_at_fpr_flat(np.array([3.0, 2.0, 1.0, 0.0]), np.array([1, 0, 1, 0], bool), 0.0)
     0.5
@@ -521,6 +525,8 @@ def tpr_at_fpr_flat(s: np.ndarray, m: np.ndarray, f: float) -> float:
     ok = ~np.isnan(s)
     s, m = s[ok], m[ok]
     neg, pos = s[~m], s[m]
+    if neg.size == 0 or pos.size == 0:  # no TPR (no members) or no FPR (no non-members)
+        return math.nan
     k = int(math.floor(f * neg.size))
     while (k + 1) / neg.size <= f:
         k += 1

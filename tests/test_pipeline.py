@@ -101,3 +101,10 @@ def test_ledger_answers_the_regulator(tmp_path):
     # the odometer replays the ledger: a reopened pipeline knows what was spent
     again = PrivacyPipeline(cfg, dataset="medicore-ehr", ledger=path)
     assert math.isclose(again.odometer.spent_epsilon, 2.5)
+
+
+def test_client_level_dp_says_its_epsilon_is_not_in_the_plan():
+    cfg = PrivacyConfig(total_epsilon=3.0, delta=1e-6, federated=True, n_clients=15, local_epochs=3, rounds=50,
+                        client_level_dp=True)
+    assert cfg.dp_training and cfg.reserve_epsilon == 3.0
+    assert any("not counted in reserve_epsilon" in n for n in cfg.notes)

@@ -137,6 +137,9 @@ class PrivacyConfig:
                     raise ValueError(f"{name} = {getattr(self, name)!r} given but federated=False")
             if self.client_level_dp:
                 raise ValueError("client_level_dp=True needs federated=True")
+        if self.client_level_dp and self.dpsgd_target_epsilon is None:
+            notes.append("client-level DP: its epsilon (per client, from the federated accountant) is not "
+                         "planned here and not counted in reserve_epsilon; add it to the budget yourself")
         if self.secure_aggregation:
             if not self.federated:
                 raise ValueError("secure_aggregation=True needs federated=True")

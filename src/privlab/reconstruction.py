@@ -37,7 +37,7 @@ import numpy as np
 from scipy.optimize import linprog
 from scipy.sparse import bmat, eye
 
-from ._validate import check_int, check_nonnegative
+from ._validate import check_int, check_nonnegative, check_rng
 
 __all__ = [
     "ReconstructionResult",
@@ -87,7 +87,7 @@ def random_subsets(n: int, m: int, *, rng: np.random.Generator) -> np.ndarray:
     (2, 4)
     """
     n, m = check_int("n", n, minimum=1), check_int("m", m, minimum=1)
-    return (rng.random((m, n)) < 0.5).astype(float)
+    return (check_rng(rng).random((m, n)) < 0.5).astype(float)
 
 
 def noisy_subset_sums(
@@ -116,7 +116,7 @@ def noisy_subset_sums(
     if Q.ndim != 2 or Q.shape[1] != x.size:
         raise ValueError(f"queries must have shape (m, {x.size}), got {Q.shape}")
     E = check_nonnegative("noise_bound", noise_bound)
-    return Q @ x + rng.uniform(-E, E, size=Q.shape[0])
+    return Q @ x + check_rng(rng).uniform(-E, E, size=Q.shape[0])
 
 
 def reconstruct(queries, answers) -> np.ndarray:

@@ -13,7 +13,7 @@ scale: smoke
 0
 >>> main(["epsilon", "--noise-multiplier", "1", "--sample-rate", "0.01", "--steps", "10000",
 ...       "--delta", "1e-5", "--accountant", "rdp"])
-rdp: epsilon = 6.71274 (delta = 1e-05)
+rdp: epsilon = 6.71274 (delta = 1e-05; q = 0.01, T = 10000)
 0
 >>> main(["epsilon", "--noise-multiplier", "1", "--batch-size", "256", "--dataset-size", "25600",
 ...       "--epochs", "100", "--accountant", "rdp", "--json"])

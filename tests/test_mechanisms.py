@@ -448,8 +448,8 @@ def test_other_invalid_arguments():
         gaussian_mechanism(0.0, sensitivity=1, epsilon=1, delta=1e-5, rng=make_rng(0), calibration="exact")
     with pytest.raises(ValueError, match="dimension"):
         exponential_log_probabilities([[1.0, 2.0]], epsilon=1, sensitivity=1)
-    with pytest.raises(ValueError, match="overflows"):
-        exponential_log_probabilities([1e308, 0.0], epsilon=10, sensitivity=0.1)
+    # a spread beyond double range: the far candidate's probability is 0, as it is exactly (once refused)
+    assert exponential_log_probabilities([1e308, 0.0], epsilon=10, sensitivity=0.1).tolist() == [0.0, -math.inf]
 
 
 @pytest.mark.parametrize("epsilon, delta", [(1e-3, 1e-10), (1e-8, 1e-10), (1e-12, 1e-5), (1e-13, 1e-50),
@@ -472,7 +472,7 @@ def test_analytic_sigma_meets_delta_exactly_even_for_tiny_epsilon(epsilon, delta
         assert mp.ncdf(1 / (2 * s) - e * s) - mp.exp(e) * mp.ncdf(-1 / (2 * s) - e * s) > delta
 
 
-@pytest.mark.parametrize("epsilon", [1e-6, 0.5, 1.0, 4.0, 10.0, 30.0, 36.0, 36.5, 37.0, 40.0, 1000.0])
+@pytest.mark.parametrize("epsilon", [1e-17, 3e-16, 1e-6, 0.5, 1.0, 4.0, 10.0, 30.0, 36.0, 36.5, 37.0, 40.0, 1000.0])
 def test_randomized_response_is_at_least_as_private_as_claimed_in_double_precision(epsilon):
     """The keep event is U < p with U = rng.random() on the grid of 2^-53: P(keep) = p exactly. It was
     expit(eps), which rounds to 1.0 for eps >= 37 (never a flip: no finite epsilon) and rounded up
@@ -486,7 +486,7 @@ def test_randomized_response_is_at_least_as_private_as_claimed_in_double_precisi
     assert 0 < 1 - keep and keep == Fraction(p)
     with mpmath.workdps(60):
         realised = mpmath.log(mpmath.mpf(keep.numerator) / (keep.denominator - keep.numerator))
-        assert realised <= epsilon
+        assert abs(realised) <= epsilon  # both ways: for eps ~ 1e-16 a flip once became likelier
         if epsilon <= 10:  # and only a rounding away from it (the grid is coarse next to tiny flip rates)
             assert epsilon - realised < 1e-9
 

@@ -3,6 +3,7 @@
 import functools
 import math
 
+import mpmath
 import numpy as np
 import pytest
 from scipy import stats
@@ -280,11 +281,53 @@ def test_local_dp_servers_refuse_reports_they_would_misread():
         local_dp.cms_client([1, 0.5], epsilon=1.0, m=8, h=4, rng=make_rng(0))
 
 
-@pytest.mark.parametrize("epsilon", [1.0, 800.0])
+@pytest.mark.parametrize("epsilon", [1.0, 800.0, 2000.0])
 def test_local_dp_probabilities_do_not_overflow(epsilon):
     # math.exp(800) raised OverflowError, naming no value
     p, q = local_dp.grr_probabilities(k=4, epsilon=epsilon)
-    assert p + 3 * q == pytest.approx(1.0) and (epsilon > 700 or p / q == pytest.approx(math.exp(epsilon)))
-    assert local_dp.unary_probabilities(epsilon=epsilon, kind="optimized")[1] == pytest.approx(1 / (math.exp(min(epsilon, 700)) + 1))
+    assert p + 3 * q == pytest.approx(1.0, abs=0, rel=1e-15)
+    if epsilon < 700:
+        assert p / q == pytest.approx(math.exp(epsilon), rel=1e-12)
     j, signs = local_dp.cms_client([1, 2], epsilon=epsilon, m=8, h=4, rng=make_rng(0))
     assert np.isfinite(local_dp.cms_estimate(j, signs, [1, 2], epsilon=epsilon, m=8, h=4)).all()
+
+
+@pytest.mark.parametrize("epsilon", [1e-3, 1.0, 10.0, 36.0, 38.0, 76.0, 800.0, 2000.0])
+def test_local_dp_samplers_are_at_least_as_private_as_claimed_in_double_precision(monkeypatch, epsilon):
+    """The samplers compare rng.random(), a multiple of 2^-53, with thresholds: rounded to nearest, GRR kept
+    every report for eps >= 38 and unary encoding sent q = 0 (a 1 named the value). The thresholds they use
+    now, read off the comparisons, realise at most epsilon (exact fractions)."""
+    from fractions import Fraction
+
+    import privlab.mechanisms as mech
+
+    seen = []
+    for name in ("threshold_at_most", "threshold_at_least"):
+        real = getattr(mech, name)
+        monkeypatch.setattr(local_dp, name, lambda p, real=real: (seen.append(real(p)), seen[-1])[1])
+
+    def mp(f):  # an exact fraction as a 60-digit mpf
+        return mpmath.mpf(f.numerator) / f.denominator
+
+    def realised(keep_t, other_t):  # log of the worst likelihood ratio, exactly
+        with mpmath.workdps(60):
+            return abs(mpmath.log(mp(Fraction(keep_t)) / mp(Fraction(other_t))))
+
+    k = 5
+    local_dp.grr_perturb([0, 1], k=k, epsilon=epsilon, rng=make_rng(0))
+    t = Fraction(seen[-1])
+    assert 0 < t < 1 and realised(t, (1 - t) / (k - 1)) <= epsilon
+    for kind in ("symmetric", "optimized"):
+        seen.clear()
+        local_dp.unary_perturb([0, 1], k=k, epsilon=epsilon, rng=make_rng(0), kind=kind)
+        p, q = (Fraction(x) for x in seen[-2:])
+        assert 0 < q <= p < 1
+        with mpmath.workdps(60):
+            ratio = mpmath.log(mp(p * (1 - q)) / mp((1 - p) * q))
+        assert 0 <= ratio <= epsilon
+    seen.clear()
+    local_dp.cms_client([1, 2], epsilon=epsilon, m=8, h=4, rng=make_rng(0))
+    f = Fraction(seen[-1])
+    assert 0 < f <= Fraction(1, 2)
+    with mpmath.workdps(60):  # one coordinate's flip: (1 - f) / f, two coordinates change: squared
+        assert 2 * mpmath.log(mp(1 - f) / mp(f)) <= epsilon + 1e-12

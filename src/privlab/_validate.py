@@ -96,13 +96,15 @@ def check_array(name: str, values, *, ndim: int | None = None, allow_empty: bool
     Strings and complex numbers are refused (``float("12")`` and dropping an imaginary part would
     turn them into numbers silently).
     """
-    kind = getattr(values, "dtype", None)
-    kind = kind.kind if isinstance(kind, np.dtype) else np.asarray(values).dtype.kind
-    if kind in "cUS":
-        raise ValueError(f"{name} must be real numbers, got {values!r}")
     try:
-        arr = np.asarray(values, dtype=float)
+        raw = np.asarray(values)
+        if raw.dtype.kind in "cUS" or (raw.dtype.kind == "O" and any(
+                isinstance(v, (str, bytes, complex, np.complexfloating)) for v in raw.ravel())):
+            raise ValueError(f"{name} must be real numbers, got {values!r}")
+        arr = raw.astype(float)
     except (TypeError, ValueError) as exc:
+        if "must be real numbers" in str(exc):
+            raise
         raise ValueError(f"{name} must be numeric, got {values!r}") from exc
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimension(s), got shape {arr.shape}")

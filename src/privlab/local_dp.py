@@ -51,6 +51,7 @@ import numpy as np
 from scipy.special import expit
 
 from privlab._validate import check_array, check_epsilon, check_int, check_rng
+from privlab.mechanisms import threshold_at_least, threshold_at_most
 
 __all__ = [
     "grr_probabilities", "grr_perturb", "grr_estimate",
@@ -90,10 +91,19 @@ def grr_probabilities(*, k: int, epsilon) -> tuple[float, float]:
 
 def grr_perturb(values, *, k: int, epsilon, rng: np.random.Generator) -> np.ndarray:
     r"""Each person's report under k-ary randomized response (:math:`\varepsilon`-LDP)."""
-    v = _values(values, check_int("k", k, minimum=2))
+    k = check_int("k", k, minimum=2)
+    v = _values(values, k)
     p, _ = grr_probabilities(k=k, epsilon=epsilon)
+    # P(U < t) = t on the uniform's 2^-53 grid: t <= p keeps the ratio <= e^eps (p itself rounds to
+    # 1.0 for eps >= 38: never a change); t >= 1/k keeps the truth at least as likely as each other value
+    t = threshold_at_most(p)
+    if t < 1 / k:
+        t = threshold_at_least(1 / k)
+        if t > p:
+            raise ValueError(f"epsilon = {epsilon} is too small to realise with double-precision uniforms "
+                             f"for k = {k} (p - 1/k is below 2^-53)")
     rng = check_rng(rng)
-    keep = rng.random(v.size) < p
+    keep = rng.random(v.size) < t
     other = (v + rng.integers(1, k, size=v.size)) % k    # uniform over the k - 1 other values
     return np.where(keep, v, other)
 
@@ -119,9 +129,8 @@ def unary_probabilities(*, epsilon, kind: str = "optimized") -> tuple[float, flo
     (0.5, 0.25)
     """
     eps = check_epsilon(epsilon)
-    if kind == "symmetric":
-        p = 1 / (1 + math.exp(-eps / 2))
-        return p, 1 - p
+    if kind == "symmetric":  # q from its own formula, accurate however small (1 - p is not)
+        return float(expit(eps / 2)), float(expit(-eps / 2))
     if kind == "optimized":
         return 0.5, float(expit(-eps))
     raise ValueError(f"kind must be 'symmetric' or 'optimized', got {kind!r}")
@@ -131,6 +140,11 @@ def unary_perturb(values, *, k: int, epsilon, rng: np.random.Generator, kind: st
     """Each person's ``k``-bit report (an ``(n, k)`` boolean array)."""
     v = _values(values, check_int("k", k, minimum=2))
     p, q = unary_probabilities(epsilon=epsilon, kind=kind)
+    # on the uniform's 2^-53 grid, p rounded down and q up: p(1-q)/((1-p)q) can only shrink (symmetric
+    # p rounds to 1.0 and q to 0.0 for eps >= 75; optimized q to 0.0 beyond 745: a 1 named the value)
+    p, q = threshold_at_most(p), threshold_at_least(q)
+    if p < q:
+        raise ValueError(f"epsilon = {epsilon} is too small to realise with double-precision uniforms")
     u = check_rng(rng).random((v.size, k))
     onehot = np.zeros((v.size, k), dtype=bool)
     onehot[np.arange(v.size), v] = True
@@ -184,7 +198,8 @@ def cms_client(values, *, epsilon, m: int, h: int, rng: np.random.Generator, has
     j = rng.integers(0, h, size=d.size)
     v = -np.ones((d.size, m))
     v[np.arange(d.size), _bucket(d, j, a, b, m)] = 1.0
-    flip = rng.random((d.size, m)) < float(expit(-eps / 2))
+    # rounded up onto the uniform's 2^-53 grid (never 0: it underflows for eps > 1490), at most 1/2
+    flip = rng.random((d.size, m)) < min(threshold_at_least(float(expit(-eps / 2))), 0.5)
     return j, np.where(flip, -v, v)
 
 
@@ -222,7 +237,9 @@ def cms_estimate(j, signs, candidates, *, epsilon, m: int, h: int, hash_seed: in
     m, h = check_int("m", m, minimum=2), check_int("h", h)
     signs = np.asarray(signs, dtype=float)
     if signs.ndim != 2 or signs.shape[1] != m or not np.isin(signs, (-1.0, 1.0)).all():
-        raise ValueError(f"signs must be an (n, m={m}) array of -1 and +1, got shape {signs.shape}")
+        odd = signs[~np.isin(signs, (-1.0, 1.0))].ravel()[:1].tolist()
+        raise ValueError(f"signs must be an (n, m={m}) array of -1 and +1, got shape {signs.shape}"
+                         + (f" and a value {odd[0]}" if odd else ""))
     n = signs.shape[0]
     j = np.asarray(j)
     if j.shape != (n,) or j.dtype.kind not in "iu" or (n and (j.min() < 0 or j.max() >= h)):

@@ -208,11 +208,8 @@ def _exponential_scores(utilities, epsilon, sensitivity, monotonic: bool) -> np.
     epsilon, sensitivity = check_epsilon(epsilon), check_positive("sensitivity", sensitivity)
     monotonic = check_bool("monotonic", monotonic)
     u = check_array("utilities", utilities, ndim=1)
-    with np.errstate(over="ignore", invalid="ignore"):
-        scores = epsilon * (u - u.max()) / (sensitivity if monotonic else 2.0 * sensitivity)
-    if not np.all(np.isfinite(scores)):
-        raise ValueError(f"epsilon * utilities / sensitivity overflows, got max |u| = {np.max(np.abs(u))}")
-    return scores
+    with np.errstate(over="ignore"):  # a spread beyond 1e308 gives -inf: probability 0, as it is
+        return epsilon * (u - u.max()) / (sensitivity if monotonic else 2.0 * sensitivity)
 
 
 def exponential_log_probabilities(utilities, *, epsilon, sensitivity, monotonic: bool = False) -> np.ndarray:
@@ -258,10 +255,10 @@ def exponential_mechanism(utilities, *, epsilon, sensitivity, rng: np.random.Gen
     Draws :math:`U \sim \mathrm{Uniform}[0, 1)` and returns the first :math:`r`
     with :math:`\sum_{r' \le r} \Pr[r'] > U`, the probabilities from
     :func:`exponential_log_probabilities`. Reference: McSherry and Talwar (2007).
-    In double precision :math:`U` is a multiple of :math:`2^{-53}`, so each probability is rounded
-    to that grid: pure :math:`\varepsilon`-DP up to an additive :math:`2^{-53}` or so per candidate
-    (a candidate below that is never drawn, while its neighbour's may be). The exact alternative
-    samples on integers (Ilvento 2020, the base-2 exponential mechanism).
+    In double precision :math:`U` is a multiple of :math:`2^{-53}`, so each probability is realised
+    as a whole number of :math:`2^{-53}` steps (0 or 1 for one below :math:`2^{-53}`): pure
+    :math:`\varepsilon`-DP up to an additive :math:`2^{-53}` or so per candidate. The exact
+    alternative samples on integers (Ilvento 2020, the base-2 exponential mechanism).
 
     Args:
         utilities: :math:`u(D, r)`, a finite non-empty 1-D array.
@@ -362,8 +359,9 @@ def randomized_response(bits, *, epsilon, rng: np.random.Generator) -> np.ndarra
 
     Each report is :math:`\varepsilon`-DP for its respondent (local DP): the keep probability is
     rounded down to the uniform draw's grid of :math:`2^{-53}`, so in double precision the report
-    is at least as private as claimed (for :math:`\varepsilon \ge 37` it is
-    :math:`\ln(2^{53} - 1) \approx 36.7`-DP, not better).
+    is at least as private as claimed, never less (the realised :math:`\varepsilon` is at most
+    :math:`\ln(2^{53} - 1) \approx 36.7`, and about 36.04 for :math:`36.5 \le \varepsilon <
+    54 \ln 2 \approx 37.4`).
     Reference: Warner (1965), "Randomized response: a survey technique for
     eliminating evasive answer bias", JASA 60(309); Dwork and Roth (2014), Section 3.2.
 
@@ -390,15 +388,37 @@ def randomized_response(bits, *, epsilon, rng: np.random.Generator) -> np.ndarra
     return np.where(rng.random(size=x.shape) < p, x, 1 - x)
 
 
-def _keep_threshold(epsilon) -> float:
-    """The double ``p`` with ``U < p`` as the keep event, ``U = rng.random()``, a multiple of 2^-53.
+#: ``rng.random()`` returns multiples of this: ``P(U < t) = t`` exactly for ``t`` a multiple of it.
+UNIFORM_GRID = 2.0**-53
 
-    ``P(U < p) = p`` exactly for a double ``p`` in [1/2, 1); ``p`` is rounded *down* from
-    ``1 - expit(-eps)`` (the flip probability, accurate for any eps) and never reaches 1.0 (for
-    eps >= 37, ``expit(eps)`` is 1.0 in double precision: no bit would ever be flipped).
+
+#: A computed probability is trusted to this relative error (a few ulps of its formula), no closer.
+_PROBABILITY_RTOL = 2.0**-48
+
+
+def threshold_at_most(p: float) -> float:
+    """The largest ``t = j 2^-53 < 1`` below ``p``: the event ``rng.random() < t`` has probability
+    exactly ``t <= p`` (``p`` is first lowered by :data:`_PROBABILITY_RTOL`, its rounding)."""
+    return min(math.floor(p * (1 - _PROBABILITY_RTOL) / UNIFORM_GRID) * UNIFORM_GRID, 1.0 - UNIFORM_GRID)
+
+
+def threshold_at_least(q: float) -> float:
+    """The smallest ``t = j 2^-53 > 0`` above ``q``: the event ``rng.random() < t`` has probability
+    exactly ``t >= q`` (``q`` first raised by :data:`_PROBABILITY_RTOL`; never 0, so an event of
+    tiny probability still happens sometimes)."""
+    return max(math.ceil(q * (1 + _PROBABILITY_RTOL) / UNIFORM_GRID) * UNIFORM_GRID, UNIFORM_GRID)
+
+
+def _keep_threshold(epsilon) -> float:
+    """The ``t`` with ``rng.random() < t`` as randomized response's keep event.
+
+    ``P(keep) = t``, rounded *down* from ``1 - expit(-eps)`` (the flip probability is accurate for
+    any eps) onto the uniform's grid, never 1.0 (for eps >= 37, ``expit(eps)`` is 1.0 in double
+    precision: no bit would ever be flipped) and never below 1/2 (for eps below about 3e-16 the
+    step down would make a flip likelier than a keep).
     """
     q = float(expit(-check_epsilon(epsilon)))
-    return float(np.nextafter(1.0 - np.nextafter(q, 1.0), 0.0))
+    return max(threshold_at_most(1.0 - q * (1 + _PROBABILITY_RTOL)), 0.5)
 
 
 class RandomizedResponseEstimate(NamedTuple):

@@ -299,8 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: list the registry or run the suite; exit status 1 if an honest release fails or a twin is missed.
 
     Each entry is tested at ``alpha``, with no correction for the number of entries: the exit status
-    is not a family-wise test (with ~35 honest entries at alpha = 0.05, some entry fails by chance on
-    a fresh seed far more often than 5%; a tight one such as randomized response about 1% of seeds).
+    is not a family-wise test (with ~35 honest entries at alpha = 0.05, some entry can fail by chance
+    on a fresh seed more often than alpha; a tight one such as randomized response fails on about 1%
+    of seeds; the family-wise rate is not measured).
     CI runs fixed seeds, so its results are reproducible.
     """
     parser = argparse.ArgumentParser(
@@ -308,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="The DP test suite: audit every registered release on worst-case neighbours; a release fails "
                     "when the 1 - alpha (default 95%) lower confidence bound on epsilon exceeds its claim; every planted-broken twin "
                     "must be caught. Each entry is tested at alpha; the exit status is not a family-wise "
-                    "test: over the ~35 honest entries a false failure somewhere is far likelier than alpha "
+                    "test: over the ~35 honest entries a false failure somewhere is likelier than alpha "
                     "on a fresh seed (rerun a failing entry with --only and another --seed, or lower --alpha).",
         epilog="examples:\n"
                "  python -m privlab.audit.dp_test --list\n"

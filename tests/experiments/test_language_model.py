@@ -260,3 +260,19 @@ def test_the_user_level_schedule_does_not_depend_on_the_user_removed():
     no_plan = dataclasses.replace(split, planned_private_rows=None)
     with pytest.raises(ValueError, match="planned_private_rows"):
         lm.finetune(None, no_plan, s, epsilon=1.0, method="full", unit="user", seed=0)
+
+
+def test_schedules_count_steps_as_train_does_and_lira_pools_hold_a_batch():
+    """round(N / B) and train's round(1 / (B / N)) differ at N / B = x.5 (784 / 32: 24 against 25: sigma
+    calibrated for 24 steps, 25 run); paper scale's LiRA pool of 128 gave each shadow model 64 sequences for a
+    batch of 256 (q = 4), found after all the fine-tuning."""
+    from privlab.dpsgd import steps_per_epoch
+    from privlab.experiments import language_model as lm
+
+    s = lm.LM_SCALES["smoke"]
+    assert lm.training_schedule(s, unit="example", planned_rows=784, n_units=784, batch=32) == (
+        s.finetune_epochs, s.finetune_epochs * steps_per_epoch(32 / 784)) == (s.finetune_epochs, 25 * s.finetune_epochs)
+    for name, scale in lm.LM_SCALES.items():
+        assert scale.batch_size <= scale.lira_pool // 2, name
+    with pytest.raises(ValueError, match="lira_pool must be >= 512"):
+        lm._check_lira_pool(lm.LM_SCALES["paper"], 128)

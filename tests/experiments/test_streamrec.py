@@ -269,3 +269,21 @@ def test_seed_replicates_rejects_what_it_cannot_replicate():
         seed_replicates(None, {**run, "privacy_unit": "user"}, profile=prof, n=1)
     with pytest.raises(ValueError, match="lr"):
         seed_replicates(None, {**run, "lr": 1.0}, profile=prof, n=1)
+
+
+def test_selection_cost_composes_every_dp_run_trained_on_the_data():
+    """With 3 (the studies' epsilon) outside the sweep and the studies' epochs apart from the sweep's, the
+    studies train their epsilon-3 run separately: it was left out of the composed selection cost."""
+    import math
+
+    from privlab.experiments.streamrec import run_sweep, streamrec_profile
+
+    prof = streamrec_profile("smoke", n_interactions=3000, n_users=150, n_items=80, n_eval_users=40, batch_size=256,
+                             small_batch_size=128, epochs=2, study_epochs=1, user_batch_size=32, clip_norms=(1.0,),
+                             seed_replicates=1, profile_epochs=1)
+    res = run_sweep(profile=prof, epsilons=(1, math.inf), progress=False)
+    st = res["studies"]
+    trained = [*res["runs"], *st["clip_norm"], st["batch_size"][0], *st["seed_replicates"], *st["study_seed_replicates"]]
+    dp = {id(r) for r in trained if r["sigma"] > 0}
+    assert not any(r is st["seed_replicates"][0] for r in res["runs"])  # the separately trained run
+    assert res["selection"]["candidates"] == len(dp)

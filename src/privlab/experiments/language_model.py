@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 from privlab.accounting import calibrate_noise
 from privlab.config import get_device
 from privlab.datasets.text import Canary, CharTokenizer, TextSplit, canary_text, make_text_split
-from privlab.dpsgd import DPSGDConfig, lm_loss, train
+from privlab.dpsgd import DPSGDConfig, lm_loss, steps_per_epoch, train
 from privlab.provenance import write_json
 
 __all__ = ["LMScale", "LM_SCALES", "training_schedule", "build_model", "sequence_losses", "canary_space_losses", "exposure",
@@ -99,7 +99,8 @@ LM_SCALES = {
     # the topics' random public/private assignment leaves as few as about 1,000 128-character chunks
     # on either side, and the private part also gives 10% for validation (tests: split seeds 0-99 build)
     "paper": LMScale(seq_len=128, n_public=900, n_private=800, n_users=40, n_embd=768, n_layer=12,
-                     n_head=12, pretrain_epochs=5, finetune_epochs=8, batch_size=256, lr=5e-4),
+                     n_head=12, pretrain_epochs=5, finetune_epochs=8, batch_size=256, lr=5e-4,
+                     lira_pool=512),  # each shadow model trains on half the pool: at least one batch
 }
 
 
@@ -188,6 +189,7 @@ def sequence_lira(base: nn.Module, split: TextSplit, s: LMScale, *, epsilon: flo
     n_plain = len(split.private) - sum(c.repetitions for c in split.canaries)
     if not 4 <= pool_size <= n_plain:
         raise ValueError(f"pool_size must be in [4, {n_plain}] (the non-canary private rows), got {pool_size}")
+    _check_lira_pool(s, pool_size)
     if n_models < 3:
         raise ValueError(f"n_models must be at least 3 (a target and two shadows), got {n_models}")
     rng = np.random.default_rng([seed, 30])
@@ -380,6 +382,8 @@ def finetune(base: nn.Module, split: TextSplit, s: LMScale, *, epsilon: float, m
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         res = train(net, x, y, loss_fn=loss_fn, config=cfg, generator=torch.Generator().manual_seed(seed))
+    if res.steps != steps:  # sigma was calibrated for `steps`
+        raise RuntimeError(f"training ran {res.steps} steps, the noise was calibrated for {steps}")
     seconds = time.perf_counter() - t0
     model.eval()
     norms = res.grad_norms
@@ -522,11 +526,21 @@ def training_schedule(s: LMScale, *, unit: str, planned_rows: int, n_units: int,
     >>> training_schedule(s, unit="user", planned_rows=655, n_units=20, batch=5)   # smoke: 655 planned rows
     (40, 160)
     """
-    example_steps = s.finetune_epochs * round(planned_rows / s.batch_size)
+    # steps per epoch as privlab.dpsgd.train counts them, round(1 / q) (round(N / B) can differ by one at
+    # N / B = x.5, where 1 / (B / N) rounds the other way: sigma calibrated for fewer steps than run)
+    per_epoch = steps_per_epoch(batch / n_units)
+    example_steps = s.finetune_epochs * steps_per_epoch(s.batch_size / planned_rows)
     if unit == "example":
-        return s.finetune_epochs, s.finetune_epochs * round(n_units / batch)
-    epochs = max(1, round(example_steps / round(n_units / batch)))
-    return epochs, epochs * round(n_units / batch)
+        return s.finetune_epochs, s.finetune_epochs * per_epoch
+    epochs = max(1, round(example_steps / per_epoch))
+    return epochs, epochs * per_epoch
+
+
+def _check_lira_pool(s: LMScale, pool_size: int) -> None:
+    """Each shadow model trains on half the pool with the scale's batch size: q = batch / (pool / 2) <= 1."""
+    if s.batch_size > pool_size // 2:
+        raise ValueError(f"the LiRA pool of {pool_size} sequences gives each shadow model {pool_size // 2}, "
+                         f"fewer than one batch of {s.batch_size}: lira_pool must be >= {2 * s.batch_size}")
 
 
 def run(scale: str = "smoke", *, runs=None, seed: int = 0, progress: bool = True, replicate_runs=(),
@@ -541,6 +555,8 @@ def run(scale: str = "smoke", *, runs=None, seed: int = 0, progress: bool = True
     if scale not in LM_SCALES:
         raise ValueError(f"scale must be one of {sorted(LM_SCALES)}, got {scale!r}")
     s = LM_SCALES[scale]
+    if lira_epsilons:  # checked before hours of fine-tuning, not after
+        _check_lira_pool(s, s.lira_pool)
     runs = default_runs(scale) if runs is None else runs
     rng = np.random.default_rng(seed)
     split = make_text_split(seq_len=s.seq_len, n_private=s.n_private, n_public=s.n_public, n_users=s.n_users,

@@ -768,7 +768,7 @@ def _run_sweep(scale, *, epsilons, seed, studies, progress, device, profile) -> 
         acc = [{"epsilon_target": e, "sigma": r["sigma"], "sample_rate": q, "steps": steps, "delta": delta,
                 **accounting_study(sigma=r["sigma"], sample_rate=q, steps=steps, delta=delta)}
                for e, r in zip(eps_list, runs) if not math.isinf(e)]  # fmt: skip
-        example_runs = {id(r): r for r in [*runs, *clip, small, *reps, *study_reps]}.values()
+        example_runs = {id(r): r for r in [*runs, base, *clip, small, *reps, *study_reps]}.values()
         out["studies"] = {"batch_size": [small, large], "clip_norm": clip, "clipping_only": only,
                           "clipping_only_sweep": only_sweep,
                           "seed_replicates": [base, *reps], "study_seed_replicates": study_reps,

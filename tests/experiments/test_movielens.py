@@ -45,10 +45,21 @@ def test_each_rating_brings_one_unrated_negative(prepared):
     half = d.train_user.size // 2
     np.testing.assert_array_equal(d.train_user[:half], d.train_user[half:])
     assert (d.y_train[half:] == 0).all()
-    codes = {m: j for j, m in enumerate(sorted(df["movieId"].unique()))}
-    users = {u: j for j, u in enumerate(sorted(df["userId"].unique()))}
-    rated = {(users[u], codes[m]) for u, m in zip(df["userId"], df["movieId"])}
-    assert all((u, i) not in rated for u, i in zip(d.train_user[half:], d.train_item[half:]))
+    # a negative is an item the user did not rate in the training period; the test period is not looked at
+    # (excluding the user's later ratings too built the training set from the test period)
+    rated_train = set(zip(d.train_user[:half].tolist(), d.train_item[:half].tolist()))
+    negatives = list(zip(d.train_user[half:].tolist(), d.train_item[half:].tolist()))
+    assert all(pair not in rated_train for pair in negatives)
+    test_pairs = set(zip(d.test_user.tolist(), d.test_item.tolist()))
+    assert any(pair in test_pairs for pair in negatives)  # a later rating can be a training negative
+
+
+def test_a_user_with_no_unrated_item_is_an_error_not_a_rated_negative():
+    from privlab.experiments.movielens import _sample_unrated
+
+    rated = {(0, 0), (0, 1)}
+    with pytest.raises(ValueError, match="user 0 has .almost. no unrated item among 2"):
+        _sample_unrated(np.array([0, 0]), rated, 2, np.random.default_rng(0))
 
 
 def test_time_split_is_per_user_and_latest(prepared):

@@ -166,3 +166,12 @@ def test_cps1988_task_uses_public_constants():
     np.testing.assert_array_equal(t.X_train[:, :2].numpy(), public[tr])
     np.testing.assert_array_equal(t.y_train.numpy(), (df["wage"].to_numpy()[tr] > CPS1988_WAGE_THRESHOLD))
     assert int(full.y_train.sum() + full.y_test.sum()) == int((df["wage"] > CPS1988_WAGE_THRESHOLD).sum())
+
+
+@pytest.mark.parametrize("changes, match", [({"seeds": (1.2, 1.7)}, "seed must be an integer"),
+                                            ({"sigmas": (1.0, 1.0)}, r"sigmas must be distinct, got \(1.0, 1.0\)"),
+                                            ({"clip_norms": (2.0, 2.0)}, "clip_norms must be distinct")])
+def test_repeated_runs_cannot_pass_for_replicates(changes, match):
+    # seeds 1.2 and 1.7 both became int 1; --sigmas 1 1 trained the same runs twice, counted as replicates
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(CliffConfig(), **changes)

@@ -29,9 +29,10 @@ without privacy cost: their rows choose :math:`C` and the prior; they are in
 neither training nor evaluation. **Time-based split per user**: each user's
 last 20% of ratings (by timestamp, at least one) are the test period.
 Training rows are the training ratings plus, per rating, one item the user
-never rated, labelled 0. **Ranking**: every test user with a liked test item
-ranks its test items (relevant if liked) together with 100 items it never
-rated (label 0). Training has about 26% positives (half the rows are sampled
+had not rated in the training period, labelled 0 (the test period is not looked
+at: it may be an item the user rates later). **Ranking**: every test user with a
+liked test item ranks its test items (relevant if liked) together with 100 items
+it never rated (label 0; drawn independently, so one can repeat). Training has about 26% positives (half the rows are sampled
 negatives) and the test ratings about half: a *prior shift*, so thresholded
 metrics (accuracy, F1 at logit 0) mislead and the chapter reads AUC, Recall@20
 and NDCG@20, which do not depend on a threshold.
@@ -106,14 +107,22 @@ class MovieLensData:
 
 
 def _sample_unrated(users: np.ndarray, rated: set, n_items: int, rng: np.random.Generator) -> np.ndarray:
-    """One item per entry of ``users`` that the user never rated (rejection sampling)."""
+    """One item per entry of ``users`` that is not in ``rated`` for that user (rejection sampling).
+
+    Draws are independent, so a user's sampled items can repeat.
+
+    Raises:
+        ValueError: a user for whom 100 rounds of draws found no such item (one who rated almost
+            every item); a rated item would otherwise be returned as a negative.
+    """
     items = rng.integers(0, n_items, size=users.size)
     for _ in range(100):
         bad = np.array([(u, i) in rated for u, i in zip(users.tolist(), items.tolist())], dtype=bool)
         if not bad.any():
-            break
+            return items
         items[bad] = rng.integers(0, n_items, size=int(bad.sum()))
-    return items
+    u = int(users[np.flatnonzero(bad)[0]])
+    raise ValueError(f"user {u} has (almost) no unrated item among {n_items}: no negative to sample")
 
 
 def prepare_movielens(df: pd.DataFrame, *, rng: np.random.Generator, test_fraction: float = 0.2,
@@ -191,13 +200,16 @@ def prepare_movielens(df: pd.DataFrame, *, rng: np.random.Generator, test_fracti
     n_test = np.maximum(1, np.ceil(test_fraction * count)).astype(int)
     is_test = pos >= count - n_test  # per user: depends on that user's ratings only
     rated = set(zip(user.tolist(), item.tolist()))
+    tr_mask = ~is_test
+    # training negatives avoid the training period's ratings only: avoiding the held-out ones too would
+    # use the test period to build the training set (a user's test items never drawn as negatives)
+    rated_train = set(zip(user[tr_mask].tolist(), item[tr_mask].tolist()))
 
     def rows(mask):
         u, i, y = user[mask], item[mask], liked[mask]
-        neg = _sample_unrated(u, rated, n_items, rng)
+        neg = _sample_unrated(u, rated_train, n_items, rng)
         return np.concatenate([u, u]), np.concatenate([i, neg]), np.concatenate([y, np.zeros_like(y)])
 
-    tr_mask = ~is_test
     train_user, train_item, y_train = rows(tr_mask & ~public[user])
     pub_user, pub_item, y_pub = rows(tr_mask & public[user])
     like_tr = tr_mask & (liked > 0)

@@ -113,8 +113,14 @@ class CliffConfig:
         check_delta(self.delta)
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        for s in self.seeds:  # int(1.2) == int(1.7): two "seeds" would be one run counted twice
+            check_int("seed", s, minimum=0)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds!r}")
+        for name in ("sigmas", "clip_norms"):  # a repeated value is the same runs, counted as replicates
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} must be distinct, got {values!r}")
 
     @property
     def sampler(self) -> str:

@@ -42,7 +42,10 @@ The generative model (all symbols per user :math:`u`, item :math:`i`):
 * **split by time**: days :math:`1..D-5` train, the last 5 days test. **Ranking
   candidates**: a sample of test users with at least one test click; each gets
   its distinct test impressions (relevant if clicked) plus up to 100 items drawn
-  from :math:`\pi` it was not shown (label 0), in random order.
+  from :math:`\pi` it was not shown in the test days (label 0), in random order. An
+  item the user was shown, or clicked, in the training days can be one of them
+  (measured, smoke profile, seed 0: 6% of negatives were clicked in training, 13% for power
+  users, 1% for new users), so Recall@20 counts a return to an old favourite as a miss.
 
 The true logit (:meth:`StreamRecData.oracle_logit`) gives a ceiling no
 feature-based model can beat in AUC (:meth:`StreamRecData.ceiling`). Measured,

@@ -178,7 +178,11 @@ class FTRLConfig:
 
 @dataclass(frozen=True)
 class FTRLResult:
-    """A DP-FTRL run: per-epoch mean training loss, the privacy spent, and how much was clipped."""
+    """A DP-FTRL run: per-epoch mean training loss, the privacy spent, and how much was clipped.
+
+    ``epsilon`` covers the trained model only; ``losses``, ``fraction_clipped`` and ``evals`` are
+    exact statistics of the private data, outside the guarantee (for the analyst, not for release).
+    """
 
     losses: tuple[float, ...]
     epsilon: float

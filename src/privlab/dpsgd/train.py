@@ -211,7 +211,11 @@ class DPSGDConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Per-epoch history of a run; ``epsilon`` is the privacy spent by the end."""
+    """Per-epoch history of a run; ``epsilon`` is the privacy spent by the end.
+
+    ``epsilon`` covers the trained model only. ``losses``, ``grad_norms`` and ``evals`` are exact
+    statistics of the private data, outside the guarantee: for the analyst, not for release.
+    """
 
     config: DPSGDConfig
     losses: tuple[float, ...]  # mean per-example training loss over each epoch's batches

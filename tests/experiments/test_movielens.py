@@ -58,7 +58,7 @@ def test_a_user_with_no_unrated_item_is_an_error_not_a_rated_negative():
     from privlab.experiments.movielens import _sample_unrated
 
     rated = {(0, 0), (0, 1)}
-    with pytest.raises(ValueError, match="user 0 has .almost. no unrated item among 2"):
+    with pytest.raises(ValueError, match="user row 0 .userId 1 when ids start at 1. has .almost. no unrated item among 2"):
         _sample_unrated(np.array([0, 0]), rated, 2, np.random.default_rng(0))
 
 

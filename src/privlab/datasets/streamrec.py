@@ -44,8 +44,10 @@ The generative model (all symbols per user :math:`u`, item :math:`i`):
   its distinct test impressions (relevant if clicked) plus up to 100 items drawn
   from :math:`\pi` it was not shown in the test days (label 0), in random order. An
   item the user was shown, or clicked, in the training days can be one of them
-  (measured, smoke profile, seed 0: 6% of negatives were clicked in training, 13% for power
-  users, 1% for new users), so Recall@20 counts a return to an old favourite as a miss.
+  (measured, seed 0: 4% of the negatives were clicked in training at this module's smoke
+  scale, 10% for power users, 0.4% for new users; 6%, 13%, 0.8% with the experiment's smoke
+  profile, ``streamrec_profile("smoke")``), so Recall@20 counts a return to an old favourite
+  as a miss.
 
 The true logit (:meth:`StreamRecData.oracle_logit`) gives a ceiling no
 feature-based model can beat in AUC (:meth:`StreamRecData.ceiling`). Measured,

@@ -100,7 +100,10 @@ LM_SCALES = {
     # on either side, and the private part also gives 10% for validation (tests: split seeds 0-99 build)
     "paper": LMScale(seq_len=128, n_public=900, n_private=800, n_users=40, n_embd=768, n_layer=12,
                      n_head=12, pretrain_epochs=5, finetune_epochs=8, batch_size=256, lr=5e-4,
-                     lira_pool=512),  # each shadow model trains on half the pool: at least one batch
+                     # each shadow model trains on half the pool, at least one batch; at 512 that is
+                     # one batch exactly (q = 1, 8 steps against the target's q ~ 0.24, 32 steps):
+                     # the shadows' recipe differs from the target's (not run yet at this scale)
+                     lira_pool=512),
 }
 
 

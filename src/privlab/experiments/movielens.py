@@ -116,13 +116,15 @@ def _sample_unrated(users: np.ndarray, rated: set, n_items: int, rng: np.random.
             every item); a rated item would otherwise be returned as a negative.
     """
     items = rng.integers(0, n_items, size=users.size)
-    for _ in range(100):
+    for attempt in range(101):
         bad = np.array([(u, i) in rated for u, i in zip(users.tolist(), items.tolist())], dtype=bool)
         if not bad.any():
             return items
-        items[bad] = rng.integers(0, n_items, size=int(bad.sum()))
+        if attempt < 100:
+            items[bad] = rng.integers(0, n_items, size=int(bad.sum()))
     u = int(users[np.flatnonzero(bad)[0]])
-    raise ValueError(f"user {u} has (almost) no unrated item among {n_items}: no negative to sample")
+    raise ValueError(f"user row {u} (userId {u + 1} when ids start at 1) has (almost) no unrated item "
+                     f"among {n_items}: no negative to sample")
 
 
 def prepare_movielens(df: pd.DataFrame, *, rng: np.random.Generator, test_fraction: float = 0.2,

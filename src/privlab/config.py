@@ -242,7 +242,11 @@ def data_dir() -> Path:
 
 
 def results_dir() -> Path:
-    """Folder for recorded runs with provenance (``<data_dir()>/results``), created on demand."""
+    """Folder for recorded runs with provenance (``<data_dir()>/results``), created on demand.
+
+    It follows ``PRIVLAB_DATA``: pointing the data cache elsewhere also hides the recorded runs that
+    ship in the repository's ``data/results`` (chapters 8 and 13 read them); copy them along.
+    """
     d = data_dir() / "results"
     d.mkdir(parents=True, exist_ok=True)
     return d

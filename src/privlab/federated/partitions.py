@@ -102,6 +102,9 @@ class FederatedDataset:
                 raise ValueError(f"client {name!r}: y has shape {yk.shape}, expected ({xk.shape[0]},)")
             if not (np.isfinite(xk).all() and np.isfinite(yk).all()):
                 raise ValueError(f"client {name!r} has NaN or infinite values")
+            odd = yk[(yk < 0) | (yk != np.round(yk))]
+            if odd.size:  # summary() would truncate 0.4 to class 0 and count classes from the maximum
+                raise ValueError(f"client {name!r}: labels must be integers 0..C-1, got {odd[0]}")
             xs.append(xk)
             ys.append(yk)
         object.__setattr__(self, "names", tuple(str(n) for n in self.names))
@@ -331,8 +334,8 @@ def hospital_sites(
     (covariate shift). One risk score shared by all sites,
     :math:`r = w^\top x + \text{noise} \cdot \varepsilon`, :math:`\|w\| = 2`,
     :math:`\varepsilon` standard logistic; the top :math:`\lceil \pi_s n_s \rfloor`
-    scores at site :math:`s` are positive, so each site's positive rate is exactly
-    :math:`\pi_s` (Boston 800 patients, 0.30; Chicago 500, 0.40; London 350, 0.35;
+    scores at site :math:`s` are positive, so each site's positive rate is :math:`\pi_s` to the
+    nearest integer count (London: 122 of 350, 0.3486) (Boston 800 patients, 0.30; Chicago 500, 0.40; London 350, 0.35;
     Munich 200, 0.25; Tokyo 150, 0.50) and the label is learnable from :math:`x`.
 
     Args:

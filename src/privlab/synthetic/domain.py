@@ -115,7 +115,8 @@ class NumericDomain:
         e = np.asarray(self.edges, dtype=float)
         if e.ndim != 1 or e.size < 2 or not np.all(np.isfinite(e)) or np.any(np.diff(e) <= 0):
             raise ValueError(f"edges must be at least two finite, strictly increasing numbers, got {self.edges!r}")
-        if self.integer and not np.allclose(e - 0.5, np.round(e - 0.5)):
+        if self.integer and not np.array_equal(e - 0.5, np.round(e - 0.5)):  # exactly (allclose let
+            # 100000.0 pass as 100000.5 by relative tolerance: decoded bins then re-encoded elsewhere)
             raise ValueError(f"an integer domain needs half-integer edges, got {self.edges!r}")
         object.__setattr__(self, "edges", tuple(float(v) for v in e))
 
@@ -162,8 +163,10 @@ class NumericDomain:
         return cls(tuple(starts - 0.5), integer=True)
 
     def encode(self, values) -> np.ndarray:
-        """Bin codes ``0..size-1`` of ``values`` (clipped to the end bins)."""
+        """Bin codes ``0..size-1`` of ``values`` (clipped to the end bins; NaN is an error, not the top bin)."""
         x = np.asarray(values, dtype=float)
+        if np.isnan(x).any():
+            raise ValueError("values to encode must not be NaN")
         codes = np.searchsorted(np.asarray(self.edges), x, side="right") - 1
         return np.clip(codes, 0, self.size - 1).astype(np.int64)
 
@@ -326,7 +329,10 @@ def dp_numeric_domain(values, *, sigma: float, rng: np.random.Generator, bins: i
     """
     sigma = check_positive("sigma", sigma)
     grid = POWER_OF_TWO_GRID
-    codes = np.clip(np.searchsorted(grid, np.asarray(values, dtype=float), side="right") - 1, 0, grid.size - 2)
+    x = np.asarray(values, dtype=float)
+    if not np.isfinite(x).all():  # NaN would be counted in the top bucket (range up to 2^48)
+        raise ValueError(f"values must be finite, got {x[~np.isfinite(x)][0]}")
+    codes = np.clip(np.searchsorted(grid, x, side="right") - 1, 0, grid.size - 2)
     noisy = np.bincount(codes, minlength=grid.size - 1) + check_rng(rng).normal(0.0, sigma, grid.size - 1)
     occupied = np.flatnonzero(noisy > threshold * sigma)
     if occupied.size == 0:

@@ -46,9 +46,16 @@ def ks_statistic(a, b) -> float:
 
 
 def total_variation(a, b) -> float:
-    r"""Total variation distance :math:`\tfrac12\sum_v |p_v - q_v|` of two samples' value frequencies."""
-    p = pd.Series(np.asarray(a, dtype=object)).value_counts(normalize=True)
-    q = pd.Series(np.asarray(b, dtype=object)).value_counts(normalize=True)
+    r"""Total variation distance :math:`\tfrac12\sum_v |p_v - q_v|` of two samples' value frequencies.
+
+    Missing values count as a value of their own (``value_counts`` would drop them); empty samples
+    are an error.
+    """
+    a, b = pd.Series(np.asarray(a, dtype=object)), pd.Series(np.asarray(b, dtype=object))
+    if a.empty or b.empty:
+        raise ValueError(f"total_variation needs two non-empty samples, got sizes {len(a)} and {len(b)}")
+    p = a.value_counts(normalize=True, dropna=False)
+    q = b.value_counts(normalize=True, dropna=False)
     return float(0.5 * p.subtract(q, fill_value=0.0).abs().sum())
 
 
@@ -122,6 +129,9 @@ def association_matrix(df: pd.DataFrame, numeric: list, *, bias_corrected: bool 
     [[1.0, 1.0], [1.0, 1.0]]
     """
     cols = list(df.columns)
+    unknown = sorted(set(numeric) - set(cols))
+    if unknown:  # a misspelt name would quietly make that column categorical
+        raise ValueError(f"numeric names columns the table does not have: {unknown}")
     a = np.eye(len(cols))
     for i in range(len(cols)):
         for j in range(i + 1, len(cols)):
@@ -144,8 +154,13 @@ def correlation_distance(a, b) -> tuple[float, float]:
 
     Frobenius :math:`\lVert A - B\rVert_F` over the whole (symmetric) matrix, so
     each pair counts twice; the mean absolute difference is over the pairs
-    :math:`i < j` only.
+    :math:`i < j` only. Two DataFrames are compared by label (``b`` reordered to ``a``'s rows and
+    columns), arrays by position.
     """
+    if isinstance(a, pd.DataFrame) and isinstance(b, pd.DataFrame):
+        if set(a.columns) != set(b.columns) or set(a.index) != set(b.index):
+            raise ValueError(f"the matrices name different variables: {list(a.columns)} and {list(b.columns)}")
+        b = b.loc[a.index, a.columns]
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     iu = np.triu_indices(d.shape[0], k=1)
     return float(np.linalg.norm(d)), float(np.abs(d[iu]).mean()) if iu[0].size else 0.0
@@ -174,9 +189,10 @@ def holdout_test(train: np.ndarray, holdout: np.ndarray, queries: np.ndarray) ->
     r"""Platzer and Reutterer's holdout test: the share of queries nearer ``train`` than ``holdout``, and its null SE.
 
     ``train`` and ``holdout`` must have the same number of rows :math:`m` (a larger set is nearer by
-    its size alone). Each query's nearest record in the pooled :math:`2m` rows is a training one
-    (1), a holdout one (0), or a tie between the two (1/2); the share is the mean over the
-    :math:`Q` queries: about 1/2 for records as near to new people as to the training ones, 1 for
+    its size alone). Each query scores the share of training rows among its nearest records in the
+    pooled :math:`2m` rows: 1 for a training row, 0 for a holdout row, and for a tie the share among
+    all the rows at that distance (1/2 for one of each; 2/3 for two training copies and one holdout
+    copy); the share is the mean over the :math:`Q` queries: about 1/2 for records as near to new people as to the training ones, 1 for
     copies. Under the null that the two halves are exchangeable (a random split, and a generator
     that prefers neither), the labels of the pooled rows are a random half, so the share's
     permutation variance is
@@ -185,9 +201,9 @@ def holdout_test(train: np.ndarray, holdout: np.ndarray, queries: np.ndarray) ->
 
         \operatorname{Var} = \frac{1}{4Q^2}\,\frac{2m}{2m-1}\Big(\sum_j c_j^2 - \frac{Q^2}{2m}\Big),
 
-    where :math:`c_j` counts the queries whose nearest pooled row is row :math:`j`. It is about the
-    binomial :math:`1/(4Q)` when every query has its own nearest row, and larger when queries crowd
-    onto a few rows (ties are left out of the variance).
+    where :math:`c_j` counts the queries whose nearest pooled row (the first one listed, for a tie) is
+    row :math:`j`. It is about the binomial :math:`1/(4Q)` when every query has its own nearest row,
+    and larger when queries crowd onto a few rows (a tie's fractional score is not modelled in it).
 
     Reference: Platzer and Reutterer 2021, "Holdout-based empirical assessment of mixed-type
     synthetic data", Frontiers in Big Data 4 (arXiv:2104.00635).
@@ -208,10 +224,16 @@ def holdout_test(train: np.ndarray, holdout: np.ndarray, queries: np.ndarray) ->
     if m < 1 or len(holdout) != m:
         raise ValueError(f"train and holdout need the same number of rows (>= 1), got {m} and {len(holdout)}")
     pool = np.vstack([train, holdout])
-    dist, idx = NearestNeighbors(n_neighbors=2).fit(pool).kneighbors(queries)
+    nn = NearestNeighbors().fit(pool)
+    k = min(2, 2 * m)
+    while True:  # enough neighbours to see every row at each query's nearest distance
+        dist, idx = nn.kneighbors(queries, n_neighbors=k)
+        nearest = dist == dist[:, :1]
+        if k == 2 * m or not nearest[:, -1].any():
+            break
+        k = min(2 * k, 2 * m)
     in_train = idx < m
-    tie = (dist[:, 0] == dist[:, 1]) & (in_train[:, 0] != in_train[:, 1])
-    share = float(np.mean(np.where(tie, 0.5, in_train[:, 0])))
+    share = float(np.mean((in_train & nearest).sum(1) / nearest.sum(1)))
     q, counts = len(queries), np.bincount(idx[:, 0], minlength=2 * m).astype(float)
     var = (2 * m / (2 * m - 1)) * max((counts**2).sum() - q**2 / (2 * m), 0.0) / (4 * q**2)
     return share, float(np.sqrt(var))

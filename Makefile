@@ -116,8 +116,10 @@ $(MATHJAX_DIR)/tex-mml-chtml.js:
 
 # The rendered book in a real browser: build at smoke scale (same cache rules as `make book`),
 # then open every page in headless Chromium (tests/browser). Screenshots: book/_build/smoke/screenshots/.
+# One thread, as `make test` runs the chapters: the thread count is part of the jupyter-cache's key
+# (privlab.book.inputs_fingerprint), so the smoke build renders the outputs nbval just checked.
 check-book: browser-deps $(MATHJAX_DIR)/tex-mml-chtml.js
-	$(MAKE) book SCALE=smoke
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(MAKE) book SCALE=smoke
 	PRIVLAB_REQUIRE_BROWSER=1 PRIVLAB_BOOK_HTML=$(abspath $(BOOK_OUT))/smoke/html PRIVLAB_BOOK_SCALE=smoke \
 	    $(BIN)/python -m pytest tests/browser -q -rfEs
 

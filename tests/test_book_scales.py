@@ -114,6 +114,7 @@ def test_smoke_then_book_build_shows_the_book_scale(tmp_path):
         # the figure's alt text is its description (privlab.plotting.describe_figure)
         assert f'alt="{ALT}"' in page, "the figure has no alt text"
         assert (out / scale / ".jupyter_cache").is_dir() and (out / scale / ".doctrees").is_dir()
+        assert len([p for p in (out / scale / ".jupyter_cache").iterdir() if p.is_dir()]) == 1  # per fingerprint
         ledger = json.loads((out / scale / "provenance.json").read_text())
         [record] = ledger["chapters/99_scale"].values()
         assert record["scale"] == scale
@@ -153,6 +154,7 @@ def test_nbval_outputs_serve_the_smoke_build_and_an_edit_misses(tmp_path, monkey
     chapter = src / "chapters" / "99_scale.md"
     chapter.write_text(TOKEN_CHAPTER % INSTALL_CELL)
     out = tmp_path / "out"
+    monkeypatch.setenv("PRIVLAB_DATA", str(tmp_path / "data"))  # its results/ is part of the cache's key
     [notebook] = to_notebooks(tmp_path / "nb", root=src)
     env = {**os.environ, "PRIVLAB_SCALE": "smoke", "PRIVLAB_TOKEN": "from-nbval",
            "PRIVLAB_NBVAL_CACHE": str(out / "smoke"), "PRIVLAB_NBVAL_ROOT": str(src)}  # fmt: skip
@@ -170,7 +172,37 @@ def test_nbval_outputs_serve_the_smoke_build_and_an_edit_misses(tmp_path, monkey
     [record] = json.loads((out / "smoke" / "provenance.json").read_text())["chapters/99_scale"].values()
     assert record["scale"] == "smoke" and record["runtime"] > 0
 
+    # an input outside the chapter's code changes (here a recorded run the chapters could read; the
+    # package's code and the thread count count alike): the old outputs are not shown again
+    (tmp_path / "data" / "results").mkdir(parents=True)
+    (tmp_path / "data" / "results" / "run.json").write_text("{}")
+    make_book(src, out, "smoke")
+    page = (out / "smoke" / "html" / "chapters" / "99_scale.html").read_text(encoding="utf-8")
+    assert "token: from-build" in page and "token: from-nbval" not in page
+
+    monkeypatch.setenv("PRIVLAB_TOKEN", "from-a-later-build")
     chapter.write_text(chapter.read_text() + '\n```{code-cell} ipython3\nprint("edited")\n```\n')
     make_book(src, out, "smoke")
     page = (out / "smoke" / "html" / "chapters" / "99_scale.html").read_text(encoding="utf-8")
-    assert "token: from-build" in page and "edited" in page
+    assert "token: from-a-later-build" in page and "edited" in page
+
+
+def test_nbcache_keeps_the_order_of_prints_and_displays_and_checks_the_scale(tmp_path, monkeypatch):
+    """nbval merged every print of a cell into its first one (two labels above two tables, in the
+    smoke book only); nbcache merges only neighbours. A cache folder of another scale than the one
+    the chapters ran at is refused (its outputs would be rendered under the wrong scale)."""
+    import nbformat
+
+    from privlab import nbcache
+
+    outs = [nbformat.v4.new_output("stream", name="stdout", text="blobs\n"),
+            nbformat.v4.new_output("display_data", data={"text/plain": "t1"}),
+            nbformat.v4.new_output("stream", name="stdout", text="CPS\n"),
+            nbformat.v4.new_output("stream", name="stdout", text="x\rdone\n"),
+            nbformat.v4.new_output("display_data", data={"text/plain": "t2"})]
+    merged = nbcache.coalesce_adjacent_streams(outs)
+    assert [o.get("text") or o["data"]["text/plain"] for o in merged] == ["blobs\n", "t1", "CPS\ndone\n", "t2"]
+
+    monkeypatch.setenv("PRIVLAB_SCALE", "smoke")
+    with pytest.raises(ValueError, match="is not the build folder of scale 'smoke'"):
+        nbcache.store(tmp_path / "x.md", [], [], folder=tmp_path / "book", root=tmp_path, runtime=0.0)

@@ -197,7 +197,8 @@ def git_commit(root: Path = ROOT, paths: tuple[str, ...] = ()) -> str:
     sha = _git(root, "rev-parse", "--short=12", "HEAD")
     if not sha:
         return "unknown"
-    dirty = _git(root, "status", "--porcelain", "--untracked-files=no", "--", "src", *paths)
+    dirty = _git(root, "status", "--porcelain", "--untracked-files=no", "--", "src", "data", "constraints.txt",
+                 *paths)
     return f"{sha} + uncommitted changes" if dirty else sha
 
 
@@ -237,6 +238,43 @@ def utc_text(timestamp: float) -> str:
     '1970-01-01 00:00 UTC'
     """
     return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+#: Environment variables a chapter's numbers depend on beyond its code (thread counts change float sums).
+FINGERPRINT_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def inputs_fingerprint() -> str:
+    """A hash of what a chapter's outputs depend on besides its code cells.
+
+    jupyter-cache keys a notebook on its code cells only, and Sphinx re-reads a page only when its
+    source changes: without this, a change to the privlab package, to the recorded runs the
+    chapters read (``data/results``), to the libraries or to the thread count left the old numbers
+    on the page. It covers the imported package's ``.py`` files, the files under
+    ``data_dir()/results``, the versions of :data:`privlab.provenance.LIBRARIES`, Python's version
+    and :data:`FINGERPRINT_ENV`. The book keeps one jupyter-cache per fingerprint (and per scale).
+    """
+    import privlab
+    from privlab.config import data_dir
+    from privlab.provenance import library_versions
+
+    h = hashlib.sha256()
+    for top in (Path(privlab.__file__).resolve().parent, data_dir() / "results"):
+        if top.is_dir():
+            files = sorted(p for p in top.rglob("*") if p.is_file() and (top.name == "results" or p.suffix == ".py")
+                           and "__pycache__" not in p.parts)
+            for path in files:
+                h.update(path.relative_to(top).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    rest = {"libraries": library_versions(), "python": platform.python_version(),
+            "env": {k: os.environ.get(k) for k in FINGERPRINT_ENV}}
+    h.update(json.dumps(rest, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def ledger_key(chapter: Path, fingerprint: str, scale: str) -> str:
+    """A chapter's key in the provenance ledger: its code, the inputs' fingerprint and the scale (a
+    plain ``jupyter-book build`` keeps one ledger for every scale)."""
+    return f"{code_hash(chapter)}-{fingerprint}-{scale}"
 
 
 def code_hash(path: Path) -> str:
@@ -327,13 +365,17 @@ def _config_inited(app, config) -> None:
     from privlab.config import get_scale
 
     config.privlab_scale = get_scale().name
+    # a changed fingerprint changes this config value, so Sphinx re-reads every page ("env" rebuild)
+    config.privlab_fingerprint = inputs_fingerprint()
     # Figures get their alt text from their output's metadata (AltTextRenderer, below).
     if getattr(config, "nb_render_plugin", None) == "default":
         config.nb_render_plugin = "privlab"
     # Outside `python -m privlab.book --build` (which gives each scale its own folder), e.g. a plain
     # `jupyter-book build .`, keep one jupyter-cache per scale: the cache keys on code, not scale.
-    if hasattr(config, "nb_execution_cache_path") and not config.nb_execution_cache_path:
-        config.nb_execution_cache_path = str(Path(app.outdir).parent / ".jupyter_cache" / config.privlab_scale)
+    # Either way, one jupyter-cache per inputs fingerprint (inputs_fingerprint).
+    if hasattr(config, "nb_execution_cache_path"):
+        base = config.nb_execution_cache_path or str(Path(app.outdir).parent / ".jupyter_cache" / config.privlab_scale)
+        config.nb_execution_cache_path = str(Path(base) / config.privlab_fingerprint)
     theme = dict(config.html_theme_options or {})
     url = (theme.get("repository_url") or "").rstrip("/")
     if url:
@@ -344,6 +386,7 @@ def _config_inited(app, config) -> None:
     app.privlab_build = {
         "start": time.time(),
         "scale": config.privlab_scale,
+        "fingerprint": config.privlab_fingerprint,
         "commit": git_commit(Path(app.srcdir)),
         "privlab": package_version(),
         "machine": machine(),
@@ -386,7 +429,7 @@ def _doctree_read(app, doctree) -> None:
         text = provenance_text(record, scale=info["scale"], exec_time=None)
     else:
         path = Path(env.doc2path(docname))
-        key = code_hash(path)
+        key = ledger_key(path, info["fingerprint"], info["scale"])
         ledger = _ledger(app)
         mtime = float(exec_data["mtime"])
         # Executed by this build: myst-nb stamps a fresh run with the time it finished, moments ago.
@@ -478,6 +521,7 @@ def setup(app):
     """Sphinx entry point (``privlab.book`` in ``_config.yml``'s ``sphinx: extensions``)."""
     app.add_config_value("privlab_scale", "book", "env")
     app.add_config_value("privlab_repository_url", "", "env")
+    app.add_config_value("privlab_fingerprint", "", "env")
     app.connect("config-inited", _config_inited)
     app.connect("source-read", _source_read)
     app.connect("doctree-read", _doctree_read)

@@ -12,8 +12,11 @@ chapter in its cache and renders nbval's outputs instead of running it again.
 Nothing is weakened: a chapter with a failed, skipped or errored cell is not stored (the build
 executes it, and the test run has failed anyway); a chapter whose code cells, as myst-nb reads
 them, differ from the ones nbval ran (an edit between the two steps) misses the cache, which is
-keyed on the code cells' source and metadata, and is executed by the build. The book-scale
-build has its own cache folder and never sees smoke outputs.
+keyed on the code cells' source and metadata, and is executed by the build. The cache folder
+is also keyed on :func:`privlab.book.inputs_fingerprint` (the package, the recorded runs, the
+libraries, the thread count), so a build after a change to any of them executes the chapter
+again. The book-scale build has its own cache folder and never sees smoke outputs: a folder not
+named after the scale the chapters ran at is refused.
 """
 
 from __future__ import annotations
@@ -66,8 +69,14 @@ def store(chapter: Path, sources: list[str], outputs: list[list], *, folder: Pat
     from jupyter_cache import get_cache
     from jupyter_cache.base import CacheBundleIn
 
-    from privlab.book import (ProvenanceLedger, code_hash, file_lock, git_commit, machine, package_version,
-                              utc_text)
+    from privlab.book import (ProvenanceLedger, file_lock, git_commit, inputs_fingerprint, ledger_key, machine,
+                              package_version, utc_text)
+    from privlab.config import get_scale
+
+    scale = get_scale().name  # what the chapters ran at (the kernels share this environment)
+    if folder.name != scale:  # the scale's build folder is named after it (book/_build/<scale>)
+        raise ValueError(f"{ENV_FOLDER}={folder} is not the build folder of scale {scale!r} that the chapters "
+                         f"ran at: its outputs would be rendered as another scale's")
 
     nb = myst_notebook(chapter, root)
     code = [cell for cell in nb.cells if cell.cell_type == "code"]
@@ -81,20 +90,21 @@ def store(chapter: Path, sources: list[str], outputs: list[list], *, folder: Pat
                 out["execution_count"] = count
     nb.metadata["language_info"] = dict(LANGUAGE_INFO)
     folder.mkdir(parents=True, exist_ok=True)
+    fingerprint = inputs_fingerprint()  # the book build's cache folder for these inputs (privlab.book)
     with file_lock(folder / ".jupyter_cache.lock"):  # pytest-xdist workers store side by side
-        cache = get_cache(str(folder / ".jupyter_cache"))
+        cache = get_cache(str(folder / ".jupyter_cache" / fingerprint))
         cache.cache_notebook_bundle(CacheBundleIn(nb, str(chapter), data={"execution_seconds": runtime}),
                                     check_validity=False, overwrite=True)  # fmt: skip
     docname = chapter.relative_to(root).with_suffix("").as_posix()
     record = {
-        "scale": os.environ.get("PRIVLAB_SCALE", "smoke"),
+        "scale": scale,
         "commit": git_commit(root, (chapter.relative_to(root).as_posix(),)),
         "date": utc_text(time.time()),
         "machine": machine(),
         "privlab": package_version(),
         "runtime": runtime,
     }
-    ProvenanceLedger(folder / "provenance.json").put(docname, code_hash(chapter), record)
+    ProvenanceLedger(folder / "provenance.json").put(docname, ledger_key(chapter, fingerprint, scale), record)
     return True
 
 
@@ -102,11 +112,49 @@ def store(chapter: Path, sources: list[str], outputs: list[list], *, folder: Pat
 
 _outcomes: dict[str, list[str]] = defaultdict(list)
 _durations: dict[str, float] = defaultdict(float)
+#: Cells whose run printed "unhandled iopub msg": nbval dropped a clear_output or a display
+#: update, so its outputs are not what the code renders (their chapter is not stored).
+_dropped: set[str] = set()
+
+
+def coalesce_adjacent_streams(outputs):
+    """nbval's ``coalesce_streams``, merging only *adjacent* streams of one name.
+
+    nbval merges every stream of a name into the first one, so ``print(a); display(t1); print(b);
+    display(t2)`` was stored as "a b", t1, t2: the second label above the first table. Merging only
+    neighbours keeps the order the code produced; carriage returns are applied as nbval applies
+    them. Installed while this plugin is active (``--nbval-lax`` compares no outputs).
+    """
+    from nbval import plugin
+
+    if not outputs:
+        return outputs
+    merged = []
+    for out in outputs:
+        if out.output_type == "stream" and merged and merged[-1].output_type == "stream" and \
+                merged[-1].name == out.name:
+            merged[-1].text += out.text
+        else:
+            merged.append(out)
+    for out in merged:  # nbval's backspace loop never runs (it starts with equal lengths): not copied
+        if out.output_type == "stream":
+            out.text = plugin.carriagereturn_pat.sub("", out.text)
+    return merged
+
+
+def pytest_configure(config) -> None:
+    try:
+        from nbval import plugin
+    except ImportError:  # pragma: no cover - nbval is in the dev extra
+        return
+    plugin.coalesce_streams = coalesce_adjacent_streams
 
 
 def pytest_runtest_logreport(report) -> None:
     _outcomes[report.nodeid].append(report.outcome)
     _durations[report.nodeid] += report.duration
+    if "unhandled iopub msg" in (getattr(report, "capstdout", "") or ""):
+        _dropped.add(report.nodeid)
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
@@ -116,6 +164,14 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     from privlab.book import chapter_files
     from privlab.config import ROOT
 
+    from privlab.config import get_scale
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if Path(folder).name != get_scale().name:
+        if reporter is not None:
+            reporter.write_line(f"privlab.nbcache: nothing stored: {ENV_FOLDER}={folder} is not the build "
+                                f"folder of scale {get_scale().name!r}, which the chapters ran at")
+        return
     root = Path(os.environ.get(ENV_ROOT) or ROOT).resolve()
     chapters = {path.stem: path for path in chapter_files(root)}
     notebooks = defaultdict(list)
@@ -128,13 +184,13 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     for nbfile, cells in notebooks.items():
         chapter = chapters.get(Path(str(nbfile.fspath)).stem)
         passed = all(_outcomes.get(c.nodeid) and set(_outcomes[c.nodeid]) == {"passed"} for c in cells)
-        if chapter is None or not passed or any(c.test_outputs is None for c in cells):
+        dropped = any(c.nodeid in _dropped for c in cells)
+        if chapter is None or not passed or dropped or any(c.test_outputs is None for c in cells):
             continue
         runtime = sum(_durations[c.nodeid] for c in cells)
         if store(chapter, [c.cell.source for c in cells], [c.test_outputs for c in cells],
                  folder=Path(folder), root=root, runtime=runtime):  # fmt: skip
             stored.append(chapter.stem)
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(f"privlab.nbcache: {len(stored)} of {len(notebooks)} notebooks stored in "
                             f"{folder}/.jupyter_cache for the book build")  # fmt: skip

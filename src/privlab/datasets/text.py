@@ -143,6 +143,9 @@ def make_text_split(*, seq_len: int, n_private: int, n_public: int, n_users: int
     names = list(topics)
     rng.shuffle(names)
     half = len(names) // 2
+    # Topics are split by name, not by content: two topics with the same text ("if" and "else") and
+    # repeated boilerplate (table borders) can put an identical chunk on both sides (seed 0: two of
+    # book scale's 600 private rows are also public rows; no validation row equals a training row).
     public_chunks = [c for name in names[:half] for c in _chunks(topics[name], seq_len)]
     private_chunks = [c for name in names[half:] for c in _chunks(topics[name], seq_len)]
     if n_public > len(public_chunks) or n_private + len(private_chunks) // 10 > len(private_chunks):

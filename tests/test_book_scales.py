@@ -157,7 +157,8 @@ def test_nbval_outputs_serve_the_smoke_build_and_an_edit_misses(tmp_path, monkey
     monkeypatch.setenv("PRIVLAB_DATA", str(tmp_path / "data"))  # its results/ is part of the cache's key
     [notebook] = to_notebooks(tmp_path / "nb", root=src)
     env = {**os.environ, "PRIVLAB_SCALE": "smoke", "PRIVLAB_TOKEN": "from-nbval",
-           "PRIVLAB_NBVAL_CACHE": str(out / "smoke"), "PRIVLAB_NBVAL_ROOT": str(src)}  # fmt: skip
+           "PRIVLAB_NBVAL_CACHE": str(out / "smoke"), "PRIVLAB_NBVAL_ROOT": str(src),
+           "PYTHONHASHSEED": "0"}  # as the Makefile exports it to the build: part of the cache's key  # fmt: skip
     run = subprocess.run([sys.executable, "-m", "pytest", "-p", "privlab.nbcache", "-p", "no:cacheprovider",
                           "--nbval-lax", "--nbval-current-env", "-q", str(notebook)],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -206,3 +207,38 @@ def test_nbcache_keeps_the_order_of_prints_and_displays_and_checks_the_scale(tmp
     monkeypatch.setenv("PRIVLAB_SCALE", "smoke")
     with pytest.raises(ValueError, match="is not the build folder of scale 'smoke'"):
         nbcache.store(tmp_path / "x.md", [], [], folder=tmp_path / "book", root=tmp_path, runtime=0.0)
+
+
+CHANGING_CHAPTER = """---
+jupytext:
+  text_representation: {extension: .md, format_name: myst}
+kernelspec: {display_name: Python 3, language: python, name: python3}
+---
+
+# Results
+
+```{code-cell} ipython3
+from privlab.config import results_dir
+
+print("recorded runs:", sorted(p.name for p in results_dir().iterdir()))
+(results_dir() / "new_run.json").write_text("{}")  # an input changing while the chapters run
+```
+"""
+
+
+def test_nbcache_stores_nothing_when_the_inputs_change_during_the_run(tmp_path, monkeypatch):
+    """Outputs computed before a change to the package or the recorded runs would be stored under the
+    new inputs' fingerprint (and served): the fingerprint is taken when the session starts."""
+    from privlab.book import to_notebooks
+
+    src = tiny_book(tmp_path)
+    (src / "chapters" / "99_scale.md").write_text(CHANGING_CHAPTER)
+    (tmp_path / "data" / "results").mkdir(parents=True)
+    [notebook] = to_notebooks(tmp_path / "nb", root=src)
+    env = {**os.environ, "PRIVLAB_SCALE": "smoke", "PRIVLAB_DATA": str(tmp_path / "data"),
+           "PRIVLAB_NBVAL_CACHE": str(tmp_path / "out" / "smoke"), "PRIVLAB_NBVAL_ROOT": str(src)}  # fmt: skip
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "privlab.nbcache", "-p", "no:cacheprovider",
+                          "--nbval-lax", "--nbval-current-env", "-q", str(notebook)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "nothing stored: the inputs changed during the run" in run.stdout

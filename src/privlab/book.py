@@ -240,8 +240,10 @@ def utc_text(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-#: Environment variables a chapter's numbers depend on beyond its code (thread counts change float sums).
-FINGERPRINT_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+#: Environment variables a chapter's numbers depend on beyond its code (thread counts change float
+#: sums; the hash seed, set iteration order; visible GPUs, the device).
+FINGERPRINT_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PYTHONHASHSEED",
+                   "CUDA_VISIBLE_DEVICES")
 
 
 def inputs_fingerprint() -> str:
@@ -250,22 +252,25 @@ def inputs_fingerprint() -> str:
     jupyter-cache keys a notebook on its code cells only, and Sphinx re-reads a page only when its
     source changes: without this, a change to the privlab package, to the recorded runs the
     chapters read (``data/results``), to the libraries or to the thread count left the old numbers
-    on the page. It covers the imported package's ``.py`` files, the files under
-    ``data_dir()/results``, the versions of :data:`privlab.provenance.LIBRARIES`, Python's version
-    and :data:`FINGERPRINT_ENV`. The book keeps one jupyter-cache per fingerprint (and per scale).
+    on the page. It covers the imported package's files, the files under ``data_dir()/results``,
+    every installed distribution's version, Python's version, the CPUs available and
+    :data:`FINGERPRINT_ENV`. The book keeps one jupyter-cache per fingerprint (and per scale), so any
+    change to these executes every chapter again. (The data sets cached under ``data_dir()`` are
+    not hashed: tests create them on a fresh clone; their source's version is.)
     """
+    import importlib.metadata
+
     import privlab
-    from privlab.config import data_dir
-    from privlab.provenance import library_versions
+    from privlab.config import available_cpus, data_dir
 
     h = hashlib.sha256()
     for top in (Path(privlab.__file__).resolve().parent, data_dir() / "results"):
         if top.is_dir():
-            files = sorted(p for p in top.rglob("*") if p.is_file() and (top.name == "results" or p.suffix == ".py")
-                           and "__pycache__" not in p.parts)
+            files = sorted(p for p in top.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
             for path in files:
                 h.update(path.relative_to(top).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    rest = {"libraries": library_versions(), "python": platform.python_version(),
+    versions = sorted({(d.metadata["Name"] or "").lower(): d.version for d in importlib.metadata.distributions()}.items())
+    rest = {"distributions": versions, "python": platform.python_version(), "cpus": available_cpus(),
             "env": {k: os.environ.get(k) for k in FINGERPRINT_ENV}}
     h.update(json.dumps(rest, sort_keys=True).encode())
     return h.hexdigest()[:16]
@@ -569,6 +574,11 @@ def build(builder: str = "html", *, scale: str | None = None, root: Path = ROOT,
     if isinstance(result, Exception) or result:
         raise RuntimeError(f"the {builder} build at scale {scale} failed ({result!r}); see the log above")
     (base / "scale").write_text(scale + "\n")
+    # the caches of other fingerprints can no longer be rendered by this checkout: drop them
+    current = inputs_fingerprint()
+    for old in (base / ".jupyter_cache").glob("*"):
+        if old.is_dir() and old.name != current and len(old.name) == len(current):
+            shutil.rmtree(old, ignore_errors=True)
     return outdir
 
 

@@ -59,7 +59,7 @@ def myst_notebook(chapter: Path, root: Path):
 
 
 def store(chapter: Path, sources: list[str], outputs: list[list], *, folder: Path, root: Path,
-          runtime: float) -> bool:
+          runtime: float, fingerprint: str | None = None) -> bool:
     """Store ``chapter`` with the outputs (one list per code cell) of the code ``sources`` that ran.
 
     Returns False, storing nothing, when the chapter's code cells, as myst-nb reads them, are not
@@ -90,7 +90,8 @@ def store(chapter: Path, sources: list[str], outputs: list[list], *, folder: Pat
                 out["execution_count"] = count
     nb.metadata["language_info"] = dict(LANGUAGE_INFO)
     folder.mkdir(parents=True, exist_ok=True)
-    fingerprint = inputs_fingerprint()  # the book build's cache folder for these inputs (privlab.book)
+    # the book build's cache folder for these inputs (privlab.book); the caller's, taken before the run
+    fingerprint = fingerprint or inputs_fingerprint()
     with file_lock(folder / ".jupyter_cache.lock"):  # pytest-xdist workers store side by side
         cache = get_cache(str(folder / ".jupyter_cache" / fingerprint))
         cache.cache_notebook_bundle(CacheBundleIn(nb, str(chapter), data={"execution_seconds": runtime}),
@@ -142,7 +143,15 @@ def coalesce_adjacent_streams(outputs):
     return merged
 
 
+#: The inputs' fingerprint when this process's session began (before any chapter ran).
+_start_fingerprint: list[str] = []
+
+
 def pytest_configure(config) -> None:
+    if os.environ.get(ENV_FOLDER):
+        from privlab.book import inputs_fingerprint
+
+        _start_fingerprint[:] = [inputs_fingerprint()]
     try:
         from nbval import plugin
     except ImportError:  # pragma: no cover - nbval is in the dev extra
@@ -172,6 +181,15 @@ def pytest_sessionfinish(session, exitstatus) -> None:
             reporter.write_line(f"privlab.nbcache: nothing stored: {ENV_FOLDER}={folder} is not the build "
                                 f"folder of scale {get_scale().name!r}, which the chapters ran at")
         return
+    from privlab.book import inputs_fingerprint
+
+    if _start_fingerprint and inputs_fingerprint() != _start_fingerprint[0]:
+        # the package, the recorded runs or the environment changed while the chapters ran: their
+        # outputs belong to neither fingerprint
+        if reporter is not None:
+            reporter.write_line("privlab.nbcache: nothing stored: the inputs changed during the run")
+        return
+    fingerprint = _start_fingerprint[0] if _start_fingerprint else None
     root = Path(os.environ.get(ENV_ROOT) or ROOT).resolve()
     chapters = {path.stem: path for path in chapter_files(root)}
     notebooks = defaultdict(list)
@@ -189,7 +207,7 @@ def pytest_sessionfinish(session, exitstatus) -> None:
             continue
         runtime = sum(_durations[c.nodeid] for c in cells)
         if store(chapter, [c.cell.source for c in cells], [c.test_outputs for c in cells],
-                 folder=Path(folder), root=root, runtime=runtime):  # fmt: skip
+                 folder=Path(folder), root=root, runtime=runtime, fingerprint=fingerprint):  # fmt: skip
             stored.append(chapter.stem)
     if reporter is not None:
         reporter.write_line(f"privlab.nbcache: {len(stored)} of {len(notebooks)} notebooks stored in "

@@ -242,3 +242,15 @@ def test_nbcache_stores_nothing_when_the_inputs_change_during_the_run(tmp_path, 
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "nothing stored: the inputs changed during the run" in run.stdout
+
+
+def test_the_book_cli_refuses_ignored_flags_and_stripped_assertions(monkeypatch, capsys):
+    from privlab.book import main
+
+    with pytest.raises(SystemExit):
+        main(["--notebooks", "x", "--build", "html"])  # --notebooks was ignored silently
+    assert "got --notebooks, --build" in capsys.readouterr().err
+    monkeypatch.setenv("PYTHONOPTIMIZE", "1")
+    with pytest.raises(SystemExit):
+        main(["--build", "html"])
+    assert "strip every assertion cell" in capsys.readouterr().err

@@ -381,6 +381,7 @@ def _config_inited(app, config) -> None:
     if hasattr(config, "nb_execution_cache_path"):
         base = config.nb_execution_cache_path or str(Path(app.outdir).parent / ".jupyter_cache" / config.privlab_scale)
         config.nb_execution_cache_path = str(Path(base) / config.privlab_fingerprint)
+    app.privlab_cache_at_start = _cache_records(getattr(config, "nb_execution_cache_path", ""))
     theme = dict(config.html_theme_options or {})
     url = (theme.get("repository_url") or "").rstrip("/")
     if url:
@@ -410,6 +411,15 @@ def _source_read(app, docname, source) -> None:
         source[0] = fill_repository(source[0], url)
 
 
+def _cache_records(path: str) -> set[tuple]:
+    """``(uri, pk, created)`` of every record in the jupyter-cache at ``path`` (none if it has no database)."""
+    if not path or not (Path(path) / "global.db").exists():
+        return set()
+    from jupyter_cache import get_cache
+
+    return {(str(Path(r.uri).resolve()), r.pk, r.created) for r in get_cache(path).list_cache_records()}
+
+
 def _ledger(app) -> ProvenanceLedger:
     if not hasattr(app, "privlab_ledger"):
         app.privlab_ledger = ProvenanceLedger(Path(app.outdir).parent / "provenance.json")
@@ -437,10 +447,12 @@ def _doctree_read(app, doctree) -> None:
         key = ledger_key(path, info["fingerprint"], info["scale"])
         ledger = _ledger(app)
         mtime = float(exec_data["mtime"])
-        # Executed by this build: myst-nb stamps a fresh run with the time it finished, moments ago.
-        # A cache hit carries the record's creation time, which jupyter-cache stores as naive UTC
-        # (so `.timestamp()` reads it as local time): corrected below, never "moments ago".
-        fresh = info["start"] - 1 <= mtime and abs(time.time() - mtime) < 300
+        # Executed by this build: its cache record is new since the build started (a clock test, "mtime
+        # within minutes of now", misfired west of UTC: a cache hit carries the record's creation
+        # time, naive UTC that `.timestamp()` reads as local time, corrected below).
+        mine = str(path.resolve())
+        fresh = any(r[0] == mine for r in _cache_records(app.config.nb_execution_cache_path)
+                    - app.privlab_cache_at_start)
         if not fresh:
             mtime = datetime.fromtimestamp(mtime).replace(tzinfo=timezone.utc).timestamp()
         if fresh and exec_data.get("succeeded", True):
@@ -754,6 +766,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pdf", action="store_true",
                         help=f"build the single-page book, print it to OUT/SCALE/{PDF_NAME} and check it")
     args = parser.parse_args(argv)
+    actions = [name for name in ("notebooks", "list", "build", "pdf", "repository_url", "fix_install_cells")
+               if getattr(args, name)]
+    if len(actions) > 1:  # each returns after its own work: the others would be ignored silently
+        parser.error(f"give one of --notebooks, --list, --build, --pdf, --repository-url, --fix-install-cells; "
+                     f"got {', '.join('--' + a.replace('_', '-') for a in actions)}")
+    if (args.build or args.pdf) and os.environ.get("PYTHONOPTIMIZE"):
+        parser.error("PYTHONOPTIMIZE is set: the chapters' kernels would strip every assertion cell")
     if args.pdf:
         try:
             pdf, facts = make_pdf(scale=args.scale, root=args.root, out=args.out)

@@ -148,6 +148,10 @@ _start_fingerprint: list[str] = []
 
 
 def pytest_configure(config) -> None:
+    if os.environ.get(ENV_FOLDER) and os.environ.get("PYTHONOPTIMIZE"):
+        import pytest
+
+        raise pytest.UsageError("PYTHONOPTIMIZE is set: the chapters' kernels would strip every assertion cell")
     if os.environ.get(ENV_FOLDER):
         from privlab.book import inputs_fingerprint
 

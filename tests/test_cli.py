@@ -40,6 +40,7 @@ def test_bad_input_is_a_clear_error_not_a_traceback():
 
 
 import json  # noqa: E402
+import re  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -133,3 +134,21 @@ def test_text_output_names_the_run_it_accounted(capsys):
     assert "q = 0.272727, T = 11)" in capsys.readouterr().out
     assert main(["calibrate", "--target-epsilon", "1", "--sample-rate", "0.01", "--steps", "12"]) == 0
     assert "(delta = 1e-05; q = 0.01, T = 12)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--batch-size", "10", "--dataset-size", "100", "--epochs", "nan"], "epochs must be a positive finite number"),
+    (["--batch-size", "10", "--dataset-size", "100", "--epochs", "1e30"], "more than 10\\^9"),
+])
+def test_edge_epochs_are_clear_errors_not_tracebacks(argv, match, capsys):
+    # NaN epochs failed with "cannot convert float NaN to integer", 1e30 with an OverflowError traceback
+    with pytest.raises(SystemExit):
+        main(["epsilon", "--noise-multiplier", "1", *argv])
+    assert re.search(match, capsys.readouterr().err)
+
+
+def test_a_noise_multiplier_whose_square_underflows_is_refused():
+    from privlab.accounting import dpsgd_epsilon
+
+    with pytest.raises(ValueError, match="too small: 2 sigma\\^2 underflows"):
+        dpsgd_epsilon(noise_multiplier=1e-300, sample_rate=0.1, steps=10, delta=1e-5)

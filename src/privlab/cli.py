@@ -99,9 +99,12 @@ def _run_shape(args: argparse.Namespace) -> tuple[float, int]:
     b, n, e = shape
     if not 0 < b <= n:
         raise ValueError(f"batch_size must be in (0, dataset_size={n}], got {b}")
-    if e <= 0:
-        raise ValueError(f"epochs must be positive, got {e}")
-    return b / n, math.ceil(e * n / b)
+    if not (math.isfinite(e) and e > 0):
+        raise ValueError(f"epochs must be a positive finite number, got {e}")
+    steps = math.ceil(e * n / b)
+    if steps > 10**9:
+        raise ValueError(f"epochs={e} with batch_size={b}, dataset_size={n} is {steps:.3g} steps: more than 10^9")
+    return b / n, steps
 
 
 def _epsilon(args: argparse.Namespace) -> int:

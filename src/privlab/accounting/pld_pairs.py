@@ -65,6 +65,8 @@ class GaussianLoss:
     """Loss pair of the Gaussian mechanism with noise multiplier ``sigma`` (symmetric)."""
 
     def __init__(self, sigma: float) -> None:
+        if not 2 * sigma * sigma > 0:  # 1e-300 squared underflows: the loss would divide by zero
+            raise ValueError(f"noise multiplier {sigma!r} is too small: 2 sigma^2 underflows to 0")
         self.sigma, self.mu = sigma, 1.0 / (2 * sigma * sigma)
 
     def tails(self, l):

@@ -1,5 +1,5 @@
-"""Issue 21: Poisson batches, but the sum divided by the realised |S| instead of qN (was 2/2)."""
-# expect: {"q4_training": 1.75}
+"""Issue 21: Poisson batches, but the sum divided by the realised |S| instead of qN (was 2/2; since session 13 also the multi-step noise test, with empty samples)."""
+# expect: {"q4_training": 1.25}
 
 
 def train_dpsgd(model, loss_fn, X, y, *, steps, sample_rate, C, sigma, lr, generator):

@@ -41,7 +41,7 @@ import numpy as np
 from scipy.optimize import brentq
 
 from privlab import _discrete_core as core
-from privlab._validate import check_array, check_int, check_positive, check_probability
+from privlab._validate import check_array, check_bool, check_int, check_positive, check_probability
 
 __all__ = [
     "discrete_gaussian_delta", "discrete_gaussian_epsilon", "discrete_gaussian_mechanism", "discrete_gaussian_pmf",
@@ -464,8 +464,7 @@ def snapping_mechanism(value, *, sensitivity, epsilon, lower, upper, rng, grid_b
     if not lo < hi:
         raise ValueError(f"lower must be < upper, got lower={lower!r}, upper={upper!r}")
     x = check_array("value", value)
-    if not isinstance(elementwise, (bool, np.bool_)):
-        raise ValueError(f"elementwise must be True or False, got {elementwise!r}")
+    check_bool("elementwise", elementwise)
     size = 1 if elementwise else x.size
     step = snapping_grid_sensitivity(sensitivity=sensitivity, grid_bits=grid_bits, size=size)
     n = snapping_grid_index(x, float(lo), float(hi), int(grid_bits))

@@ -144,6 +144,11 @@ def test_bad_composition_and_arguments():
         odo.spend("q")
     with pytest.raises(ValueError, match="query"):
         odo.spend("", epsilon=0.1)
+    # a red-team finding: the delta given with an event was dropped silently (recorded as 0)
+    with pytest.raises(ValueError, match=r"delta only with epsilon, not with an event \(got delta=0.5\)"):
+        odo.spend("q", event=LaplaceEvent(10.0), delta=0.5)
+    with pytest.raises(ValueError, match="got delta=1e-07"):
+        odo.check("q", event=LaplaceEvent(10.0), delta=1e-7)
 
 
 # ----- the ledger -------------------------------------------------------------------------------
@@ -240,6 +245,24 @@ def test_two_odometers_on_one_ledger_share_the_budget(tmp_path):
     assert Ledger(path).totals()[0] == pytest.approx(0.6)
     b.spend("b", epsilon=0.25)  # b now knows a's spending
     assert b.spent_epsilon == pytest.approx(0.85) and a.refresh().spent_epsilon == pytest.approx(0.85)
+
+
+@pytest.mark.parametrize("other", [dict(total_epsilon=10.0, total_delta=1e-6),
+                                   dict(total_epsilon=1.0, total_delta=1e-5),
+                                   dict(total_epsilon=1.0, total_delta=1e-6, composition="advanced")])
+def test_an_odometer_with_another_budget_or_composition_refuses_the_ledger(tmp_path, other):
+    """A red-team finding: each odometer checks only its own budget, so a second one with a total of 10
+    on the ledger of a first with a total of 1 spent 5.0, and the first then read 5.9 of 1."""
+    path = tmp_path / "ledger.jsonl"
+    PrivacyOdometer(total_epsilon=1.0, total_delta=1e-6, ledger=path).spend("a", epsilon=0.9)
+    with pytest.raises(ValueError, match=r"record 1 \('a'\) was accepted against a budget of epsilon 1.0, "
+                                         r"delta 1e-06 under basic composition, but this odometer has"):
+        PrivacyOdometer(ledger=path, **other)
+    assert len(Ledger(path)) == 1  # nothing was spent
+    Ledger(path).append(LedgerRecord("by hand", epsilon=0.05))  # no budget recorded: replayed as spent
+    same = PrivacyOdometer(total_epsilon=1.0, total_delta=1e-6, ledger=path)
+    assert same.spent_epsilon == pytest.approx(0.95)
+    assert same.spend("b", epsilon=same.remaining_epsilon).total_epsilon == 1.0
 
 
 def _spend_from_shared_ledger(path: str, barrier, results, worker: int) -> None:

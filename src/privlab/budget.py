@@ -13,7 +13,9 @@ single ``os.write`` of the complete line to a file opened with ``O_APPEND``,
 then ``fsync``, under an exclusive ``flock``. An odometer backed by a ledger
 replays it on start, and :meth:`PrivacyOdometer.spend` does *check, then append*
 as one step under that lock, after re-reading the ledger: several odometers (in
-one process or many) sharing a ledger file can never together exceed the budget.
+one process or many) sharing a ledger file can never together exceed the budget. Every record
+carries the budget and composition it was accepted under, and an odometer with another budget or
+composition refuses the ledger (a ``ValueError`` naming the record).
 (This needs POSIX advisory locks, ``fcntl.flock``, on a local file system;
 where they are missing, e.g. on Windows, a warning says that concurrent
 odometers are not protected.)
@@ -127,6 +129,11 @@ class LedgerRecord:
         event: the privacy event, serialised (so other accountants can replay it).
         spent_epsilon, remaining_epsilon: the odometer's totals after this query.
         metadata: free JSON-serialisable data (techniques, model quality, ...).
+        total_epsilon, total_delta: the budget of the odometer that accepted it (``None`` for a record
+            appended without one). An odometer refuses a ledger holding records of another budget or
+            composition: each checks only against its own budget, so two budgets on one file could
+            together spend more than either (a red-team finding: totals 1 and 10 on one ledger let
+            5.9 be spent against a budget of 1).
     """
 
     query: str
@@ -139,6 +146,8 @@ class LedgerRecord:
     spent_epsilon: float | None = None
     remaining_epsilon: float | None = None
     metadata: dict = field(default_factory=dict)
+    total_epsilon: float | None = None
+    total_delta: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.query, str) or not self.query:
@@ -344,6 +353,17 @@ class PrivacyOdometer:
             self._load(self.ledger.records())
 
     def _load(self, records: list[LedgerRecord]) -> None:
+        for number, r in enumerate(records, start=1):
+            if r.total_epsilon is None and r.total_delta is None:
+                continue  # appended without an odometer: spent budget all the same
+            if (r.total_epsilon, r.total_delta, r.accounting) != (
+                    self.total_epsilon, self.total_delta, self.composition):
+                raise ValueError(
+                    f"{self.ledger.path}: record {number} ({r.query!r}) was accepted against a budget of epsilon "
+                    f"{r.total_epsilon!r}, delta {r.total_delta!r} under {r.accounting} composition, but this "
+                    f"odometer has epsilon {self.total_epsilon!r}, delta {self.total_delta!r} under "
+                    f"{self.composition} composition: odometers sharing a ledger must share its budget and "
+                    "composition (each checks only its own budget, so two could together overspend either)")
         self._records = list(records)
         self._events = [r.privacy_event() for r in self._records]
 
@@ -478,7 +498,7 @@ class PrivacyOdometer:
             delta=float(self._delta_of([ev])), mechanism=mechanism, accounting=self.composition,
             event=event_to_dict(ev), spent_epsilon=after,
             remaining_epsilon=_left(self.total_epsilon, after),
-            metadata=dict(metadata or {}))
+            metadata=dict(metadata or {}), total_epsilon=self.total_epsilon, total_delta=self.total_delta)
         record.to_json()  # refuse non-serialisable metadata before anything is recorded
         if txn is not None:
             txn.append(record)  # also adds it to txn.records, which self._records is a copy of
@@ -490,6 +510,9 @@ class PrivacyOdometer:
         if event is not None:
             if epsilon is not None:
                 raise ValueError("give either epsilon (and delta) or event, not both")
+            if delta != 0:  # it would be dropped: the event carries its own privacy loss
+                raise ValueError(f"give delta only with epsilon, not with an event (got delta={delta!r}): an event "
+                                 "carries its own delta")
             if not isinstance(event, PrivacyEvent):
                 raise ValueError(f"event must be a PrivacyEvent, got {event!r}")
             ev = event
@@ -572,7 +595,8 @@ def summarize_ledger(path: str | os.PathLike) -> LedgerSummary:
                      "techniques": ", ".join(m.get("techniques", [])), "epsilon": r.epsilon, "delta": r.delta,
                      "accounting_method": m.get("accounting_method", r.accounting),
                      "spent_epsilon": r.spent_epsilon, "remaining_epsilon": r.remaining_epsilon,
-                     "total_epsilon": m.get("total_epsilon", math.nan),
+                     "total_epsilon": m.get("total_epsilon",
+                                            math.nan if r.total_epsilon is None else r.total_epsilon),
                      **{f"quality_{k}": v for k, v in m.get("model_quality", {}).items()}})
     table = pd.DataFrame(rows)
     by = {}

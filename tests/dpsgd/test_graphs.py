@@ -190,3 +190,65 @@ def assert_graphed_train_equals_eager(make_model, *, n: int, features: int, **co
     assert graphed.grad_norms.shape == eager.grad_norms.shape
     assert graphed.grad_norms == pytest.approx(eager.grad_norms, rel=1e-8)  # cloned before the next replay
     assert graphed.losses[-1] < graphed.losses[0]
+
+
+# -- a non-finite example inside a captured graph (a red-team finding: it made the whole release NaN) --
+
+
+class _SeqModel(nn.Module):
+    """Embedding ids plus projected features over T = 3 positions, LayerNorm, a mean over time and a head:
+    the 3-D Linear, LayerNorm, Embedding and 2-D Linear rules all meet the non-finite row."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.proj = nn.Embedding(5, 6), nn.Linear(4, 6)
+        self.norm, self.head = nn.LayerNorm(6), nn.Linear(6, 3)
+
+    def forward(self, ids, x):
+        return self.head(self.norm(self.emb(ids) + self.proj(x)).mean(1))
+
+
+@pytest.mark.parametrize("method", ["fast", "vmap", "loop"])
+@pytest.mark.parametrize("kind", ["mlp", "sequence"])
+def test_a_non_finite_example_is_left_out_without_synchronising(monkeypatch, method, kind):
+    """While a graph is captured the kernel cannot check the norms on the host and sum again; the rows
+    of an example whose clip factor is 0 are zeroed in every weighted sum instead: the clipped sum is
+    finite and equals the sum over the other examples (each clipped exactly as before)."""
+    from privlab.dpsgd import clip_factors, clipped_grad_sum_with_stats, rules
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(2)
+    if kind == "mlp":
+        model, xs = _model(), (torch.randn(6, 4, generator=g, dtype=torch.float64),)
+    else:
+        model = _SeqModel().double()
+        xs = (torch.randint(0, 5, (6, 3), generator=g), torch.randn(6, 3, 4, generator=g, dtype=torch.float64))
+    y = torch.randint(0, 3, (6,), generator=g)
+    bad = tuple(x.clone() for x in xs)
+    bad[-1][2].view(-1)[0] = float("inf")  # example 2 has an infinite feature
+    keep = torch.arange(6) != 2
+    factors = lambda n: clip_factors(n, max_grad_norm=0.5)  # noqa: E731
+    others = clipped_grad_sum_with_stats(model, _ce, tuple(x[keep] for x in xs), y[keep], factors_fn=factors,
+                                         method=method).grads
+    monkeypatch.setattr(rules, "capturing", lambda: True)  # what every kernel of a captured step sees
+    out = clipped_grad_sum_with_stats(model, _ce, bad, y, factors_fn=factors, method=method)
+    assert not torch.isfinite(out.norms[2]) and torch.isfinite(out.norms[keep]).all()
+    for got, want in zip(out.grads, others, strict=True):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_graphed_train_on_data_with_a_non_finite_row_stays_finite(eager_engine, monkeypatch):
+    """The red team's reproducer: one record with an infinite feature made every replayed step NaN, so
+    whether the model came out NaN said whether that record was in the data."""
+    from privlab.dpsgd import rules
+
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(200, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (200,), generator=g)
+    X[17, 0] = float("inf")
+    monkeypatch.setattr(rules, "capturing", lambda: True)
+    cfg = DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0, batch_size=20, epochs=2, accountant=None,
+                      progress=False, cuda_graph=True)
+    model = _model()
+    train(model, X, y, loss_fn=_ce, config=cfg, generator=torch.Generator().manual_seed(1))
+    assert all(torch.isfinite(p).all() for p in model.parameters())

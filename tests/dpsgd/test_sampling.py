@@ -143,3 +143,19 @@ def test_bad_generator_and_subset_size_raise():
         PoissonSampler(10, sample_rate=0.1, generator=0)
     with pytest.raises(ValueError, match="m must be at most"):
         uniform_subset(5, 6, rng=np.random.default_rng(0))
+
+
+def test_tiny_sample_rates_and_bad_capacities_are_clear_errors():
+    """A red-team read: q = 1e-320 overflowed 1/q (a bare OverflowError) and q = 1e-300 asked for 1e300
+    steps an epoch; graph_capacity(n, 2.0) failed with "math domain error"."""
+    from privlab.dpsgd import graph_capacity, steps_per_epoch
+
+    assert steps_per_epoch(1e-9) == 10**9
+    for q in (1e-320, 1e-300, 9.9e-10):
+        with pytest.raises(ValueError, match=rf"sample_rate must be at least 1/1e\+09 .*got {q!r}"):
+            steps_per_epoch(q)
+    for q in (2.0, float("nan"), 0.0):
+        with pytest.raises(ValueError, match=rf"sample_rate must be in \(0, 1\], got {q!r}"):
+            graph_capacity(100, q)
+    with pytest.raises(ValueError, match="sds must be a finite number >= 0, got -1"):
+        graph_capacity(100, 0.1, sds=-1)

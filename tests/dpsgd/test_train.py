@@ -241,3 +241,20 @@ def test_an_accountant_that_refuses_the_run_fails_before_the_first_step():
         train(model, x, y, loss_fn=lambda o, t: (o.squeeze(1) - t) ** 2, config=cfg,
               generator=torch.Generator().manual_seed(0))
     assert torch.equal(model.weight, before)
+
+
+def test_train_refuses_bad_data_naming_it():
+    """y as a list was an AttributeError from deep inside the loop (a red-team read); N = 0 and a y of
+    another length are named too."""
+    from privlab.dpsgd import DPSGDConfig, train
+
+    cfg = DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0, batch_size=2, accountant=None, progress=False)
+    mse = lambda out, t: (out.squeeze(1) - t) ** 2  # noqa: E731
+    run = lambda X, y: train(nn.Linear(2, 1), X, y, loss_fn=mse, config=cfg,  # noqa: E731
+                             generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="y must be a tensor \\(or None\\), got list"):
+        run(torch.randn(4, 2), [1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(ValueError, match=r"y must have leading dimension N = 4, got shape \(3,\)"):
+        run(torch.randn(4, 2), torch.randn(3))
+    with pytest.raises(ValueError, match="X must contain at least one example, got N = 0"):
+        run(torch.randn(0, 2), torch.randn(0))

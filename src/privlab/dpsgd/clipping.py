@@ -24,6 +24,7 @@ Used in: chapters 6, 7, 8, 13.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -40,6 +41,7 @@ from .per_sample import (
     trainable_parameters,
     vmap_grads_and_losses,
 )
+from . import rules
 from .rules import weighted_rows
 
 __all__ = ["METHODS", "ClippedSum", "clip_factors", "clipped_grad_sum", "clipped_grad_sum_with_stats",
@@ -71,7 +73,8 @@ def clip_factors(norms: Tensor, *, max_grad_norm: float) -> Tensor:
         if clipped to zero, instead of turning the whole release into NaN (which one example could
         then switch on and off: an unbounded privacy loss). The eager kernel then recomputes the sum
         without it (one host synchronisation per step checks the norms); a step replayed from a
-        CUDA graph cannot, and a non-finite example still makes that step NaN.
+        CUDA graph cannot synchronise, so there every weighted sum replaces that example's rows by
+        zeros (:func:`privlab.dpsgd.rules.zero_dropped_rows`) and the step stays finite.
 
     Raises:
         ValueError: if ``max_grad_norm`` is not a finite number > 0 or ``norms`` is not 1-D.
@@ -91,7 +94,9 @@ def _materialised(per_example: Callable):
     def method(model, loss_fn, xs, targets, factors_fn, named, modules):
         grads, losses = per_example(model, loss_fn, xs, targets, named)
         batch = losses.shape[0]
-        norms = sum(g.reshape(batch, -1).pow(2).sum(1) for g in grads).sqrt()
+        # in float32 or wider: a bf16/fp16 norm would misstate the clip factor (a no-op cast in float32)
+        acc = functools.reduce(torch.promote_types, (g.dtype for g in grads), torch.float32)
+        norms = sum(g.reshape(batch, -1).to(acc).pow(2).sum(1) for g in grads).sqrt()
         if factors_fn is None:
             return None, norms, losses
         c = factors_fn(norms)
@@ -166,8 +171,8 @@ def clipped_grad_sum_with_stats(
 
 
 def _capturing() -> bool:
-    """Is a CUDA graph being captured (no host synchronisation allowed)?"""
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    """Is a CUDA graph being captured (no host synchronisation allowed)? :func:`rules.capturing`."""
+    return rules.capturing()
 
 
 def clipped_grad_sum(

@@ -196,6 +196,7 @@ from .per_sample import (
     trainable_parameters,
     vmap_grads_and_losses,
 )
+from . import rules
 from .rules import Rule, embedding_padding_row, layer_norm_from_stats, row_sq_norms, rule_for, weighted_rows
 
 __all__ = ["MODES", "RECOMPUTE_NORM_INPUTS", "fast_norms_and_clipped_sum"]
@@ -823,7 +824,7 @@ def _loop_check(model: nn.Module, loss_fn, xs: tuple, targets, params: list, mod
             grads, norms, _ = fast_norms_and_clipped_sum(model, loss_fn, sub_x, sub_t, factors, params=params,
                                                          modules=modules, recompute_norm_inputs=recompute,
                                                          _check=False)
-            want = [weighted_rows(factors(loop_norms).to(g.dtype), g) for g in loop_grads]
+            want = [weighted_rows(factors(loop_norms), g) for g in loop_grads]  # cast as the fast path casts
     except Exception as err:  # noqa: BLE001  (nothing verified: every layer takes the exact path)
         why = f"the check against the loop could not run ({str(err).splitlines()[0][:120]})"
     if not why:
@@ -921,9 +922,9 @@ def _tied_cross_term(emb: _Site, b_emb: Tensor, lin: _Site, b_lin: Tensor) -> Te
     be = b_emb.reshape(batch, -1, dim)
     if pad is not None:  # the padding row gets no gradient through the embedding
         be = be * (ids != pad).unsqueeze(-1).to(be.dtype)
-    a = lin.args[0].detach().reshape(batch, -1, dim)
-    bl = b_lin.reshape(batch, a.shape[1], -1)
-    inner = a @ be.transpose(1, 2)  # (B, S, T): <a_{i,s}, b_emb_{i,t}>
+    a = rules.wide(lin.args[0].detach().reshape(batch, -1, dim))
+    bl = rules.wide(b_lin.reshape(batch, a.shape[1], -1))
+    inner = a @ rules.wide(be).transpose(1, 2)  # (B, S, T): <a_{i,s}, b_emb_{i,t}>, in float32 or wider
     picked = torch.gather(bl, 2, ids.unsqueeze(1).expand(-1, bl.shape[1], -1))  # (B, S, T): b_lin[i, s, id_{i,t}]
     return 2 * (inner * picked).sum((1, 2))
 
@@ -1043,7 +1044,8 @@ def _single_example(model, loss_fn, xs, targets, factors_fn, params):
     c = factors_fn(norms)
     if c.shape != (1,):
         raise ValueError(f"clip factors must have shape (1,), got {tuple(c.shape)}")
-    return [(g.detach() * c.to(g.dtype)).to(p.dtype) for g, p in zip(grads, params)], norms, losses.detach()
+    return [(g.detach() * rules.factors_as(c, g.dtype)).to(p.dtype) for g, p in zip(grads, params)], norms, \
+        losses.detach()
 
 
 def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None, *, params=None, modules=None,
@@ -1105,7 +1107,7 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
     # a CUDA graph is captured (the checks synchronise; CUDAGraphStep's warm-up steps, on the same
     # shapes, ran and cached them)
     checked = [s for s in sites if modes[s] in ("fast", "local")]
-    if checked and not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+    if checked and not rules.capturing():
         misaligned, loss_reason = _row_check(model, loss_fn, xs, targets, sites)
         # end to end, once per model and shapes: the fast path against the loop on a few of these
         # examples (``_check=False`` is that check's own call)

@@ -54,7 +54,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .._validate import check_int
+from .._validate import check_int, check_nonnegative, check_probability
 from .optimizer import DPOptimizer, StepStats
 
 __all__ = ["CUDAGraphStep", "graph_capacity"]
@@ -65,15 +65,23 @@ def graph_capacity(n: int, sample_rate: float, *, sds: float = 6.0, multiple: in
 
     .. math::  K = \min\Bigl(N,\ \bigl\lceil qN + s\sqrt{qN(1-q)}\,\bigr\rceil \text{ rounded up to a multiple of } m\Bigr)
 
-    With :math:`s = 6` standard deviations the normal tail is :math:`10^{-9}`; a batch that
-    still exceeds :math:`K` is stepped eagerly, so :math:`K` changes the speed, never the result.
+    With :math:`s = 6` standard deviations the *normal* tail is :math:`10^{-9}`; the binomial's is a
+    few times that (exactly :math:`4.3 \cdot 10^{-9}` at :math:`N = 1000`, :math:`qN = 128`, and
+    :math:`1.1 \cdot 10^{-9}` at :math:`N = 10^7`, :math:`qN = 10^5`: a red-team computation). A batch
+    that still exceeds :math:`K` is stepped eagerly, so :math:`K` changes the speed, never the result.
+
+    Raises:
+        ValueError: ``n`` not a positive integer, ``sample_rate`` not in :math:`(0, 1]`, ``sds`` not
+            finite and >= 0, ``multiple`` not a positive integer.
 
     >>> graph_capacity(1_000_000, 4096 / 1_000_000)
     4480
     >>> graph_capacity(100, 0.5)
     100
     """
-    n = check_int("n", n, minimum=1)
+    n, multiple = check_int("n", n, minimum=1), check_int("multiple", multiple, minimum=1)
+    sample_rate = check_probability("sample_rate", sample_rate)
+    sds = check_nonnegative("sds", sds)
     mean = sample_rate * n
     k = math.ceil(mean + sds * math.sqrt(mean * (1.0 - sample_rate)))
     return int(min(n, multiple * math.ceil(max(k, 1) / multiple)))

@@ -228,7 +228,12 @@ class DPOptimizer:
         return StepStats(losses.sum(), norms)
 
     def _nonprivate_step(self, model, loss_fn, inputs, targets, keep=None) -> StepStats:
-        """The baseline: mean loss over the (kept rows of the) batch, one backward, optimizer step."""
+        """The baseline: mean loss over the (kept rows of the) batch, one backward, optimizer step.
+
+        The mean is over the realised batch, not :math:`qN`, and an empty batch takes no step: the
+        non-private training one would run (see :mod:`privlab.dpsgd.train`), not this class's private
+        step with the noise and the clipping switched off.
+        """
         xs = as_input_tuple(inputs)
         batch = batch_size_of(xs)
         norms = None

@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-__all__ = ["LayerContribution", "covered_types", "layer_norm_from_stats", "register_rule", "row_sq_norms",
-           "rule_for", "scale_factors", "scale_rows", "weighted_rows"]
+__all__ = ["LayerContribution", "capturing", "covered_types", "factors_as", "layer_norm_from_stats", "register_rule",
+           "row_sq_norms", "rule_for", "scale_factors", "scale_rows", "weighted_rows", "wide", "zero_dropped_rows"]
 
 
 class LayerContribution(NamedTuple):
@@ -80,18 +80,58 @@ def covered_types() -> tuple[type, ...]:
     return tuple(_RULES)
 
 
+def capturing() -> bool:
+    """Is a CUDA graph being captured on the current stream (so nothing may synchronise with the host)?"""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def zero_dropped_rows(t: Tensor, c: Tensor) -> Tensor:
+    """``t`` with the rows of examples whose clip factor is 0 set to 0, while a CUDA graph is captured.
+
+    An example with a NaN or infinite gradient gets clip factor 0 (:func:`privlab.dpsgd.clip_factors`),
+    but ``0 * inf`` is NaN, so multiplying its rows by 0 would still turn the clipped sum into NaN,
+    and whether the release is NaN would then say whether that example was sampled. Eagerly the
+    kernel sums the other examples again (one host synchronisation); a step replayed from a CUDA
+    graph cannot synchronise, so there every tensor entering a weighted sum passes through here and
+    those rows are replaced by zeros (``torch.where``, no synchronisation). Outside a capture it
+    returns ``t`` itself (no cost).
+    """
+    if not capturing():
+        return t
+    keep = (c != 0).reshape(-1, *([1] * (t.ndim - 1)))
+    return torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device))
+
+
+def factors_as(c: Tensor, dtype: torch.dtype) -> Tensor:
+    r"""The clip factors ``c`` (computed in float32 or wider) in ``dtype``, never rounded up past C.
+
+    In a 16-bit float type, rounding :math:`c_i` and the products :math:`c_i g_{i,j}` to that type can
+    each add half an ulp, which lifted an example's clipped contribution to 1.003 C in bfloat16 (a
+    red-team measurement), while the noise is calibrated to C. There the factors are first scaled by
+    :math:`1 - 2\epsilon` (``torch.finfo(dtype).eps``: 1.6% in bfloat16, 0.2% in float16), which covers
+    both roundings: :math:`(1 - 2\epsilon)(1 + \epsilon/2)^2 < 1`. In float32 and float64 the factors are
+    only cast (the roundings there are of order 1e-7 and below, as for every floating-point sum).
+    """
+    if c.dtype == dtype:
+        return c
+    if dtype.is_floating_point and torch.finfo(dtype).bits <= 16:
+        c = c * (1.0 - 2.0 * torch.finfo(dtype).eps)
+    return c.to(dtype)
+
+
 def scale_rows(t: Tensor, c: Tensor) -> Tensor:
-    """``t[i] * c[i]`` with ``c`` of shape exactly ``(B,)``, broadcast explicitly over ``t``'s other dims."""
+    """``t[i] * c[i]`` with ``c`` of shape exactly ``(B,)``, broadcast explicitly over ``t``'s other dims
+    (rows with ``c[i] = 0`` are zeros even where ``t[i]`` is not finite, inside a CUDA graph capture)."""
     if c.ndim != 1 or t.shape[0] != c.shape[0]:
         raise ValueError(f"clip factors of shape {tuple(c.shape)} do not match a batch of shape {tuple(t.shape)}")
-    return t * c.reshape(-1, *([1] * (t.ndim - 1))).to(t.dtype, copy=False)
+    return zero_dropped_rows(t, c) * factors_as(c, t.dtype).reshape(-1, *([1] * (t.ndim - 1)))
 
 
 def scale_factors(c: Tensor, batch: int, dtype: torch.dtype) -> Tensor:
     """The clip factors as a ``(B, 1)`` column of ``dtype``, to scale the rows of a ``(B, d)`` matrix."""
     if c.shape != (batch,):
         raise ValueError(f"clip factors of shape {tuple(c.shape)} do not match a batch of {batch}")
-    return c.to(dtype).unsqueeze(1)
+    return factors_as(c, dtype).unsqueeze(1)
 
 
 def _trainable(module: nn.Module, attr: str) -> bool:
@@ -99,15 +139,27 @@ def _trainable(module: nn.Module, attr: str) -> bool:
     return isinstance(p, nn.Parameter) and p.requires_grad
 
 
+def wide(t: Tensor) -> Tensor:
+    """``t`` in float32 if it is a 16-bit float tensor, else ``t`` itself: what squared norms are summed in.
+
+    float16 overflows at 65504, so a squared norm of a large but finite gradient became ``inf``, and
+    its clip factor 0: the example was silently dropped instead of clipped (found while testing the
+    clip in 16-bit floats); bfloat16 keeps 8 bits of mantissa.
+    """
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def row_sq_norms(t: Tensor) -> Tensor:
     r"""Squared norm of each example's row, :math:`\lVert t_i \rVert_2^2` for ``t`` of shape ``(B, ...)``.
 
     One fused reduction over everything but the batch dimension (no ``(B, ...)`` temporary of
-    squares). Used by the ghost-norm rules and the fast path to add up per-example squared norms.
+    squares), in float32 or wider (:func:`wide`). Used by the ghost-norm rules and the fast path to
+    add up per-example squared norms.
 
     >>> row_sq_norms(torch.tensor([[3.0, 4.0], [1.0, 0.0]])).tolist()
     [25.0, 1.0]
     """
+    t = wide(t)
     if t.ndim == 2:  # the common case: no reshape call
         return torch.linalg.vector_norm(t, dim=1).square()
     if t.ndim > 2:  # reduce over the trailing dims in place of a reshape (which copies a strided tensor)
@@ -121,8 +173,7 @@ def weighted_rows(c: Tensor, g: Tensor) -> Tensor:
     >>> weighted_rows(torch.tensor([1.0, 0.5]), torch.tensor([[2.0, 4.0], [2.0, 2.0]])).tolist()
     [3.0, 5.0]
     """
-    if c.dtype != g.dtype:
-        c = c.to(g.dtype)
+    c, g = factors_as(c, g.dtype), zero_dropped_rows(g, c)
     if g.ndim == 2:  # torch.mv on the transposed view: measured faster than c @ g on CPU (issue 18)
         return torch.mv(g.t(), c)
     return torch.mv(g.reshape(g.shape[0], -1).t(), c).reshape(g.shape[1:])
@@ -141,13 +192,15 @@ def _affine(a: Tensor, b: Tensor, d_in: int, d_out: int, want_w: bool, want_b: b
         elif not want_b:
             norm2 = a.new_zeros(batch)
     else:
-        norm2 = a.new_zeros(batch)  # (B, T, d): ghost norm <a a^T, b b^T> or the per-example b_i^T a_i, whichever costs less
+        norm2 = wide(a.new_zeros(batch))  # (B, T, d): ghost norm <a a^T, b b^T> or the per-example b_i^T a_i, whichever costs less
         a3, b3 = a.reshape(batch, -1, d_in), b.reshape(batch, -1, d_out)
         steps = a3.shape[1]
         # ghost: two (T x T) Gram matrices, ~ B T^2 (d_in + d_out) flops; instantiated: ~ B T d_in d_out
         # (mixed ghost clipping, Bu et al. 2022, arXiv:2205.10683)
         if want_w and steps * (d_in + d_out) <= d_in * d_out:
-            norm2 = norm2 + (a3 @ a3.transpose(1, 2) * (b3 @ b3.transpose(1, 2))).sum((1, 2))
+            a3w, b3w = wide(a3), wide(b3)
+            norm2 = norm2 + (a3w @ a3w.transpose(1, 2) * (b3w @ b3w.transpose(1, 2))).sum((1, 2))
+            a3w = b3w = None
         elif want_w:
             # Instantiated, exactly when T (d_in + d_out) > d_in d_out: the per-example gradients are then
             # smaller than the activation and output gradient they come from, so they are kept instead of
@@ -168,13 +221,14 @@ def _affine(a: Tensor, b: Tensor, d_in: int, d_out: int, want_w: bool, want_b: b
             out["weight"] = w.t() if weight_in_out else w
         elif want_w and a.ndim == 2:  # sum_i c_i b_i^T a_i = b^T diag(c) a; scale the narrower side
             cc = scale_factors(c, batch, a.dtype)  # (B, 1)
-            w = b.t() @ (a * cc) if d_in <= d_out else (b * cc).t() @ a
+            a_, b_ = zero_dropped_rows(a, c), zero_dropped_rows(b, c)  # a and b themselves unless capturing
+            w = b_.t() @ (a_ * cc) if d_in <= d_out else (b_ * cc).t() @ a_
             out["weight"] = w.t() if weight_in_out else w
         elif want_w:
             if d_in <= d_out:
-                w = b.reshape(-1, d_out).t() @ scale_rows(a, c).reshape(-1, d_in)
+                w = zero_dropped_rows(b, c).reshape(-1, d_out).t() @ scale_rows(a, c).reshape(-1, d_in)
             else:
-                w = scale_rows(b, c).reshape(-1, d_out).t() @ a.reshape(-1, d_in)
+                w = scale_rows(b, c).reshape(-1, d_out).t() @ zero_dropped_rows(a, c).reshape(-1, d_in)
             out["weight"] = w.t() if weight_in_out else w
         if want_b:
             out["bias"] = weighted_rows(c, b_sum if b_sum is not None else b)
@@ -273,13 +327,17 @@ def _embedding(module: nn.Embedding, ids: Tensor, b: Tensor) -> LayerContributio
     if steps == 1:
         norm2 = row_sq_norms(g)
     elif steps <= 256:  # (B, T, T) ghost form: no host synchronisation
-        same = (ids2.unsqueeze(2) == ids2.unsqueeze(1)).to(g.dtype)
-        norm2 = (same * (g @ g.transpose(1, 2))).sum((1, 2))
+        gw = wide(g)
+        same = (ids2.unsqueeze(2) == ids2.unsqueeze(1)).to(gw.dtype)
+        norm2 = (same * (gw @ gw.transpose(1, 2))).sum((1, 2))
+        gw = None
     else:  # long sequences: sum rows per (example, id) pair; torch.unique synchronises on CUDA
         keys = torch.arange(batch, device=ids.device).unsqueeze(1) * vocab + ids2
         uniq, inverse = torch.unique(keys.reshape(-1), return_inverse=True)
-        rows = g.new_zeros(uniq.shape[0], dim).index_add_(0, inverse, g.reshape(-1, dim))
-        norm2 = g.new_zeros(batch).index_add_(0, uniq // vocab, row_sq_norms(rows))
+        gw = wide(g)
+        rows = gw.new_zeros(uniq.shape[0], dim).index_add_(0, inverse, gw.reshape(-1, dim))
+        norm2 = gw.new_zeros(batch).index_add_(0, uniq // vocab, row_sq_norms(rows))
+        gw = rows = None
 
     def weighted_sum(c: Tensor) -> dict[str, Tensor]:
         rows = scale_rows(g, c).reshape(-1, dim)

@@ -63,6 +63,10 @@ __all__ = ["SAMPLERS", "PoissonAccountingWarning", "PoissonSampler", "ShuffleSam
 SAMPLERS = ("poisson", "shuffle")
 
 
+#: The most steps :func:`steps_per_epoch` gives (sample rates below its inverse are refused).
+MAX_STEPS_PER_EPOCH = 10**9
+
+
 def steps_per_epoch(sample_rate: float) -> int:
     r"""Steps in one epoch at sample rate :math:`q`: :math:`\max(1, \mathrm{round}(1/q))`.
 
@@ -73,14 +77,20 @@ def steps_per_epoch(sample_rate: float) -> int:
     :math:`\lceil EN/B \rceil` instead.)
 
     Raises:
-        ValueError: ``sample_rate`` not in :math:`(0, 1]`.
+        ValueError: ``sample_rate`` not in :math:`(0, 1]`, or so small that an epoch would be more
+            than :data:`MAX_STEPS_PER_EPOCH` steps.
 
     >>> steps_per_epoch(0.16), steps_per_epoch(0.01), steps_per_epoch(0.9)
     (6, 100, 1)
 
     Used in: chapters 6, 7, 12, 13.
     """
-    return max(1, round(1 / check_probability("sample_rate", sample_rate)))
+    q = check_probability("sample_rate", sample_rate)
+    if q * MAX_STEPS_PER_EPOCH < 1:  # also 1/q overflowing to inf (q = 1e-320)
+        raise ValueError(f"sample_rate must be at least 1/{MAX_STEPS_PER_EPOCH:.0e} (an epoch of at most "
+                         f"{MAX_STEPS_PER_EPOCH:.0e} steps), got {sample_rate!r}")
+    return max(1, round(1 / q))
+
 
 
 class PoissonAccountingWarning(UserWarning):

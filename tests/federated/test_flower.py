@@ -159,6 +159,20 @@ def test_a_federation_that_is_not_running_refuses_runs(private_tmp):
         LocalFederation(1, work_dir=private_tmp).submit(TINY)
 
 
+def test_secagg_apps_refuse_dp_settings_they_would_ignore(private_tmp):
+    """A red-team read: the SecAgg+ apps accepted dp-noise-multiplier = 1 and released a model without
+    noise and without an epsilon. Refused before submission, by the ServerApp, and by the CLI."""
+    from privlab.federated.flower.localhost import main
+    from privlab.federated.flower.secaggplus import make_secagg_server_app  # noqa: F401  (imports the check)
+
+    with pytest.raises(ValueError, match="the SecAgg\\+ apps add no DP noise .* got dp-noise-multiplier = 0.5"):
+        LocalFederation(1, work_dir=private_tmp).submit({**TINY, "dp-noise-multiplier": 0.5}, secagg=True)
+    with pytest.raises(SystemExit):
+        main(["--secagg", "--dp-noise-multiplier", "1"])
+    project = Path(__file__).parents[2] / "src/privlab/federated/flower/project_secagg/pyproject.toml"
+    assert "dp-noise-multiplier=1" not in project.read_text()
+
+
 def test_localhost_cli_help():
     # both entry points at once: each process spends its few seconds importing torch and Flower
     procs = [subprocess.Popen([sys.executable, *cmd, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

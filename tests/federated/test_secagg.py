@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from privlab.federated import (
     shamir_share,
     simulate,
 )
-from privlab.federated.secagg import PRIME
+from privlab.federated.secagg import PRIME, encode, prg
 
 
 def test_shamir_any_t_shares_recover_fewer_do_not():
@@ -109,6 +110,34 @@ def test_inputs_the_ring_cannot_sum_are_refused_by_name():
         secure_sum(np.zeros((3, 2)), rng=make_rng(0), threshold=4)
     with pytest.raises(ValueError, match="modulus_bits"):
         SecAggConfig(modulus_bits=48)
+
+
+def test_bad_protocol_parameters_are_refused_by_name():
+    """A red-team read: dropout indices outside 0..n-1 were ignored (the sum kept every client), a ring of
+    16 bits made the PRG broadcast half as many masks (the masked input leaked x[0] - x[1]), and a
+    threshold fraction of 0 gave t = 1 (every share the secret itself)."""
+    x = np.arange(12.0).reshape(6, 2)
+    for bad in ([6], [-1], [2.0], [True]):
+        with pytest.raises(ValueError, match=rf"drop_before_masking must hold client indices in 0 .. 5, got "
+                                             rf"{re.escape(repr(bad[0]))}"):
+            secure_sum(x, rng=make_rng(0), drop_before_masking=bad)
+    with pytest.raises(ValueError, match="drop_after_masking must hold client indices in 0 .. 5, got 7"):
+        secure_sum(x, rng=make_rng(0), drop_after_masking=[7])
+    for kwargs, match in [(dict(modulus_bits=16), "modulus_bits must be 32 or 64, got 16"),
+                          (dict(modulus_bits=48), "modulus_bits must be 32 or 64, got 48"),
+                          (dict(frac_bits=31, modulus_bits=32), "frac_bits must be below modulus_bits - 1 = 31"),
+                          (dict(frac_bits=-1), "frac_bits must be")]:
+        with pytest.raises(ValueError, match=match):
+            secure_sum(x, rng=make_rng(0), **kwargs)
+        with pytest.raises(ValueError, match=match):
+            encode(x[0], **{"frac_bits": 8, **kwargs})
+    with pytest.raises(ValueError, match="modulus_bits must be 32 or 64, got 16"):
+        prg(bytes(32), 2, modulus_bits=16)
+    with pytest.raises(ValueError, match=r"threshold must be at least 2 with n = 6 clients, got 1"):
+        secure_sum(x, rng=make_rng(0), threshold=1)
+    with pytest.raises(ValueError, match=r"threshold_fraction must be in \(0, 1\), got 0"):
+        SecAggConfig(threshold_fraction=0)
+    assert secure_sum(x[:1], rng=make_rng(0), threshold=1).total.tolist() == [0.0, 1.0]  # n = 1: t = 1 is all
 
 
 def test_a_sum_at_the_ring_bound_never_wraps():

@@ -253,15 +253,15 @@ def test_bad_frames_and_values_are_refused(cps):
         syn.fit(cps.iloc[:0], rng=0)
     with pytest.raises(ValueError, match="DataFrame"):
         syn.fit(cps.to_numpy(), rng=0)
-    with pytest.raises(ValueError, match="entirely NaN"):
+    with pytest.raises(ValueError, match="wage' of .* has missing values \\(not counted"):
         syn.fit(cps.assign(wage=np.nan), rng=0)
     with pytest.raises(ValueError, match="missing"):
         syn.fit(cps.assign(wage=cps["wage"].where(cps.index > 0)), rng=0)
     unseen = cps.astype({"region": object})
     unseen.loc[0, "region"] = "pacific"
-    with pytest.raises(ValueError, match="1 value\\(s\\) outside its public domain") as err:
+    with pytest.raises(ValueError, match="has values outside its public domain") as err:
         syn.fit(unseen, rng=0)
-    assert "pacific" not in str(err.value)  # the message never shows a data value
+    assert "pacific" not in str(err.value) and "1 value" not in str(err.value)  # no value, no count
     with pytest.raises(ValueError, match="no public domain"):
         MarginalSynthesizer(epsilon=1.0, delta=DELTA).fit(cps.astype({"region": object}), rng=0)
     with pytest.raises(ValueError, match="not in the data"):

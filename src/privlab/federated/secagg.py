@@ -152,6 +152,7 @@ def encode(x: np.ndarray, *, frac_bits: int, modulus_bits: int = 64, max_abs: in
     ...
     ValueError: a value encodes (2^24 fixed point) to more than 1073741823 in absolute value, the most the ring Z_2^32 can sum here without wrapping
     """
+    _check_ring(frac_bits, modulus_bits)
     limit = 2 ** (modulus_bits - 1) - 1 if max_abs is None else int(max_abs)
     scaled = np.asarray(x, dtype=np.float64) * 2.0**frac_bits  # exact: a power of two
     if not np.all(np.isfinite(scaled)):
@@ -165,6 +166,7 @@ def encode(x: np.ndarray, *, frac_bits: int, modulus_bits: int = 64, max_abs: in
 
 def decode(v: np.ndarray, *, frac_bits: int, modulus_bits: int = 64) -> np.ndarray:
     """The inverse of :func:`encode`: ring elements to signed floats."""
+    _check_ring(frac_bits, modulus_bits)
     v = np.asarray(v, dtype=np.uint64) & _mask(modulus_bits)
     if modulus_bits == 64:
         signed = v.view(np.int64)
@@ -173,15 +175,30 @@ def decode(v: np.ndarray, *, frac_bits: int, modulus_bits: int = 64) -> np.ndarr
     return signed.astype(np.float64) / 2.0**frac_bits
 
 
+def _check_ring(frac_bits: int, modulus_bits: int) -> None:
+    """``modulus_bits`` 32 or 64 and ``0 <= frac_bits < modulus_bits - 1`` (a red-team read: with 16 the
+    PRG returned half as many mask elements, broadcast over the vector, and the masked inputs leaked
+    differences of a client's coordinates)."""
+    if modulus_bits not in (32, 64) or isinstance(modulus_bits, bool):
+        raise ValueError(f"modulus_bits must be 32 or 64, got {modulus_bits!r}")
+    check_int("frac_bits", frac_bits, minimum=0)
+    if frac_bits >= modulus_bits - 1:
+        raise ValueError(f"frac_bits must be below modulus_bits - 1 = {modulus_bits - 1}, got {frac_bits!r}")
+
+
 def _mask(modulus_bits: int) -> np.uint64:
     return np.uint64(2**modulus_bits - 1)
 
 
 def prg(seed: bytes, size: int, *, modulus_bits: int = 64) -> np.ndarray:
     """Expand a 32-byte seed into ``size`` uniform elements of :math:`\\mathbb Z_{2^M}` (AES-256-CTR keystream)."""
+    _check_ring(0, modulus_bits)
     width = modulus_bits // 8
     stream = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update(bytes(width * size))
-    return np.frombuffer(stream, dtype=np.uint64 if width == 8 else np.uint32).astype(np.uint64)
+    out = np.frombuffer(stream, dtype=np.uint64 if width == 8 else np.uint32).astype(np.uint64)
+    if out.shape != (size,):  # pragma: no cover - one mask element per coordinate, never broadcast
+        raise RuntimeError(f"the PRG gave {out.shape[0]} mask elements for {size} coordinates")
+    return out
 
 
 def _agree(sk: X25519PrivateKey, pk_bytes: bytes, purpose: bytes) -> bytes:
@@ -209,10 +226,9 @@ class SecAggConfig:
     modulus_bits: int = 64
 
     def __post_init__(self) -> None:
-        check_probability("threshold_fraction", self.threshold_fraction, open_low=False, open_high=True)
-        check_int("frac_bits", self.frac_bits, minimum=0)
-        if self.modulus_bits not in (32, 64) or self.frac_bits >= self.modulus_bits - 1:
-            raise ValueError(f"modulus_bits must be 32 or 64 and > frac_bits + 1, got {self.modulus_bits}")
+        # > 0: a fraction of 0 gave t = 1, where every Shamir share is the secret itself (a red-team read)
+        check_probability("threshold_fraction", self.threshold_fraction, open_low=True, open_high=True)
+        _check_ring(self.frac_bits, self.modulus_bits)
 
     def threshold(self, num_clients: int) -> int:
         return min(num_clients, int(self.threshold_fraction * num_clients) + 1)
@@ -297,6 +313,17 @@ def _require(count: int, threshold: int, stage: str, n: int) -> None:
             "the sum cannot be unmasked (no result rather than a wrong one)")
 
 
+def _client_indices(name: str, indices: Iterable[int], n: int) -> set[int]:
+    """The set of client indices in ``indices``, each an integer in ``0 .. n - 1`` (a red-team read found
+    ``[6]`` and ``[-1]`` with n = 6 ignored: the caller believed a client dropped that had not)."""
+    out = set()
+    for u in indices:
+        if isinstance(u, bool) or not isinstance(u, (int, np.integer)) or not 0 <= u < n:
+            raise ValueError(f"{name} must hold client indices in 0 .. {n - 1}, got {u!r}")
+        out.add(int(u))
+    return out
+
+
 def secure_sum(vectors, *, threshold: int | None = None, rng: np.random.Generator, frac_bits: int = 24,
                modulus_bits: int = 64, drop_before_masking: Iterable[int] = (),
                drop_after_masking: Iterable[int] = ()) -> SecAggResult:  # fmt: skip
@@ -325,7 +352,9 @@ def secure_sum(vectors, *, threshold: int | None = None, rng: np.random.Generato
     Raises:
         SecAggDropoutError: (a ValueError) when fewer than ``threshold`` clients
             remain at any round.
-        ValueError: for a vector outside the range the ring can sum, naming the client.
+        ValueError: for a vector outside the range the ring can sum, naming the client; a
+            threshold above n, or below 2 with n >= 2; dropout indices outside 0 .. n - 1; a ring
+            other than 32 or 64 bits, or frac_bits not below modulus_bits - 1.
 
     >>> from privlab.config import make_rng
     >>> x = np.array([[1.0, -2.0], [0.5, 0.25], [3.0, 1.0]])
@@ -342,8 +371,13 @@ def secure_sum(vectors, *, threshold: int | None = None, rng: np.random.Generato
     t = check_int("threshold", t)
     if t > n:
         raise ValueError(f"threshold must be <= n = {n}, got {t}")
+    if t < 2 <= n:
+        raise ValueError(f"threshold must be at least 2 with n = {n} clients, got {t}: with t = 1 every Shamir "
+                         "share is the secret itself, so any one client could unmask another's input")
+    _check_ring(frac_bits, modulus_bits)
     check_rng(rng)
-    before, after = set(drop_before_masking), set(drop_after_masking)
+    before, after = _client_indices("drop_before_masking", drop_before_masking, n), \
+        _client_indices("drop_after_masking", drop_after_masking, n)
     clients = {u: SecAggClient(u, x[u], rng=rng) for u in range(n)}
     keys = {u: c.advertise_keys() for u, c in clients.items()}  # U1 = everyone
     _require(len(keys), t, "key advertisement", n)

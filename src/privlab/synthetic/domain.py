@@ -81,14 +81,15 @@ class CategoricalDomain:
     def encode(self, values, *, column: str = "column") -> np.ndarray:
         """Codes ``0..size-1`` of ``values``; a value outside the domain is a ``ValueError``.
 
-        The message says how many values are outside, never which (they are data).
+        The message says neither which values are outside nor how many (both are data: a red-team
+        read found the count in the message, an exact statistic of the private table).
         """
         index = pd.Index(self.categories)
         codes = index.get_indexer(pd.Series(values, dtype=object))
         if (codes < 0).any():
             raise ValueError(
-                f"column {column!r} has {int((codes < 0).sum())} value(s) outside its public domain "
-                f"{list(self.categories)} (not shown: they are data); declare a domain that covers every possible "
+                f"column {column!r} has values outside its public domain "
+                f"{list(self.categories)} (neither shown nor counted: they are data); declare a domain that covers every possible "
                 "value, or map the others to a declared category first"
             )
         return codes.astype(np.int64)
@@ -316,7 +317,7 @@ def dp_numeric_domain(values, *, sigma: float, rng: np.random.Generator, bins: i
         integer: the column holds integers.
         threshold: a bucket counts as occupied above ``threshold * sigma``; at the
             default 5 an empty bucket passes with probability 2.9e-7, so a spurious
-            one among the 97 is a 1-in-35,000 event.
+            one among the 98 buckets is a 1-in-35,000 event.
 
     Returns:
         ``(domain, noisy_counts)``.

@@ -161,7 +161,13 @@ def binary_target(train: pd.Series, *, positive=None):
 
 
 def encode_features(frames: list, numeric: list, categories: dict, *, reference: pd.DataFrame) -> list:
-    """Encode frames alike: numeric columns standardised by ``reference``, categoricals one-hot."""
+    """Encode frames alike: numeric columns standardised by ``reference``, categoricals one-hot.
+
+    Raises:
+        ValueError: a value outside a column's categories (``get_indexer`` gives -1 for it, which
+            indexed the *last* one-hot row: a silent mis-encoding a red-team read found through
+            ``evaluate_synthetic(members=...)``), naming the column.
+    """
     mean = {c: float(reference[c].mean()) for c in numeric}
     std = {c: float(reference[c].std(ddof=0)) or 1.0 for c in numeric}
     out = []
@@ -169,6 +175,9 @@ def encode_features(frames: list, numeric: list, categories: dict, *, reference:
         parts = [((df[c].to_numpy(dtype=float) - mean[c]) / std[c])[:, None] for c in numeric]
         for c, cats in categories.items():
             codes = pd.Index(cats).get_indexer(df[c].astype(object))
+            if (codes < 0).any():
+                raise ValueError(f"column {c!r} has values outside its categories {list(cats)!r} (not shown: they "
+                                 "are data)")
             parts.append(np.eye(len(cats))[codes])
         out.append(np.hstack(parts) if parts else np.zeros((len(df), 0)))
     return out
@@ -262,7 +271,7 @@ def evaluate_synthetic(real_train: pd.DataFrame, real_holdout: pd.DataFrame, syn
 
     Raises:
         ValueError: empty frames, mismatched columns, NaN or all-NaN columns, a
-            synthetic or holdout category the training data does not have, a
+            synthetic, holdout or members category the training data does not have, a
             non-numeric synthetic value in a numeric column, a bad ``target``.
 
     Used in: chapter 10.
@@ -271,6 +280,10 @@ def evaluate_synthetic(real_train: pd.DataFrame, real_holdout: pd.DataFrame, syn
     cols = list(real_train.columns)
     real_holdout = check_frame("real_holdout", real_holdout, columns=cols)
     synthetic = check_frame("synthetic", synthetic, columns=cols)
+    if members is not None:
+        members = check_frame("members", members, columns=cols)
+    others = (("real_holdout", real_holdout), ("synthetic", synthetic),
+              *(() if members is None else (("members", members),)))
     if target not in cols:
         raise ValueError(f"target {target!r} is not a column; columns are {cols}")
     if model not in _MODELS:
@@ -281,14 +294,14 @@ def evaluate_synthetic(real_train: pd.DataFrame, real_holdout: pd.DataFrame, syn
     categories = {}
     for c in cols:
         if c in numeric:
-            for name, df in (("real_holdout", real_holdout), ("synthetic", synthetic)):
+            for name, df in others:
                 if not is_numeric_column(df[c]):
                     raise ValueError(f"column {c!r} is numeric in real_train but {df[c].dtype} in {name}")
             continue
         dtype = real_train[c].dtype  # declared categories are the schema; otherwise what train holds
         seen = (list(dtype.categories) if isinstance(dtype, pd.CategoricalDtype)
                 else list(pd.unique(real_train[c].astype(object))))
-        for name, df in (("real_holdout", real_holdout), ("synthetic", synthetic)):
+        for name, df in others:
             unseen = set(df[c].astype(object)) - set(seen)
             if unseen:
                 raise ValueError(f"column {c!r} of {name} has {len(unseen)} value(s) not in real_train's categories "
@@ -322,7 +335,7 @@ def evaluate_synthetic(real_train: pd.DataFrame, real_holdout: pd.DataFrame, syn
     auc_syn = _fit_predict_auc(model, xf[2], label(synthetic[target]), xf[1], y_hold, seed) if feats else 0.5
 
     # privacy: distances on all columns, to the rows the generator saw
-    seen = real_train if members is None else check_frame("members", members, columns=cols)
+    seen = real_train if members is None else members
     x_train, x_hold, x_syn = encode_features([seen, real_holdout, synthetic], numeric, categories,
                                              reference=real_train)
     q_syn = _subsample(x_syn, max_records, rng)

@@ -4,7 +4,7 @@
 >>> check_frame("df", pd.DataFrame({"a": [1.0, float("nan")]}))
 Traceback (most recent call last):
 ...
-ValueError: column 'a' of df has 1 missing value(s); impute or drop them first
+ValueError: column 'a' of df has missing values (not counted: a count is data); impute or drop them first
 >>> check_frame("df", pd.DataFrame())
 Traceback (most recent call last):
 ...
@@ -48,12 +48,10 @@ def check_frame(name: str, df, *, columns: list | None = None) -> pd.DataFrame:
             raise ValueError(f"{name} must have columns {list(columns)}; missing {sorted(missing)}, "
                              f"unexpected {sorted(extra)}")
         df = df[list(columns)]
-    for col in df.columns:
-        na = int(df[col].isna().sum())
-        if na == len(df):
-            raise ValueError(f"column {col!r} of {name} is entirely NaN")
-        if na:
-            raise ValueError(f"column {col!r} of {name} has {na} missing value(s); impute or drop them first")
+    for col in df.columns:  # the messages give no counts: the frame may be the private table
+        if df[col].isna().any():
+            raise ValueError(f"column {col!r} of {name} has missing values (not counted: a count is data); "
+                             "impute or drop them first")
         if pd.api.types.is_float_dtype(df[col]) and not np.isfinite(df[col].to_numpy()).all():
             raise ValueError(f"column {col!r} of {name} has infinite values")
     return df

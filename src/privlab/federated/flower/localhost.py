@@ -47,7 +47,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ._procs import _descendants, stop_processes
-from .task import DEFAULT_RUN_CONFIG, FlowerRun, privlab_twin, read_flower_outputs
+from .task import DEFAULT_RUN_CONFIG, FlowerRun, check_secagg_config, privlab_twin, read_flower_outputs
 
 __all__ = ["PROJECT_DIR", "SECAGG_PROJECT_DIR", "LocalFederation", "PendingRun", "main", "run_localhost",
            "toml_run_config"]
@@ -288,6 +288,8 @@ class LocalFederation:
                 project :data:`SECAGG_PROJECT_DIR`).
             verbose: echo the ``flwr run`` log stream.
         """
+        if secagg:  # before any process is asked to run it
+            check_secagg_config({**DEFAULT_RUN_CONFIG, **dict(run_config or {})})
         if not self.procs:
             raise RuntimeError("the federation is not running: call start() or use it in a with block")
         self.runs += 1
@@ -439,6 +441,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m privlab.federated
     parser.add_argument("--compare", action="store_true", help="also run privlab's in-process FedAvg and compare")
     parser.add_argument("--verbose", action="store_true", help="echo the flwr run log stream")
     args = parser.parse_args(argv)
+    if args.secagg and args.dp_noise_multiplier != 0:
+        parser.error(f"--secagg adds no DP noise: got --dp-noise-multiplier {args.dp_noise_multiplier}; "
+                     "run DP without --secagg")
     signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM still runs the cleanup in `finally`
     cfg = {"dataset": args.dataset, "num-rounds": args.rounds, "dp-noise-multiplier": args.dp_noise_multiplier,
            **_parse_overrides(args.set)}  # fmt: skip

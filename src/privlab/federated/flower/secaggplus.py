@@ -11,7 +11,8 @@ SecAgg+ masks each client's ``[n_k, n_k \theta_k]`` after clipping the parameter
 to ``[-clipping_range, clipping_range]`` and quantising them to
 ``quantization_range`` levels, so the result equals privlab's FedAvg up to the
 quantisation step (about :math:`2 \cdot 8 / 2^{22} \approx 4\times 10^{-6}` per
-parameter, scaled by the weights), not to float rounding.
+parameter, scaled by the weights), not to float rounding. These apps add no DP noise: a run
+config asking for it is refused (Flower's server-side DP strategies are Message-API ones).
 
 Reference: Bell, Bonawitz, Gascon, Lepoint, Raykova, *Secure Single-Server
 Aggregation with (Poly)Logarithmic Overhead*, CCS 2020 (eprint 2020/704).
@@ -37,7 +38,7 @@ from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from flwr.serverapp import ServerApp
 
 from ..local import batch_plan, local_update
-from .task import context_run_config, experiment, write_outputs
+from .task import check_secagg_config, context_run_config, experiment, write_outputs
 
 __all__ = ["client_app", "make_secagg_client_app", "make_secagg_server_app", "server_app"]
 
@@ -69,12 +70,17 @@ def make_secagg_client_app(overrides: Mapping[str, object] | None = None):
 
 def make_secagg_server_app(overrides: Mapping[str, object] | None = None, *, reconstruction_threshold: float = 0.7,
                            clipping_range: float = 8.0, quantization_range: int = 2**22):  # fmt: skip
-    """A ServerApp running FedAvg through ``SecAggPlusWorkflow`` (the legacy ``LegacyContext`` path)."""
+    """A ServerApp running FedAvg through ``SecAggPlusWorkflow`` (the legacy ``LegacyContext`` path).
+
+    No DP: a run config with ``dp-noise-multiplier`` other than 0 is refused
+    (:func:`~privlab.federated.flower.task.check_secagg_config`), here and before submission.
+    """
     app = ServerApp()
 
     @app.main()
     def main(grid, context) -> None:
         cfg = context_run_config(context, overrides)
+        check_secagg_config(cfg)  # the model would be released without the noise asked for
         exp = experiment(cfg)
         k, names = exp.data.num_clients, list(exp.model.state_dict())
         strategy = LegacyFedAvg(

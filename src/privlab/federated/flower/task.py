@@ -40,8 +40,8 @@ from ..local import make_model
 from ..partitions import FederatedDataset, cps1988_silos, hospital_sites
 
 __all__ = [
-    "DATASETS", "DEFAULT_RUN_CONFIG", "Experiment", "FlowerRun", "context_run_config", "experiment",
-    "make_federated_dataset", "privlab_twin", "read_flower_outputs", "write_outputs",
+    "DATASETS", "DEFAULT_RUN_CONFIG", "Experiment", "FlowerRun", "check_secagg_config", "context_run_config",
+    "experiment", "make_federated_dataset", "privlab_twin", "read_flower_outputs", "write_outputs",
 ]
 
 #: The run config every app reads (kebab-case keys, as Flower's TOML config).
@@ -118,6 +118,25 @@ def context_run_config(context, overrides: Mapping[str, object] | None = None) -
     (5, 'toy', 0)
     """
     return {**DEFAULT_RUN_CONFIG, **dict(context.run_config), **dict(overrides or {})}
+
+
+def check_secagg_config(run_config: Mapping[str, object]) -> None:
+    """Refuse DP settings for the SecAgg+ apps, which add no noise (:mod:`~privlab.federated.flower.secaggplus`).
+
+    Flower's SecAgg+ workflow runs through the legacy API, which these apps do not combine with
+    server-side DP; a red-team read found ``dp-noise-multiplier=1`` accepted there and a model
+    released without noise (and without an epsilon), so asking for both is an error.
+
+    >>> check_secagg_config({**DEFAULT_RUN_CONFIG, "dp-noise-multiplier": 1.0})
+    Traceback (most recent call last):
+    ...
+    ValueError: the SecAgg+ apps add no DP noise (Flower's SecAgg+ runs only through its legacy API, not combined with DP here): got dp-noise-multiplier = 1.0; run DP without SecAgg+, or SecAgg+ with dp-noise-multiplier = 0
+    """
+    sigma = float(run_config.get("dp-noise-multiplier", 0.0))
+    if sigma != 0.0:
+        raise ValueError("the SecAgg+ apps add no DP noise (Flower's SecAgg+ runs only through its legacy API, not "
+                         f"combined with DP here): got dp-noise-multiplier = {run_config['dp-noise-multiplier']!r}; "
+                         "run DP without SecAgg+, or SecAgg+ with dp-noise-multiplier = 0")
 
 
 def write_outputs(out_dir: str | os.PathLike, arrays: Mapping[str, np.ndarray], history: dict) -> None:

@@ -201,5 +201,64 @@ def test_pld_with_vanishing_noise_is_a_clear_error_not_a_memory_error():
 
     from privlab.accounting import dpsgd_epsilon
 
-    with pytest.raises(ValueError, match="noise_multiplier=1e-09"):
-        dpsgd_epsilon(noise_multiplier=1e-9, sample_rate=0.01, steps=100, delta=1e-5, accountant="pld")
+    # where the PLD cannot discretise a run it answers with RDP's epsilon (a valid bound) and says so
+    with pytest.warns(UserWarning, match="epsilon is the RDP accountant's instead"):
+        eps = dpsgd_epsilon(noise_multiplier=1e-9, sample_rate=0.01, steps=100, delta=1e-5, accountant="pld")
+    assert eps == dpsgd_epsilon(noise_multiplier=1e-9, sample_rate=0.01, steps=100, delta=1e-5, accountant="rdp")
+
+
+def test_red_team_accounting_findings():
+    """A red-team read of the accountants (each case was wrong before the fix)."""
+    import math
+    import warnings
+
+    import numpy as np
+    import pytest
+
+    from privlab.accounting import (
+        AdvancedCompositionAccountant,
+        ComposedEvent,
+        GaussianEvent,
+        LaplaceEvent,
+        PldAccountant,
+        PoissonSampledEvent,
+        RdpAccountant,
+        calibrate,
+        calibrate_noise,
+        dpsgd_epsilon,
+        rdp_to_epsilon,
+    )
+    # 1. a subsampled step whose loss passes 709.78 (exp overflows): read as 709.79, truth 999.31
+    pld = PldAccountant(discretization=0.01).compose(PoissonSampledEvent(0.5, LaplaceEvent(1e-3)))
+    exact = 1000 + math.log(0.5) + math.log1p(0.5 * math.exp(-1000))
+    assert pld.get_epsilon(1e-5) == pytest.approx(exact, abs=0.02)
+    mixed = PldAccountant().compose(ComposedEvent((GaussianEvent(0.02), PoissonSampledEvent(0.5, GaussianEvent(0.01)))))
+    assert mixed.get_epsilon(1e-5) >= 5399  # a lower bound on the subsampled step alone (was 2168)
+    # 2. delta below the fixed tail mass 1e-15 read infinity and fell back to basic composition (4058)
+    run = dict(noise_multiplier=1.0, sample_rate=0.01, steps=1000)
+    assert dpsgd_epsilon(**run, delta=2e-16) < dpsgd_epsilon(**run, delta=2e-16, accountant="rdp")
+    # 3. a tiny q: the PLD's grid was refused with "astronomically large"; RDP's epsilon instead
+    with pytest.warns(UserWarning, match="RDP accountant's instead"):
+        tiny = dpsgd_epsilon(noise_multiplier=0.5, sample_rate=1e-7, steps=10_000, delta=1e-12)
+    assert tiny == dpsgd_epsilon(noise_multiplier=0.5, sample_rate=1e-7, steps=10_000, delta=1e-12, accountant="rdp")
+    assert tiny < 4
+    # 4. RDP's order grid (up to 63) cannot certify below its floor: said, not "sigma <= 1e5"
+    assert RdpAccountant.epsilon_floor(1e-10) == pytest.approx(0.289, abs=1e-3)
+    with pytest.raises(ValueError, match="smallest epsilon the RDP accountant can certify at delta=1e-10 "
+                                         r"\(0.2886, set by its largest order, 63\)"):
+        calibrate_noise(target_epsilon=0.2, delta=1e-10, sample_rate=0.01, steps=100, accountant="rdp")
+    # 5. a NaN from the calibrated function counted as meeting the target
+    with pytest.raises(ValueError, match="returned NaN at"):
+        calibrate(lambda x: 10.0 / x if x < 3 else math.nan, target=2.0)
+    # 6. advanced composition past a per-step epsilon of 709: OverflowError, now inf
+    adv = AdvancedCompositionAccountant().compose(LaplaceEvent(1e-3), 2)
+    assert adv.get_epsilon(1e-5) == math.inf
+    # 7. RDP curves with -inf or NaN were converted (-inf gave epsilon 0)
+    for bad in (-math.inf, math.nan):
+        with pytest.raises(ValueError, match="rdp must be >= 0 or \\+inf"):
+            rdp_to_epsilon(orders=[2.0, 3.0], rdp=[bad, 0.1], delta=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert rdp_to_epsilon(orders=[2.0], rdp=[-1e-16], delta=1e-5)[0] == rdp_to_epsilon(
+            orders=[2.0], rdp=[0.0], delta=1e-5)[0]
+    assert np.isfinite(RdpAccountant.epsilon_floor(1e-5))

@@ -21,6 +21,7 @@ Used in: chapters 4, 6, 7, 8, 9, 13.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 from privlab._validate import check_delta, check_epsilon, check_int, check_positive, check_probability
@@ -99,13 +100,23 @@ def dpsgd_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, de
     """
     sigma = check_positive("noise_multiplier", noise_multiplier)
     q, k, d = _check_run(sample_rate, steps, delta, accountant)
+    return _dpsgd_epsilon(sigma, q, k, d, accountant, warn=True)
+
+
+def _dpsgd_epsilon(sigma: float, q: float, k: int, d: float, accountant: str, *, warn: bool) -> float:
+    """The accountant's epsilon; where the PLD's grid would be too large (tiny sigma, or a tiny q whose
+    per-step loss variance sets a step far finer than the composed loss's span), RDP's: a valid bound,
+    looser. (It used to be an error saying the epsilon was astronomically large, which at q = 1e-7 it
+    was not: 0.07 by dp_accounting's PLD, a red-team read.)"""
     acc = make_accountant(accountant)
     acc.compose(dpsgd_event(noise_multiplier=sigma, sample_rate=q, steps=k))
     try:
         return acc.get_epsilon(d)
     except PldGridTooLargeError as err:
-        raise ValueError(f"noise_multiplier={noise_multiplier!r} is too small for the PLD accountant ({err}); "
-                         f"its epsilon is astronomically large: use accountant='rdp'") from err
+        if warn:
+            warnings.warn(f"the PLD accountant cannot discretise this run ({err}); epsilon is the RDP "
+                          "accountant's instead (a valid bound, looser)", stacklevel=3)
+        return _dpsgd_epsilon(sigma, q, k, d, "rdp", warn=False)
 
 
 def calibrate(fn: Callable[[float], float], *, target: float, initial: float = 1.0, rel_tol: float = 1e-3,
@@ -133,6 +144,8 @@ def calibrate(fn: Callable[[float], float], *, target: float, initial: float = 1
 
     def g(x: float) -> float:  # log fn(x) - log target, with 0 -> -inf and inf -> +inf
         v = fn(x)
+        if v != v:  # NaN compared as "meets the target" (a red-team read): never silently
+            raise ValueError(f"the function being calibrated returned NaN at {x!r}")
         return math.inf if v == math.inf else (-math.inf if v <= 0 else math.log(v) - log_target)
 
     x = min(max(initial, lower), upper)
@@ -223,11 +236,14 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
     eps = check_epsilon(target_epsilon, name="target_epsilon")
     q, k, d = _check_run(sample_rate, steps, delta, accountant)
 
-    def fn(sigma: float) -> float:
-        acc = make_accountant(accountant)
-        try:
-            return acc.compose(dpsgd_event(noise_multiplier=sigma, sample_rate=q, steps=k)).get_epsilon(d)
-        except PldGridTooLargeError:  # noise far too small for a PLD grid: epsilon is beyond any target
-            return math.inf
+    if accountant == "rdp":  # the order grid stops at 63: no sigma certifies less than this
+        floor = RdpAccountant.epsilon_floor(d)
+        if eps <= floor:
+            raise ValueError(f"target_epsilon={target_epsilon!r} is at or below the smallest epsilon the RDP "
+                             f"accountant can certify at delta={d:g} ({floor:.4g}, set by its largest order, "
+                             f"{max(RdpAccountant().orders):g}), whatever the noise: use accountant='pld'")
+
+    def fn(sigma: float) -> float:  # where the PLD cannot discretise a run, RDP's epsilon (valid, looser)
+        return _dpsgd_epsilon(sigma, q, k, d, accountant, warn=False)
 
     return calibrate(fn, target=eps, initial=_initial_noise(eps, q, k, d))

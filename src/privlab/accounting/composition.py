@@ -294,6 +294,8 @@ class AdvancedCompositionAccountant(_EpsDeltaComposition):
     @staticmethod
     def _bound(terms, delta_prime: float) -> float:
         s2 = sum(c * e * e for e, _, c in terms)
+        if any(e > 709 for e, _, _ in terms):  # expm1 overflows past 709.78: the bound is inf, as documented
+            return math.inf
         s1 = sum(c * e * math.expm1(e) for e, _, c in terms)
         return math.sqrt(2 * math.log(1 / delta_prime) * s2) + s1
 
@@ -322,9 +324,11 @@ class AdvancedCompositionAccountant(_EpsDeltaComposition):
         fixed, gauss = self._split()
         if gauss:
             return super()._delta(epsilon)
+        fixed_delta = sum(d * c for _, d, c in fixed)
+        if any(e > 709 for e, _, _ in fixed):  # the bound is inf: nothing below delta 1 is certified
+            return 1.0
         s2 = sum(c * e * e for e, _, c in fixed)
         s1 = sum(c * e * math.expm1(e) for e, _, c in fixed)
-        fixed_delta = sum(d * c for _, d, c in fixed)
         if s2 == 0:
             return fixed_delta
         if epsilon <= s1:

@@ -21,7 +21,9 @@ Per-mechanism RDP curves:
   and, for fractional :math:`\alpha`, the two-sided series of Sec. 3.3;
 * Laplace, scale :math:`b` (Mironov 2017, Prop 6);
 * pure :math:`\varepsilon`-DP: :math:`\min(\varepsilon, \alpha\varepsilon^2/2)`
-  (Mironov 2017, Prop 3; Bun and Steinke 2016, Prop 3.3).
+  (:math:`\varepsilon`: an :math:`\varepsilon`-DP mechanism is :math:`(\infty, \varepsilon)`-RDP and RDP
+  is non-decreasing in :math:`\alpha`, Mironov 2017, Sec. III; :math:`\alpha\varepsilon^2/2`: Bun and
+  Steinke 2016, Prop 3.3).
 
 Everything is computed in log space. For integer orders we sum the *excess*
 :math:`A_\alpha - 1 = \sum_{i\ge2}\binom{\alpha}{i}(1-q)^{\alpha-i}q^i(e^{(i^2-i)/(2\sigma^2)}-1)`
@@ -72,6 +74,18 @@ __all__ = [
 
 #: Opacus 1.6's ``RDPAccountant.DEFAULT_ALPHAS``: 1.1, 1.2, ..., 10.9, 12, ..., 63.
 DEFAULT_ORDERS: tuple = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
+
+
+def _check_rdp(rdp, orders: np.ndarray) -> np.ndarray:
+    """One RDP value per order, each >= 0 or +inf (a value within 1e-12 below 0, round-off of the
+    fractional-order series at tiny q, is read as 0); -inf and NaN are refused (a red-team read: an
+    RDP of -inf gave epsilon 0, NaN orders were skipped silently)."""
+    r = np.atleast_1d(np.asarray(rdp, dtype=float))
+    if r.shape != orders.shape:
+        raise ValueError(f"rdp must have one value per order ({orders.size}), got shape {r.shape}")
+    if np.isnan(r).any() or (r < -1e-12).any():
+        raise ValueError(f"rdp must be >= 0 or +inf at every order, got {r[np.isnan(r) | (r < -1e-12)][:3]!r}")
+    return np.maximum(r, 0.0)
 
 
 def _check_orders(orders) -> np.ndarray:
@@ -234,9 +248,7 @@ def rdp_to_epsilon(*, orders, rdp, delta: float) -> tuple[float, float]:
     Used in: chapter 4.
     """
     a = _check_orders(orders)
-    r = np.atleast_1d(np.asarray(rdp, dtype=float))
-    if r.shape != a.shape:
-        raise ValueError(f"rdp must have one value per order ({a.size}), got shape {r.shape}")
+    r = _check_rdp(rdp, a)
     d = check_delta(delta)
     with np.errstate(invalid="ignore"):
         eps = r - (math.log(d) + np.log(a)) / (a - 1) + np.log((a - 1) / a)
@@ -261,7 +273,7 @@ def rdp_to_delta(*, orders, rdp, epsilon: float) -> tuple[float, float]:
     Used in: chapter 4.
     """
     a = _check_orders(orders)
-    r = np.atleast_1d(np.asarray(rdp, dtype=float))
+    r = _check_rdp(rdp, a)
     e = check_nonnegative("epsilon", epsilon)
     with np.errstate(invalid="ignore"):
         log_d = (a - 1) * (r - e + np.log1p(-1 / a)) - np.log(a)
@@ -278,6 +290,12 @@ class RdpAccountant(Accountant):
     Supports Gaussian, Poisson-subsampled Gaussian, Laplace and pure
     (epsilon, 0) events.
 
+    With the default orders (up to 63, as Opacus) no epsilon below
+    :meth:`epsilon_floor` can be certified, however large the noise: the conversion at an order
+    :math:`\alpha` costs :math:`(\ln(1/\delta) - \ln\alpha)/(\alpha - 1) + \ln(1 - 1/\alpha)` even at
+    zero RDP (0.103 at :math:`\delta = 10^{-5}`, 0.289 at :math:`10^{-10}`). The PLD accountant has
+    no such floor.
+
     Used in: chapters 4, 6, 13.
     """
 
@@ -287,6 +305,16 @@ class RdpAccountant(Accountant):
         super().__init__()
         self.orders = _check_orders(orders)
         self._rdp = np.zeros_like(self.orders)
+
+    @staticmethod
+    def epsilon_floor(delta: float, orders=DEFAULT_ORDERS) -> float:
+        """The epsilon these orders certify for a zero RDP curve: the least any run can get.
+
+        >>> round(RdpAccountant.epsilon_floor(1e-5), 3), round(RdpAccountant.epsilon_floor(1e-10), 3)
+        (0.103, 0.289)
+        """
+        a = _check_orders(orders)
+        return rdp_to_epsilon(orders=a, rdp=np.zeros_like(a), delta=delta)[0]
 
     @handles(GaussianEvent)
     def _gaussian(self, event: GaussianEvent, count: int) -> None:

@@ -429,7 +429,7 @@ def train(
     )
     if config.private and config.accountant is not None:
         # the whole run's epsilon once before the first step: an accountant that refuses these
-        # settings (PLD at a tiny sigma) fails here, not after an epoch has changed the model
+        # settings fails here, not after an epoch has changed the model
         epsilon_spent(config, sample_rate=q, steps=config.epochs * len(sampler), delta=delta)
     net = torch.compile(model, dynamic=True) if config.compile else model
     graphed = _graphed_step(config, dp, net, loss_fn, xs_dev, y_dev, device, q)

@@ -239,9 +239,18 @@ def test_red_team_accounting_findings():
     assert dpsgd_epsilon(**run, delta=2e-16) < dpsgd_epsilon(**run, delta=2e-16, accountant="rdp")
     # 3. a tiny q: the PLD's grid was refused with "astronomically large"; RDP's epsilon instead
     with pytest.warns(UserWarning, match="RDP accountant's instead"):
-        tiny = dpsgd_epsilon(noise_multiplier=0.5, sample_rate=1e-7, steps=10_000, delta=1e-12)
-    assert tiny == dpsgd_epsilon(noise_multiplier=0.5, sample_rate=1e-7, steps=10_000, delta=1e-12, accountant="rdp")
-    assert tiny < 4
+        tiny = dpsgd_epsilon(noise_multiplier=0.5, sample_rate=1e-6, steps=100, delta=1e-12)
+    assert tiny == dpsgd_epsilon(noise_multiplier=0.5, sample_rate=1e-6, steps=100, delta=1e-12, accountant="rdp")
+    assert tiny < 5
+    # 3b. calibration: one accountant for the whole search (a review found the PLD/RDP mix calibrated to
+    # the grid's limit, not the target); RDP throughout where the PLD cannot discretise some run
+    with pytest.warns(UserWarning, match="calibrated with the RDP accountant instead"):
+        s = calibrate_noise(target_epsilon=1.0, delta=1e-12, sample_rate=1e-6, steps=100)
+    assert s == calibrate_noise(target_epsilon=1.0, delta=1e-12, sample_rate=1e-6, steps=100, accountant="rdp")
+    with pytest.raises(ValueError, match="cannot be calibrated here: the PLD accountant cannot discretise"):
+        calibrate_noise(target_epsilon=0.1, delta=1e-12, sample_rate=1e-6, steps=100)
+    assert dpsgd_epsilon(noise_multiplier=10, sample_rate=1e-7, steps=10_000, delta=1e-5,
+                         accountant="rdp") == pytest.approx(0.1029, abs=1e-4)  # RDP's own tiny-q curve: >= 0
     # 4. RDP's order grid (up to 63) cannot certify below its floor: said, not "sigma <= 1e5"
     assert RdpAccountant.epsilon_floor(1e-10) == pytest.approx(0.289, abs=1e-3)
     with pytest.raises(ValueError, match="smallest epsilon the RDP accountant can certify at delta=1e-10 "

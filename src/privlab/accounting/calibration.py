@@ -243,7 +243,21 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
                              f"accountant can certify at delta={d:g} ({floor:.4g}, set by its largest order, "
                              f"{max(RdpAccountant().orders):g}), whatever the noise: use accountant='pld'")
 
-    def fn(sigma: float) -> float:  # where the PLD cannot discretise a run, RDP's epsilon (valid, looser)
-        return _dpsgd_epsilon(sigma, q, k, d, accountant, warn=False)
+    def fn(sigma: float) -> float:
+        return make_accountant(accountant).compose(
+            dpsgd_event(noise_multiplier=sigma, sample_rate=q, steps=k)).get_epsilon(d)
 
-    return calibrate(fn, target=eps, initial=_initial_noise(eps, q, k, d))
+    try:
+        return calibrate(fn, target=eps, initial=_initial_noise(eps, q, k, d))
+    except PldGridTooLargeError as err:
+        # one accountant for the whole search: mixing PLD (where its grid fits) with RDP (where it
+        # does not) made the answer sit at the grid's limit whatever the target (a review's finding)
+        try:
+            sigma = calibrate_noise(target_epsilon=eps, delta=d, sample_rate=q, steps=k, accountant="rdp")
+        except ValueError as rdp_err:
+            raise ValueError(f"target_epsilon={target_epsilon!r} cannot be calibrated here: the PLD accountant "
+                             f"cannot discretise some of the runs searched ({err}), and the RDP accountant "
+                             f"cannot reach it either ({rdp_err})") from err
+        warnings.warn(f"the PLD accountant cannot discretise some of the runs searched ({err}); sigma is "
+                      "calibrated with the RDP accountant instead (valid, looser)", stacklevel=2)
+        return sigma

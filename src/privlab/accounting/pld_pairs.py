@@ -127,7 +127,7 @@ class SubsampledLoss:
         self.base, self.q, self.direction = base, q, direction
 
     def _t(self, l):
-        """t(l) = log((e^l - 1 + q) / q) and the mask where it exists (e^l > 1 - q).
+        r"""t(l) = log((e^l - 1 + q) / q) and the mask where it exists (e^l > 1 - q).
 
         For l > 0 as :math:`l + \ln(1 - (1-q)e^{-l}) - \ln q`, which never overflows: ``expm1(l)`` is
         inf beyond l = 709.78, which made every larger loss count as 709.78 and the PLD under-report

@@ -77,14 +77,16 @@ DEFAULT_ORDERS: tuple = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range
 
 
 def _check_rdp(rdp, orders: np.ndarray) -> np.ndarray:
-    """One RDP value per order, each >= 0 or +inf (a value within 1e-12 below 0, round-off of the
-    fractional-order series at tiny q, is read as 0); -inf and NaN are refused (a red-team read: an
-    RDP of -inf gave epsilon 0, NaN orders were skipped silently)."""
+    """One RDP value per order, each >= 0 or +inf (a value within 1e-9 below 0, round-off of the
+    fractional-order series at tiny q summed over many steps, is read as 0); -inf, NaN and clearly
+    negative values are refused (a red-team read: an RDP of -inf gave epsilon 0, NaN orders were
+    skipped silently). :class:`RdpAccountant` clips each event's curve at 0 before adding it."""
     r = np.atleast_1d(np.asarray(rdp, dtype=float))
     if r.shape != orders.shape:
         raise ValueError(f"rdp must have one value per order ({orders.size}), got shape {r.shape}")
-    if np.isnan(r).any() or (r < -1e-12).any():
-        raise ValueError(f"rdp must be >= 0 or +inf at every order, got {r[np.isnan(r) | (r < -1e-12)][:3]!r}")
+    bad = np.isnan(r) | (r < -1e-9)
+    if bad.any():
+        raise ValueError(f"rdp must be >= 0 or +inf at every order, got {r[bad][:3]!r}")
     return np.maximum(r, 0.0)
 
 
@@ -322,9 +324,9 @@ class RdpAccountant(Accountant):
 
     @handles((PoissonSampledEvent, GaussianEvent))
     def _subsampled_gaussian(self, event: PoissonSampledEvent, count: int) -> None:
-        self._rdp += count * subsampled_gaussian_rdp(
+        self._rdp += count * np.maximum(0.0, subsampled_gaussian_rdp(
             sample_rate=event.sample_rate, noise_multiplier=event.event.noise_multiplier, orders=self.orders
-        )
+        ))  # round-off below 0 at tiny q
 
     @handles(LaplaceEvent)
     def _laplace(self, event: LaplaceEvent, count: int) -> None:

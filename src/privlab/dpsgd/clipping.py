@@ -147,7 +147,7 @@ def clipped_grad_sum_with_stats(
     if batch == 0:  # an empty Poisson batch: the sum over no examples is zero
         device = params[0].device if params else xs[0].device
         empty = torch.zeros(0, device=device)
-        grads = None if factors_fn is None else [torch.zeros_like(p) for p in params]
+        grads = None if factors_fn is None else _zero_sums(params)
         return ClippedSum(grads, empty, empty, params)
     grads, norms, losses = _METHOD_IMPLS[method](model, loss_fn, xs, targets, factors_fn, named, modules)
     if grads is not None and not _capturing() and not bool(torch.isfinite(norms).all()):
@@ -166,8 +166,13 @@ def clipped_grad_sum_with_stats(
             grads = _METHOD_IMPLS[method](model, loss_fn, sub, None if targets is None else targets[finite],
                                           factors_of_rows, named, modules)[0]
         else:
-            grads = [torch.zeros_like(p) for p in params]
+            grads = _zero_sums(params)
     return ClippedSum(grads, norms, losses, params)
+
+
+def _zero_sums(params) -> list[Tensor]:
+    """Zero clipped sums, one per parameter, in the dtype sums are formed in (float32 or wider)."""
+    return [p.new_zeros(p.shape, dtype=rules.wide(p).dtype) for p in params]
 
 
 def _capturing() -> bool:
@@ -199,7 +204,9 @@ def clipped_grad_sum(
 
     Returns:
         One tensor per trainable parameter, in ``model.parameters()`` order
-        (zeros for an empty batch, ``B = 0``).
+        (zeros for an empty batch, ``B = 0``), in the parameter's dtype, or in float32 for a
+        16-bit one (the sum is formed there: rounded to bfloat16, one example could move it by
+        more than C; :class:`privlab.dpsgd.DPOptimizer` casts after adding the noise).
 
     Raises:
         ValueError: for a bad ``max_grad_norm`` or ``method``, a loss of the

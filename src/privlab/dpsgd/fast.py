@@ -1044,8 +1044,9 @@ def _single_example(model, loss_fn, xs, targets, factors_fn, params):
     c = factors_fn(norms)
     if c.shape != (1,):
         raise ValueError(f"clip factors must have shape (1,), got {tuple(c.shape)}")
-    return [(g.detach() * rules.factors_as(c, g.dtype)).to(p.dtype) for g, p in zip(grads, params)], norms, \
-        losses.detach()
+    # in float32 or wider, the row zeroed inside a graph capture if its factor is 0 (rules.summand)
+    sums = [rules.summand(g.detach().unsqueeze(0), c)[0] for g in grads]
+    return [g * c.to(g.dtype) for g in sums], norms, losses.detach()
 
 
 def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None, *, params=None, modules=None,
@@ -1220,12 +1221,12 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
             pid = id(getattr(s.module, attr))
             result[pid] = g if pid not in result else result[pid] + g  # a tied weight: both uses add
         weighted_sum = None
-    grads = [_as_param(result[id(p)], p) if id(p) in result else torch.zeros_like(p) for p in params]
+    grads = [_as_param(result[id(p)], p) if id(p) in result else p.new_zeros(p.shape, dtype=rules.wide(p).dtype)
+             for p in params]
     return grads, norms, losses.detach()
 
 
 def _as_param(g: Tensor, p: Tensor) -> Tensor:
-    """``g`` with the shape and dtype of parameter ``p`` (no call when it has them already)."""
-    if g.shape != p.shape:
-        g = g.reshape(p.shape)
-    return g if g.dtype == p.dtype else g.to(p.dtype)
+    """``g`` with the shape of parameter ``p``; its dtype is kept: a 16-bit parameter's clipped sum stays
+    in float32 until the noise is added (:func:`privlab.dpsgd.rules.summand`)."""
+    return g if g.shape == p.shape else g.reshape(p.shape)

@@ -183,9 +183,13 @@ class DPOptimizer:
 
     # -- step 6: optimizer step -------------------------------------------------------------
     def apply(self, params: list[nn.Parameter], grads: list[Tensor]) -> None:
-        """Write the private gradients into ``p.grad`` and let the wrapped optimizer step."""
+        """Write the private gradients into ``p.grad`` and let the wrapped optimizer step.
+
+        A 16-bit parameter's gradient arrives in float32 (the clipped sum, noise and scaling are
+        formed there) and is cast to the parameter's type here, after the noise: post-processing.
+        """
         for p, g in zip(params, grads, strict=True):
-            p.grad = g
+            p.grad = g if g.dtype == p.dtype else g.to(p.dtype)
         self.optimizer.step()
 
     def zero_grad(self) -> None:

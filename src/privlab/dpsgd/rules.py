@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-__all__ = ["LayerContribution", "capturing", "covered_types", "factors_as", "layer_norm_from_stats", "register_rule",
-           "row_sq_norms", "rule_for", "scale_factors", "scale_rows", "weighted_rows", "wide", "zero_dropped_rows"]
+__all__ = ["LayerContribution", "capturing", "covered_types", "layer_norm_from_stats", "register_rule", "row_sq_norms",
+           "rule_for", "scale_factors", "scale_rows", "summand", "weighted_rows", "wide", "zero_dropped_rows"]
 
 
 class LayerContribution(NamedTuple):
@@ -102,36 +102,33 @@ def zero_dropped_rows(t: Tensor, c: Tensor) -> Tensor:
     return torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device))
 
 
-def factors_as(c: Tensor, dtype: torch.dtype) -> Tensor:
-    r"""The clip factors ``c`` (computed in float32 or wider) in ``dtype``, never rounded up past C.
+def summand(t: Tensor, c: Tensor) -> Tensor:
+    """``t`` as it enters a weighted sum: in float32 or wider (:func:`wide`), and with the rows of
+    examples whose clip factor is 0 zeroed inside a CUDA graph capture (:func:`zero_dropped_rows`).
 
-    In a 16-bit float type, rounding :math:`c_i` and the products :math:`c_i g_{i,j}` to that type can
-    each add half an ulp, which lifted an example's clipped contribution to 1.003 C in bfloat16 (a
-    red-team measurement), while the noise is calibrated to C. There the factors are first scaled by
-    :math:`1 - 2\epsilon` (``torch.finfo(dtype).eps``: 1.6% in bfloat16, 0.2% in float16), which covers
-    both roundings: :math:`(1 - 2\epsilon)(1 + \epsilon/2)^2 < 1`. In float32 and float64 the factors are
-    only cast (the roundings there are of order 1e-7 and below, as for every floating-point sum).
+    In a 16-bit float type the clipped sum itself would be rounded to that type, by up to half an
+    ulp of the *whole* sum: one example then moved a bfloat16 sum of 256 by up to 1.26 C (a review
+    of the first fix, which only shrank the factors). The sums of a 16-bit model are therefore
+    formed and returned in float32; :class:`privlab.dpsgd.DPOptimizer` adds the noise in float32 and
+    casts to the parameter's type only after it (rounding the noisy sum is post-processing).
     """
-    if c.dtype == dtype:
-        return c
-    if dtype.is_floating_point and torch.finfo(dtype).bits <= 16:
-        c = c * (1.0 - 2.0 * torch.finfo(dtype).eps)
-    return c.to(dtype)
+    return wide(zero_dropped_rows(t, c))
 
 
 def scale_rows(t: Tensor, c: Tensor) -> Tensor:
-    """``t[i] * c[i]`` with ``c`` of shape exactly ``(B,)``, broadcast explicitly over ``t``'s other dims
-    (rows with ``c[i] = 0`` are zeros even where ``t[i]`` is not finite, inside a CUDA graph capture)."""
+    """``t[i] * c[i]`` with ``c`` of shape exactly ``(B,)``, broadcast explicitly over ``t``'s other dims;
+    in float32 or wider, dropped rows zeroed inside a graph capture (:func:`summand`)."""
     if c.ndim != 1 or t.shape[0] != c.shape[0]:
         raise ValueError(f"clip factors of shape {tuple(c.shape)} do not match a batch of shape {tuple(t.shape)}")
-    return zero_dropped_rows(t, c) * factors_as(c, t.dtype).reshape(-1, *([1] * (t.ndim - 1)))
+    t = summand(t, c)
+    return t * c.to(t.dtype).reshape(-1, *([1] * (t.ndim - 1)))
 
 
 def scale_factors(c: Tensor, batch: int, dtype: torch.dtype) -> Tensor:
     """The clip factors as a ``(B, 1)`` column of ``dtype``, to scale the rows of a ``(B, d)`` matrix."""
     if c.shape != (batch,):
         raise ValueError(f"clip factors of shape {tuple(c.shape)} do not match a batch of {batch}")
-    return factors_as(c, dtype).unsqueeze(1)
+    return c.to(dtype).unsqueeze(1)
 
 
 def _trainable(module: nn.Module, attr: str) -> bool:
@@ -173,7 +170,8 @@ def weighted_rows(c: Tensor, g: Tensor) -> Tensor:
     >>> weighted_rows(torch.tensor([1.0, 0.5]), torch.tensor([[2.0, 4.0], [2.0, 2.0]])).tolist()
     [3.0, 5.0]
     """
-    c, g = factors_as(c, g.dtype), zero_dropped_rows(g, c)
+    g = summand(g, c)
+    c = c.to(g.dtype)
     if g.ndim == 2:  # torch.mv on the transposed view: measured faster than c @ g on CPU (issue 18)
         return torch.mv(g.t(), c)
     return torch.mv(g.reshape(g.shape[0], -1).t(), c).reshape(g.shape[1:])
@@ -220,15 +218,15 @@ def _affine(a: Tensor, b: Tensor, d_in: int, d_out: int, want_w: bool, want_b: b
             w = weighted_rows(c, per_example)
             out["weight"] = w.t() if weight_in_out else w
         elif want_w and a.ndim == 2:  # sum_i c_i b_i^T a_i = b^T diag(c) a; scale the narrower side
-            cc = scale_factors(c, batch, a.dtype)  # (B, 1)
-            a_, b_ = zero_dropped_rows(a, c), zero_dropped_rows(b, c)  # a and b themselves unless capturing
+            a_, b_ = summand(a, c), summand(b, c)  # a and b themselves unless 16-bit or capturing
+            cc = scale_factors(c, batch, a_.dtype)  # (B, 1)
             w = b_.t() @ (a_ * cc) if d_in <= d_out else (b_ * cc).t() @ a_
             out["weight"] = w.t() if weight_in_out else w
         elif want_w:
             if d_in <= d_out:
-                w = zero_dropped_rows(b, c).reshape(-1, d_out).t() @ scale_rows(a, c).reshape(-1, d_in)
+                w = summand(b, c).reshape(-1, d_out).t() @ scale_rows(a, c).reshape(-1, d_in)
             else:
-                w = scale_rows(b, c).reshape(-1, d_out).t() @ zero_dropped_rows(a, c).reshape(-1, d_in)
+                w = scale_rows(b, c).reshape(-1, d_out).t() @ summand(a, c).reshape(-1, d_in)
             out["weight"] = w.t() if weight_in_out else w
         if want_b:
             out["bias"] = weighted_rows(c, b_sum if b_sum is not None else b)
@@ -341,8 +339,7 @@ def _embedding(module: nn.Embedding, ids: Tensor, b: Tensor) -> LayerContributio
 
     def weighted_sum(c: Tensor) -> dict[str, Tensor]:
         rows = scale_rows(g, c).reshape(-1, dim)
-        weight = module.weight
-        return {"weight": weight.new_zeros(weight.shape).index_add_(0, ids2.reshape(-1), rows)}
+        return {"weight": rows.new_zeros(module.weight.shape).index_add_(0, ids2.reshape(-1), rows)}
 
     return LayerContribution(norm2 if _trainable(module, "weight") else g.new_zeros(batch), weighted_sum)
 

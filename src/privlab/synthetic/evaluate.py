@@ -304,8 +304,8 @@ def evaluate_synthetic(real_train: pd.DataFrame, real_holdout: pd.DataFrame, syn
         for name, df in others:
             unseen = set(df[c].astype(object)) - set(seen)
             if unseen:
-                raise ValueError(f"column {c!r} of {name} has {len(unseen)} value(s) not in real_train's categories "
-                                 "(not shown: they are data)")
+                raise ValueError(f"column {c!r} of {name} has values not in real_train's categories (neither "
+                                 "shown nor counted: they are data)")
         categories[c] = seen
 
     # fidelity

@@ -1,6 +1,7 @@
 """The command line answers --help and its subcommands."""
 
 import math
+import re
 import subprocess
 import sys
 
@@ -152,3 +153,24 @@ def test_a_noise_multiplier_whose_square_underflows_is_refused():
 
     with pytest.raises(ValueError, match="too small: 2 sigma\\^2 underflows"):
         dpsgd_epsilon(noise_multiplier=1e-300, sample_rate=0.1, steps=10, delta=1e-5)
+
+
+def test_red_team_cli_findings(capsys):
+    """A red-team read: sigma = 1e-160 printed epsilon 0.83 (RDP's 1/(2 sigma^2) overflowed and was clipped
+    to 0); 1e21 steps and NaN in lm --epsilons were a traceback or silently dropped; delta >= 1/N passed
+    without a word."""
+    assert main(["epsilon", "--noise-multiplier", "1e-160", "--sample-rate", "0.01", "--steps", "100",
+                 "--accountant", "rdp"]) == 0
+    assert "epsilon = inf" in capsys.readouterr().out
+    for argv, match in [
+        (["epsilon", "--noise-multiplier", "1", "--sample-rate", "0.01", "--steps", "1000000000000000000000"],
+         "steps must be at most 1e\\+12"),
+        (["lm", "--scale", "smoke", "--epsilons", "1", "nan"], "each of --epsilons must be a number > 0, got nan"),
+    ]:
+        with pytest.raises(SystemExit) as err:
+            main(argv)
+        assert err.value.code == 2
+        assert re.search(match, capsys.readouterr().err)
+    assert main(["epsilon", "--noise-multiplier", "1.1", "--batch-size", "256", "--dataset-size", "1000000",
+                 "--epochs", "1"]) == 0
+    assert "warning: delta = 1e-05 >= 1/N = 1e-06" in capsys.readouterr().err

@@ -95,3 +95,20 @@ def test_torch_threads_honours_omp_num_threads(monkeypatch):
     monkeypatch.delenv(config.THREADS_ENV)
     with pytest.raises(ValueError, match="default"):
         config.torch_threads(0)
+
+
+def test_seeds_must_be_integers_at_least_zero():
+    """A red-team read: int() made 0.9 and "0" seed 0, and -1 the same torch stream as 2**64 - 1."""
+    import pytest
+
+    from privlab._validate import check_positive
+    from privlab.config import make_rng, make_torch_generator
+
+    for bad in (0.9, "0", -1, True):
+        with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+            make_torch_generator(bad)
+        with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+            make_rng(bad)
+    assert make_torch_generator(3.0).initial_seed() == 3
+    with pytest.raises(ValueError, match="got an integer of 401 digits"):  # was an OverflowError
+        check_positive("x", 10**400)

@@ -108,3 +108,30 @@ def test_client_level_dp_says_its_epsilon_is_not_in_the_plan():
                         client_level_dp=True)
     assert cfg.dp_training and cfg.reserve_epsilon == 3.0
     assert any("not counted in reserve_epsilon" in n for n in cfg.notes)
+
+
+def test_red_team_pipeline_findings(tmp_path):
+    """A red-team read: 'False' (truthy) was reported as client-level DP; a bare string of techniques was
+    stored letter by letter; two data sets (or units) on one ledger shared one budget while the summary
+    showed two; records did not say whom their epsilon protects."""
+    for flag in ("federated", "client_level_dp", "secure_aggregation", "synthetic_data"):
+        with pytest.raises(ValueError, match=f"{flag} must be True or False, got 'False'"):
+            PrivacyConfig(**{**MEDICORE, flag: "False"})
+    with pytest.raises(ValueError, match=r"neighbouring must be one of \('add/remove', 'replace-one'\)"):
+        PrivacyConfig(**MEDICORE, neighbouring="substitution")
+    with pytest.raises(ValueError, match="privacy_unit must be a non-empty string"):
+        PrivacyConfig(**MEDICORE, privacy_unit="")
+    assert PrivacyConfig(**{**MEDICORE, "n_clients": 15.0}).n_clients == 15 and isinstance(
+        PrivacyConfig(**{**MEDICORE, "n_clients": 15.0}).n_clients, int)
+    path = tmp_path / "ledger.jsonl"
+    pipe = PrivacyPipeline(PrivacyConfig(**MEDICORE), dataset="ehr", ledger=path)
+    with pytest.raises(ValueError, match="techniques must be a list of names, got the string 'DP-SGD'"):
+        pipe.record("model", epsilon=0.5, techniques="DP-SGD", accounting="pld")
+    rec = pipe.record("model", epsilon=0.5, techniques=["DP-SGD"], accounting="pld")
+    assert (rec.metadata["privacy_unit"], rec.metadata["neighbouring"]) == ("record", "add/remove")
+    with pytest.raises(ValueError, match=r"record 1 \('model'\) is for data set 'ehr', privacy unit 'record'"):
+        PrivacyPipeline(PrivacyConfig(**MEDICORE), dataset="claims", ledger=path)
+    with pytest.raises(ValueError, match="this pipeline is for 'ehr', 'user'"):
+        PrivacyPipeline(PrivacyConfig(**MEDICORE, privacy_unit="user"), dataset="ehr", ledger=path)
+    row = summarize_ledger(path).table.iloc[0]
+    assert (row["privacy_unit"], row["neighbouring"]) == ("record", "add/remove")

@@ -24,7 +24,10 @@ import numpy as np
 def _as_float(name: str, value, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (Real, np.floating, np.integer)):
         raise ValueError(f"{name} must be {what}, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float range (10**400): a ValueError naming it, not a traceback
+        raise ValueError(f"{name} must be {what}, got an integer of {len(str(abs(int(value))))} digits") from None
 
 
 def check_positive(name: str, value, *, allow_inf: bool = False) -> float:

@@ -591,7 +591,8 @@ def summarize_ledger(path: str | os.PathLike) -> LedgerSummary:
     rows = []
     for r in Ledger(path).records():
         m = r.metadata
-        rows.append({"timestamp": r.timestamp, "dataset": m.get("dataset", ""), "step": r.query,
+        rows.append({"timestamp": r.timestamp, "dataset": m.get("dataset", ""), "privacy_unit": m.get("privacy_unit", ""),
+                     "neighbouring": m.get("neighbouring", ""), "step": r.query,
                      "techniques": ", ".join(m.get("techniques", [])), "epsilon": r.epsilon, "delta": r.delta,
                      "accounting_method": m.get("accounting_method", r.accounting),
                      "spent_epsilon": r.spent_epsilon, "remaining_epsilon": r.remaining_epsilon,

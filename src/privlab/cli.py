@@ -31,6 +31,7 @@ import sys
 from collections.abc import Callable
 
 from privlab import __version__
+from privlab._validate import check_epsilon
 from privlab.accounting import ACCOUNTANTS, calibrate_noise, dpsgd_epsilon
 from privlab.config import get_scale
 from privlab.provenance import to_jsonable
@@ -107,8 +108,17 @@ def _run_shape(args: argparse.Namespace) -> tuple[float, int]:
     return b / n, steps
 
 
+def _warn_delta(args: argparse.Namespace) -> None:
+    """With N known, say when delta is not below 1/N (publishing one record in the clear is (0, 1/N)-DP)."""
+    n = args.dataset_size
+    if n is not None and args.delta >= 1.0 / n:
+        print(f"warning: delta = {args.delta:g} >= 1/N = {1.0 / n:g}: a guarantee that allows publishing a "
+              f"record in the clear; use delta well below 1/N (e.g. {0.01 / n:.1g})", file=sys.stderr)
+
+
 def _epsilon(args: argparse.Namespace) -> int:
     q, steps = _run_shape(args)
+    _warn_delta(args)
     out = {name: dpsgd_epsilon(noise_multiplier=args.noise_multiplier, sample_rate=q, steps=steps,
                                delta=args.delta, accountant=name) for name in args.accountant}
     if args.json:
@@ -122,6 +132,7 @@ def _epsilon(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     q, steps = _run_shape(args)
+    _warn_delta(args)
     out = {name: calibrate_noise(target_epsilon=args.target_epsilon, delta=args.delta, sample_rate=q, steps=steps,
                                  accountant=name) for name in args.accountant}
     if args.json:
@@ -246,6 +257,8 @@ def _lm(args: argparse.Namespace) -> int:
     from privlab.experiments import language_model as lm
 
     scale = get_scale(args.scale).name
+    for e in args.epsilons or ():  # before any pretraining (NaN was dropped silently, -1 refused late)
+        check_epsilon(e, name="each of --epsilons", allow_inf=True)
     runs = lm.default_runs(scale, [e for e in args.epsilons if math.isfinite(e)] if args.epsilons else None)
     # shadow-model LiRA on ordinary sequences, as in chapter 14: without noise and at the smallest epsilon
     finite = [r[0] for r in runs if math.isfinite(r[0])]

@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import platformdirs
 
+from privlab._validate import check_int
+
 SCALES = ("smoke", "book", "paper")
 ENV_VAR = "PRIVLAB_SCALE"
 DEFAULT_SCALE = "book"
@@ -199,20 +201,22 @@ def set_torch_threads(default: int) -> int:
 
 
 def make_rng(seed: int | None) -> np.random.Generator:
-    """Return a new NumPy generator (PCG64) seeded with ``seed``.
+    """Return a new NumPy generator (PCG64) seeded with ``seed`` (an integer >= 0; ``None``: fresh
+    entropy from the operating system, not reproducible).
 
     >>> make_rng(0).integers(0, 100, size=3).tolist() == make_rng(0).integers(0, 100, size=3).tolist()
     True
     """
-    return np.random.default_rng(seed)
+    return np.random.default_rng(None if seed is None else check_int("seed", seed, minimum=0))
 
 
 def make_torch_generator(seed: int, device: Any = "cpu"):
-    """Return a :class:`torch.Generator` on ``device`` seeded with ``seed``."""
+    """Return a :class:`torch.Generator` on ``device`` seeded with ``seed``, an integer >= 0 (``int()``
+    had made 0.9 and "0" seed 0, and -1 the same stream as 2**64 - 1: a red-team read)."""
     import torch
 
     g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
+    g.manual_seed(check_int("seed", seed, minimum=0))
     return g
 
 

@@ -35,13 +35,13 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from privlab._validate import check_delta, check_epsilon, check_int
+from privlab._validate import check_bool, check_delta, check_epsilon, check_int
 from privlab.accounting import DPSGD_ACCOUNTANTS
 from privlab.budget import Ledger, LedgerRecord, PrivacyOdometer
 
 __all__ = [
-    "CommunicationPrivacyOnlyWarning", "NoFormalGuaranteeWarning", "PrivacyConfig", "PrivacyConfigWarning",
-    "PrivacyPipeline",
+    "NEIGHBOURING", "CommunicationPrivacyOnlyWarning", "NoFormalGuaranteeWarning", "PrivacyConfig",
+    "PrivacyConfigWarning", "PrivacyPipeline",
 ]
 
 
@@ -55,6 +55,10 @@ class NoFormalGuaranteeWarning(PrivacyConfigWarning):
 
 class CommunicationPrivacyOnlyWarning(PrivacyConfigWarning):
     """Federated learning without DP: communication privacy only, the model can still leak."""
+
+
+#: The neighbouring relations a :class:`PrivacyConfig` can name.
+NEIGHBOURING = ("add/remove", "replace-one")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,6 +76,12 @@ class PrivacyConfig:
         secure_aggregation: the server sees only the sum of the updates.
         synthetic_data: the pipeline releases synthetic data.
         synthetic_dp_epsilon: the generator's DP :math:`\varepsilon`, or ``None`` (trained without DP).
+        privacy_unit: whom each epsilon protects (``"record"`` by default; ``"user"``, ``"client"``, ...):
+            every record of the pipeline carries it, and epsilons of different units do not add up.
+        neighbouring: ``"add/remove"`` (default) or ``"replace-one"``: the neighbouring relation.
+
+    The flags must be bools (``"False"`` is truthy: a red-team read found it reported as client-level
+    DP, with no warning of communication privacy only).
 
     Raises:
         ValueError: naming the bad value, e.g. a DP-SGD target over the total budget.
@@ -101,9 +111,17 @@ class PrivacyConfig:
     secure_aggregation: bool = False
     synthetic_data: bool = False
     synthetic_dp_epsilon: float | None = None
+    privacy_unit: str = "record"
+    neighbouring: str = "add/remove"
     notes: tuple[str, ...] = field(default=(), init=False)
 
     def __post_init__(self) -> None:
+        for name in ("federated", "client_level_dp", "secure_aggregation", "synthetic_data"):
+            check_bool(name, getattr(self, name))
+        if not isinstance(self.privacy_unit, str) or not self.privacy_unit:
+            raise ValueError(f"privacy_unit must be a non-empty string, got {self.privacy_unit!r}")
+        if self.neighbouring not in NEIGHBOURING:
+            raise ValueError(f"neighbouring must be one of {NEIGHBOURING}, got {self.neighbouring!r}")
         check_epsilon(self.total_epsilon, name="total_epsilon")
         check_delta(self.delta)
         if self.dpsgd_target_epsilon is not None:
@@ -125,7 +143,7 @@ class PrivacyConfig:
             for name in ("n_clients", "local_epochs", "rounds"):
                 if getattr(self, name) is None:
                     raise ValueError(f"{name} is required for federated learning, got None")
-                check_int(name, getattr(self, name))
+                object.__setattr__(self, name, check_int(name, getattr(self, name)))
             if not self.dp_training:
                 warnings.warn("federated learning without DP gives communication privacy only: raw data stay on "
                               "the clients, but the updates and the final model can leak training records",
@@ -199,6 +217,18 @@ class PrivacyPipeline:
         self.config, self.dataset = config, dataset
         self.odometer = PrivacyOdometer(total_epsilon=config.total_epsilon, total_delta=config.delta,
                                         composition="basic", ledger=ledger)
+        # the ledger is the unit of budget: one data set, one privacy unit and relation per file (a
+        # red-team read: two data sets on one ledger shared one budget while the summary showed two)
+        for number, r in enumerate(self.odometer.records, start=1):
+            m = r.metadata
+            theirs = (m.get("dataset", dataset), m.get("privacy_unit", config.privacy_unit),
+                      m.get("neighbouring", config.neighbouring))
+            if theirs != (dataset, config.privacy_unit, config.neighbouring):
+                raise ValueError(
+                    f"{self.odometer.ledger.path}: record {number} ({r.query!r}) is for data set {theirs[0]!r}, "
+                    f"privacy unit {theirs[1]!r}, {theirs[2]} neighbours; this pipeline is for {dataset!r}, "
+                    f"{config.privacy_unit!r}, {config.neighbouring}: a ledger holds one budget, so use one "
+                    "ledger per data set and unit")
 
     def record(self, step: str, *, epsilon: float, delta: float = 0.0, techniques: Sequence[str],
                accounting: str, quality: dict | None = None, details: dict | None = None) -> LedgerRecord:
@@ -216,7 +246,12 @@ class PrivacyPipeline:
         Raises:
             privlab.budget.BudgetExceededError: over the total budget (nothing is recorded).
         """
-        meta = {"dataset": self.dataset, "techniques": list(techniques), "accounting_method": accounting,
+        if isinstance(techniques, str):  # stored letter by letter otherwise
+            raise ValueError(f"techniques must be a list of names, got the string {techniques!r}")
+        if not isinstance(accounting, str) or not accounting:
+            raise ValueError(f"accounting must be a non-empty string, got {accounting!r}")
+        meta = {"dataset": self.dataset, "privacy_unit": self.config.privacy_unit,
+                "neighbouring": self.config.neighbouring, "techniques": list(techniques), "accounting_method": accounting,
                 "model_quality": dict(quality or {}), "total_epsilon": self.config.total_epsilon,
                 "total_delta": self.config.delta, "notes": list(self.config.notes), "details": dict(details or {})}
         return self.odometer.spend(step, epsilon=epsilon, delta=delta, mechanism=", ".join(techniques),

@@ -60,9 +60,15 @@ def make_accountant(name: str, **options) -> Accountant:
     return ACCOUNTANTS[name](**options)
 
 
+#: The most steps :func:`dpsgd_epsilon` and :func:`calibrate_noise` take (far beyond any training run).
+MAX_STEPS = 10**12
+
+
 def _check_run(sample_rate, steps, delta, accountant) -> tuple[float, int, float]:
     q = check_probability("sample_rate", sample_rate)
     k = check_int("steps", steps)
+    if k > MAX_STEPS:  # the PLD's FFT counts in C longs: 1e21 steps was an OverflowError traceback
+        raise ValueError(f"steps must be at most {MAX_STEPS:.0e}, got {steps!r}")
     d = check_delta(delta)
     if accountant not in ACCOUNTANTS:
         raise ValueError(f"accountant must be one of {sorted(ACCOUNTANTS)}, got {accountant!r}")

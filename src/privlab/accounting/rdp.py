@@ -324,9 +324,15 @@ class RdpAccountant(Accountant):
 
     @handles((PoissonSampledEvent, GaussianEvent))
     def _subsampled_gaussian(self, event: PoissonSampledEvent, count: int) -> None:
-        self._rdp += count * np.maximum(0.0, subsampled_gaussian_rdp(
-            sample_rate=event.sample_rate, noise_multiplier=event.event.noise_multiplier, orders=self.orders
-        ))  # round-off below 0 at tiny q
+        with np.errstate(over="ignore", invalid="ignore"):
+            curve = subsampled_gaussian_rdp(
+                sample_rate=event.sample_rate, noise_multiplier=event.event.noise_multiplier, orders=self.orders)
+        # round-off just below 0 at tiny q is 0; anything else not >= 0 is an overflow of 1/(2 sigma^2)
+        # (sigma below ~1e-154) and counts as +inf: clipping it at 0 had printed epsilon 0.83 for
+        # sigma = 1e-160 (a red-team read of the CLI)
+        curve = np.where(np.isnan(curve) | (curve < -1e-9), np.inf, np.maximum(curve, 0.0))
+        with np.errstate(over="ignore"):
+            self._rdp += count * curve
 
     @handles(LaplaceEvent)
     def _laplace(self, event: LaplaceEvent, count: int) -> None:

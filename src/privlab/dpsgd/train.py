@@ -22,7 +22,11 @@ Engineering, as the house style asks:
   noise is drawn on the device;
 * deterministic given ``generator``: it seeds the sampler, the noise generator
   and, inside ``torch.random.fork_rng`` (so the caller's global state is left
-  untouched), the dropout masks;
+  untouched), the dropout masks. The guarantee assumes the noise is secret: whoever knows the
+  seed knows the noise (and where the model's initial weights come from the same seed, as in the
+  chapters, knowing them can reveal it). The book publishes its seeds so that every number can be
+  reproduced; its trained models are demonstrations. A deployment seeds from the operating
+  system's entropy (``torch.Generator().seed()``) and keeps the seed private;
 * ``compile=True`` runs the model through ``torch.compile(dynamic=True)``
   (batch sizes vary under Poisson sampling);
 * ``cuda_graph=True`` (CUDA only) replays each step from one CUDA graph, the

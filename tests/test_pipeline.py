@@ -135,3 +135,29 @@ def test_red_team_pipeline_findings(tmp_path):
         PrivacyPipeline(PrivacyConfig(**MEDICORE, privacy_unit="user"), dataset="ehr", ledger=path)
     row = summarize_ledger(path).table.iloc[0]
     assert (row["privacy_unit"], row["neighbouring"]) == ("record", "add/remove")
+
+
+def test_two_pipelines_opened_before_either_spends_cannot_share_a_ledger(tmp_path):
+    """A review of the fix above: checked at opening only, two pipelines for different data sets opened
+    on an empty ledger both spent from it. The check now runs on every read, also under the lock."""
+    import json
+
+    from privlab.budget import Ledger
+
+    path = tmp_path / "ledger.jsonl"
+    a = PrivacyPipeline(PrivacyConfig(**MEDICORE), dataset="ehr", ledger=path)
+    b = PrivacyPipeline(PrivacyConfig(**MEDICORE), dataset="claims", ledger=path)
+    a.record("model", epsilon=1.0, techniques=["DP-SGD"], accounting="pld")
+    with pytest.raises(ValueError, match=r"record 1 \('model'\) is for data set 'ehr'"):
+        b.record("model", epsilon=1.0, techniques=["DP-SGD"], accounting="pld")
+    assert len(Ledger(path)) == 1  # nothing spent by b
+    # a record written before the unit was recorded was record-level and add/remove
+    lines = path.read_text().splitlines()
+    old = json.loads(lines[0])
+    del old["metadata"]["privacy_unit"], old["metadata"]["neighbouring"]
+    path.write_text(json.dumps(old) + "\n")
+    with pytest.raises(ValueError, match="privacy unit 'record', add/remove neighbours"):
+        PrivacyPipeline(PrivacyConfig(**MEDICORE, privacy_unit="user"), dataset="ehr", ledger=path)
+    assert PrivacyPipeline(PrivacyConfig(**MEDICORE), dataset="ehr", ledger=path).odometer.spent_epsilon == 1.0
+    cfg = PrivacyConfig(**{**MEDICORE, "secure_aggregation": __import__("numpy").True_})
+    assert cfg.secure_aggregation is True  # stored as a bool (a numpy bool broke to_dict's JSON)

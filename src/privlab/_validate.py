@@ -27,7 +27,7 @@ def _as_float(name: str, value, what: str) -> float:
     try:
         return float(value)
     except OverflowError:  # an int beyond float range (10**400): a ValueError naming it, not a traceback
-        raise ValueError(f"{name} must be {what}, got an integer of {len(str(abs(int(value))))} digits") from None
+        raise ValueError(f"{name} must be {what}, got an integer of {int(value).bit_length()} bits") from None
 
 
 def check_positive(name: str, value, *, allow_inf: bool = False) -> float:

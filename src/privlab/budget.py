@@ -332,6 +332,10 @@ class PrivacyOdometer:
             again (under the ledger's lock) before every :meth:`spend`, so the
             budget holds for all odometers sharing the file together; every
             accepted query is appended to it.
+        accept: optional ``accept(line_number, record)`` called on every record each time the
+            ledger is read (also under the lock before a spend); it raises ``ValueError`` to refuse
+            a ledger holding a record it does not accept (:class:`privlab.pipeline.PrivacyPipeline`
+            refuses another data set's or privacy unit's records this way).
 
     The totals shown between spends (``spent_epsilon``, ``remaining_epsilon``, ...)
     are those of the last read of the ledger; :meth:`refresh` re-reads it.
@@ -340,13 +344,14 @@ class PrivacyOdometer:
     """
 
     def __init__(self, *, total_epsilon: float, total_delta: float, composition: str = "basic",
-                 ledger: Ledger | str | os.PathLike | None = None) -> None:
+                 ledger: Ledger | str | os.PathLike | None = None, accept=None) -> None:
         self.total_epsilon = check_epsilon(total_epsilon, name="total_epsilon")
         self.total_delta = check_delta(total_delta, name="total_delta")
         if composition not in ACCOUNTANTS:
             raise ValueError(f"composition must be one of {sorted(ACCOUNTANTS)}, got {composition!r}")
         self.composition = composition
         self.ledger = ledger if isinstance(ledger, Ledger) or ledger is None else Ledger(ledger)
+        self._accept = accept
         self._records: list[LedgerRecord] = []
         self._events: list[PrivacyEvent] = []
         if self.ledger is not None:
@@ -354,6 +359,8 @@ class PrivacyOdometer:
 
     def _load(self, records: list[LedgerRecord]) -> None:
         for number, r in enumerate(records, start=1):
+            if self._accept is not None:  # the caller's own check, on every read (also under the lock)
+                self._accept(number, r)
             if r.total_epsilon is None and r.total_delta is None:
                 continue  # appended without an odometer: spent budget all the same
             if (r.total_epsilon, r.total_delta, r.accounting) != (

@@ -117,7 +117,7 @@ class PrivacyConfig:
 
     def __post_init__(self) -> None:
         for name in ("federated", "client_level_dp", "secure_aggregation", "synthetic_data"):
-            check_bool(name, getattr(self, name))
+            object.__setattr__(self, name, check_bool(name, getattr(self, name)))  # np.bool_ -> bool
         if not isinstance(self.privacy_unit, str) or not self.privacy_unit:
             raise ValueError(f"privacy_unit must be a non-empty string, got {self.privacy_unit!r}")
         if self.neighbouring not in NEIGHBOURING:
@@ -215,20 +215,27 @@ class PrivacyPipeline:
         if not isinstance(dataset, str) or not dataset:
             raise ValueError(f"dataset must be a non-empty string, got {dataset!r}")
         self.config, self.dataset = config, dataset
-        self.odometer = PrivacyOdometer(total_epsilon=config.total_epsilon, total_delta=config.delta,
-                                        composition="basic", ledger=ledger)
+        path = ledger.path if isinstance(ledger, Ledger) else ledger
+
         # the ledger is the unit of budget: one data set, one privacy unit and relation per file (a
-        # red-team read: two data sets on one ledger shared one budget while the summary showed two)
-        for number, r in enumerate(self.odometer.records, start=1):
+        # red-team read: two data sets on one ledger shared one budget while the summary showed two).
+        # Checked on every read of the ledger, also the one under the lock before each spend (a
+        # review: checked at opening only, two pipelines opened before either spent both passed).
+        # Records from before the unit was recorded were record-level and add/remove.
+        def accept(number: int, r: LedgerRecord) -> None:
             m = r.metadata
-            theirs = (m.get("dataset", dataset), m.get("privacy_unit", config.privacy_unit),
-                      m.get("neighbouring", config.neighbouring))
+            if "dataset" not in m:  # appended by hand, not by a pipeline: spent budget all the same
+                return
+            theirs = (m["dataset"], m.get("privacy_unit", "record"), m.get("neighbouring", "add/remove"))
             if theirs != (dataset, config.privacy_unit, config.neighbouring):
                 raise ValueError(
-                    f"{self.odometer.ledger.path}: record {number} ({r.query!r}) is for data set {theirs[0]!r}, "
-                    f"privacy unit {theirs[1]!r}, {theirs[2]} neighbours; this pipeline is for {dataset!r}, "
+                    f"{path}: record {number} ({r.query!r}) is for data set {theirs[0]!r}, privacy unit "
+                    f"{theirs[1]!r}, {theirs[2]} neighbours; this pipeline is for {dataset!r}, "
                     f"{config.privacy_unit!r}, {config.neighbouring}: a ledger holds one budget, so use one "
                     "ledger per data set and unit")
+
+        self.odometer = PrivacyOdometer(total_epsilon=config.total_epsilon, total_delta=config.delta,
+                                        composition="basic", ledger=ledger, accept=accept)
 
     def record(self, step: str, *, epsilon: float, delta: float = 0.0, techniques: Sequence[str],
                accounting: str, quality: dict | None = None, details: dict | None = None) -> LedgerRecord:

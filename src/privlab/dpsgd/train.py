@@ -25,8 +25,10 @@ Engineering, as the house style asks:
   untouched), the dropout masks. The guarantee assumes the noise is secret: whoever knows the
   seed knows the noise (and where the model's initial weights come from the same seed, as in the
   chapters, knowing them can reveal it). The book publishes its seeds so that every number can be
-  reproduced; its trained models are demonstrations. A deployment seeds from the operating
-  system's entropy (``torch.Generator().seed()``) and keeps the seed private;
+  reproduced; its trained models are demonstrations. Nor is a private seed enough for a
+  deployment: torch's CPU generator is MT19937, seeded from 32 bits, and not cryptographically
+  secure, so a released model needs its noise from a cryptographically secure generator (as
+  Opacus's ``secure_mode``), which privlab does not provide;
 * ``compile=True`` runs the model through ``torch.compile(dynamic=True)``
   (batch sizes vary under Poisson sampling);
 * ``cuda_graph=True`` (CUDA only) replays each step from one CUDA graph, the

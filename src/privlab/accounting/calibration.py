@@ -106,23 +106,17 @@ def dpsgd_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, de
     """
     sigma = check_positive("noise_multiplier", noise_multiplier)
     q, k, d = _check_run(sample_rate, steps, delta, accountant)
-    return _dpsgd_epsilon(sigma, q, k, d, accountant, warn=True)
-
-
-def _dpsgd_epsilon(sigma: float, q: float, k: int, d: float, accountant: str, *, warn: bool) -> float:
-    """The accountant's epsilon; where the PLD's grid would be too large (tiny sigma, or a tiny q whose
-    per-step loss variance sets a step far finer than the composed loss's span), RDP's: a valid bound,
-    looser. (It used to be an error saying the epsilon was astronomically large, which at q = 1e-7 it
-    was not: 0.07 by dp_accounting's PLD, a red-team read.)"""
-    acc = make_accountant(accountant)
-    acc.compose(dpsgd_event(noise_multiplier=sigma, sample_rate=q, steps=k))
+    event = dpsgd_event(noise_multiplier=sigma, sample_rate=q, steps=k)
     try:
-        return acc.get_epsilon(d)
+        return make_accountant(accountant).compose(event).get_epsilon(d)
     except PldGridTooLargeError as err:
-        if warn:
-            warnings.warn(f"the PLD accountant cannot discretise this run ({err}); epsilon is the RDP "
-                          "accountant's instead (a valid bound, looser)", stacklevel=3)
-        return _dpsgd_epsilon(sigma, q, k, d, "rdp", warn=False)
+        # where the PLD's grid would be too large (a tiny sigma, or a tiny q whose per-step loss variance
+        # sets a step far finer than the composed loss's span), RDP's epsilon: a valid bound, looser.
+        # (It used to be an error saying the epsilon was astronomically large, which at q = 1e-7 it was
+        # not: 0.07 by dp_accounting's PLD, a red-team read.)
+        warnings.warn(f"the PLD accountant cannot discretise this run ({err}); epsilon is the RDP "
+                      "accountant's instead (a valid bound, looser)", stacklevel=2)
+        return make_accountant("rdp").compose(event).get_epsilon(d)
 
 
 def calibrate(fn: Callable[[float], float], *, target: float, initial: float = 1.0, rel_tol: float = 1e-3,

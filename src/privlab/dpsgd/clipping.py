@@ -147,10 +147,10 @@ def clipped_grad_sum_with_stats(
     if batch == 0:  # an empty Poisson batch: the sum over no examples is zero
         device = params[0].device if params else xs[0].device
         empty = torch.zeros(0, device=device)
-        grads = None if factors_fn is None else _zero_sums(params)
+        grads = None if factors_fn is None else rules.zero_sums(params)
         return ClippedSum(grads, empty, empty, params)
     grads, norms, losses = _METHOD_IMPLS[method](model, loss_fn, xs, targets, factors_fn, named, modules)
-    if grads is not None and not _capturing() and not bool(torch.isfinite(norms).all()):
+    if grads is not None and not rules.capturing() and not bool(torch.isfinite(norms).all()):
         # an example with a NaN or infinite gradient has clip factor 0, but 0 * inf is NaN in the
         # weighted sum: the sum over the other examples, computed again without it (each example's
         # own gradient decides whether it takes part, so each still moves the sum by at most C).
@@ -166,18 +166,9 @@ def clipped_grad_sum_with_stats(
             grads = _METHOD_IMPLS[method](model, loss_fn, sub, None if targets is None else targets[finite],
                                           factors_of_rows, named, modules)[0]
         else:
-            grads = _zero_sums(params)
+            grads = rules.zero_sums(params)
     return ClippedSum(grads, norms, losses, params)
 
-
-def _zero_sums(params) -> list[Tensor]:
-    """Zero clipped sums, one per parameter, in the dtype sums are formed in (float32 or wider)."""
-    return [p.new_zeros(p.shape, dtype=rules.wide(p).dtype) for p in params]
-
-
-def _capturing() -> bool:
-    """Is a CUDA graph being captured (no host synchronisation allowed)? :func:`rules.capturing`."""
-    return rules.capturing()
 
 
 def clipped_grad_sum(

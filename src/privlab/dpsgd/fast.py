@@ -1221,8 +1221,7 @@ def fast_norms_and_clipped_sum(model, loss_fn, inputs, targets, factors_fn=None,
             pid = id(getattr(s.module, attr))
             result[pid] = g if pid not in result else result[pid] + g  # a tied weight: both uses add
         weighted_sum = None
-    grads = [_as_param(result[id(p)], p) if id(p) in result else p.new_zeros(p.shape, dtype=rules.wide(p).dtype)
-             for p in params]
+    grads = [_as_param(result[id(p)], p) if id(p) in result else rules.zero_sums([p])[0] for p in params]
     return grads, norms, losses.detach()
 
 

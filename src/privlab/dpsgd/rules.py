@@ -46,7 +46,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 __all__ = ["LayerContribution", "capturing", "covered_types", "layer_norm_from_stats", "register_rule", "row_sq_norms",
-           "rule_for", "scale_factors", "scale_rows", "summand", "weighted_rows", "wide", "zero_dropped_rows"]
+           "rule_for", "scale_factors", "scale_rows", "summand", "weighted_rows", "wide", "zero_dropped_rows",
+           "zero_sums"]
 
 
 class LayerContribution(NamedTuple):
@@ -113,6 +114,11 @@ def summand(t: Tensor, c: Tensor) -> Tensor:
     casts to the parameter's type only after it (rounding the noisy sum is post-processing).
     """
     return wide(zero_dropped_rows(t, c))
+
+
+def zero_sums(params) -> list[Tensor]:
+    """Zero clipped sums, one per parameter, in the dtype sums are formed in (:func:`summand`)."""
+    return [p.new_zeros(p.shape, dtype=wide(p).dtype) for p in params]
 
 
 def scale_rows(t: Tensor, c: Tensor) -> Tensor:

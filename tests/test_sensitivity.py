@@ -157,7 +157,7 @@ def test_invalid_n_raises(n):
 
 
 @FAST
-@given(name=st.text(max_size=12).filter(lambda s: s not in ("add_remove", "replace")))
+@given(name=st.text(max_size=12).filter(lambda s: s not in ("add_remove", "replace", "add/remove", "replace-one")))
 def test_unknown_neighbouring_relation_raises(name):
     for fn in (histogram_l1_sensitivity, histogram_l2_sensitivity):
         with pytest.raises(ValueError, match="neighbouring"):
@@ -175,3 +175,15 @@ def test_empirical_sensitivity_errors():
         l2_sensitivity(lambda d: np.array([math.nan]), [([1], [2])])
     with pytest.raises(ValueError, match="pairs"):
         l1_sensitivity(len, [([1], [2], [3])])
+
+
+def test_pipeline_spellings_of_the_relations_are_accepted():
+    from privlab.pipeline import NEIGHBOURING as PIPELINE_NEIGHBOURING
+
+    assert PIPELINE_NEIGHBOURING == ("add/remove", "replace-one")
+    for book, here in zip(PIPELINE_NEIGHBOURING, ("add_remove", "replace")):
+        assert histogram_l1_sensitivity(neighbouring=book) == histogram_l1_sensitivity(neighbouring=here)
+        assert bounded_sum_sensitivity(lower=-2, upper=5, neighbouring=book) == \
+            bounded_sum_sensitivity(lower=-2, upper=5, neighbouring=here)
+    with pytest.raises(ValueError, match="neighbouring"):
+        histogram_l1_sensitivity(neighbouring=None)

@@ -30,6 +30,9 @@ import numpy as np
 from privlab._validate import check_array, check_int
 
 NEIGHBOURING = ("add_remove", "replace")
+#: The book's prose and :mod:`privlab.pipeline` spell the two relations "add/remove" and "replace-one";
+#: both spellings are accepted here and mean the same relations.
+_ALIASES = {"add/remove": "add_remove", "replace-one": "replace"}
 
 __all__ = [
     "NEIGHBOURING", "clip", "bounded_sum", "bounded_mean", "counting_sensitivity",
@@ -39,9 +42,12 @@ __all__ = [
 
 
 def _check_neighbouring(neighbouring: str) -> str:
-    if neighbouring not in NEIGHBOURING:
-        raise ValueError(f"neighbouring must be one of {NEIGHBOURING}, got {neighbouring!r}")
-    return neighbouring
+    """The relation's name here (``add_remove`` or ``replace``); the pipeline's spellings are accepted too."""
+    name = _ALIASES.get(neighbouring, neighbouring) if isinstance(neighbouring, str) else neighbouring
+    if name not in NEIGHBOURING:
+        raise ValueError(f"neighbouring must be one of {NEIGHBOURING} (or {tuple(_ALIASES)}), "
+                         f"got {neighbouring!r}")
+    return name
 
 
 def _check_bounds(lower, upper) -> tuple[float, float]:

@@ -154,3 +154,21 @@ def test_optimal_zcdp_delta_is_the_minimum_over_orders(rho, epsilon):
     grid = math.exp(min(float(log_d.min()), 0.0))
     ours = zcdp_to_delta(rho=rho, epsilon=epsilon, conversion="optimal")
     assert ours <= grid * (1 + 1e-4) and ours >= grid * (1 - 1e-3), (ours, grid)
+
+
+def test_rdp_of_a_huge_noise_multiplier_is_the_conversion_floor_not_an_overflow():
+    # the fractional-order series squared sigma: OverflowError from sigma = 1.4e154 with q < 1
+    import warnings
+
+    from privlab.accounting.rdp import HUGE_SIGMA, subsampled_gaussian_rdp
+
+    orders = [1.5, 2.0, 32.0, 256.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning from log(e^0 - 1) either
+        small = subsampled_gaussian_rdp(sample_rate=0.01, noise_multiplier=HUGE_SIGMA / 10, orders=orders)
+        eps = [dpsgd_epsilon(noise_multiplier=s, sample_rate=0.01, steps=100, delta=1e-5, accountant="rdp")
+               for s in (1e99, 1e101, 1e200, 1e300)]
+    assert np.all(np.abs(small) < 1e-15)  # the series at sigma = 1e99: zero up to its rounding
+    assert eps == [eps[0]] * 4 and eps[0] < 0.11  # log(1/delta) / (alpha_max - 1): the curve is ~0
+    huge = subsampled_gaussian_rdp(sample_rate=0.01, noise_multiplier=1e200, orders=orders)
+    assert np.all((huge >= 0) & (huge < 1e-300))  # the full-batch bound, alpha / (2 sigma^2)

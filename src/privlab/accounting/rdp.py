@@ -134,7 +134,8 @@ def _log_a_integer(q: float, sigma: float, alphas: np.ndarray) -> np.ndarray:
     i = np.arange(2, int(alphas.max()) + 1, dtype=float)[None, :]
     x = (i * i - i) / (2 * sigma * sigma)
     # log(e^x - 1) = x + log1p(-e^-x), stable for large x
-    log_expm1 = x + np.log1p(-np.exp(-x))
+    with np.errstate(divide="ignore"):  # x underflows to 0 for a huge sigma: log(e^0 - 1) = -inf, exactly
+        log_expm1 = x + np.log1p(-np.exp(-x))
     with np.errstate(invalid="ignore"):
         log_terms = (special.gammaln(a + 1) - special.gammaln(i + 1) - special.gammaln(a - i + 1)
                      + i * math.log(q) + (a - i) * math.log1p(-q) + log_expm1)
@@ -180,10 +181,17 @@ def _log_a_fractional(q: float, sigma: float, alphas: np.ndarray) -> np.ndarray:
     return np.logaddexp(log_signed_sum(log_s0), log_signed_sum(log_s1))
 
 
+#: Above this noise multiplier the subsampled Gaussian's RDP is bounded by the full-batch curve
+#: (under 1e-190 at the orders used) instead of summed: the series would overflow.
+HUGE_SIGMA = 1e100
+
+
 @lru_cache(maxsize=1024)
 def _subsampled_gaussian_rdp_cached(q: float, sigma: float, orders: tuple) -> np.ndarray:
     alphas = np.asarray(orders, dtype=float)
-    if q == 1.0:
+    if q == 1.0 or sigma > HUGE_SIGMA:
+        # sigma > HUGE_SIGMA: the series square sigma (overflow past 1.3e154); the full-batch curve
+        # alpha / (2 sigma^2) < 1e-190 bounds the subsampled one from above (subsampling only lowers it)
         return alphas / (2 * sigma * sigma)
     out = np.empty_like(alphas)
     integer = alphas == np.round(alphas)

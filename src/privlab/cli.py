@@ -1,9 +1,11 @@
 """The ``privlab`` command line: ``privlab --help`` lists the subcommands.
 
 Subcommands are registered in :data:`COMMANDS`, one small function each, so a new chapter's
-experiment adds one entry rather than another branch. Every subcommand takes ``--json`` to
-print one JSON document instead of text; bad arguments end with a one-line error and exit
-status 2. Each subcommand imports its implementation when it runs, so ``privlab --help`` and
+experiment adds one entry rather than another branch. Every subcommand but two takes ``--json``
+to print one JSON document instead of text; ``localhost`` and ``distributed`` hand their
+arguments to their own programs (see their ``--help``), which write their results as files
+(``distributed --out FILE.json``; ``localhost`` into its run's output folder). Bad arguments end
+with a one-line error and exit status 2. Each subcommand imports its implementation when it runs, so ``privlab --help`` and
 the accounting commands start without loading torch or the experiments.
 
 >>> main(["info", "--scale", "smoke"])  # doctest: +ELLIPSIS

@@ -161,3 +161,16 @@ def test_two_pipelines_opened_before_either_spends_cannot_share_a_ledger(tmp_pat
     assert PrivacyPipeline(PrivacyConfig(**MEDICORE), dataset="ehr", ledger=path).odometer.spent_epsilon == 1.0
     cfg = PrivacyConfig(**{**MEDICORE, "secure_aggregation": __import__("numpy").True_})
     assert cfg.secure_aggregation is True  # stored as a bool (a numpy bool broke to_dict's JSON)
+
+
+def test_a_step_over_its_planned_epsilon_warns_with_the_numbers(tmp_path):
+    from privlab.pipeline import OverPlanWarning
+
+    cfg = PrivacyConfig(total_epsilon=3, delta=1e-6, dpsgd_target_epsilon=2)
+    pipe = PrivacyPipeline(cfg, dataset="d", ledger=tmp_path / "l.jsonl")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe.record("train", epsilon=2.0, techniques=["DP-SGD"], accounting="pld")  # at the plan: silent
+        pipe.record("counts", epsilon=0.5, techniques=["Laplace"], accounting="laplace")  # another technique
+    with pytest.warns(OverPlanWarning, match=r"on DP-SGD to 2.25, over the plan's 2; 0.25 of the total 3"):
+        pipe.record("train again", epsilon=0.25, techniques=["DP-SGD"], accounting="pld")

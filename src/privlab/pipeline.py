@@ -40,7 +40,7 @@ from privlab.accounting import DPSGD_ACCOUNTANTS
 from privlab.budget import Ledger, LedgerRecord, PrivacyOdometer
 
 __all__ = [
-    "NEIGHBOURING", "CommunicationPrivacyOnlyWarning", "NoFormalGuaranteeWarning", "PrivacyConfig",
+    "NEIGHBOURING", "CommunicationPrivacyOnlyWarning", "NoFormalGuaranteeWarning", "OverPlanWarning", "PrivacyConfig",
     "PrivacyConfigWarning", "PrivacyPipeline",
 ]
 
@@ -51,6 +51,10 @@ class PrivacyConfigWarning(UserWarning):
 
 class NoFormalGuaranteeWarning(PrivacyConfigWarning):
     """Synthetic data from a generator trained without DP: no formal privacy guarantee."""
+
+
+class OverPlanWarning(PrivacyConfigWarning):
+    """A recorded step spends more than the plan gave its technique (the total budget still holds)."""
 
 
 class CommunicationPrivacyOnlyWarning(PrivacyConfigWarning):
@@ -257,6 +261,20 @@ class PrivacyPipeline:
             raise ValueError(f"techniques must be a list of names, got the string {techniques!r}")
         if not isinstance(accounting, str) or not accounting:
             raise ValueError(f"accounting must be a non-empty string, got {accounting!r}")
+        planned = {"DP-SGD": self.config.dpsgd_target_epsilon, "DP synthetic data": self.config.synthetic_dp_epsilon}
+        for name, target in planned.items():
+            if name not in techniques or target is None or not isinstance(epsilon, (int, float)):
+                continue
+            # the technique's spending so far (basic composition, as the plan) plus this step's
+            used = epsilon + sum(r.epsilon or 0.0 for r in self.odometer.refresh().records
+                                 if name in r.metadata.get("techniques", ()))
+            if used > target:
+                # allowed (the total budget is the guarantee and the odometer enforces it), but the plan's
+                # other steps now have less than they were planned with: say so, with the numbers
+                warnings.warn(f"{step!r} brings the epsilon spent on {name} to {used:g}, over the plan's "
+                              f"{target:g}; {self.odometer.remaining_epsilon - epsilon:g} of the total "
+                              f"{self.config.total_epsilon:g} would remain for the rest of the plan",
+                              OverPlanWarning, stacklevel=2)
         meta = {"dataset": self.dataset, "privacy_unit": self.config.privacy_unit,
                 "neighbouring": self.config.neighbouring, "techniques": list(techniques), "accounting_method": accounting,
                 "model_quality": dict(quality or {}), "total_epsilon": self.config.total_epsilon,

@@ -192,13 +192,15 @@ def _git(root: Path, *args: str) -> str | None:
 
 
 def git_commit(root: Path = ROOT, paths: tuple[str, ...] = ()) -> str:
-    """The short commit of ``root``'s checkout, with ``+ uncommitted changes`` when ``src/`` or
-    one of ``paths`` differs from it; ``"unknown"`` outside a git checkout."""
+    """The short commit of ``root``'s checkout, with ``+ uncommitted changes`` when ``src/``,
+    ``data/``, ``constraints.txt`` or one of ``paths`` differs from it (an untracked, not ignored
+    file there counts: a new module the code imports is a change); ``"unknown"`` outside a git
+    checkout."""
     sha = _git(root, "rev-parse", "--short=12", "HEAD")
     if not sha:
         return "unknown"
-    dirty = _git(root, "status", "--porcelain", "--untracked-files=no", "--", "src", "data", "constraints.txt",
-                 *paths)
+    dirty = _git(root, "status", "--porcelain", "--untracked-files=normal", "--", "src", "data",
+                 "constraints.txt", *paths)
     return f"{sha} + uncommitted changes" if dirty else sha
 
 

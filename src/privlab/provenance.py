@@ -50,14 +50,19 @@ def library_versions(names=LIBRARIES) -> dict[str, str | None]:
 
 
 def git_commit(repo: Path | None = None) -> str | None:
-    """``git rev-parse HEAD`` of the checkout holding privlab, plus ``+dirty`` if it has changes; ``None`` outside git."""
-    from privlab.config import ROOT
+    """``git rev-parse HEAD`` of the checkout holding privlab, plus ``+dirty`` if the code or data differ
+    from it (``src/``, ``data/``, ``constraints.txt``; an untracked, not ignored file there counts);
+    ``None`` outside git (e.g. privlab installed from a wheel: then the versions identify the code)."""
+    from privlab.config import ROOT, in_checkout
 
+    if repo is None and not in_checkout():  # an installed copy: ROOT is a folder of the Python
+        return None  # installation, and git would report whatever repository holds it
     cwd = Path(repo) if repo is not None else ROOT
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal", "--", "src", "data",
+                                "constraints.txt"], cwd=cwd,
                                capture_output=True, text=True, timeout=10, check=False).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None

@@ -87,3 +87,13 @@ def test_missing_sensitive_values_count_and_bands_do_not_overlap():
     assert (r.homogeneous_classes, r.exposed_records) == (1, 2)
     with pytest.raises(ValueError, match="lower must be a multiple of width=10, got 18"):
         an.band(pd.Series([5, 19, 21, 25]), 10, lower=18)
+
+
+def test_band_width_must_be_an_integer():
+    import pandas as pd
+
+    from privlab.anonymity import band
+
+    with pytest.raises(ValueError, match="width must be an integer"):
+        band(pd.Series([20, 25]), 2.5)  # gave labels like '22.5-24.0'
+    assert band(pd.Series([20, 25]), 10).tolist() == ["20-29", "20-29"]

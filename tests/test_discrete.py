@@ -350,3 +350,19 @@ def test_integers_that_would_wrap_in_int64_are_refused(value):
 
     with pytest.raises(ValueError, match="below 2\\^62 in absolute value"):
         discrete_laplace_mechanism(value, epsilon=1, rng=random.Random(0))
+
+
+def test_a_noisy_count_that_would_wrap_around_int64_is_refused():
+    # 2^62 - 1 plus noise of scale 10^18 wrapped to a negative "count" (a review)
+    from fractions import Fraction
+
+    import numpy as np
+
+    from privlab import discrete as di
+    from privlab.config import make_rng
+
+    with pytest.raises(ValueError, match="does not fit in int64"):
+        di.discrete_laplace_mechanism(np.full(300, 2**62 - 1), epsilon=Fraction(1, 10**18), rng=make_rng(0))
+    with pytest.raises(ValueError, match="epsilon"):
+        di.discrete_gaussian_delta(sigma2=4, epsilon=False)
+    assert di.discrete_gaussian_delta(sigma2=4, epsilon=0) > 0

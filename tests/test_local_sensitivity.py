@@ -175,5 +175,17 @@ def test_median_tools_refuse_even_length_or_out_of_range(x):
 @pytest.mark.parametrize("lower, upper", [(-math.inf, 10.0), (0.0, math.inf), (math.nan, 1.0)])
 def test_sample_and_aggregate_refuses_infinite_bounds(lower, upper):
     # an infinite bound made the noise scale infinite: the release was inf
-    with pytest.raises(ValueError, match="need finite lower < upper"):
+    with pytest.raises(ValueError, match="finite"):
         ls.sample_and_aggregate(np.ones(10), np.mean, blocks=2, lower=lower, upper=upper, epsilon=1.0, rng=make_rng(0))
+
+
+def test_sample_and_aggregate_bounds_must_be_real_numbers():
+    import numpy as np
+
+    from privlab.config import make_rng
+    from privlab.local_sensitivity import sample_and_aggregate
+
+    for lower, upper in (("0", 1), (False, True)):
+        with pytest.raises(ValueError, match="must be a finite real number"):
+            sample_and_aggregate(np.arange(10.0), np.mean, blocks=2, lower=lower, upper=upper, epsilon=1,
+                                 rng=make_rng(0))

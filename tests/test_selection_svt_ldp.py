@@ -331,3 +331,21 @@ def test_local_dp_samplers_are_at_least_as_private_as_claimed_in_double_precisio
     assert 0 < f <= Fraction(1, 2)
     with mpmath.workdps(60):  # one coordinate's flip: (1 - f) / f, two coordinates change: squared
         assert 2 * mpmath.log(mp(1 - f) / mp(f)) <= epsilon + 1e-12
+
+
+def test_red_team_inputs_refused_by_name():
+    # each of these returned a number (a review of the less-visited modules)
+    import numpy as np
+
+    from privlab import local_dp, sparse_vector
+    from privlab.config import make_rng
+
+    for kw, match in ((dict(p=0.2, q=0.6), "q < p"), (dict(p=float("nan"), q=0.1), "p must"),
+                      (dict(p=0.5, q=0.1, f=5), "f must"), (dict(p=0.5, q=0.5), "q < p")):
+        with pytest.raises(ValueError, match=match):
+            local_dp.frequency_variance(n=10, **kw)
+    common = dict(c=1, epsilon=1, sensitivity=1, rng=make_rng(0))
+    for values, threshold, match in (([1.0, 2.0], True, "threshold"), ([1.0, 2.0], [1, 2], "threshold"),
+                                     (np.array([True, False]), 0.5, "booleans")):
+        with pytest.raises(ValueError, match=match):
+            sparse_vector.sparse_vector(values, threshold=threshold, **common)

@@ -116,6 +116,20 @@ def check_integers(name: str, value) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def add_noise(name: str, x: np.ndarray, noise) -> np.ndarray:
+    """``x + noise`` in int64, refusing a sum that wraps around (a huge noise scale on a large
+    count): the wrapped value would be released as if it were the noisy count."""
+    noise = np.asarray(noise, dtype=np.int64)
+    with np.errstate(over="ignore"):
+        out = x + noise
+    wrapped = ((x ^ out) & (noise ^ out)) < 0  # both summands' signs differ from the sum's
+    if np.any(wrapped):
+        i = np.flatnonzero(np.ravel(wrapped))[0]
+        raise ValueError(f"{name} + noise does not fit in int64 ({int(np.ravel(x)[i])} + "
+                         f"{int(np.ravel(noise)[i])}): lower the noise scale or the values")
+    return out
+
+
 # --------------------------------------------------------------------------- scalar (any size)
 
 

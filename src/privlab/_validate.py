@@ -39,6 +39,14 @@ def check_positive(name: str, value, *, allow_inf: bool = False) -> float:
     return v
 
 
+def check_real(name: str, value) -> float:
+    """Return ``float(value)`` if it is a finite real number (bools and strings refused)."""
+    v = _as_float(name, value, "a finite real number")
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    return v
+
+
 def check_nonnegative(name: str, value) -> float:
     """Return ``float(value)`` if it is finite and >= 0."""
     v = _as_float(name, value, "a finite number >= 0")

@@ -32,6 +32,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from privlab._validate import check_int
+
 
 def _check_columns(df: pd.DataFrame, columns: Sequence[str]) -> list[str]:
     cols = list(columns)
@@ -136,8 +138,9 @@ def band(values: pd.Series, width: int, *, lower: int | None = None) -> pd.Serie
     ``lower``: bottom coding, values below it join the first band ``lower``-``lower + width - 1``
     (which keeps that label); a multiple of ``width``, so that the bands do not overlap.
     """
-    if width < 1:
-        raise ValueError(f"width must be >= 1, got {width}")
+    width = check_int("width", width)  # 2.5 gave labels like '22.5-24.0'
+    if lower is not None:
+        lower = check_int("lower", lower, minimum=-(2**62))
     if lower is not None and lower % width:  # 18 with width 10 gave bands 18-27 and 20-29
         raise ValueError(f"lower must be a multiple of width={width}, got {lower}")
     v = np.asarray(values, dtype=int)

@@ -267,7 +267,7 @@ def discrete_gaussian_delta(*, sigma2, sensitivity=1, epsilon) -> float:
     """
     s2 = float(core.check_rational("sigma2", sigma2))
     d = check_int("sensitivity", sensitivity)
-    eps = 0.0 if epsilon == 0 else check_positive("epsilon", epsilon)
+    eps = 0.0 if epsilon == 0 and not isinstance(epsilon, bool) else check_positive("epsilon", epsilon)
     c = d / 2.0 - eps * s2 / d  # the loss exceeds epsilon exactly for z < c
     z_hi = math.ceil(c) - 1
     z_lo = min(z_hi, 0) - math.ceil(math.sqrt(2.0 * s2 * _TAIL))
@@ -347,7 +347,7 @@ def discrete_laplace_mechanism(value, *, sensitivity=1, epsilon, rng):
     """
     scale = Fraction(check_int("sensitivity", sensitivity)) / core.check_rational("epsilon", epsilon)
     x = core.check_integers("value", value)
-    noisy = x + sample_discrete_laplace(scale, rng=rng, size=x.shape)
+    noisy = core.add_noise("value", x, sample_discrete_laplace(scale, rng=rng, size=x.shape))
     return int(noisy) if np.ndim(value) == 0 else noisy
 
 
@@ -374,7 +374,7 @@ def discrete_gaussian_mechanism(value, *, sigma2, rng):
     """
     s2 = core.check_rational("sigma2", sigma2)
     x = core.check_integers("value", value)
-    noisy = x + sample_discrete_gaussian(s2, rng=rng, size=x.shape)
+    noisy = core.add_noise("value", x, sample_discrete_gaussian(s2, rng=rng, size=x.shape))
     return int(noisy) if np.ndim(value) == 0 else noisy
 
 

@@ -50,7 +50,7 @@ import math
 import numpy as np
 from scipy.special import expit
 
-from privlab._validate import check_array, check_epsilon, check_int, check_rng
+from privlab._validate import check_array, check_epsilon, check_int, check_probability, check_rng
 from privlab.mechanisms import threshold_at_least, threshold_at_most
 
 __all__ = [
@@ -273,6 +273,12 @@ def frequency_variance(*, p: float, q: float, n: int, f: float = 0.0) -> float:
     True
     """
     n = check_int("n", n)
+    p = check_probability("p", p, open_high=True)
+    q = check_probability("q", q, open_high=True)
+    f = check_probability("f", f, open_low=False)
+    if not q < p:  # a report that says more often "yes" for other values is no frequency oracle
+        raise ValueError(f"the probabilities must satisfy q < p (p: report the true value, q: another), "
+                         f"got p={p!r}, q={q!r}")
     return q * (1 - q) / (n * (p - q) ** 2) + f * (1 - p - q) / (n * (p - q))
 
 

@@ -54,7 +54,8 @@ import math
 
 import numpy as np
 
-from privlab._validate import check_array, check_delta, check_epsilon, check_int, check_positive, check_rng
+from privlab._validate import (check_array, check_delta, check_epsilon, check_int, check_positive, check_real,
+                               check_rng)
 
 __all__ = [
     "local_sensitivity_median", "smooth_sensitivity_median", "smooth_median", "broken_local_sensitivity_median",
@@ -221,7 +222,7 @@ def _block_args(blocks, lower, upper, epsilon, rng):
     """The checked ``(m, a, b, epsilon, rng)`` of a sample-and-aggregate release."""
     eps = check_epsilon(epsilon)
     m = check_int("blocks", blocks, minimum=1)
-    lo, hi = float(lower), float(upper)
+    lo, hi = check_real("lower", lower), check_real("upper", upper)
     if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):  # an infinite bound releases inf
         raise ValueError(f"need finite lower < upper, got [{lower}, {upper}]")
     return m, lo, hi, eps, check_rng(rng)

@@ -279,6 +279,11 @@ def test_local_dp_servers_refuse_reports_they_would_misread():
         local_dp.cms_estimate(j, signs * 2, [1, 2, 3], epsilon=1.0, m=8, h=4)
     with pytest.raises(ValueError, match="values must be integers, got 0.5"):
         local_dp.cms_client([1, 0.5], epsilon=1.0, m=8, h=4, rng=make_rng(0))
+    # a fractional candidate was truncated and read another value's buckets
+    with pytest.raises(ValueError, match="candidates must be integers, got 2.5"):
+        local_dp.cms_estimate(j, signs, [1, 2.5], epsilon=1.0, m=8, h=4)
+    with pytest.raises(ValueError, match="candidates must be integers, got 2.5"):
+        local_dp.cms_collision_matrix([1, 2.5], m=8, h=4)
 
 
 @pytest.mark.parametrize("epsilon", [1.0, 800.0, 2000.0])

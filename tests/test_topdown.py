@@ -112,3 +112,32 @@ def test_the_noise_variance_is_never_below_one_over_two_rho(monkeypatch, rho):
     topdown.topdown(_toy(), rho_per_level=[rho] * 3, rng=make_rng(0))
     want = 1 / (2 * Fraction(rho))
     assert len(seen) == 3 and all(want <= s <= want + Fraction(1, 10**6) for s in seen), (seen, float(want))
+
+
+@pytest.mark.parametrize("v, total, match", [
+    (np.array([1.0, np.nan]), 1.0, "finite"),
+    (np.array([1.0, np.inf]), 1.0, "finite"),
+    (np.array([]), 1.0, "non-empty"),
+    (np.array([1.0, 2.0]), -1.0, "total"),
+    (np.array([1.0, 2.0]), float("nan"), "total"),
+    (np.array([1.0, 2.0]), True, "total"),
+])
+def test_project_to_simplex_refuses_bad_input(v, total, match):
+    with pytest.raises(ValueError, match=match):
+        topdown.project_to_simplex(v, total=total)
+
+
+@pytest.mark.parametrize("x, total, match", [
+    (np.array([0.5, 1.2]), 1.7, "integer"),   # was floored into a wrong sum silently
+    (np.array([0.5, 1.2]), True, "integer"),
+    (np.array([0.5, np.nan]), 2, "finite"),
+    (np.array([-0.5, 2.5]), 2, ">= 0"),
+])
+def test_round_keeping_sum_refuses_bad_input(x, total, match):
+    with pytest.raises(ValueError, match=match):
+        topdown.round_keeping_sum(x, total=total)
+
+
+def test_marginal_synthesizer_uses_the_same_projection():
+    from privlab.synthetic import marginal
+    assert marginal.project_to_simplex is topdown.project_to_simplex

@@ -187,10 +187,7 @@ def cms_client(values, *, epsilon, m: int, h: int, rng: np.random.Generator, has
     Returns:
         ``(j, signs)``: the hash indices, shape ``(n,)``, and the ``(n, m)`` :math:`\pm 1` reports.
     """
-    d = check_array("values", values, ndim=1)
-    if not np.all(d == np.round(d)):  # a fraction would be truncated into another value's bucket
-        raise ValueError(f"values must be integers, got {d[d != np.round(d)][0]}")
-    d = d.astype(np.int64)
+    d = _integer_values("values", values)
     eps = check_epsilon(epsilon)
     m, h = check_int("m", m, minimum=2), check_int("h", h)
     rng = check_rng(rng)
@@ -203,6 +200,14 @@ def cms_client(values, *, epsilon, m: int, h: int, rng: np.random.Generator, has
     return j, np.where(flip, -v, v)
 
 
+def _integer_values(name: str, values) -> np.ndarray:
+    """``values`` as int64, refusing fractions (truncation would move them to another bucket)."""
+    d = check_array(name, values, ndim=1)
+    if not np.all(d == np.round(d)):
+        raise ValueError(f"{name} must be integers, got {d[d != np.round(d)][0]}")
+    return d.astype(np.int64)
+
+
 def cms_collision_matrix(candidates, *, m: int, h: int,
                          hash_seed: int = 0) -> np.ndarray:
     r""":math:`C[d, e] = \frac1h \sum_j \mathbf 1\{h_j(d) = h_j(e)\}` (public hashes).
@@ -210,7 +215,7 @@ def cms_collision_matrix(candidates, *, m: int, h: int,
     The sketch's readout at :math:`d` has expectation :math:`\sum_e C[d, e]\, n_e`.
     """
     a, b = _hashes(check_int("h", h), hash_seed)
-    cand = np.asarray(candidates, dtype=np.int64)
+    cand = _integer_values("candidates", candidates)
     buckets = ((a[:, None] * cand[None, :] + b[:, None]) % _PRIME) % check_int("m", m)
     return (buckets[:, :, None] == buckets[:, None, :]).mean(axis=0)
 
@@ -248,7 +253,7 @@ def cms_estimate(j, signs, candidates, *, epsilon, m: int, h: int, hash_seed: in
     sketch = np.zeros((h, m))
     np.add.at(sketch, np.asarray(j), h * (c_eps * signs / 2 + 0.5))
     a, b = _hashes(h, hash_seed)
-    cand = np.asarray(candidates, dtype=np.int64)
+    cand = _integer_values("candidates", candidates)
     rows = np.arange(h)[:, None]
     buckets = ((a[:, None] * cand[None, :] + b[:, None]) % _PRIME) % m        # (h, candidates)
     readout = sketch[rows, buckets].mean(axis=0)

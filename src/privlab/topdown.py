@@ -60,12 +60,16 @@ __all__ = ["project_to_simplex", "round_keeping_sum", "Hierarchy", "build_hierar
 def project_to_simplex(v: np.ndarray, *, total: float) -> np.ndarray:
     r"""Euclidean projection of ``v`` onto :math:`\{x \ge 0, \sum_i x_i = s\}` (Duchi et al. 2008, Fig. 1).
 
-    :math:`x_i = \max(v_i - \theta, 0)` with the threshold :math:`\theta` from the sorted values.
+    :math:`x_i = \max(v_i - \theta, 0)` with the threshold :math:`\theta` from the sorted values
+    (the sort-based algorithm of Held, Wolfe and Crowder 1974).
     """
     v = np.asarray(v, dtype=float)
+    if v.ndim != 1 or v.size == 0 or not np.isfinite(v).all():
+        raise ValueError(f"v must be a non-empty 1-D array of finite numbers, got shape {v.shape}"
+                         + (f" holding {v[~np.isfinite(v)][0]}" if v.size and not np.isfinite(v).all() else ""))
+    if isinstance(total, (bool, np.bool_)) or not np.isfinite(total) or total < 0:
+        raise ValueError(f"total must be a finite number >= 0, got {total!r}")
     s = float(total)
-    if s < 0:
-        raise ValueError(f"total must be >= 0, got {total}")
     if s == 0:
         return np.zeros_like(v)
     u = np.sort(v)[::-1]
@@ -78,6 +82,10 @@ def project_to_simplex(v: np.ndarray, *, total: float) -> np.ndarray:
 def round_keeping_sum(x: np.ndarray, *, total: int) -> np.ndarray:
     """Non-negative integers summing to ``total``: floors, then +1 to the largest remainders."""
     x = np.asarray(x, dtype=float)
+    if x.ndim != 1 or not np.isfinite(x).all() or (x < 0).any():
+        raise ValueError(f"x must be a 1-D array of finite numbers >= 0, got {x.tolist()[:8]}")
+    if isinstance(total, (bool, np.bool_)) or not isinstance(total, (int, np.integer)):
+        raise ValueError(f"total must be an integer, got {total!r}")
     floors = np.floor(x).astype(np.int64)
     short = int(total) - int(floors.sum())
     if short < 0 or short > x.size:

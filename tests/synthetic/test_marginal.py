@@ -221,7 +221,7 @@ def test_domain_helpers():
     vals = d.decode(d.encode(np.arange(-6, 65)), np.random.default_rng(0))
     assert np.array_equal(d.encode(vals), d.encode(np.arange(-6, 65)))
     assert NumericDomain.log(1, 1000, 50, integer=True).integer
-    np.testing.assert_allclose(project_to_simplex(np.array([5.0, -2.0, 1.0, 0.5]), 4.0).sum(), 4.0)
+    np.testing.assert_allclose(project_to_simplex(np.array([5.0, -2.0, 1.0, 0.5]), total=4.0).sum(), 4.0)
     t = fit_table_to_margins(np.ones((3, 2)), np.array([1.0, 2.0, 3.0]), np.array([4.0, 2.0]), 200)
     np.testing.assert_allclose(t.sum(1), [1, 2, 3])
     np.testing.assert_allclose(t.sum(0), [4, 2])

@@ -80,6 +80,7 @@ from privlab.accounting.zcdp import tight_rho_from_epsilon, zcdp_to_epsilon
 from privlab.mechanisms import exponential_mechanism_gumbel
 from privlab.synthetic.domain import NumericDomain, dp_numeric_domain, resolve_domain
 from privlab.synthetic.tables import as_rng, check_frame, restore_dtypes
+from privlab.topdown import project_to_simplex
 
 __all__ = ["MarginalSynthesizer", "Measurement", "PrivacyReport", "tight_rho_from_epsilon"]
 
@@ -121,22 +122,6 @@ class PrivacyReport:
                          "sigma": ms[0].sigma if ms else None, "epsilon_0": ms[0].epsilon if ms else None})
         rows.append({"step": "total", "count": len(self.measurements), "rho": self.rho_total})
         return pd.DataFrame(rows).set_index("step")
-
-
-def project_to_simplex(y: np.ndarray, total: float) -> np.ndarray:
-    r"""Euclidean projection of ``y`` onto :math:`\{x \ge 0, \sum_i x_i = \text{total}\}`.
-
-    Sort-based algorithm (Held, Wolfe, Crowder 1974; Duchi et al. 2008):
-    :math:`x = \max(y - \tau, 0)` with the threshold :math:`\tau` found from the sorted values.
-
-    >>> project_to_simplex(np.array([3.0, -1.0, 1.0]), 2.0).tolist()
-    [2.0, 0.0, 0.0]
-    """
-    u = np.sort(y)[::-1]
-    cssv = np.cumsum(u) - total
-    ks = np.arange(1, y.size + 1)
-    k = ks[u - cssv / ks > 0][-1]
-    return np.maximum(y - cssv[k - 1] / k, 0.0)
 
 
 def fit_table_to_margins(table: np.ndarray, rows: np.ndarray, cols: np.ndarray, iterations: int) -> np.ndarray:
@@ -253,7 +238,7 @@ class MarginalSynthesizer:
         w = np.array([1 / k for k in sizes])
         n_hat = max(float(np.dot(w, [y.sum() for y in y1]) / w.sum()), 1.0)
         self.n_estimate_ = n_hat  # a DP estimate of the number of records (post-processing of y1)
-        p1 = [project_to_simplex(y, n_hat) for y in y1]
+        p1 = [project_to_simplex(y, total=n_hat) for y in y1]
 
         edges: list[tuple[int, int]] = []
         if d > 1 and share_sel > 0 and share_2 > 0:
@@ -310,7 +295,7 @@ class MarginalSynthesizer:
             den[i] += 1 / (sizes[j] * sigma_2**2)
             num[j] += y.sum(axis=0) / (sizes[i] * sigma_2**2)
             den[j] += 1 / (sizes[i] * sigma_2**2)
-        marg = [project_to_simplex(a / b, n_hat) for a, b in zip(num, den)]
+        marg = [project_to_simplex(a / b, total=n_hat) for a, b in zip(num, den)]
         tables = {}
         for (i, j), y in y2.items():
             start = np.maximum(y, 0.0) + 1e-6 * np.outer(marg[i], marg[j]) / n_hat

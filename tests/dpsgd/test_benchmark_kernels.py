@@ -22,7 +22,7 @@ bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 
 
-@pytest.mark.parametrize("kernel", ["handwritten_kernel", "twopass_kernel"])
+@pytest.mark.parametrize("kernel", ["handwritten_kernel", "twopass_kernel", "remat_kernel"])
 def test_hand_written_kernels_equal_the_fast_path(kernel):
     torch.manual_seed(0)
     model = streamrec_mlp().double().train()
@@ -45,3 +45,13 @@ def test_hand_written_kernels_equal_the_fast_path(kernel):
     assert len(ours) == len(want)
     for got, expected, p in zip(ours, want, params):
         torch.testing.assert_close(got.reshape(p.shape), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_the_rematerialising_kernel_refuses_a_forward_that_changes():
+    torch.manual_seed(0)
+    model = streamrec_mlp().double().train()
+    x, y = torch.randn(64, 40, dtype=torch.float64), torch.randint(0, 2, (64,)).double()
+    calls = []
+    model[0].register_forward_hook(lambda m, a, out: calls.append(1) or out * (1 + 1e-3 * len(calls)))
+    with pytest.raises(RuntimeError, match="re-run forward differs"):
+        bench.remat_kernel(model, x, y)

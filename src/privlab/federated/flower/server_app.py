@@ -13,9 +13,12 @@ weights are then uniform (``unit-weight``) so one client's sensitivity is
 every round). The guarantee covers the model: the clients' training and evaluation metrics
 that Flower averages into the run's history (``train``, ``evaluate``: example counts, losses,
 accuracies) carry no noise, and the history lists them under ``outside_guarantee``; they are for
-diagnosis, not release. The privacy unit is one client: neighbouring federations differ by adding or
-removing one client, whose clipped update moves the sum by at most :math:`C`; the divisor
-:math:`K` (the number of sampled clients) is public and fixed in advance, and :math:`q = 1`.
+diagnosis, not release. The privacy unit is one client, under the zero-out relation: neighbouring
+federations differ in one client's update being replaced by no change, which moves the sum by at most
+:math:`C`. Flower divides by the number of replies, pinned here to the public :math:`K` fixed in
+advance (a federation with a client removed does not run: a missing reply stops it), and
+:math:`q = 1`, where the zero-out epsilon equals the add/remove one. Flower's noise comes from
+NumPy's global generator, not a cryptographically secure source.
 SecAgg+ lives in Flower's legacy API only:
 :mod:`privlab.federated.flower.secaggplus`.
 

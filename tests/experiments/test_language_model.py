@@ -114,6 +114,19 @@ def test_user_level_members_are_the_rows_kept_under_the_cap(split):
     assert rec["trained_rows"] == kept.tolist()
 
 
+def test_the_membership_floor_scores_the_public_model_on_the_runs_own_members(split):
+    # the floor is the same attack, same members and non-members, against the floor model:
+    # a model as its own floor gives its own numbers, and the run's own numbers are unchanged
+    model = lm.build_model(CharTokenizer().vocab_size, S)
+    rows = np.arange(0, 100, 2)
+    plain = lm.evaluate_language_model(model, split, S, rng=np.random.default_rng(3), trained_rows=rows)
+    out = lm.evaluate_language_model(model, split, S, rng=np.random.default_rng(3), trained_rows=rows,
+                                     floor_model=model)
+    assert out["floor_auc"] == out["auc"] == plain["auc"]
+    assert out["floor_tpr_at_10pct_fpr"] == out["tpr_at_10pct_fpr"]
+    assert "floor_auc" not in plain
+
+
 def test_finetune_rejects_unknown_method():
     with pytest.raises(ValueError, match="'adapter'"):
         lm.finetune(None, None, S, epsilon=1.0, method="adapter")

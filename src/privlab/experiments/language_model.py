@@ -472,7 +472,7 @@ def replicate_exposures(base: nn.Module, split: TextSplit, s: LMScale, runs, see
 
 def evaluate_language_model(model: nn.Module, split: TextSplit, s: LMScale, *,
                             rng: np.random.Generator, keep_space_losses: bool = False,
-                            trained_rows=None) -> dict:  # fmt: skip
+                            trained_rows=None, floor_model: nn.Module | None = None) -> dict:  # fmt: skip
     """Exposure of every canary, validation perplexity (and each validation sequence's loss, for
     paired comparisons between models), the mean loss on non-canary private rows
     (``"noncanary_train_loss"``), and the loss-threshold attack; with ``keep_space_losses``,
@@ -480,7 +480,10 @@ def evaluate_language_model(model: nn.Module, split: TextSplit, s: LMScale, *,
 
     The attack's members are non-canary private rows the model trained on: ``trained_rows``
     (indices into ``split.private``; :func:`finetune` records them, and a user-level run trains
-    only on the rows kept under the per-user cap), all of them when ``None``."""
+    only on the rows kept under the per-user cap), all of them when ``None``. With ``floor_model``
+    (the public model, which trained on none of these rows), the same attack against it on the same
+    members and non-members: ``floor_auc`` and ``floor_tpr_at_10pct_fpr``, the floor each run's
+    attack is read against (the member sets differ between runs and alone move the AUC)."""
     n_plain = len(split.private) - sum(c.repetitions for c in split.canaries)   # canaries come last
     rows = np.arange(n_plain) if trained_rows is None else np.asarray(trained_rows)
     members = split.private[rows[rows < n_plain]]                        # non-canary rows trained on
@@ -496,6 +499,10 @@ def evaluate_language_model(model: nn.Module, split: TextSplit, s: LMScale, *,
     # non-canary private rows, the attack's members)
     out["noncanary_train_loss"] = float(member_losses.mean())
     out.update(membership_attack(member_losses, val))
+    if floor_model is not None:
+        floor = membership_attack(sequence_losses(floor_model, members[pick]),
+                                  sequence_losses(floor_model, split.validation))
+        out["floor_auc"], out["floor_tpr_at_10pct_fpr"] = floor["auc"], floor["tpr_at_10pct_fpr"]
     return out
 
 
@@ -579,7 +586,7 @@ def run(scale: str = "smoke", *, runs=None, seed: int = 0, progress: bool = True
         rec.update({"method": method, "unit": unit})
         keep = [eps, method, unit, *extra] in [list(r) for r in replicate_runs]  # for LiRA's shadow models
         rec.update(evaluate_language_model(model, split, s, rng=np.random.default_rng(seed), keep_space_losses=keep,
-                                           trained_rows=rec["trained_rows"]))
+                                           trained_rows=rec["trained_rows"], floor_model=base))
         results["runs"].append(rec)
     results["replicates"] = replicate_exposures(base, split, s, replicate_runs, replicate_seeds)
     results["sequence_lira"] = []

@@ -89,6 +89,36 @@ def test_full_batch_dp_without_noise_equals_clipped_mean_descent():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_a_public_expected_batch_size_is_the_updates_denominator():
+    # strict add/remove: the denominator qN fixed in advance instead of q len(X)
+    X, y = data()
+    m, ref, default = model(), model(), model()
+    cfg = config(noise_multiplier=0.0, max_grad_norm=0.3, sample_rate=1.0, batch_size=None, epochs=2,
+                 lr=0.5, expected_batch_size=40.0)
+    train(m, X, y, loss_fn=ce, config=cfg, generator=torch.Generator().manual_seed(0))
+    for _ in range(2):
+        grads = clipped_grad_sum(ref, ce, X, y, max_grad_norm=0.3, method="loop")
+        with torch.no_grad():
+            for p, g in zip(ref.parameters(), grads):
+                p -= 0.5 * g / 40.0
+    for a, b in zip(m.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # the default reads len(X) = 60: the same as giving 60
+    same = model()
+    train(default, X, y, loss_fn=ce, config=dataclasses.replace(cfg, expected_batch_size=None),
+          generator=torch.Generator().manual_seed(0))
+    train(same, X, y, loss_fn=ce, config=dataclasses.replace(cfg, expected_batch_size=60.0),
+          generator=torch.Generator().manual_seed(0))
+    for a, b in zip(default.parameters(), same.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_expected_batch_size_must_be_positive(bad):
+    with pytest.raises(ValueError, match="expected_batch_size"):
+        config(expected_batch_size=bad)
+
+
 @pytest.mark.parametrize("method", ["vmap", "loop"])
 def test_methods_train_identically(method):
     X, y = data()

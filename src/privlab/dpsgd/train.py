@@ -104,6 +104,9 @@ class DPSGDConfig:
             Both read :math:`N` = ``len(X)`` (the update divides by :math:`qN`): the guarantee treats the data set's
             size as public, Opacus's convention (strict add/remove needs :math:`q` and :math:`qN` fixed in advance).
         batch_size: expected batch size :math:`b = qN`.
+        expected_batch_size: the denominator :math:`qN` of every private update, a public constant
+            fixed in advance, for strict add/remove (where :math:`N` differs between neighbours);
+            default (``None``) :math:`q \cdot` ``len(X)``, the data set's size treated as public.
         lr: learning rate for the named optimizers.
         optimizer: ``"sgd"``, ``"adam"`` or a factory ``params -> torch.optim.Optimizer``.
         delta: :math:`\delta`, well below :math:`1/N`; default (``None``)
@@ -137,6 +140,7 @@ class DPSGDConfig:
     epochs: int = 1
     sample_rate: float | None = None
     batch_size: int | None = None
+    expected_batch_size: float | None = None
     lr: float = 0.1
     optimizer: str | Callable = "sgd"
     delta: float | None = None
@@ -164,6 +168,8 @@ class DPSGDConfig:
         else:
             check_int("batch_size", self.batch_size, minimum=1)
         check_int("epochs", self.epochs, minimum=1)
+        if self.expected_batch_size is not None:
+            check_positive("expected_batch_size", self.expected_batch_size)
         check_positive("lr", self.lr)
         if not (callable(self.optimizer) or self.optimizer in OPTIMIZERS):
             raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)} or a factory, got {self.optimizer!r}")
@@ -428,7 +434,8 @@ def train(
         config.make_optimizer(params),
         noise_multiplier=config.noise_multiplier,
         max_grad_norm=config.max_grad_norm,
-        expected_batch_size=sampler.expected_batch_size,
+        expected_batch_size=(sampler.expected_batch_size if config.expected_batch_size is None
+                             else config.expected_batch_size),
         generator=noise_gen,
         method=config.method,
         record_norms=config.record_grad_norms,

@@ -287,3 +287,5 @@ def test_selection_cost_composes_every_dp_run_trained_on_the_data():
     dp = {id(r) for r in trained if r["sigma"] > 0}
     assert not any(r is st["seed_replicates"][0] for r in res["runs"])  # the separately trained run
     assert res["selection"]["candidates"] == len(dp)
+    # RDP is looser than PLD on the same composition (the random-stopping bound's accountant)
+    assert res["selection"]["composed_rdp"] >= res["selection"]["composed"]

@@ -6,7 +6,9 @@ over: each training rating brings one sampled negative (removing a rating
 removes two rows), and the per-user time split below looks at a user's count.
 Both are *per-user* transformations (a user's rows depend on that user's
 ratings only), so under user-level DP they cost nothing: removing a user
-changes no other user's rows. What the release assumes public: the item
+leaves the distribution of every other user's rows unchanged (the cap's order and
+the negatives come from one shared random stream, so with a fixed seed the draws
+shift; the guarantee needs only the distribution). What the release assumes public: the item
 catalogue (ids and genres; a service's catalogue is public) and the user-id
 space. The user table has one row per id in a public range ``1..max_user_id``
 (pass ``max_user_id``; MovieLens numbers its users 1..max), and a user's row is

@@ -689,7 +689,9 @@ def selection_cost(dp_runs: Sequence[dict], *, delta: float) -> dict:
     """What choosing among the study's DP models spent (Papernot and Steinke 2022, arXiv:2110.03620).
 
     ``composed``: the PLD composition of every DP run trained on the data (the
-    released model is a post-processing of all of them); ``basic``: the sum of
+    released model is a post-processing of all of them); ``composed_rdp``: the same
+    composition with the RDP accountant, the one ``random_stopping`` uses, so the two
+    compare like for like; ``basic``: the sum of
     their epsilons; ``random_stopping``: had the candidates been run
     Papernot-Steinke style (a geometric number with mean ``len(dp_runs)``, each
     bounded by the pointwise maximum of the runs' RDP curves), the epsilon of the best one.
@@ -699,6 +701,7 @@ def selection_cost(dp_runs: Sequence[dict], *, delta: float) -> dict:
     worst = max((r for r in dp_runs if r["sigma"] > 0), key=lambda r: r["epsilon_pld"])
     return {"candidates": len(events), "delta": delta,
             "composed": study_epsilon(events, delta=delta),
+            "composed_rdp": study_epsilon(events, delta=delta, accountant="rdp"),
             "basic": float(sum(r["epsilon_pld"] for r in dp_runs if r["sigma"] > 0)),
             "random_stopping": random_stopping_epsilon(candidates=events, delta=delta,
                                                        mean_candidates=len(events)),

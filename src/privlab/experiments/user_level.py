@@ -71,9 +71,12 @@ class PackedUsers:
 def pack_by_user(user, inputs: Sequence, labels, *, max_rows: int, rng: np.random.Generator) -> PackedUsers:
     r"""Group rows by user, keep at most ``max_rows`` per user (a uniform random subset), pad.
 
-    The cap is a public constant and the subset of a user's rows depends on that
-    user's rows only, so removing a user changes nothing else: the packing is a
-    per-user transformation and user-level DP of the training carries over.
+    The cap is a public constant and the subset of a user's rows is a uniform draw from
+    that user's rows only, so removing a user leaves the distribution of every other
+    user's subset unchanged (one permutation is drawn over all rows, so with a fixed
+    ``rng`` the subsets themselves can shift; within disjoint users a uniform permutation
+    gives independent uniform orders): the packing is a per-user transformation in
+    distribution and user-level DP of the training carries over.
 
     Args:
         user: (N,) integer user id per row.

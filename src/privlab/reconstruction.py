@@ -4,9 +4,10 @@ A curator holds a secret bit :math:`x_i \in \{0, 1\}` per person (``n`` people)
 and answers *subset-sum* queries :math:`a_j = \sum_{i \in S_j} x_i + e_j` with
 every error bounded, :math:`|e_j| \le E`. Dinur and Nissim (2003) showed that
 if :math:`E = o(\sqrt{n})`, an attacker who asks enough random subsets
-recovers all but a small fraction of the bits by solving a linear program;
-with :math:`E` of order :math:`\sqrt{n}` or more, the answers no longer pin
-the bits down. The LP here finds :math:`\hat x \in [0, 1]^n` minimising the
+recovers all but a small fraction of the bits by solving a linear program.
+Their theorem is the attack side only: as :math:`E` grows to order
+:math:`\sqrt{n}` and beyond, this attacker's recovery falls off gradually
+(chapter 1 measures it), which is not a proof that no attacker succeeds. The LP here finds :math:`\hat x \in [0, 1]^n` minimising the
 total residual,
 
 .. math::

@@ -78,7 +78,7 @@ from privlab.mechanisms import (
 
 __all__ = ["REGISTRY", "RELATIONS", "FunctionalOutcome", "Release", "register"]
 
-RELATIONS = ("add/remove", "replace-one")
+RELATIONS = ("add/remove", "replace-one", "zero-out")
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,9 @@ class Release:
 
     Attributes:
         name: unique, e.g. ``"laplace count"``.
-        relation: ``"add/remove"`` or ``"replace-one"`` (the privacy unit is one record unless ``unit`` says otherwise).
+        relation: ``"add/remove"``, ``"replace-one"`` or ``"zero-out"`` (one record's contribution replaced
+            by zero in place, as in DP-FTRL's fixed order) (the privacy unit is one record unless ``unit``
+            says otherwise).
         epsilon: the claimed :math:`\varepsilon`.
         delta: the claimed :math:`\delta`.
         pairs: candidate neighbouring pairs :math:`(D, D')`; the tester chooses one on its pilot sample.
@@ -637,8 +639,9 @@ register(Release(
 
 
 # ----- DP-FTRL's tree of prefix sums (privlab.ftrl) ------------------------------------------------
-# One example's clipped gradient (norm C = 1) sits in the first of T = 4 leaves (add/remove within
-# the fixed order): it enters L = 3 nodes, all four prefix sums. Node noise z C with z calibrated to
+# One example's clipped gradient (norm C = 1) sits in the first of T = 4 leaves, against that
+# leaf zeroed in place (zero-out: the fixed order keeps every other leaf where it is): it enters
+# L = 3 nodes, all four prefix sums. Node noise z C with z calibrated to
 # eps = 1 at delta = 1e-5 (rho = L / (2 z^2), RDP conversion). One coordinate per run: the n runs
 # are the n columns of one tree (independent coordinates).
 from privlab import ftrl as _ftrl  # noqa: E402
@@ -653,7 +656,8 @@ def _ftrl_tree_draw(stream, n, rng):
 
 
 register(Release(
-    name="dp-ftrl tree", relation="add/remove", delta=1e-5,
+    name="dp-ftrl tree", relation="zero-out", delta=1e-5,
+    unit="example (its leaf zeroed in place)",
     epsilon=_ftrl.ftrl_epsilon(noise_multiplier=_FTRL_Z, steps_per_epoch=_FTRL_T, delta=1e-5),
     pairs=((np.r_[1.0, np.zeros(_FTRL_T - 1)], np.zeros(_FTRL_T)),), draw=_ftrl_tree_draw,
     samples={"smoke": 20_000, "book": 200_000}))

@@ -124,6 +124,7 @@ def test_the_membership_floor_scores_the_public_model_on_the_runs_own_members(sp
                                      floor_model=model)
     assert out["floor_auc"] == out["auc"] == plain["auc"]
     assert out["floor_tpr_at_10pct_fpr"] == out["tpr_at_10pct_fpr"]
+    assert out["floor_noncanary_train_loss"] == out["noncanary_train_loss"]
     assert "floor_auc" not in plain
 
 

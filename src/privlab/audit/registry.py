@@ -1,7 +1,8 @@
 r"""The registry of the DP test suite: every release privlab offers, with its claim and worst-case neighbours.
 
 An entry (:class:`Release`) states whom the release protects (its neighbouring
-relation: ``"add/remove"`` one record, or ``"replace-one"``), its claimed
+relation: ``"add/remove"`` one record, ``"replace-one"``, or ``"zero-out"`` for a record
+zeroed in place), its claimed
 :math:`(\varepsilon, \delta)`, one or more candidate pairs of neighbouring
 inputs :math:`(D, D')` chosen to be the worst case (the pair that makes the
 privacy loss largest, e.g. a canary with a huge gradient), and ``draw(data, n,
@@ -642,7 +643,7 @@ register(Release(
 # One example's clipped gradient (norm C = 1) sits in the first of T = 4 leaves, against that
 # leaf zeroed in place (zero-out: the fixed order keeps every other leaf where it is): it enters
 # L = 3 nodes, all four prefix sums. Node noise z C with z calibrated to
-# eps = 1 at delta = 1e-5 (rho = L / (2 z^2), RDP conversion). One coordinate per run: the n runs
+# eps = 1 at delta = 1e-5 (one Gaussian mechanism of noise multiplier z / sqrt(L): exact). One coordinate per run: the n runs
 # are the n columns of one tree (independent coordinates).
 from privlab import ftrl as _ftrl  # noqa: E402
 

@@ -483,7 +483,8 @@ def evaluate_language_model(model: nn.Module, split: TextSplit, s: LMScale, *,
     only on the rows kept under the per-user cap), all of them when ``None``. With ``floor_model``
     (the public model, which trained on none of these rows), the same attack against it on the same
     members and non-members: ``floor_auc`` and ``floor_tpr_at_10pct_fpr``, the floor each run's
-    attack is read against (the member sets differ between runs and alone move the AUC)."""
+    attack is read against (the member sets differ between runs and alone move the AUC), and
+    ``floor_noncanary_train_loss``, its mean loss on the same rows as ``noncanary_train_loss``."""
     n_plain = len(split.private) - sum(c.repetitions for c in split.canaries)   # canaries come last
     rows = np.arange(n_plain) if trained_rows is None else np.asarray(trained_rows)
     members = split.private[rows[rows < n_plain]]                        # non-canary rows trained on
@@ -500,9 +501,10 @@ def evaluate_language_model(model: nn.Module, split: TextSplit, s: LMScale, *,
     out["noncanary_train_loss"] = float(member_losses.mean())
     out.update(membership_attack(member_losses, val))
     if floor_model is not None:
-        floor = membership_attack(sequence_losses(floor_model, members[pick]),
-                                  sequence_losses(floor_model, split.validation))
+        floor_members = sequence_losses(floor_model, members[pick])
+        floor = membership_attack(floor_members, sequence_losses(floor_model, split.validation))
         out["floor_auc"], out["floor_tpr_at_10pct_fpr"] = floor["auc"], floor["tpr_at_10pct_fpr"]
+        out["floor_noncanary_train_loss"] = float(floor_members.mean())  # the same rows
     return out
 
 

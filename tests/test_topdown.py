@@ -117,7 +117,7 @@ def test_the_noise_variance_is_never_below_one_over_two_rho(monkeypatch, rho):
 @pytest.mark.parametrize("v, total, match", [
     (np.array([1.0, np.nan]), 1.0, "finite"),
     (np.array([1.0, np.inf]), 1.0, "finite"),
-    (np.array([]), 1.0, "non-empty"),
+    (np.array([]), 1.0, "empty"),
     (np.array([1.0, 2.0]), -1.0, "total"),
     (np.array([1.0, 2.0]), float("nan"), "total"),
     (np.array([1.0, 2.0]), True, "total"),

@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from privlab.config import ROOT, SCALES
+from privlab.config import CODE_PATHS, ROOT, SCALES
 
 #: Where ``make book`` puts each scale's build: ``<BUILD_ROOT>/<scale>/{html,singlehtml,...}``.
 BUILD_ROOT = Path("book") / "_build"
@@ -199,8 +199,7 @@ def git_commit(root: Path = ROOT, paths: tuple[str, ...] = ()) -> str:
     sha = _git(root, "rev-parse", "--short=12", "HEAD")
     if not sha:
         return "unknown"
-    dirty = _git(root, "status", "--porcelain", "--untracked-files=normal", "--", "src", "data",
-                 "constraints.txt", *paths)
+    dirty = _git(root, "status", "--porcelain", "--untracked-files=normal", "--", *CODE_PATHS, *paths)
     return f"{sha} + uncommitted changes" if dirty else sha
 
 

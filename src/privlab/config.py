@@ -45,6 +45,9 @@ DEFAULT_SCALE = "book"
 
 #: The repository root when privlab is installed editable from a checkout.
 ROOT = Path(__file__).resolve().parents[2]
+#: The paths of a checkout whose changes change what the code computes: a provenance stamp calls the
+#: checkout dirty when one of them differs from the commit (an untracked, not ignored file counts).
+CODE_PATHS = ("src", "data", "constraints.txt")
 
 
 def in_checkout(root: Path | None = None) -> bool:

@@ -222,8 +222,8 @@ def _block_args(blocks, lower, upper, epsilon, rng):
     """The checked ``(m, a, b, epsilon, rng)`` of a sample-and-aggregate release."""
     eps = check_epsilon(epsilon)
     m = check_int("blocks", blocks, minimum=1)
-    lo, hi = check_real("lower", lower), check_real("upper", upper)
-    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):  # an infinite bound releases inf
+    lo, hi = check_real("lower", lower), check_real("upper", upper)  # finite: an infinite bound releases inf
+    if not hi > lo:
         raise ValueError(f"need finite lower < upper, got [{lower}, {upper}]")
     return m, lo, hi, eps, check_rng(rng)
 

@@ -53,7 +53,7 @@ def git_commit(repo: Path | None = None) -> str | None:
     """``git rev-parse HEAD`` of the checkout holding privlab, plus ``+dirty`` if the code or data differ
     from it (``src/``, ``data/``, ``constraints.txt``; an untracked, not ignored file there counts);
     ``None`` outside git (e.g. privlab installed from a wheel: then the versions identify the code)."""
-    from privlab.config import ROOT, in_checkout
+    from privlab.config import CODE_PATHS, ROOT, in_checkout
 
     if repo is None and not in_checkout():  # an installed copy: ROOT is a folder of the Python
         return None  # installation, and git would report whatever repository holds it
@@ -61,8 +61,8 @@ def git_commit(repo: Path | None = None) -> str | None:
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal", "--", "src", "data",
-                                "constraints.txt"], cwd=cwd,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal", "--", *CODE_PATHS],
+                               cwd=cwd,
                                capture_output=True, text=True, timeout=10, check=False).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None

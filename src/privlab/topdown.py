@@ -51,7 +51,7 @@ from fractions import Fraction
 import numpy as np
 import pandas as pd
 
-from privlab._validate import check_positive, check_rng
+from privlab._validate import check_array, check_int, check_nonnegative, check_positive, check_rng
 from privlab.discrete import sample_discrete_gaussian
 
 __all__ = ["project_to_simplex", "round_keeping_sum", "Hierarchy", "build_hierarchy", "topdown"]
@@ -63,13 +63,8 @@ def project_to_simplex(v: np.ndarray, *, total: float) -> np.ndarray:
     :math:`x_i = \max(v_i - \theta, 0)` with the threshold :math:`\theta` from the sorted values
     (the sort-based algorithm of Held, Wolfe and Crowder 1974).
     """
-    v = np.asarray(v, dtype=float)
-    if v.ndim != 1 or v.size == 0 or not np.isfinite(v).all():
-        raise ValueError(f"v must be a non-empty 1-D array of finite numbers, got shape {v.shape}"
-                         + (f" holding {v[~np.isfinite(v)][0]}" if v.size and not np.isfinite(v).all() else ""))
-    if isinstance(total, (bool, np.bool_)) or not np.isfinite(total) or total < 0:
-        raise ValueError(f"total must be a finite number >= 0, got {total!r}")
-    s = float(total)
+    v = check_array("v", v, ndim=1)
+    s = check_nonnegative("total", total)
     if s == 0:
         return np.zeros_like(v)
     u = np.sort(v)[::-1]
@@ -81,11 +76,10 @@ def project_to_simplex(v: np.ndarray, *, total: float) -> np.ndarray:
 
 def round_keeping_sum(x: np.ndarray, *, total: int) -> np.ndarray:
     """Non-negative integers summing to ``total``: floors, then +1 to the largest remainders."""
-    x = np.asarray(x, dtype=float)
-    if x.ndim != 1 or not np.isfinite(x).all() or (x < 0).any():
-        raise ValueError(f"x must be a 1-D array of finite numbers >= 0, got {x.tolist()[:8]}")
-    if isinstance(total, (bool, np.bool_)) or not isinstance(total, (int, np.integer)):
-        raise ValueError(f"total must be an integer, got {total!r}")
+    x = check_array("x", x, ndim=1, allow_empty=True)
+    if (x < 0).any():
+        raise ValueError(f"x must be >= 0, got {x.tolist()[:8]}")
+    total = check_int("total", total, minimum=0)
     floors = np.floor(x).astype(np.int64)
     short = int(total) - int(floors.sum())
     if short < 0 or short > x.size:
